@@ -1,0 +1,40 @@
+"""pacnet — PAC-Net pruning-based inductive transfer learning for PyTorch.
+
+Prune a source model (:func:`prune` → :class:`Mask`), Allocate its essential weights to the
+source task (:func:`allocate`), Calibrate the redundant weights on the target task
+(:func:`calibrate`); one network then serves both, and the source model comes back bit for
+bit (:meth:`Tasks.use`, :func:`load`). :func:`train_only` makes exact masked training
+available inside your own training loop.
+"""
+
+from pacnet.checkpoint import load, load_tasks, save
+from pacnet.errors import PacnetError
+from pacnet.freeze import train_only
+from pacnet.mask import Mask, prune, prunable_names
+from pacnet.pac import allocate, calibrate, parameter_report, print_trainable_parameters
+from pacnet.tasks import Tasks, per_task_names
+from pacnet.train import Data, FitConfig, evaluate, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Data",
+    "FitConfig",
+    "Mask",
+    "PacnetError",
+    "Tasks",
+    "__version__",
+    "allocate",
+    "calibrate",
+    "evaluate",
+    "fit",
+    "load",
+    "load_tasks",
+    "parameter_report",
+    "per_task_names",
+    "print_trainable_parameters",
+    "prunable_names",
+    "prune",
+    "save",
+    "train_only",
+]

@@ -1,0 +1,28 @@
+"""The one exception type pacnet raises for bad input.
+
+Every check on user input raises :class:`PacnetError` with a single line that names the
+problem and, where there is one, the fix. The CLI prints that line (no traceback unless
+``--debug``); Python users can catch it.
+"""
+
+from __future__ import annotations
+
+
+class PacnetError(ValueError):
+    """Bad input to pacnet: the message is one line naming the problem and the fix."""
+
+
+def check(condition: object, message: str) -> None:
+    """Raise :class:`PacnetError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise PacnetError(message)
+
+
+def check_ratio(ratio: float, what: str = "ratio") -> float:
+    """Return ``ratio`` as a float, or fail unless it lies strictly inside (0, 1)."""
+    try:
+        value = float(ratio)
+    except (TypeError, ValueError):
+        raise PacnetError(f"{what} must be a number in (0, 1), got {ratio!r}") from None
+    check(0.0 < value < 1.0, f"{what} must lie strictly between 0 and 1, got {value}")
+    return value

@@ -1,0 +1,86 @@
+"""Safe file I/O: safetensors and JSON only, written atomically (temp file + rename).
+
+Nothing here unpickles: a pacnet file can hold tensors and text, never code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from pacnet.errors import PacnetError
+
+
+def _atomic_target(path: str | Path) -> tuple[Path, str]:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise PacnetError(f"cannot write to {path.parent}: {exc.strerror}") from None
+    os.close(fd)
+    return path, tmp
+
+
+def write_bytes_atomic(path: str | Path, write: Any) -> None:
+    """Call ``write(tmp_path)``, then rename the finished file onto ``path``."""
+    path, tmp = _atomic_target(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    write_bytes_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """Read a JSON object, failing with one line if it is missing or malformed."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PacnetError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PacnetError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise PacnetError(f"{path}: expected a JSON object")
+    return data
+
+
+def write_safetensors(
+    path: str | Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str]
+) -> None:
+    """Write tensors and string metadata to a safetensors file, atomically."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    write_bytes_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=dict(metadata)))
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Read a safetensors file: (tensors on CPU, metadata). One-line error if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise PacnetError(f"{path}: file not found")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PacnetError(f"{path}: not a readable safetensors file ({first})") from None
+    return tensors, metadata

@@ -1,0 +1,304 @@
+"""Masks: which weights are *essential* (kept for the source task) and which are *redundant*.
+
+A :class:`Mask` maps a parameter name to a boolean tensor of the parameter's shape,
+``True`` = essential. :func:`prune` builds one from weight magnitudes, as PAC-Net's first
+step does: ``ratio`` is the fraction of prunable weights that becomes redundant (the paper's
+0.8), the largest-magnitude rest is essential.
+
+Counts are exact: ``round(ratio * n)`` weights are redundant (Python's ``round``, half to
+even), per layer or over all prunable weights at once. Among equal magnitudes the earlier
+entries (in the model's parameter order, then row-major order) are pruned first, so a mask
+depends on nothing but the weights. The global threshold is found by a radix selection over
+the float bit patterns, a few passes over the weights with memory bounded by a chunk, with no
+full sort and no concatenated copy of the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pacnet.errors import PacnetError, check, check_ratio
+
+PrunableRule = Iterable[str] | Callable[[str, nn.Parameter], bool] | None
+
+_PRUNABLE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CHUNK = 1 << 22
+_KEY_DTYPES = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+_MASK_FORMAT = "pacnet.mask"
+
+
+def find_head(model: nn.Module) -> str | None:
+    """Name of the model's output layer: its last Linear/Conv module in registration order."""
+    head = None
+    for name, module in model.named_modules():
+        if isinstance(module, _PRUNABLE_MODULES):
+            head = name
+    return head
+
+
+def prunable_names(
+    model: nn.Module, prunable: PrunableRule = None, head: str | None = "auto"
+) -> list[str]:
+    """Names of the parameters a mask covers, in the model's parameter order.
+
+    ``prunable`` is ``None`` (default rule: the ``weight`` of every Linear/Conv module except
+    the head), an iterable of parameter names, or a predicate ``(name, parameter) -> bool``.
+    ``head`` is the module excluded by the default rule; ``"auto"`` means :func:`find_head`.
+    """
+    params = dict(model.named_parameters())
+    if prunable is None:
+        head_name = find_head(model) if head == "auto" else head
+        names = {
+            f"{name}.weight" if name else "weight"
+            for name, module in model.named_modules()
+            if isinstance(module, _PRUNABLE_MODULES) and name != head_name
+        }
+        chosen = [n for n in params if n in names]
+    elif callable(prunable):
+        chosen = [n for n, p in params.items() if prunable(n, p)]
+    else:
+        wanted = list(prunable)
+        unknown = [n for n in wanted if n not in params]
+        check(not unknown, f"prunable names not in the model: {', '.join(unknown[:5])}")
+        wanted_set = set(wanted)
+        chosen = [n for n in params if n in wanted_set]
+    check(
+        chosen,
+        "no prunable parameters: the model has no Linear/Conv weight besides its head "
+        "(pass prunable=[names] to choose them)",
+    )
+    return chosen
+
+
+class Mask(Mapping[str, Tensor]):
+    """Essential (``True``) / redundant (``False``) entries per parameter name."""
+
+    def __init__(self, tensors: Mapping[str, Tensor]):
+        self._tensors: dict[str, Tensor] = {}
+        for name, value in tensors.items():
+            check(
+                isinstance(value, Tensor) and value.dtype == torch.bool,
+                f"mask entry {name!r} must be a bool tensor",
+            )
+            self._tensors[name] = value
+        check(self._tensors, "a mask needs at least one parameter")
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._tensors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def __invert__(self) -> Mask:
+        """The complement: redundant entries become ``True``."""
+        return Mask({n: ~m for n, m in self._tensors.items()})
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mask):
+            return NotImplemented
+        return self._tensors.keys() == other._tensors.keys() and all(
+            self[n].shape == other[n].shape and torch.equal(self[n].cpu(), other[n].cpu())
+            for n in self
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Mask({len(self)} tensors, {self.essential}/{self.total} essential)"
+
+    # ---- counts -----------------------------------------------------------------------
+    def counts(self) -> dict[str, tuple[int, int]]:
+        """Per parameter: (essential count, total count)."""
+        return {n: (int(m.sum()), m.numel()) for n, m in self._tensors.items()}
+
+    @property
+    def total(self) -> int:
+        return sum(m.numel() for m in self._tensors.values())
+
+    @property
+    def essential(self) -> int:
+        return sum(int(m.sum()) for m in self._tensors.values())
+
+    @property
+    def redundant(self) -> int:
+        return self.total - self.essential
+
+    @property
+    def density(self) -> float:
+        """Fraction of covered entries that are essential."""
+        return self.essential / self.total
+
+    def summary(self) -> str:
+        """A per-layer table of essential counts and density."""
+        width = max(len(n) for n in self)
+        lines = [f"{'parameter':<{width}}  {'essential':>10}  {'total':>10}  density"]
+        for name, (kept, total) in self.counts().items():
+            lines.append(f"{name:<{width}}  {kept:>10}  {total:>10}  {kept / total:.3f}")
+        lines.append(f"{'all':<{width}}  {self.essential:>10}  {self.total:>10}  {self.density:.3f}")
+        return "\n".join(lines)
+
+    # ---- model checks -----------------------------------------------------------------
+    def check(self, model: nn.Module) -> None:
+        """Fail with one line unless every mask name is a parameter of the same shape."""
+        params = dict(model.named_parameters())
+        for name, m in self._tensors.items():
+            if name not in params:
+                raise PacnetError(
+                    f"mask entry {name!r} is not a parameter of the model "
+                    "(was the mask made for another architecture?)"
+                )
+            if tuple(params[name].shape) != tuple(m.shape):
+                raise PacnetError(
+                    f"mask entry {name!r} has shape {tuple(m.shape)} but the model's parameter "
+                    f"has shape {tuple(params[name].shape)}"
+                )
+
+    def to(self, device: torch.device | str) -> Mask:
+        return Mask({n: m.to(device) for n, m in self._tensors.items()})
+
+    # ---- compact storage --------------------------------------------------------------
+    def pack(self) -> tuple[dict[str, Tensor], dict[str, list[int]]]:
+        """Bit-pack the mask: one uint8 tensor per name (8 entries a byte) and the shapes."""
+        packed = {
+            n: torch.from_numpy(np.packbits(m.detach().cpu().numpy().ravel(), bitorder="little"))
+            for n, m in self._tensors.items()
+        }
+        return packed, {n: list(m.shape) for n, m in self._tensors.items()}
+
+    @classmethod
+    def unpack(cls, packed: Mapping[str, Tensor], shapes: Mapping[str, Iterable[int]]) -> Mask:
+        """Inverse of :meth:`pack`."""
+        check(packed.keys() == shapes.keys(), "packed mask names and shapes do not match")
+        out = {}
+        for name, shape in shapes.items():
+            shape = tuple(int(s) for s in shape)
+            numel = math.prod(shape)
+            data = packed[name]
+            check(
+                data.dtype == torch.uint8 and data.numel() == (numel + 7) // 8,
+                f"packed mask entry {name!r} has {data.numel()} bytes, expected {(numel + 7) // 8}",
+            )
+            bits = np.unpackbits(data.numpy(), count=numel, bitorder="little")
+            out[name] = torch.from_numpy(bits.astype(bool)).reshape(shape)
+        return cls(out)
+
+    def save(self, path: str | Path) -> None:
+        """Write the packed mask to a safetensors file (≤ 1 bit per entry plus a header)."""
+        from pacnet.io import write_safetensors
+
+        packed, shapes = self.pack()
+        write_safetensors(
+            path, packed, {"format": _MASK_FORMAT, "version": "1", "shapes": json.dumps(shapes)}
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Mask:
+        """Read a mask written by :meth:`save`."""
+        from pacnet.io import read_safetensors
+
+        tensors, meta = read_safetensors(path)
+        check(meta.get("format") == _MASK_FORMAT, f"{path}: not a pacnet mask file")
+        try:
+            shapes = json.loads(meta["shapes"])
+        except (KeyError, json.JSONDecodeError):
+            raise PacnetError(f"{path}: mask file has no readable shape table") from None
+        return cls.unpack(tensors, shapes)
+
+
+# ---- selection by magnitude ---------------------------------------------------------------
+def _chunks(t: Tensor) -> Iterator[Tensor]:
+    flat = t.detach().reshape(-1)
+    for start in range(0, flat.numel(), _CHUNK):
+        yield flat[start : start + _CHUNK]
+
+
+def _keys(chunk: Tensor, dtype: torch.dtype) -> Tensor:
+    """Integer keys ordered like |chunk| (IEEE bit patterns of non-negative floats)."""
+    return chunk.to(dtype).abs().view(_KEY_DTYPES[torch.finfo(dtype).bits // 8])
+
+
+def _kth_key(tensors: list[Tensor], rank: int, dtype: torch.dtype) -> int:
+    """The ``rank``-th smallest key (1-based) over all tensors, by 16-bit radix passes."""
+    bits = torch.finfo(dtype).bits
+    prefix, rank_left = 0, rank
+    shifts = list(range(((bits - 1) // 16) * 16, -1, -16))
+    for i, shift in enumerate(shifts):
+        hist = torch.zeros(1 << 16, dtype=torch.int64, device=tensors[0].device)
+        for t in tensors:
+            for chunk in _chunks(t):
+                keys = _keys(chunk, dtype).long()
+                if i:
+                    keys = keys[(keys >> (shift + 16)) == prefix]
+                hist += torch.bincount((keys >> shift) & 0xFFFF, minlength=1 << 16).to(hist.device)
+        cum = hist.cumsum(0)
+        digit = int(torch.searchsorted(cum, torch.tensor(rank_left, device=cum.device)))
+        rank_left -= int(cum[digit - 1]) if digit else 0
+        prefix = (prefix << 16) | digit
+    return prefix
+
+
+def _select(tensors: list[Tensor], n_redundant: int) -> list[Tensor]:
+    """Essential masks for ``tensors`` with exactly ``n_redundant`` smallest entries pruned."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    if n_redundant == 0:
+        return [torch.ones_like(t, dtype=torch.bool) for t in tensors]
+    threshold = _kth_key(tensors, n_redundant, dtype)
+    below = [(_keys(t.reshape(-1), dtype) < threshold) for t in tensors]
+    ties_needed = n_redundant - sum(int(b.sum()) for b in below)
+    out = []
+    for t, redundant in zip(tensors, below, strict=True):
+        if ties_needed > 0:
+            ties = (_keys(t.reshape(-1), dtype) == threshold).nonzero().flatten()[:ties_needed]
+            redundant[ties] = True
+            ties_needed -= ties.numel()
+        out.append((~redundant).reshape(t.shape))
+    return out
+
+
+def prune(
+    model: nn.Module,
+    ratio: float = 0.8,
+    scope: str = "global",
+    prunable: PrunableRule = None,
+    head: str | None = "auto",
+) -> Mask:
+    """Magnitude pruning: the ``ratio`` smallest-|w| prunable weights become redundant.
+
+    Args:
+        model: any module; its weights are read, not changed.
+        ratio: fraction of prunable weights that is redundant, in (0, 1); paper: 0.8.
+        scope: ``"global"`` (one threshold over all prunable weights, as in the paper) or
+            ``"layer"`` (the same ratio within every parameter).
+        prunable: which parameters to cover (see :func:`prunable_names`).
+        head: the output module left out by the default rule (``"auto"``: the last
+            Linear/Conv).
+
+    Returns:
+        A :class:`Mask` with ``True`` on essential weights.
+    """
+    ratio = check_ratio(ratio)
+    check(scope in ("global", "layer"), f"scope must be 'global' or 'layer', got {scope!r}")
+    params = dict(model.named_parameters())
+    names = prunable_names(model, prunable, head)
+    tensors = [params[n].detach() for n in names]
+    for name, t in zip(names, tensors, strict=True):
+        check(t.is_floating_point(), f"parameter {name!r} is not floating point")
+        check(bool(torch.isfinite(t).all()), f"parameter {name!r} holds NaN or inf; cannot rank it")
+    if scope == "global":
+        total = sum(t.numel() for t in tensors)
+        masks = _select(tensors, round(ratio * total))
+    else:
+        masks = [_select([t], round(ratio * t.numel()))[0] for t in tensors]
+    return Mask(dict(zip(names, masks, strict=True)))

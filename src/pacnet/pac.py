@@ -1,0 +1,172 @@
+"""PAC-Net's three steps as plain functions: Prune (see :mod:`pacnet.mask`), Allocate, Calibrate.
+
+* :func:`allocate` — redundant weights are set to exactly 0 and held there; the essential
+  weights (and the source's own per-task and other parameters) retrain on the source task.
+* :func:`calibrate` — the target gets its own per-task tensors (head, biases, norms); the
+  redundant weights start at 0 and train on the target data with the penalty
+  ``λ·‖w − w_alloc‖²`` over the trainable entries; essential weights and frozen-shared
+  parameters do not change, bit for bit.
+
+Afterwards ``tasks.use(model, "source")`` (or :func:`pacnet.checkpoint.load` with
+``task="source"``) gives the model exactly as it was after Allocate.
+
+The penalty is a plain sum of squares (no ½, no mean) added to the task loss; its right
+strength depends on how the loss is scaled (see the README on standardised targets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from pacnet.errors import check
+from pacnet.freeze import train_only
+from pacnet.mask import Mask
+from pacnet.tasks import Tasks
+from pacnet.train import Data, FitConfig, FitResult, LossFn, fit, make_optimizer
+
+
+@torch.no_grad()
+def zero_redundant(model: nn.Module, mask: Mask) -> None:
+    """Set every redundant (``False``) entry of the masked weights to +0.0."""
+    params = dict(model.named_parameters())
+    for name, essential in mask.items():
+        params[name].masked_fill_(~essential.to(params[name].device), 0)
+
+
+def allocate(
+    model: nn.Module,
+    mask: Mask,
+    train: Data,
+    loss_fn: LossFn,
+    cfg: FitConfig,
+    *,
+    val: Data | None = None,
+    seed: int = 0,
+) -> FitResult:
+    """Retrain the essential weights on the source task with redundant weights held at 0."""
+    mask.check(model)
+    zero_redundant(model, mask)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(trainable, cfg)
+    return fit(
+        model,
+        loss_fn,
+        train,
+        cfg,
+        optimizer=optimizer,
+        val=val,
+        seed=seed,
+        desc="allocate",
+        wrap=lambda opt: train_only(model, mask, opt, others="trainable"),
+    )
+
+
+class StartPointL2(nn.Module):
+    """``Σ ‖w − w₀‖²`` over the trainable entries of the given parameters.
+
+    For a masked weight, ``keep`` marks the trainable entries and their starting point is 0
+    (redundant weights start at zero), so the term is ``‖w ⊙ keep‖²``; frozen entries equal
+    their start and add nothing. Unmasked parameters are compared with a copy of their
+    starting value.
+    """
+
+    def __init__(self, masked: Mapping[str, tuple[nn.Parameter, Tensor]], whole: Mapping[str, nn.Parameter]):
+        super().__init__()
+        self.masked = [(p, keep.to(p.device, p.dtype)) for p, keep in masked.values()]
+        self.whole = [(p, p.detach().clone()) for p in whole.values()]
+
+    def forward(self) -> Tensor:
+        terms = [(p * keep).square().sum() for p, keep in self.masked]
+        terms += [(p - start).square().sum() for p, start in self.whole]
+        return torch.stack(terms).sum()
+
+
+def calibrate(
+    model: nn.Module,
+    mask: Mask,
+    train: Data,
+    loss_fn: LossFn,
+    cfg: FitConfig,
+    *,
+    lam: float = 0.01,
+    tasks: Tasks | None = None,
+    task: str = "target",
+    init: Mapping[str, Tensor] | None = None,
+    val: Data | None = None,
+    seed: int = 0,
+) -> tuple[Tasks, FitResult]:
+    """Train the redundant weights (from 0) and the target's own tensors on the target task.
+
+    Args:
+        model: the network after :func:`allocate`; its current per-task tensors are the
+            source's (unless ``tasks`` says otherwise).
+        mask: essential entries (``True``), frozen here.
+        train, loss_fn, cfg, val, seed: as in :func:`pacnet.train.fit`.
+        lam: strength λ of ``λ‖w − w_alloc‖²`` on the trainable entries (paper: 0.01).
+        tasks: an existing :class:`Tasks` (default: a new one with the model's current
+            per-task tensors as the source's).
+        task: the new task's name.
+        init: fresh values for per-task tensors whose shape differs from the source's
+            (e.g. a head with another output size); the rest start as copies.
+
+    Returns:
+        ``(tasks, fit_result)``; the model is left active as ``task``.
+    """
+    check(lam >= 0, f"lam (λ) must be >= 0, got {lam}")
+    mask.check(model)
+    tasks = tasks if tasks is not None else Tasks(model, mask)
+    tasks.add(task, init)
+    tasks.activate(model, task)
+    zero_redundant(model, mask)
+    params = dict(model.named_parameters())
+    own = {n: params[n] for n in tasks.names if n in params and params[n].requires_grad}
+    redundant = ~mask
+    trainable = {**redundant, **{n: torch.ones_like(p, dtype=torch.bool) for n, p in own.items()}}
+    optimizer = make_optimizer([params[n] for n in redundant] + list(own.values()), cfg)
+    penalty = StartPointL2({n: (params[n], redundant[n]) for n in redundant}, own)
+    result = fit(
+        model,
+        loss_fn,
+        train,
+        cfg,
+        optimizer=optimizer,
+        val=val,
+        penalties=[(lam, penalty)] if lam else [],
+        seed=seed,
+        desc="calibrate",
+        wrap=lambda opt: train_only(model, trainable, opt, others="frozen"),
+    )
+    return tasks, result
+
+
+def parameter_report(model: nn.Module, tasks: Tasks) -> dict[str, int]:
+    """Counts: essential, redundant, per-task (each task), frozen-shared, total per task."""
+    params = dict(model.named_parameters())
+    per_task = sum(params[n].numel() for n in tasks.names if n in params)
+    masked = tasks.mask.total
+    frozen = sum(p.numel() for n, p in params.items() if n not in tasks.mask and n not in tasks.names)
+    return {
+        "essential": tasks.mask.essential,
+        "redundant": tasks.mask.redundant,
+        "per_task": per_task,
+        "frozen_shared": frozen,
+        "tasks": len(tasks.order),
+        "total": masked + frozen + per_task,
+    }
+
+
+def print_trainable_parameters(model: nn.Module, tasks: Tasks) -> str:
+    """One line like PEFT's: what each task trains and what the network stores."""
+    r = parameter_report(model, tasks)
+    target_trainable = r["redundant"] + r["per_task"]
+    line = (
+        f"essential {r['essential']:,} | redundant {r['redundant']:,} "
+        f"({r['redundant'] / (r['essential'] + r['redundant']):.1%} of prunable) | "
+        f"per-task {r['per_task']:,} x {r['tasks']} tasks | frozen-shared {r['frozen_shared']:,} | "
+        f"target trains {target_trainable:,} of {r['total']:,} ({target_trainable / r['total']:.2%})"
+    )
+    print(line)
+    return line

@@ -1,0 +1,214 @@
+"""The one training loop every step and every method uses, so all get the same budget.
+
+:func:`fit` runs a fixed number of optimizer steps on shuffled minibatches, optionally
+evaluates a validation set every ``eval_every`` steps, keeps the best state and stops early
+after ``patience`` evaluations without improvement. Regularisers are plain callables added
+to the loss with their weight. Seeded: the same seed gives the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from pacnet.errors import PacnetError, check
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+Penalty = tuple[float, Callable[[], Tensor]]
+
+
+@dataclass(frozen=True)
+class Data:
+    """Inputs and labels held in memory (the fast path for small tabular and PDE data)."""
+
+    x: Tensor
+    y: Tensor
+
+    def __post_init__(self) -> None:
+        check(len(self.x) > 0, "empty data set: nothing to train or evaluate on")
+        check(
+            len(self.x) == len(self.y),
+            f"inputs and labels differ in length ({len(self.x)} vs {len(self.y)})",
+        )
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+        """Endless shuffled minibatches, epoch after epoch."""
+        n = len(self)
+        size = min(batch_size, n)
+        while True:
+            order = torch.randperm(n, generator=generator).to(self.x.device)
+            for start in range(0, n - size + 1, size):
+                idx = order[start : start + size]
+                yield self.x[idx], self.y[idx]
+
+    def chunks(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The data in order, in chunks (for evaluation)."""
+        for start in range(0, len(self), batch_size):
+            yield self.x[start : start + batch_size], self.y[start : start + batch_size]
+
+    def to(self, device: torch.device | str) -> Data:
+        return Data(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class FitConfig:
+    """Budget and optimiser of one training run.
+
+    ``patience=None`` trains the full ``steps`` (fixed budget); an integer stops after that
+    many evaluations without validation improvement and restores the best state.
+    """
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    eval_every: int = 50
+    patience: int | None = None
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        check(self.steps >= 0, f"steps must be >= 0, got {self.steps}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        check(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
+        check(
+            self.optimizer in OPTIMIZERS,
+            f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}",
+        )
+
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay),
+    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay),
+    "sgd": lambda p, c: torch.optim.SGD(
+        p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
+    ),
+}
+
+
+def make_optimizer(params: Sequence[nn.Parameter], cfg: FitConfig) -> torch.optim.Optimizer:
+    """The optimizer ``cfg`` names, over ``params``."""
+    params = list(params)
+    check(params, "nothing to train: no parameter is trainable")
+    return OPTIMIZERS[cfg.optimizer](params, cfg)
+
+
+@dataclass
+class FitResult:
+    """What a training run did: steps taken, losses, the validation curve, the best step."""
+
+    steps: int = 0
+    final_loss: float = math.nan
+    best_step: int | None = None
+    best_val: float | None = None
+    val_curve: list[tuple[int, float]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "final_loss": self.final_loss,
+            "best_step": self.best_step,
+            "best_val": self.best_val,
+        }
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Data, loss_fn: LossFn, batch_size: int = 4096) -> float:
+    """Mean of ``loss_fn`` over ``data`` (weighted by chunk size), in eval mode."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in data.chunks(batch_size):
+        total += float(loss_fn(model(x), y)) * len(x)
+        count += len(x)
+    model.train(was_training)
+    return total / count
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    train: Data,
+    cfg: FitConfig,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    val: Data | None = None,
+    penalties: Sequence[Penalty] = (),
+    seed: int = 0,
+    desc: str = "train",
+    wrap: Callable[[torch.optim.Optimizer], Any] | None = None,
+) -> FitResult:
+    """Train ``model`` for ``cfg.steps`` steps (fewer with early stopping).
+
+    Args:
+        model: the module; trained in place.
+        loss_fn: ``loss_fn(output, y) -> scalar``.
+        train: training data.
+        cfg: budget and optimiser.
+        optimizer: an optimizer to use; default: ``cfg.optimizer`` over trainable parameters.
+        val: validation data for early stopping (needed when ``cfg.patience`` is set).
+        penalties: ``(weight, term)`` pairs; ``term()`` is added to the loss with ``weight``
+            after each forward pass.
+        seed: seeds the minibatch order.
+        desc: label of the progress bar.
+        wrap: ``wrap(optimizer)`` returns a context manager entered around the loop (e.g.
+            ``lambda opt: train_only(model, mask, opt)``).
+    """
+    check(cfg.patience is None or val is not None, "early stopping (patience) needs a validation set")
+    if optimizer is None:
+        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    generator = torch.Generator().manual_seed(seed)
+    result = FitResult()
+    best_state: dict[str, Tensor] | None = None
+    stale = 0
+    model.train()
+    batches = train.batches(cfg.batch_size, generator)
+    trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    with (wrap(optimizer) if wrap else nullcontext()), tqdm(
+        total=cfg.steps, desc=desc, disable=None, leave=False
+    ) as bar:
+        for step in range(1, cfg.steps + 1):
+            x, y = next(batches)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            for weight, term in penalties:
+                loss = loss + weight * term()
+            if not torch.isfinite(loss):
+                raise PacnetError(
+                    f"{desc}: loss became {float(loss)} at step {step}; lower the learning rate "
+                    "or check the data for NaN/inf"
+                )
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            optimizer.step()
+            result.steps = step
+            bar.update(1)
+            if val is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+                score = evaluate(model, val, loss_fn)
+                result.val_curve.append((step, score))
+                if result.best_val is None or score < result.best_val:
+                    result.best_val, result.best_step, stale = score, step, 0
+                    if cfg.patience is not None:
+                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    stale += 1
+                    if cfg.patience is not None and stale >= cfg.patience:
+                        break
+        result.final_loss = float(loss.detach()) if cfg.steps else math.nan
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return result
