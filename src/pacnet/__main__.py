@@ -1,0 +1,5 @@
+"""python -m pacnet."""
+
+from pacnet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,20 @@
+"""Benchmarks by name: ``get_benchmark("friedman")``; ``BENCHMARKS`` lists them all."""
+
+from __future__ import annotations
+
+from pacnet.benchmarks.base import Benchmark, Task
+from pacnet.benchmarks.friedman import Friedman
+from pacnet.errors import PacnetError
+
+BENCHMARKS: dict[str, type[Benchmark]] = {b.name: b for b in (Friedman,)}
+
+
+def get_benchmark(name: str) -> type[Benchmark]:
+    """The benchmark class registered as ``name``; a one-line error lists the known ones."""
+    try:
+        return BENCHMARKS[name]
+    except KeyError:
+        raise PacnetError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}") from None
+
+
+__all__ = ["BENCHMARKS", "Benchmark", "Task", "get_benchmark"]

@@ -1,0 +1,86 @@
+"""What a benchmark is: source data, paired target draws, a model, a loss and a metric.
+
+A benchmark knows nothing about transfer methods. It produces
+
+* the **source task** (:meth:`Benchmark.source`): plenty of train, validation and test data;
+* a **target task** for a seed and a target size (:meth:`Benchmark.target`): the seed alone
+  fixes the target (its concept/regime and its samples), so every method run with that seed
+  sees the same data (*paired* comparison), and the samples for a smaller size are a prefix
+  of those for a larger one;
+* a fresh model (:meth:`Benchmark.make_model`), the training loss on the model's scale, and
+  the reported metric in the data's own units (:meth:`Benchmark.score`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+from pacnet.train import Data, FitConfig, LossFn
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task's data: train (what a method may learn from), validation and test."""
+
+    train: Data
+    val: Data | None
+    test: Data
+
+
+class Benchmark(ABC):
+    """A transfer benchmark. Subclasses set ``name``, ``metric`` and ``Config``."""
+
+    name: ClassVar[str]
+    metric: ClassVar[str]
+    summary: ClassVar[str]
+    Config: ClassVar[type]
+    quick: ClassVar[dict[str, Any]] = {}
+    source_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    @abstractmethod
+    def source(self) -> Task:
+        """The source task (deterministic: the same for every seed)."""
+
+    @abstractmethod
+    def target(self, seed: int, size: int) -> Task:
+        """The target task of ``seed`` with ``size`` labelled training samples."""
+
+    @abstractmethod
+    def make_model(self, seed: int) -> nn.Module:
+        """A freshly initialised model (seeded)."""
+
+    @abstractmethod
+    def loss_fn(self) -> LossFn:
+        """Training loss on the model's output scale."""
+
+    @abstractmethod
+    def score(self, model: nn.Module, data: Data) -> float:
+        """The reported metric (lower is better) in the data's own units."""
+
+    @abstractmethod
+    def source_fit(self) -> FitConfig:
+        """Budget for training the source model (and for Allocate)."""
+
+    @abstractmethod
+    def target_fit(self) -> FitConfig:
+        """Budget every method gets on the target task."""
+
+    @property
+    def max_target_size(self) -> int:
+        """The largest target size a seed's pool holds."""
+        return int(self.config.target_pool)
+
+    def source_settings(self) -> dict[str, Any]:
+        """The settings that determine the source model (its cache key)."""
+        from pacnet.config import to_dict
+
+        settings = to_dict(self.config)
+        return {k: settings[k] for k in self.source_fields}
+

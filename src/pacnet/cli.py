@@ -1,0 +1,207 @@
+"""The ``pacnet`` command line: thin; all logic lives in the package.
+
+    pacnet run BENCHMARK --method M --seed S --target-size N [--ratio R] [--quick] --out DIR
+    pacnet reproduce BENCHMARK [--methods a,b] [--target-sizes 10,50] [--seeds 5] --out DIR
+    pacnet methods | pacnet benchmarks
+
+Benchmark settings and method hyperparameters are flags derived from their dataclasses:
+``pacnet run friedman --method pacnet --help`` lists them. Bad input ends with one line
+``pacnet: error: ...`` and exit status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pacnet.errors import PacnetError, check
+
+DEFAULT_SIZES = "10,20,50,100,200,500"
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _seeds(text: str) -> list[int]:
+    """``5`` means seeds 0..4; ``0,3,7`` means those seeds."""
+    values = _ints(text)
+    return list(range(values[0])) if len(values) == 1 and "," not in text else values
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="shrink budgets for a smoke run")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="cache folder for source models (default: $PACNET_CACHE or ~/.cache/pacnet)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _prescan(argv: Sequence[str]) -> tuple[str | None, str | None]:
+    """(benchmark, method) named on the command line, before the full parser exists."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("command", nargs="?")
+    pre.add_argument("benchmark", nargs="?")
+    pre.add_argument("--method", default=None)
+    known, _ = pre.parse_known_args(argv)
+    return known.benchmark, known.method
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    from pacnet.benchmarks import BENCHMARKS
+    from pacnet.config import add_flags
+    from pacnet.methods import METHODS
+
+    bench_name, method_name = _prescan(argv)
+    parser = argparse.ArgumentParser(prog="pacnet", description="PAC-Net transfer learning")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="one transfer run; writes OUT/result.json")
+    run.add_argument("benchmark", help=f"one of: {', '.join(BENCHMARKS)}")
+    run.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
+    run.add_argument("--seed", type=int, default=0, help="fixes the target task and its samples")
+    run.add_argument("--target-size", type=int, default=50, help="labelled target samples")
+    run.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder")
+    _common(run)
+
+    rep = sub.add_parser("reproduce", help="a methods x target sizes x seeds grid, then a table")
+    rep.add_argument("benchmark", help=f"one of: {', '.join(BENCHMARKS)}")
+    rep.add_argument("--methods", default="scratch,finetune,pacnet", help="comma-separated")
+    rep.add_argument("--target-sizes", type=_ints, default=_ints("10,50,200"))
+    rep.add_argument("--seeds", type=_seeds, default=_seeds("3"), help="K (seeds 0..K-1) or a list")
+    rep.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
+                     help="a method hyperparameter, e.g. pacnet.lam=0.1 (repeatable)")
+    rep.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
+    rep.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="output folder")
+    _common(rep)
+
+    sub.add_parser("methods", help="list the transfer methods")
+    sub.add_parser("benchmarks", help="list the benchmarks")
+
+    if bench_name in BENCHMARKS:
+        for p in (run, rep):
+            add_flags(p, BENCHMARKS[bench_name].Config, f"{bench_name} settings")
+    if method_name in METHODS:
+        add_flags(run, METHODS[method_name].Params, f"{method_name} hyperparameters")
+    return parser
+
+
+def _settings(args: argparse.Namespace, cls: type) -> dict:
+    prefix = f"{cls.__name__}."
+    return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix)}
+
+
+def _method_params(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict]:
+    import typing
+
+    from pacnet.config import _parser_for
+    from pacnet.methods import get_method
+
+    params: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        check(sep and dot, f"--param needs METHOD.NAME=VALUE, got {item!r}")
+        check(method in methods, f"--param {item!r}: method {method!r} is not in this sweep")
+        hints = typing.get_type_hints(get_method(method).Params)
+        check(name in hints, f"--param {item!r}: {method} has no hyperparameter {name!r}")
+        convert, _ = _parser_for(hints[name], name)
+        try:
+            params.setdefault(method, {})[name] = convert(value)
+        except (ValueError, argparse.ArgumentTypeError):
+            raise PacnetError(f"--param {item!r}: cannot read {value!r} as {hints[name]}") from None
+    return params
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from pacnet.benchmarks import get_benchmark
+    from pacnet.experiments.cache import StateCache
+    from pacnet.experiments.runner import RESULT_FILE, RunSpec, run
+    from pacnet.methods import get_method
+
+    bench_cls, method_cls = get_benchmark(args.benchmark), get_method(args.method)
+    spec = RunSpec(args.benchmark, args.method, args.seed, args.target_size, args.quick,
+                   _settings(args, bench_cls.Config), _settings(args, method_cls.Params))
+    result = run(spec, args.out, StateCache(args.cache))
+    print(
+        f"{result['method']} on {result['benchmark']} (seed {result['seed']}, "
+        f"N={result['target_size']}): target {result['metric']} {result['target_test']:.4f}, "
+        f"source {result['source_test_before']:.4f} -> {result['source_test_after']:.4f}, "
+        f"{result['seconds']:.1f}s -> {args.out / RESULT_FILE}"
+    )
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> None:
+    from pacnet.benchmarks import get_benchmark
+    from pacnet.experiments.cache import StateCache
+    from pacnet.experiments.runner import RunSpec
+    from pacnet.experiments.sweep import sweep
+    from pacnet.experiments.table import markdown
+    from pacnet.io import write_bytes_atomic
+    from pacnet.methods import get_method
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        get_method(m)
+    bench_cls = get_benchmark(args.benchmark)
+    check(args.jobs >= 1, f"--jobs must be >= 1, got {args.jobs}")
+    base = RunSpec(args.benchmark, methods[0], quick=args.quick,
+                   bench_settings=_settings(args, bench_cls.Config))
+    results = sweep(base, methods, args.target_sizes, args.seeds, args.out, jobs=args.jobs,
+                    cache=StateCache(args.cache), method_params=_method_params(args.param, methods))
+    table = markdown(results, bench_cls.metric)
+    header = (f"# {args.benchmark}: {', '.join(methods)}; target sizes {args.target_sizes}; "
+              f"seeds {args.seeds}{' (quick)' if args.quick else ''}\n\n")
+    write_bytes_atomic(args.out / "table.md", lambda tmp: Path(tmp).write_text(header + table + "\n"))
+    print(header + table)
+    print(f"\n{len(results)} runs; table written to {args.out / 'table.md'}")
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    from pacnet.benchmarks import BENCHMARKS
+    from pacnet.methods import METHODS
+
+    table = METHODS if args.command == "methods" else BENCHMARKS
+    width = max(len(n) for n in table)
+    for name, cls in table.items():
+        print(f"{name:<{width}}  {cls.summary}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser(argv).parse_args(argv)
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
+        {"run": _cmd_run, "reproduce": _cmd_reproduce, "methods": _cmd_list,
+         "benchmarks": _cmd_list}[args.command](args)
+        return 0
+    except PacnetError as exc:
+        if debug:
+            raise
+        print(f"pacnet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pacnet: interrupted; finished runs are saved", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if debug:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"pacnet: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""Typed dataclasses as the one source of truth for settings: CLI flags, parsing, hashing.
+
+``add_flags`` turns every field of a settings dataclass into a ``--flag`` (``ratio`` ->
+``--ratio``, ``allocate_steps`` -> ``--allocate-steps``); ``build`` makes the dataclass
+from parsed flags over a base; ``config_hash`` names a resolved configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from typing import Any
+
+from pacnet.errors import PacnetError
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parser_for(tp: Any, name: str) -> tuple[Any, str]:
+    """(string -> value converter, metavar) for a field type."""
+    origin = typing.get_origin(tp)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType):
+        inner, meta = _parser_for(args[0], name)
+        return (lambda s: None if s.lower() == "none" else inner(s)), meta + "|none"
+    if origin is tuple:
+        item = args[0]
+        return (lambda s: tuple(item(v) for v in s.split(",") if v)), "A,B,..."
+    if tp is bool:
+        def parse_bool(s: str) -> bool:
+            if s.lower() in ("1", "true", "yes", "on"):
+                return True
+            if s.lower() in ("0", "false", "no", "off"):
+                return False
+            raise argparse.ArgumentTypeError(f"{name}: expected true/false, got {s!r}")
+        return parse_bool, "true|false"
+    if tp in (int, float, str):
+        return tp, tp.__name__.upper()
+    raise TypeError(f"unsupported settings type for {name}: {tp}")
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+    """Add one flag per field of ``cls``; unset flags stay absent from the namespace."""
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        convert, meta = _parser_for(hints[f.name], f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        group.add_argument(
+            _flag(f.name), dest=f"{cls.__name__}.{f.name}", type=convert, metavar=meta,
+            default=argparse.SUPPRESS, help=f"(default: {default})",
+        )
+
+
+def build(cls: type, namespace: argparse.Namespace, base: Any = None, **overrides: Any) -> Any:
+    """``cls`` from ``base`` (or defaults), then ``overrides``, then the flags given."""
+    values = dataclasses.asdict(base) if base is not None else {}
+    values.update(overrides)
+    prefix = f"{cls.__name__}."
+    values.update({k[len(prefix):]: v for k, v in vars(namespace).items() if k.startswith(prefix)})
+    return make(cls, values)
+
+
+def make(cls: type, values: dict[str, Any]) -> Any:
+    """``cls(**values)`` with a one-line error for unknown names (lists become tuples)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise PacnetError(f"unknown setting(s) for {cls.__name__}: {', '.join(sorted(unknown))}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A settings dataclass as plain JSON-ready values (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def config_hash(config: Any, length: int = 16) -> str:
+    """A stable short hash of a JSON-ready configuration."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]

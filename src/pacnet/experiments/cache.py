@@ -1,0 +1,59 @@
+"""A content-addressed cache of model states (safetensors), shared by runs and processes.
+
+The key is any JSON-ready mapping; its hash names the file. A process building an entry
+holds a file lock, so parallel runs that need the same source model or Allocate result
+build it once. A corrupt entry is rebuilt.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from pacnet.config import config_hash
+from pacnet.errors import PacnetError
+from pacnet.io import read_safetensors, write_safetensors
+
+
+def default_cache_dir() -> Path:
+    """``$PACNET_CACHE``, else ``$XDG_CACHE_HOME/pacnet``, else ``~/.cache/pacnet``."""
+    if os.environ.get("PACNET_CACHE"):
+        return Path(os.environ["PACNET_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pacnet"
+
+
+class StateCache:
+    """``cache(key, build)`` returns the cached state for ``key``, building it if needed."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def path(self, key: Mapping[str, Any]) -> Path:
+        return self.root / f"{config_hash(dict(key))}.safetensors"
+
+    def __call__(
+        self, key: Mapping[str, Any], build: Callable[[], Mapping[str, Tensor]]
+    ) -> Mapping[str, Tensor]:
+        path = self.path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(path.with_suffix(".lock"), "w")  # noqa: SIM115 (held until built)
+        except OSError as exc:
+            raise PacnetError(f"cannot use the cache folder {self.root}: {exc.strerror}") from None
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if path.exists():
+                try:
+                    return read_safetensors(path)[0]
+                except PacnetError:
+                    path.unlink(missing_ok=True)
+            state = {k: v.detach().clone() for k, v in build().items()}
+            write_safetensors(path, state, {"key": json.dumps(dict(key), sort_keys=True)})
+            return state

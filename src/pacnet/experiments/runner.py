@@ -1,0 +1,133 @@
+"""One run: (benchmark, method, hyperparameters, seed, target size, budget) -> result.json.
+
+The source model is trained once per benchmark configuration and cached; every method
+then starts from the same source model and sees the same target data for a given seed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pacnet.benchmarks import Benchmark, get_benchmark
+from pacnet.config import config_hash, make, to_dict
+from pacnet.errors import PacnetError, check
+from pacnet.experiments.cache import StateCache
+from pacnet.io import write_json
+from pacnet.methods import Method, TransferContext, get_method
+from pacnet.train import fit
+
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class RunSpec:
+    """What identifies a run; settings not given take their defaults."""
+
+    benchmark: str
+    method: str
+    seed: int = 0
+    target_size: int = 50
+    quick: bool = False
+    bench_settings: dict[str, Any] = field(default_factory=dict)
+    method_params: dict[str, Any] = field(default_factory=dict)
+
+    def make_benchmark(self) -> Benchmark:
+        cls = get_benchmark(self.benchmark)
+        settings = {**(cls.quick if self.quick else {}), **self.bench_settings}
+        return cls(make(cls.Config, settings))
+
+    def make_method(self) -> Method:
+        cls = get_method(self.method)
+        return cls(make(cls.Params, self.method_params))
+
+
+def versions() -> dict[str, str]:
+    from pacnet import __version__
+
+    return {"pacnet": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": sys.version.split()[0], "platform": platform.platform()}
+
+
+def source_model(bench: Benchmark, cache: StateCache) -> tuple[torch.nn.Module, str]:
+    """The benchmark's trained source model (cached) and its cache key hash."""
+    key = {"step": "source", "benchmark": bench.name, "config": bench.source_settings()}
+    model = bench.make_model(seed=0)
+    source = bench.source()
+
+    def build() -> dict:
+        fit(model, bench.loss_fn(), source.train, bench.source_fit(), val=source.val, seed=0, desc="source")
+        return model.state_dict()
+
+    model.load_state_dict(cache(key, build))
+    return model, config_hash(key)
+
+
+def run(spec: RunSpec, out: str | Path | None = None, cache: StateCache | None = None) -> dict[str, Any]:
+    """Execute one run; write ``out/result.json`` (atomically) if ``out`` is given."""
+    cache = cache or StateCache()
+    bench = spec.make_benchmark()
+    method = spec.make_method()
+    check(spec.target_size >= 1, f"target size must be >= 1, got {spec.target_size}")
+    check(
+        spec.target_size <= bench.max_target_size,
+        f"target size {spec.target_size} exceeds the pool of {bench.max_target_size} target samples",
+    )
+    if out is not None:
+        try:
+            Path(out).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PacnetError(f"cannot create the output folder {out}: {exc.strerror}") from None
+    start = time.perf_counter()
+    model, source_key = source_model(bench, cache)
+    source = bench.source()
+    source_before = bench.score(model, source.test)
+    target = bench.target(spec.seed, spec.target_size)
+    ctx = TransferContext(bench, model, source, target, spec.seed, source_key, cache)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        transfer = method.transfer(ctx)
+    config = {
+        "benchmark": to_dict(bench.config),
+        "method": to_dict(method.params),
+        "quick": spec.quick,
+        "source_fit": to_dict(bench.source_fit()),
+        "target_fit": to_dict(bench.target_fit()),
+    }
+    result = {
+        "benchmark": spec.benchmark,
+        "method": spec.method,
+        "seed": spec.seed,
+        "target_size": spec.target_size,
+        "metric": bench.metric,
+        "target_test": bench.score(transfer.target_model, target.test),
+        "source_test_before": source_before,
+        "source_test_after": bench.score(transfer.source_model, source.test),
+        "trainable_params": transfer.trainable,
+        "total_params": transfer.total,
+        "stored_params": transfer.stored,
+        "seconds": round(time.perf_counter() - start, 3),
+        "run_id": run_id(spec.benchmark, spec.method, spec.seed, spec.target_size, config),
+        "config": config,
+        "fit": transfer.fit.as_dict(),
+        "details": transfer.details,
+        "versions": versions(),
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    if out is not None:
+        write_json(Path(out) / RESULT_FILE, result)
+    return result
+
+
+def run_id(benchmark: str, method: str, seed: int, target_size: int, config: dict) -> str:
+    """A run's identity: the hash of everything that determines its result."""
+    return config_hash({"benchmark": benchmark, "method": method, "seed": seed,
+                        "target_size": target_size, "config": config})

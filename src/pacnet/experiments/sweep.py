@@ -1,0 +1,96 @@
+"""A grid of runs (methods x target sizes x seeds), resumable and optionally parallel.
+
+Each run writes ``OUT/runs/<run_id>/result.json``; a run whose file already exists is
+skipped, so re-running a killed sweep finishes it without repeating work. The source model
+is built once, before any worker starts.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from pacnet.config import to_dict
+from pacnet.errors import PacnetError
+from pacnet.experiments.cache import StateCache
+from pacnet.experiments.runner import RESULT_FILE, RunSpec, run, run_id, source_model
+from pacnet.io import read_json
+
+
+def planned_id(spec: RunSpec) -> str:
+    """The run id ``spec`` will have, computed without running it."""
+    bench = spec.make_benchmark()
+    method = spec.make_method()
+    config = {
+        "benchmark": to_dict(bench.config),
+        "method": to_dict(method.params),
+        "quick": spec.quick,
+        "source_fit": to_dict(bench.source_fit()),
+        "target_fit": to_dict(bench.target_fit()),
+    }
+    return run_id(spec.benchmark, spec.method, spec.seed, spec.target_size, config)
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _run_one(spec: RunSpec, out: str, cache_root: str) -> dict[str, Any]:
+    return run(spec, out, StateCache(cache_root))
+
+
+def sweep(
+    base: RunSpec,
+    methods: Sequence[str],
+    sizes: Sequence[int],
+    seeds: Sequence[int],
+    out: str | Path,
+    jobs: int = 1,
+    cache: StateCache | None = None,
+    method_params: dict[str, dict[str, Any]] | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every (method, size, seed) not yet finished under ``out``; return all results."""
+    cache = cache or StateCache()
+    method_params = method_params or {}
+    specs = [
+        replace(base, method=m, target_size=n, seed=s, method_params=method_params.get(m, {}))
+        for m in methods for n in sizes for s in seeds
+    ]
+    runs_dir = Path(out) / "runs"
+    todo, results = [], []
+    for spec in specs:
+        path = runs_dir / planned_id(spec) / RESULT_FILE
+        if path.exists():
+            try:
+                results.append(read_json(path))
+                continue
+            except PacnetError:
+                path.unlink()
+        todo.append((spec, path.parent))
+    if todo:
+        source_model(base.make_benchmark(), cache)  # build the shared source model once
+    with tqdm(total=len(specs), initial=len(results), desc="sweep", disable=None) as bar:
+        if jobs <= 1:
+            for spec, folder in todo:
+                results.append(run(spec, folder, cache))
+                bar.update(1)
+                if on_result:
+                    on_result(results[-1])
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init) as pool:
+                futures = [pool.submit(_run_one, s, str(f), str(cache.root)) for s, f in todo]
+                for fut in cf.as_completed(futures):
+                    results.append(fut.result())
+                    bar.update(1)
+                    if on_result:
+                        on_result(results[-1])
+    return results
