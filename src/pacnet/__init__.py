@@ -10,7 +10,7 @@ available inside your own training loop.
 from pacnet.checkpoint import load, load_tasks, save
 from pacnet.errors import PacnetError
 from pacnet.freeze import train_only
-from pacnet.mask import Mask, prune, prunable_names
+from pacnet.mask import Mask, prunable_names, prune
 from pacnet.pac import allocate, calibrate, parameter_report, print_trainable_parameters
 from pacnet.tasks import Tasks, per_task_names
 from pacnet.train import Data, FitConfig, evaluate, fit

@@ -42,7 +42,9 @@ def tensor_digest(tensors: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def save(path: str | Path, model: nn.Module, tasks: Tasks, extra: Mapping[str, Any] | None = None) -> None:
+def save(
+    path: str | Path, model: nn.Module, tasks: Tasks, extra: Mapping[str, Any] | None = None
+) -> None:
     """Write the whole multi-task network (all tasks) to ``path``, atomically."""
     owned = set(tasks.names)
     tensors: dict[str, Tensor] = {
@@ -69,10 +71,15 @@ def save(path: str | Path, model: nn.Module, tasks: Tasks, extra: Mapping[str, A
 
 def _read(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     tensors, meta = read_safetensors(path)
-    check(meta.get("format") == FORMAT, f"{path}: not a pacnet checkpoint (format {meta.get('format')!r})")
+    check(
+        meta.get("format") == FORMAT,
+        f"{path}: not a pacnet checkpoint (format {meta.get('format')!r})",
+    )
     try:
         version = int(meta["format_version"])
-        parsed = {k: json.loads(meta[k]) for k in ("tasks", "per_task_names", "mask_shapes", "extra")}
+        parsed = {
+            k: json.loads(meta[k]) for k in ("tasks", "per_task_names", "mask_shapes", "extra")
+        }
     except (KeyError, ValueError):
         raise PacnetError(f"{path}: checkpoint metadata is incomplete or malformed") from None
     check(

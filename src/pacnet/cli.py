@@ -25,7 +25,9 @@ def _ints(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
     if not values:
         raise argparse.ArgumentTypeError("expected at least one integer")
     return values
@@ -39,20 +41,43 @@ def _seeds(text: str) -> list[int]:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="shrink budgets for a smoke run")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="cache folder for source models (default: $PACNET_CACHE or ~/.cache/pacnet)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="cache folder for source models (default: $PACNET_CACHE or ~/.cache/pacnet)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+class _Parser(argparse.ArgumentParser):
+    r"""An argument parser whose errors are one-line :class:`PacnetError` lines."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise PacnetError(f"{message} (see {self.prog} --help)")
+
+
 def _prescan(argv: Sequence[str]) -> tuple[str | None, str | None]:
-    """(benchmark, method) named on the command line, before the full parser exists."""
+    """(benchmark, method) named on the command line, checked before the full parser exists."""
+    from pacnet.benchmarks import get_benchmark
+    from pacnet.methods import get_method
+
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("command", nargs="?")
     pre.add_argument("benchmark", nargs="?")
     pre.add_argument("--method", default=None)
     known, _ = pre.parse_known_args(argv)
-    return known.benchmark, known.method
+    if (
+        known.command in ("run", "reproduce")
+        and known.benchmark
+        and not known.benchmark.startswith("-")
+    ):
+        get_benchmark(known.benchmark)
+        if known.method:
+            get_method(known.method)
+        return known.benchmark, known.method
+    return None, None
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -61,7 +86,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     from pacnet.methods import METHODS
 
     bench_name, method_name = _prescan(argv)
-    parser = argparse.ArgumentParser(prog="pacnet", description="PAC-Net transfer learning")
+    parser = _Parser(prog="pacnet", description="PAC-Net transfer learning")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="one transfer run; writes OUT/result.json")
@@ -77,8 +102,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     rep.add_argument("--methods", default="scratch,finetune,pacnet", help="comma-separated")
     rep.add_argument("--target-sizes", type=_ints, default=_ints("10,50,200"))
     rep.add_argument("--seeds", type=_seeds, default=_seeds("3"), help="K (seeds 0..K-1) or a list")
-    rep.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
-                     help="a method hyperparameter, e.g. pacnet.lam=0.1 (repeatable)")
+    rep.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="METHOD.NAME=VALUE",
+        help="a method hyperparameter, e.g. pacnet.lam=0.1 (repeatable)",
+    )
     rep.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
     rep.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="output folder")
     _common(rep)
@@ -86,17 +116,17 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list the transfer methods")
     sub.add_parser("benchmarks", help="list the benchmarks")
 
-    if bench_name in BENCHMARKS:
+    if bench_name:
         for p in (run, rep):
             add_flags(p, BENCHMARKS[bench_name].Config, f"{bench_name} settings")
-    if method_name in METHODS:
+    if method_name:
         add_flags(run, METHODS[method_name].Params, f"{method_name} hyperparameters")
     return parser
 
 
 def _settings(args: argparse.Namespace, cls: type) -> dict:
     prefix = f"{cls.__name__}."
-    return {k[len(prefix):]: v for k, v in vars(args).items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in vars(args).items() if k.startswith(prefix)}
 
 
 def _method_params(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict]:
@@ -128,8 +158,15 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from pacnet.methods import get_method
 
     bench_cls, method_cls = get_benchmark(args.benchmark), get_method(args.method)
-    spec = RunSpec(args.benchmark, args.method, args.seed, args.target_size, args.quick,
-                   _settings(args, bench_cls.Config), _settings(args, method_cls.Params))
+    spec = RunSpec(
+        args.benchmark,
+        args.method,
+        args.seed,
+        args.target_size,
+        args.quick,
+        _settings(args, bench_cls.Config),
+        _settings(args, method_cls.Params),
+    )
     result = run(spec, args.out, StateCache(args.cache))
     print(
         f"{result['method']} on {result['benchmark']} (seed {result['seed']}, "
@@ -153,14 +190,30 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
         get_method(m)
     bench_cls = get_benchmark(args.benchmark)
     check(args.jobs >= 1, f"--jobs must be >= 1, got {args.jobs}")
-    base = RunSpec(args.benchmark, methods[0], quick=args.quick,
-                   bench_settings=_settings(args, bench_cls.Config))
-    results = sweep(base, methods, args.target_sizes, args.seeds, args.out, jobs=args.jobs,
-                    cache=StateCache(args.cache), method_params=_method_params(args.param, methods))
+    base = RunSpec(
+        args.benchmark,
+        methods[0],
+        quick=args.quick,
+        bench_settings=_settings(args, bench_cls.Config),
+    )
+    results = sweep(
+        base,
+        methods,
+        args.target_sizes,
+        args.seeds,
+        args.out,
+        jobs=args.jobs,
+        cache=StateCache(args.cache),
+        method_params=_method_params(args.param, methods),
+    )
     table = markdown(results, bench_cls.metric)
-    header = (f"# {args.benchmark}: {', '.join(methods)}; target sizes {args.target_sizes}; "
-              f"seeds {args.seeds}{' (quick)' if args.quick else ''}\n\n")
-    write_bytes_atomic(args.out / "table.md", lambda tmp: Path(tmp).write_text(header + table + "\n"))
+    header = (
+        f"# {args.benchmark}: {', '.join(methods)}; target sizes {args.target_sizes}; "
+        f"seeds {args.seeds}{' (quick)' if args.quick else ''}\n\n"
+    )
+    write_bytes_atomic(
+        args.out / "table.md", lambda tmp: Path(tmp).write_text(header + table + "\n")
+    )
     print(header + table)
     print(f"\n{len(results)} runs; table written to {args.out / 'table.md'}")
 
@@ -184,8 +237,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        {"run": _cmd_run, "reproduce": _cmd_reproduce, "methods": _cmd_list,
-         "benchmarks": _cmd_list}[args.command](args)
+        {
+            "run": _cmd_run,
+            "reproduce": _cmd_reproduce,
+            "methods": _cmd_list,
+            "benchmarks": _cmd_list,
+        }[args.command](args)
         return 0
     except PacnetError as exc:
         if debug:

@@ -33,12 +33,14 @@ def _parser_for(tp: Any, name: str) -> tuple[Any, str]:
         item = args[0]
         return (lambda s: tuple(item(v) for v in s.split(",") if v)), "A,B,..."
     if tp is bool:
+
         def parse_bool(s: str) -> bool:
             if s.lower() in ("1", "true", "yes", "on"):
                 return True
             if s.lower() in ("0", "false", "no", "off"):
                 return False
             raise argparse.ArgumentTypeError(f"{name}: expected true/false, got {s!r}")
+
         return parse_bool, "true|false"
     if tp in (int, float, str):
         return tp, tp.__name__.upper()
@@ -53,8 +55,12 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
         convert, meta = _parser_for(hints[f.name], f.name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         group.add_argument(
-            _flag(f.name), dest=f"{cls.__name__}.{f.name}", type=convert, metavar=meta,
-            default=argparse.SUPPRESS, help=f"(default: {default})",
+            _flag(f.name),
+            dest=f"{cls.__name__}.{f.name}",
+            type=convert,
+            metavar=meta,
+            default=argparse.SUPPRESS,
+            help=f"(default: {default})",
         )
 
 
@@ -63,7 +69,7 @@ def build(cls: type, namespace: argparse.Namespace, base: Any = None, **override
     values = dataclasses.asdict(base) if base is not None else {}
     values.update(overrides)
     prefix = f"{cls.__name__}."
-    values.update({k[len(prefix):]: v for k, v in vars(namespace).items() if k.startswith(prefix)})
+    values.update({k[len(prefix) :]: v for k, v in vars(namespace).items() if k.startswith(prefix)})
     return make(cls, values)
 
 

@@ -77,7 +77,9 @@ def train_only(
         ...     for x, y in loader:
         ...         opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
     """
-    check(others in ("trainable", "frozen"), f"others must be 'trainable' or 'frozen', got {others!r}")
+    check(
+        others in ("trainable", "frozen"), f"others must be 'trainable' or 'frozen', got {others!r}"
+    )
     if isinstance(mask, Mask):
         mask.check(model)
     else:

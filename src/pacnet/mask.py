@@ -144,7 +144,9 @@ class Mask(Mapping[str, Tensor]):
         lines = [f"{'parameter':<{width}}  {'essential':>10}  {'total':>10}  density"]
         for name, (kept, total) in self.counts().items():
             lines.append(f"{name:<{width}}  {kept:>10}  {total:>10}  {kept / total:.3f}")
-        lines.append(f"{'all':<{width}}  {self.essential:>10}  {self.total:>10}  {self.density:.3f}")
+        lines.append(
+            f"{'all':<{width}}  {self.essential:>10}  {self.total:>10}  {self.density:.3f}"
+        )
         return "\n".join(lines)
 
     # ---- model checks -----------------------------------------------------------------

@@ -73,7 +73,9 @@ class StartPointL2(nn.Module):
     starting value.
     """
 
-    def __init__(self, masked: Mapping[str, tuple[nn.Parameter, Tensor]], whole: Mapping[str, nn.Parameter]):
+    def __init__(
+        self, masked: Mapping[str, tuple[nn.Parameter, Tensor]], whole: Mapping[str, nn.Parameter]
+    ):
         super().__init__()
         self.masked = [(p, keep.to(p.device, p.dtype)) for p, keep in masked.values()]
         self.whole = [(p, p.detach().clone()) for p in whole.values()]
@@ -147,7 +149,9 @@ def parameter_report(model: nn.Module, tasks: Tasks) -> dict[str, int]:
     params = dict(model.named_parameters())
     per_task = sum(params[n].numel() for n in tasks.names if n in params)
     masked = tasks.mask.total
-    frozen = sum(p.numel() for n, p in params.items() if n not in tasks.mask and n not in tasks.names)
+    frozen = sum(
+        p.numel() for n, p in params.items() if n not in tasks.mask and n not in tasks.names
+    )
     return {
         "essential": tasks.mask.essential,
         "redundant": tasks.mask.redundant,
@@ -166,7 +170,8 @@ def print_trainable_parameters(model: nn.Module, tasks: Tasks) -> str:
         f"essential {r['essential']:,} | redundant {r['redundant']:,} "
         f"({r['redundant'] / (r['essential'] + r['redundant']):.1%} of prunable) | "
         f"per-task {r['per_task']:,} x {r['tasks']} tasks | frozen-shared {r['frozen_shared']:,} | "
-        f"target trains {target_trainable:,} of {r['total']:,} ({target_trainable / r['total']:.2%})"
+        f"target trains {target_trainable:,} of {r['total']:,} "
+        f"({target_trainable / r['total']:.2%})"
     )
     print(line)
     return line

@@ -41,7 +41,9 @@ class Data:
     def __len__(self) -> int:
         return len(self.x)
 
-    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(
+        self, batch_size: int, generator: torch.Generator
+    ) -> Iterator[tuple[Tensor, Tensor]]:
         """Endless shuffled minibatches, epoch after epoch."""
         n = len(self)
         size = min(batch_size, n)
@@ -167,7 +169,9 @@ def fit(
         wrap: ``wrap(optimizer)`` returns a context manager entered around the loop (e.g.
             ``lambda opt: train_only(model, mask, opt)``).
     """
-    check(cfg.patience is None or val is not None, "early stopping (patience) needs a validation set")
+    check(
+        cfg.patience is None or val is not None, "early stopping (patience) needs a validation set"
+    )
     if optimizer is None:
         optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     generator = torch.Generator().manual_seed(seed)
@@ -177,9 +181,10 @@ def fit(
     model.train()
     batches = train.batches(cfg.batch_size, generator)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
-    with (wrap(optimizer) if wrap else nullcontext()), tqdm(
-        total=cfg.steps, desc=desc, disable=None, leave=False
-    ) as bar:
+    with (
+        wrap(optimizer) if wrap else nullcontext(),
+        tqdm(total=cfg.steps, desc=desc, disable=None, leave=False) as bar,
+    ):
         for step in range(1, cfg.steps + 1):
             x, y = next(batches)
             optimizer.zero_grad(set_to_none=True)
@@ -188,8 +193,8 @@ def fit(
                 loss = loss + weight * term()
             if not torch.isfinite(loss):
                 raise PacnetError(
-                    f"{desc}: loss became {float(loss)} at step {step}; lower the learning rate "
-                    "or check the data for NaN/inf"
+                    f"{desc}: loss became {float(loss.detach())} at step {step}; "
+                    "lower the learning rate or check the data for NaN/inf"
                 )
             loss.backward()
             if cfg.grad_clip is not None:

@@ -14,7 +14,9 @@ def get_benchmark(name: str) -> type[Benchmark]:
     try:
         return BENCHMARKS[name]
     except KeyError:
-        raise PacnetError(f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}") from None
+        raise PacnetError(
+            f"unknown benchmark {name!r}; choose one of: {', '.join(BENCHMARKS)}"
+        ) from None
 
 
 __all__ = ["BENCHMARKS", "Benchmark", "Task", "get_benchmark"]

@@ -83,4 +83,3 @@ class Benchmark(ABC):
 
         settings = to_dict(self.config)
         return {k: settings[k] for k in self.source_fields}
-

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -46,8 +47,11 @@ class Concept:
             values = mean + std * torch.randn(n, generator=generator, dtype=torch.float64)
             return tuple(values.tolist())
 
-        return cls(normal(4, 1.0, 0.1 * distance), normal(5, 1.0, 0.1 * distance),
-                   normal(5, 0.0, 0.05 * distance))
+        return cls(
+            normal(4, 1.0, 0.1 * distance),
+            normal(5, 1.0, 0.1 * distance),
+            normal(5, 0.0, 0.05 * distance),
+        )
 
     def __call__(self, x: Tensor) -> Tensor:
         a, b, c = self.a, self.b, self.c
@@ -90,7 +94,10 @@ class FriedmanConfig:
         check(self.target_pool >= 1, "target_pool must be >= 1")
         check(self.distance >= 0, f"distance must be >= 0, got {self.distance}")
         check(self.noise >= 0, f"noise must be >= 0, got {self.noise}")
-        check(self.protocol in ("fixed", "early"), f"protocol must be 'fixed' or 'early', got {self.protocol!r}")
+        check(
+            self.protocol in ("fixed", "early"),
+            f"protocol must be 'fixed' or 'early', got {self.protocol!r}",
+        )
         check(0 < self.source_val_fraction < 1, "source_val_fraction must lie in (0, 1)")
         check(0 < self.target_val_fraction < 1, "target_val_fraction must lie in (0, 1)")
 
@@ -100,9 +107,24 @@ class Friedman(Benchmark):
     metric = "rmse"
     summary = "Friedman #1 regression transfer (Pardoe & Stone concepts), MLP, RMSE"
     Config = FriedmanConfig
-    quick = {"source_samples": 4000, "source_steps": 800, "target_steps": 200, "target_test": 1000}
-    source_fields = ("source_samples", "source_val_fraction", "distance", "noise", "source_concept",
-                     "hidden", "activation", "source_steps", "source_lr", "source_batch")
+    quick: ClassVar[dict[str, Any]] = {
+        "source_samples": 4000,
+        "source_steps": 800,
+        "target_steps": 200,
+        "target_test": 1000,
+    }
+    source_fields = (
+        "source_samples",
+        "source_val_fraction",
+        "distance",
+        "noise",
+        "source_concept",
+        "hidden",
+        "activation",
+        "source_steps",
+        "source_lr",
+        "source_batch",
+    )
 
     def __init__(self, config: FriedmanConfig):
         super().__init__(config)
@@ -116,7 +138,9 @@ class Friedman(Benchmark):
         self._source_xy = (x, y)
 
     # ---- data -------------------------------------------------------------------------
-    def _sample(self, concept: Concept, n: int, gen: torch.Generator, noisy: bool = True) -> tuple[Tensor, Tensor]:
+    def _sample(
+        self, concept: Concept, n: int, gen: torch.Generator, noisy: bool = True
+    ) -> tuple[Tensor, Tensor]:
         x = torch.rand(n, FEATURES, generator=gen, dtype=torch.float64)
         y = concept(x)
         if noisy:
@@ -140,12 +164,17 @@ class Friedman(Benchmark):
 
     def concept(self, seed: int) -> Concept:
         """The target concept of ``seed``."""
-        return Concept.draw(torch.Generator().manual_seed(10_007 * (seed + 1)), self.config.distance)
+        return Concept.draw(
+            torch.Generator().manual_seed(10_007 * (seed + 1)), self.config.distance
+        )
 
     def target(self, seed: int, size: int) -> Task:
         cfg = self.config
         check(size >= 1, f"target size must be >= 1, got {size}")
-        check(size <= cfg.target_pool, f"target size {size} exceeds the pool of {cfg.target_pool} (raise target_pool)")
+        check(
+            size <= cfg.target_pool,
+            f"target size {size} exceeds the pool of {cfg.target_pool} (raise target_pool)",
+        )
         concept = self.concept(seed)
         gen = torch.Generator().manual_seed(20_011 * (seed + 1))
         x, y = self._sample(concept, cfg.target_pool, gen)
@@ -154,8 +183,14 @@ class Friedman(Benchmark):
         tx, ty = self._sample(concept, cfg.target_test, test_gen, noisy=cfg.noisy_test)
         if cfg.protocol == "early":
             n_val = max(1, round(size * cfg.target_val_fraction))
-            check(size - n_val >= 1, f"early stopping needs a target size of at least 2, got {size}")
-            return Task(self._data(x[n_val:], y[n_val:]), self._data(x[:n_val], y[:n_val]), self._data(tx, ty))
+            check(
+                size - n_val >= 1, f"early stopping needs a target size of at least 2, got {size}"
+            )
+            return Task(
+                self._data(x[n_val:], y[n_val:]),
+                self._data(x[:n_val], y[:n_val]),
+                self._data(tx, ty),
+            )
         return Task(self._data(x, y), None, self._data(tx, ty))
 
     # ---- model and training -----------------------------------------------------------
@@ -172,11 +207,20 @@ class Friedman(Benchmark):
 
     def source_fit(self) -> FitConfig:
         c = self.config
-        return FitConfig(steps=c.source_steps, batch_size=c.source_batch, lr=c.source_lr,
-                         eval_every=max(c.eval_every, c.source_steps // 40), patience=None)
+        return FitConfig(
+            steps=c.source_steps,
+            batch_size=c.source_batch,
+            lr=c.source_lr,
+            eval_every=max(c.eval_every, c.source_steps // 40),
+            patience=None,
+        )
 
     def target_fit(self) -> FitConfig:
         c = self.config
-        return FitConfig(steps=c.target_steps, batch_size=c.target_batch, lr=c.target_lr,
-                         eval_every=c.eval_every,
-                         patience=c.patience if c.protocol == "early" else None)
+        return FitConfig(
+            steps=c.target_steps,
+            batch_size=c.target_batch,
+            lr=c.target_lr,
+            eval_every=c.eval_every,
+            patience=c.patience if c.protocol == "early" else None,
+        )

@@ -53,8 +53,13 @@ class RunSpec:
 def versions() -> dict[str, str]:
     from pacnet import __version__
 
-    return {"pacnet": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": sys.version.split()[0], "platform": platform.platform()}
+    return {
+        "pacnet": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
 
 
 def source_model(bench: Benchmark, cache: StateCache) -> tuple[torch.nn.Module, str]:
@@ -64,14 +69,24 @@ def source_model(bench: Benchmark, cache: StateCache) -> tuple[torch.nn.Module, 
     source = bench.source()
 
     def build() -> dict:
-        fit(model, bench.loss_fn(), source.train, bench.source_fit(), val=source.val, seed=0, desc="source")
+        fit(
+            model,
+            bench.loss_fn(),
+            source.train,
+            bench.source_fit(),
+            val=source.val,
+            seed=0,
+            desc="source",
+        )
         return model.state_dict()
 
     model.load_state_dict(cache(key, build))
     return model, config_hash(key)
 
 
-def run(spec: RunSpec, out: str | Path | None = None, cache: StateCache | None = None) -> dict[str, Any]:
+def run(
+    spec: RunSpec, out: str | Path | None = None, cache: StateCache | None = None
+) -> dict[str, Any]:
     """Execute one run; write ``out/result.json`` (atomically) if ``out`` is given."""
     cache = cache or StateCache()
     bench = spec.make_benchmark()
@@ -79,7 +94,8 @@ def run(spec: RunSpec, out: str | Path | None = None, cache: StateCache | None =
     check(spec.target_size >= 1, f"target size must be >= 1, got {spec.target_size}")
     check(
         spec.target_size <= bench.max_target_size,
-        f"target size {spec.target_size} exceeds the pool of {bench.max_target_size} target samples",
+        f"target size {spec.target_size} exceeds the pool of "
+        f"{bench.max_target_size} target samples",
     )
     if out is not None:
         try:
@@ -129,5 +145,12 @@ def run(spec: RunSpec, out: str | Path | None = None, cache: StateCache | None =
 
 def run_id(benchmark: str, method: str, seed: int, target_size: int, config: dict) -> str:
     """A run's identity: the hash of everything that determines its result."""
-    return config_hash({"benchmark": benchmark, "method": method, "seed": seed,
-                        "target_size": target_size, "config": config})
+    return config_hash(
+        {
+            "benchmark": benchmark,
+            "method": method,
+            "seed": seed,
+            "target_size": target_size,
+            "config": config,
+        }
+    )

@@ -62,7 +62,9 @@ def sweep(
     method_params = method_params or {}
     specs = [
         replace(base, method=m, target_size=n, seed=s, method_params=method_params.get(m, {}))
-        for m in methods for n in sizes for s in seeds
+        for m in methods
+        for n in sizes
+        for s in seeds
     ]
     runs_dir = Path(out) / "runs"
     todo, results = [], []

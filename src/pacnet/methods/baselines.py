@@ -14,11 +14,24 @@ class Scratch(Method):
 
     def transfer(self, ctx: TransferContext) -> Transfer:
         model = ctx.benchmark.make_model(ctx.seed)
-        result = fit(model, ctx.loss_fn, ctx.target.train, ctx.target_fit, val=ctx.target.val,
-                     seed=ctx.seed, desc="scratch")
+        result = fit(
+            model,
+            ctx.loss_fn,
+            ctx.target.train,
+            ctx.target_fit,
+            val=ctx.target.val,
+            seed=ctx.seed,
+            desc="scratch",
+        )
         n = count(model)
-        return Transfer(model, ctx.source_model, trainable=n, total=n,
-                        stored=n + count(ctx.source_model), fit=result)
+        return Transfer(
+            model,
+            ctx.source_model,
+            trainable=n,
+            total=n,
+            stored=n + count(ctx.source_model),
+            fit=result,
+        )
 
 
 class FineTune(Method):
@@ -27,7 +40,14 @@ class FineTune(Method):
 
     def transfer(self, ctx: TransferContext) -> Transfer:
         model = copy.deepcopy(ctx.source_model)
-        result = fit(model, ctx.loss_fn, ctx.target.train, ctx.target_fit, val=ctx.target.val,
-                     seed=ctx.seed, desc="finetune")
+        result = fit(
+            model,
+            ctx.loss_fn,
+            ctx.target.train,
+            ctx.target_fit,
+            val=ctx.target.val,
+            seed=ctx.seed,
+            desc="finetune",
+        )
         n = count(model)
         return Transfer(model, model, trainable=n, total=n, stored=n, fit=result)

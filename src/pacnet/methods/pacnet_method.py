@@ -25,13 +25,20 @@ class PacNetParams:
     def __post_init__(self) -> None:
         check_ratio(self.ratio)
         check(self.lam >= 0, f"lam (λ) must be >= 0, got {self.lam}")
-        check(self.scope in ("global", "layer"), f"scope must be 'global' or 'layer', got {self.scope!r}")
-        check(self.allocate_steps is None or self.allocate_steps >= 0, "allocate_steps must be >= 0")
+        check(
+            self.scope in ("global", "layer"),
+            f"scope must be 'global' or 'layer', got {self.scope!r}",
+        )
+        check(
+            self.allocate_steps is None or self.allocate_steps >= 0, "allocate_steps must be >= 0"
+        )
 
 
 class PacNet(Method):
     name = "pacnet"
-    summary = "prune the source model, retrain its essential weights, train the redundant ones on the target"
+    summary = (
+        "prune the source, retrain its essential weights, train the redundant ones on the target"
+    )
     Params = PacNetParams
 
     def transfer(self, ctx: TransferContext) -> Transfer:
@@ -46,11 +53,24 @@ class PacNet(Method):
             allocate(model, mask, ctx.source.train, ctx.loss_fn, alloc_fit, seed=0)
             return model.state_dict()
 
-        key = {"step": "allocate", "source": ctx.source_key, "ratio": p.ratio, "scope": p.scope,
-               "fit": asdict(alloc_fit)}
+        key = {
+            "step": "allocate",
+            "source": ctx.source_key,
+            "ratio": p.ratio,
+            "scope": p.scope,
+            "fit": asdict(alloc_fit),
+        }
         model.load_state_dict(ctx.memo(key, build))
-        tasks, result = calibrate(model, mask, ctx.target.train, ctx.loss_fn, ctx.target_fit,
-                                  lam=p.lam, val=ctx.target.val, seed=ctx.seed)
+        tasks, result = calibrate(
+            model,
+            mask,
+            ctx.target.train,
+            ctx.loss_fn,
+            ctx.target_fit,
+            lam=p.lam,
+            val=ctx.target.val,
+            seed=ctx.seed,
+        )
         report = parameter_report(model, tasks)
         source_view: nn.Module = tasks.export(model, "source")
         return Transfer(
@@ -60,6 +80,9 @@ class PacNet(Method):
             total=count(model),
             stored=report["total"] + report["per_task"] * (report["tasks"] - 1),
             fit=result,
-            details={"essential": report["essential"], "redundant": report["redundant"],
-                     "per_task": report["per_task"]},
+            details={
+                "essential": report["essential"],
+                "redundant": report["redundant"],
+                "per_task": report["per_task"],
+            },
         )

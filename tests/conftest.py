@@ -1,0 +1,41 @@
+"""Shared test helpers: tiny models and data, and a private cache folder per test session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("PACNET_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def mlp(seed: int = 0, out: int = 1) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, out)
+    )
+
+
+class SmallCNN(nn.Module):
+    """Conv + BatchNorm body and a linear head, like a miniature ResNet stem."""
+
+    def __init__(self, out: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8 * 6 * 6, out)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.head(x.flatten(1))
+
+
+def small_cnn(seed: int = 0, out: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return SmallCNN(out)

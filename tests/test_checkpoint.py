@@ -1,0 +1,109 @@
+import json
+
+import pytest
+import torch
+from conftest import small_cnn
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import pacnet
+from pacnet import Data, FitConfig, PacnetError, allocate, calibrate, prune
+
+FIT = FitConfig(steps=20, batch_size=16, lr=1e-2)
+
+
+@pytest.fixture
+def trained(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    source = Data(torch.randn(48, 1, 6, 6, generator=g), torch.randn(48, 3, generator=g))
+    target = Data(torch.randn(16, 1, 6, 6, generator=g), torch.randn(16, 3, generator=g))
+    model = small_cnn()
+    mse = nn.functional.mse_loss
+    mask = prune(model, 0.8)
+    allocate(model, mask, source, mse, FIT)
+    model.eval()
+    source_out = model(source.x).detach()
+    tasks, _ = calibrate(model, mask, target, mse, FIT)
+    model.eval()
+    target_out = model(source.x).detach()
+    path = tmp_path / "net.safetensors"
+    pacnet.save(path, model, tasks, extra={"note": "test"})
+    return path, source.x, source_out, target_out, model, tasks
+
+
+def test_roundtrip_is_exact_for_both_tasks(trained):
+    path, x, source_out, target_out, _, _ = trained
+    source_model = pacnet.load(path, small_cnn(seed=5), task="source").eval()
+    target_model = pacnet.load(path, small_cnn(seed=6), task="target").eval()
+    assert torch.equal(source_model(x), source_out)
+    assert torch.equal(target_model(x), target_out)
+
+
+def test_load_tasks_restores_the_multi_task_network(trained):
+    path, x, source_out, target_out, _, _ = trained
+    model = small_cnn(seed=7)
+    tasks = pacnet.load_tasks(path, model)
+    model.eval()
+    assert tasks.order == ["source", "target"]
+    assert torch.equal(model(x), target_out)
+    with tasks.use(model, "source"):
+        assert torch.equal(model(x), source_out)
+
+
+def test_two_tasks_cost_about_half_of_two_dense_models(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+    )
+    mask = prune(model, 0.8)
+    tasks = pacnet.Tasks(model, mask)
+    tasks.add("target")
+    path = tmp_path / "two.safetensors"
+    pacnet.save(path, model, tasks)
+    dense = tmp_path / "dense.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, dense)
+    assert path.stat().st_size <= 0.55 * 2 * dense.stat().st_size
+
+
+def test_truncated_file_gives_one_line_error(trained):
+    path = trained[0]
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(PacnetError, match="not a readable safetensors") as info:
+        pacnet.load(path, small_cnn())
+    assert "\n" not in str(info.value)
+
+
+def test_flipped_byte_fails_the_checksum(trained):
+    path = trained[0]
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(PacnetError, match="checksum"):
+        pacnet.load(path, small_cnn())
+
+
+def test_other_architecture_is_rejected(trained):
+    with pytest.raises(PacnetError, match=r"architecture|shape"):
+        pacnet.load(trained[0], nn.Sequential(nn.Linear(5, 3)))
+
+
+def test_future_format_version_is_rejected(trained, tmp_path):
+    path = trained[0]
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    meta["format_version"] = "99"
+    newer = tmp_path / "newer.safetensors"
+    save_file(load_file(str(path)), newer, metadata=meta)
+    with pytest.raises(PacnetError, match="newer"):
+        pacnet.load(newer, small_cnn())
+
+
+def test_unknown_task_and_foreign_file(trained, tmp_path):
+    with pytest.raises(PacnetError, match="no task 'third'"):
+        pacnet.load(trained[0], small_cnn(), task="third")
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, foreign, metadata={"x": json.dumps(1)})
+    with pytest.raises(PacnetError, match="not a pacnet checkpoint"):
+        pacnet.load(foreign, small_cnn())

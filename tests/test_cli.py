@@ -1,0 +1,209 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pacnet.cli import main
+from pacnet.methods import METHODS
+
+TINY = [
+    "--source-samples",
+    "400",
+    "--source-steps",
+    "60",
+    "--target-steps",
+    "30",
+    "--target-test",
+    "200",
+    "--hidden",
+    "16,16",
+    "--target-pool",
+    "60",
+]
+REQUIRED = {
+    "benchmark",
+    "method",
+    "seed",
+    "target_size",
+    "metric",
+    "target_test",
+    "source_test_before",
+    "source_test_after",
+    "trainable_params",
+    "total_params",
+    "seconds",
+    "config",
+    "versions",
+}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_run_writes_result_json_for_every_method(method, tmp_path, capsys):
+    out = tmp_path / method
+    code = main(
+        [
+            "run",
+            "friedman",
+            "--method",
+            method,
+            "--seed",
+            "1",
+            "--target-size",
+            "20",
+            "--quick",
+            "--out",
+            str(out),
+            *TINY,
+        ]
+    )
+    assert code == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result.keys() >= REQUIRED
+    assert (result["method"], result["seed"], result["target_size"]) == (method, 1, 20)
+    assert result["target_test"] > 0 and result["total_params"] >= result["trainable_params"] > 0
+    assert result["config"]["benchmark"]["hidden"] == [16, 16]
+    assert "target rmse" in capsys.readouterr().out
+
+
+def test_pacnet_keeps_the_source_and_finetune_forgets(tmp_path):
+    results = {}
+    for method in ("pacnet", "finetune"):
+        main(
+            [
+                "run",
+                "friedman",
+                "--method",
+                method,
+                "--target-size",
+                "50",
+                "--quick",
+                "--out",
+                str(tmp_path / method),
+                *TINY,
+                "--distance",
+                "3",
+            ]
+        )
+        results[method] = json.loads((tmp_path / method / "result.json").read_text())
+    ft, pac = results["finetune"], results["pacnet"]
+    assert ft["source_test_after"] > ft["source_test_before"]
+    assert pac["config"]["method"] == {
+        "ratio": 0.8,
+        "lam": 0.01,
+        "scope": "global",
+        "allocate_steps": None,
+    }
+    # PAC-Net's source model is the allocated one: run twice, identical source error
+    main(
+        [
+            "run",
+            "friedman",
+            "--method",
+            "pacnet",
+            "--seed",
+            "2",
+            "--target-size",
+            "10",
+            "--quick",
+            "--out",
+            str(tmp_path / "again"),
+            *TINY,
+            "--distance",
+            "3",
+        ]
+    )
+    again = json.loads((tmp_path / "again" / "result.json").read_text())
+    assert again["source_test_after"] == pac["source_test_after"]
+
+
+BAD = [
+    (["run", "friedman", "--method", "nope"], "unknown method 'nope'"),
+    (["run", "nowhere", "--method", "pacnet"], "unknown benchmark 'nowhere'"),
+    (
+        ["run", "friedman", "--method", "pacnet", "--ratio", "1.2"],
+        "ratio must lie strictly between 0 and 1",
+    ),
+    (
+        ["run", "friedman", "--method", "pacnet", "--ratio", "0"],
+        "ratio must lie strictly between 0 and 1",
+    ),
+    (["run", "friedman", "--method", "pacnet", "--lam", "-1"], "lam (λ) must be >= 0"),
+    (["run", "friedman", "--method", "pacnet", "--target-size", "0"], "target size must be >= 1"),
+    (["run", "friedman", "--method", "pacnet", "--target-size", "5000"], "exceeds the pool"),
+    (["run", "friedman", "--method", "pacnet", "--protocol", "sometimes"], "protocol must be"),
+    (["reproduce", "friedman", "--methods", "pacnet,zzz"], "unknown method 'zzz'"),
+    (["reproduce", "friedman", "--param", "pacnet.gamma=1"], "no hyperparameter 'gamma'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD)
+def test_bad_input_gives_one_line_error(argv, message, tmp_path, capsys):
+    code = main([*argv, "--out", str(tmp_path / "o"), "--quick", *TINY])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("pacnet: error: ")
+    assert message in err
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(
+        ["run", "friedman", "--method", "scratch", "--quick", *TINY, "--out", str(blocker / "sub")]
+    )
+    assert code == 2
+    assert "cannot create the output folder" in capsys.readouterr().err
+
+
+def test_console_script_has_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pacnet",
+            "run",
+            "friedman",
+            "--method",
+            "pacnet",
+            "--ratio",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "pacnet: error: ratio must lie strictly between 0 and 1, got 2.0"
+
+
+def test_reproduce_prints_a_table_and_resumes(tmp_path, capsys):
+    argv = [
+        "reproduce",
+        "friedman",
+        "--methods",
+        "scratch,pacnet",
+        "--target-sizes",
+        "10,20",
+        "--seeds",
+        "2",
+        "--quick",
+        "--out",
+        str(tmp_path),
+        *TINY,
+        "--param",
+        "pacnet.lam=0.1",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| pacnet |" in out and "N=20" in out
+    files = sorted(tmp_path.glob("runs/*/result.json"))
+    assert len(files) == 8
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    lams = {json.loads(f.read_text())["config"]["method"].get("lam") for f in files}
+    assert lams == {None, 0.1}
+    assert main(argv) == 0  # everything finished: nothing reruns
+    assert {f: f.stat().st_mtime_ns for f in tmp_path.glob("runs/*/result.json")} == stamps
+    assert (tmp_path / "table.md").read_text().count("| scratch |") == 2

@@ -1,0 +1,128 @@
+import pytest
+import torch
+from conftest import mlp
+from torch import nn
+
+from pacnet import PacnetError, prune, train_only
+
+OPTIMIZERS = {
+    "sgd_momentum_wd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.1),
+    "adam_wd": lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.5),
+}
+
+
+def train(model, optimizer, steps=100, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(16, 5, generator=gen)
+        optimizer.zero_grad()
+        ((model(x) - 1.0) ** 2).mean().backward()
+        optimizer.step()
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def bits_equal(a, b):
+    return torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+@pytest.mark.parametrize("side", ["essential", "redundant"])
+def test_frozen_entries_are_bit_identical_after_100_steps(name, side):
+    model = mlp()
+    mask = prune(model, 0.8)
+    trainable = mask if side == "essential" else ~mask
+    before = snapshot(model)
+    optimizer = OPTIMIZERS[name](model.parameters())
+    with train_only(model, trainable, optimizer, others="frozen"):
+        train(model, optimizer)
+    after = snapshot(model)
+    for n, m in trainable.items():
+        assert bits_equal(after[n][~m], before[n][~m]), n
+        assert (after[n][m] != before[n][m]).float().mean() > 0.9, f"{n} barely trained"
+    for n in before:
+        if n not in trainable:
+            assert bits_equal(after[n], before[n]), f"{n} should be frozen"
+
+
+def test_zeroing_gradients_alone_would_not_freeze():
+    """The reason train_only exists: momentum and weight decay move zero-gradient entries."""
+    model = mlp()
+    mask = prune(model, 0.8)
+    before = snapshot(model)
+    optimizer = OPTIMIZERS["adamw"](model.parameters())
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        optimizer.zero_grad()
+        ((model(torch.randn(16, 5, generator=gen)) - 1) ** 2).mean().backward()
+        for n, p in model.named_parameters():
+            if n in mask:
+                p.grad.mul_(mask[n])
+        optimizer.step()
+    moved = [
+        n for n, m in mask.items() if not torch.equal(model.get_parameter(n)[~m], before[n][~m])
+    ]
+    assert moved
+
+
+def test_others_trainable_policy_and_gradients_are_masked():
+    model = mlp()
+    mask = prune(model, 0.5)
+    before = snapshot(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = {}
+    with train_only(model, mask, optimizer, others="trainable"):
+        loss = model(torch.randn(4, 5)).sum()
+        loss.backward()
+        seen = {n: model.get_parameter(n).grad.clone() for n in mask}
+        optimizer.step()
+    for n, m in mask.items():
+        assert torch.count_nonzero(seen[n][~m]) == 0
+    assert not torch.equal(model[4].weight, before["4.weight"])  # head not in mask: trained
+
+
+def test_context_exit_restores_normal_training():
+    model = mlp()
+    mask = prune(model, 0.8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.1)
+    with train_only(model, mask, optimizer, others="frozen"):
+        train(model, optimizer, steps=2)
+    assert all(p.requires_grad for p in model.parameters())
+    before = snapshot(model)
+    train(model, optimizer, steps=2)
+    n = "0.weight"
+    assert not torch.equal(model.get_parameter(n)[~mask[n]], before[n][~mask[n]])
+
+
+def test_negative_zero_and_exact_path():
+    model = mlp()
+    mask = prune(model, 0.5)
+    with torch.no_grad():
+        w = model[0].weight
+        w[~mask["0.weight"]] = -0.0
+    before = snapshot(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.5)
+    with train_only(model, mask, optimizer):
+        train(model, optimizer, steps=20)
+    m = mask["0.weight"]
+    assert bits_equal(model[0].weight.detach()[~m], before["0.weight"][~m])
+    assert model[0].weight.detach()[~m].signbit().all()
+
+
+def test_bad_policy_and_mask_are_rejected():
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    mask = prune(model, 0.5)
+    with (
+        pytest.raises(PacnetError, match="others"),
+        train_only(model, mask, optimizer, others="maybe"),
+    ):
+        pass
+    with (
+        pytest.raises(PacnetError, match="not a parameter"),
+        train_only(nn.Sequential(nn.Linear(5, 16)), mask, optimizer),
+    ):
+        pass

@@ -1,0 +1,132 @@
+import pytest
+import torch
+from conftest import mlp, small_cnn
+from torch import nn
+
+import pacnet
+from pacnet import Data, FitConfig, PacnetError, Tasks, allocate, calibrate, prune
+from pacnet.pac import StartPointL2, parameter_report
+
+FIT = FitConfig(steps=40, batch_size=16, lr=1e-2)
+
+
+def mlp_data(seed, n=64, out=1):
+    g = torch.Generator().manual_seed(seed)
+    return Data(torch.randn(n, 5, generator=g), torch.randn(n, out, generator=g))
+
+
+def cnn_data(seed, n=48, out=3):
+    g = torch.Generator().manual_seed(seed)
+    return Data(torch.randn(n, 1, 6, 6, generator=g), torch.randn(n, out, generator=g))
+
+
+CASES = {"mlp": (mlp, mlp_data), "cnn_bn": (small_cnn, cnn_data)}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_source_outputs_bit_identical_after_calibration(case):
+    make, data = CASES[case]
+    model = make()
+    mse = nn.functional.mse_loss
+    source, target = data(0), data(1, n=16)
+    pacnet.fit(model, mse, source, FIT)
+    mask = prune(model, 0.8)
+    allocate(model, mask, source, mse, FIT)
+    model.eval()
+    reference = model(source.x).detach().clone()
+    state_after_allocate = {k: v.clone() for k, v in model.state_dict().items()}
+
+    tasks, _ = calibrate(model, mask, target, mse, FIT, lam=0.01)
+    model.eval()
+    target_out = model(source.x).detach()
+    assert not torch.equal(target_out, reference), "calibration should change the target model"
+    with tasks.use(model, "source"):
+        assert torch.equal(model(source.x), reference)
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, state_after_allocate[k]), k
+    # leaving the context restores the target model exactly
+    assert torch.equal(model(source.x), target_out)
+    exported = tasks.export(model, "source")
+    assert torch.equal(exported(source.x), reference)
+
+
+def test_bn_statistics_of_the_source_survive_calibration():
+    model = small_cnn()
+    mask = prune(model, 0.8)
+    stats = model.bn1.running_mean.clone()
+    tasks, _ = calibrate(model, mask, cnn_data(1, n=16), nn.functional.mse_loss, FIT)
+    assert not torch.equal(model.bn1.running_mean, stats)  # the target's own statistics moved
+    assert torch.equal(tasks.tensors["source"]["bn1.running_mean"], stats)
+
+
+def test_allocate_holds_redundant_weights_at_positive_zero():
+    model = mlp()
+    mask = prune(model, 0.8)
+    allocate(
+        model,
+        mask,
+        mlp_data(0),
+        nn.functional.mse_loss,
+        FitConfig(steps=30, optimizer="adamw", weight_decay=0.1),
+    )
+    for name, m in mask.items():
+        w = model.get_parameter(name).detach()
+        assert torch.all(w[~m].view(torch.int32) == 0), name  # +0.0, not -0.0
+        assert torch.count_nonzero(w[m]) == m.sum()
+
+
+def test_calibrate_with_a_new_head_of_another_size():
+    model = mlp(out=1)
+    mask = prune(model, 0.8)
+    allocate(model, mask, mlp_data(0), nn.functional.mse_loss, FitConfig(steps=0))  # only prunes
+    source_x = torch.randn(8, 5)
+    model.eval()
+    reference = model(source_x).detach()
+    torch.manual_seed(3)
+    head = nn.Linear(16, 4)
+    tasks, _ = calibrate(
+        model,
+        mask,
+        mlp_data(1, n=16, out=4),
+        nn.functional.mse_loss,
+        FIT,
+        init={"4.weight": head.weight, "4.bias": head.bias},
+    )
+    assert model(source_x).shape == (8, 4)
+    with tasks.use(model, "source"):
+        assert torch.equal(model(source_x), reference)
+
+
+def test_start_point_penalty_value_on_hand_made_tensors():
+    w = nn.Parameter(torch.tensor([[1.0, -2.0], [3.0, 0.5]]))
+    keep = torch.tensor([[True, False], [False, True]])
+    b = nn.Parameter(torch.tensor([1.0, 1.0]))
+    penalty = StartPointL2({"w": (w, keep)}, {"b": b})
+    assert penalty().item() == pytest.approx(1.0 + 0.25)
+    with torch.no_grad():
+        b += torch.tensor([0.5, -1.0])
+    assert penalty().item() == pytest.approx(1.25 + 0.25 + 1.0)
+    penalty().backward()
+    assert torch.equal(w.grad, torch.tensor([[2.0, 0.0], [0.0, 1.0]]))
+
+
+def test_parameter_report_counts():
+    model = mlp()
+    mask = prune(model, 0.8)
+    tasks = Tasks(model, mask)
+    r = parameter_report(model, tasks)
+    assert r["essential"] + r["redundant"] == 5 * 16 + 16 * 16
+    assert r["redundant"] == round(0.8 * (5 * 16 + 16 * 16))
+    assert r["per_task"] == 16 + 16 + 16 + 1  # biases and head weight
+    assert r["total"] == sum(p.numel() for p in model.parameters())
+    assert "essential" in pacnet.print_trainable_parameters(model, tasks)
+
+
+def test_negative_lambda_and_duplicate_task_are_rejected():
+    model = mlp()
+    mask = prune(model, 0.8)
+    with pytest.raises(PacnetError, match="lam"):
+        calibrate(model, mask, mlp_data(1), nn.functional.mse_loss, FIT, lam=-1)
+    tasks, _ = calibrate(model, mask, mlp_data(1), nn.functional.mse_loss, FitConfig(steps=1))
+    with pytest.raises(PacnetError, match="already exists"):
+        calibrate(model, mask, mlp_data(1), nn.functional.mse_loss, FIT, tasks=tasks)
