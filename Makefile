@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/pacnet reproduce friedman --out runs/make-run
+	$(BIN)/pacnet reproduce friedman --target-sizes 10,20,50,100,200,500 --seeds 5 \
+		--jobs 2 --out runs/make-run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -7,6 +7,9 @@ import torch
 from torch import nn
 
 
+torch.set_num_threads(1)  # tiny models: one thread is faster and avoids oversubscription
+
+
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PACNET_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

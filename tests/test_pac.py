@@ -130,3 +130,36 @@ def test_negative_lambda_and_duplicate_task_are_rejected():
     tasks, _ = calibrate(model, mask, mlp_data(1), nn.functional.mse_loss, FitConfig(steps=1))
     with pytest.raises(PacnetError, match="already exists"):
         calibrate(model, mask, mlp_data(1), nn.functional.mse_loss, FIT, tasks=tasks)
+
+
+def test_own_training_loop_recipe_from_the_readme():
+    """The README's recipe for users with their own loop keeps the source exact."""
+    model = small_cnn()
+    x_source = torch.randn(32, 1, 6, 6)
+    mask = pacnet.prune(model, ratio=0.8)
+    pacnet.zero_redundant(model, mask)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    with pacnet.train_only(model, mask, optimizer):  # Allocate in the user's loop
+        for _ in range(5):
+            optimizer.zero_grad()
+            model(x_source).square().mean().backward()
+            optimizer.step()
+    model.eval()
+    reference = model(x_source).detach()
+
+    tasks = pacnet.Tasks(model, mask)  # Calibrate in the user's loop
+    tasks.add("target")
+    tasks.activate(model, "target")
+    train = tasks.trainable(model)
+    params = [p for n, p in model.named_parameters() if n in train]
+    optimizer = torch.optim.Adam(params, lr=1e-2, weight_decay=1e-3)
+    model.train()
+    with pacnet.train_only(model, train, optimizer, others="frozen"):
+        for _ in range(5):
+            optimizer.zero_grad()
+            (model(torch.randn(8, 1, 6, 6)) - 1).square().mean().backward()
+            optimizer.step()
+    model.eval()
+    with tasks.use(model, "source"):
+        assert torch.equal(model(x_source), reference)
+    assert not torch.equal(model(x_source), reference)

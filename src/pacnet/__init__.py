@@ -11,7 +11,13 @@ from pacnet.checkpoint import load, load_tasks, save
 from pacnet.errors import PacnetError
 from pacnet.freeze import train_only
 from pacnet.mask import Mask, prunable_names, prune
-from pacnet.pac import allocate, calibrate, parameter_report, print_trainable_parameters
+from pacnet.pac import (
+    allocate,
+    calibrate,
+    parameter_report,
+    print_trainable_parameters,
+    zero_redundant,
+)
 from pacnet.tasks import Tasks, per_task_names
 from pacnet.train import Data, FitConfig, evaluate, fit
 
@@ -37,4 +43,5 @@ __all__ = [
     "prune",
     "save",
     "train_only",
+    "zero_redundant",
 ]

@@ -124,10 +124,10 @@ def calibrate(
     tasks.activate(model, task)
     zero_redundant(model, mask)
     params = dict(model.named_parameters())
-    own = {n: params[n] for n in tasks.names if n in params and params[n].requires_grad}
+    trainable = tasks.trainable(model)
     redundant = ~mask
-    trainable = {**redundant, **{n: torch.ones_like(p, dtype=torch.bool) for n, p in own.items()}}
-    optimizer = make_optimizer([params[n] for n in redundant] + list(own.values()), cfg)
+    own = {n: params[n] for n in trainable if n not in redundant}
+    optimizer = make_optimizer([params[n] for n in trainable], cfg)
     penalty = StartPointL2({n: (params[n], redundant[n]) for n in redundant}, own)
     result = fit(
         model,

@@ -121,6 +121,18 @@ class Tasks:
             (module._parameters if is_param else module._buffers)[leaf] = value
         self.active = task
 
+    def trainable(self, model: nn.Module) -> dict[str, Tensor]:
+        """What the active (non-source) task trains, for :func:`~pacnet.train_only`:
+        the redundant entries of the masked weights and all of its own parameters."""
+        check(self.active != SOURCE, "the source task's weights are fixed; activate a target")
+        params = dict(model.named_parameters())
+        own = {
+            n: torch.ones_like(params[n], dtype=torch.bool)
+            for n in self.names
+            if n in params and params[n].requires_grad
+        }
+        return {**~self.mask, **own}
+
     def hidden(self, task: str) -> Mask | None:
         """Masked-shared entries ``task`` must not see (``True`` = hidden), or None."""
         return ~self.mask if task == SOURCE else None

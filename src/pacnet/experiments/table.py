@@ -56,6 +56,8 @@ def markdown(results: Sequence[dict[str, Any]], metric: str = "rmse") -> str:
             text = f"{s['target'][0]:.3f} ± {s['target'][1]:.3f} ({s['n']})"
             cells.append(f"**{text}**" if s["target"][0] == best[n] else text)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    reference = "finetune" if "finetune" in methods else methods[0]
+    lines += ["", *paired_markdown(results, reference, metric)]
     lines += [
         "",
         f"Source test {metric} before → after transfer (mean over all runs of the method), "
@@ -73,3 +75,48 @@ def markdown(results: Sequence[dict[str, Any]], metric: str = "rmse") -> str:
             f"{rows[0]['trainable_params']:,} | {rows[0].get('stored_params', 0):,} |"
         )
     return "\n".join(lines)
+
+
+def paired(
+    results: Iterable[dict[str, Any]], reference: str
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Per (method, size): differences to ``reference`` on the same seeds (paired draws)."""
+    by_key = {(r["method"], r["target_size"], r["seed"]): r["target_test"] for r in results}
+    diffs: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for (method, size, seed), value in by_key.items():
+        if method != reference and (reference, size, seed) in by_key:
+            diffs[(method, size)].append(value - by_key[(reference, size, seed)])
+    return {
+        key: {
+            "n": len(d),
+            "mean": statistics.fmean(d),
+            "sem": statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else math.nan,
+            "wins": sum(v < 0 for v in d),
+        }
+        for key, d in diffs.items()
+    }
+
+
+def paired_markdown(results: Sequence[dict[str, Any]], reference: str, metric: str) -> list[str]:
+    """Markdown lines: mean paired difference to ``reference`` ± standard error, and wins."""
+    stats = paired(results, reference)
+    if not stats:
+        return []
+    methods = list(dict.fromkeys(m for m, _ in stats))
+    sizes = sorted({n for _, n in stats})
+    lines = [
+        f"Paired difference to {reference} ({metric} of method − {reference} on the same seeds; "
+        "mean ± standard error, then wins/seeds; negative = better than " + reference + "):",
+        "",
+        "| method | " + " | ".join(f"N={n}" for n in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
+    for m in methods:
+        cells = []
+        for n in sizes:
+            s = stats.get((m, n))
+            cells.append(
+                "–" if s is None else f"{s['mean']:+.3f} ± {s['sem']:.3f} ({s['wins']}/{s['n']})"
+            )
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
