@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-
 torch.set_num_threads(1)  # tiny models: one thread is faster and avoids oversubscription
 
 

@@ -107,3 +107,50 @@ def test_unknown_task_and_foreign_file(trained, tmp_path):
     save_file({"w": torch.zeros(2)}, foreign, metadata={"x": json.dumps(1)})
     with pytest.raises(PacnetError, match="not a pacnet checkpoint"):
         pacnet.load(foreign, small_cnn())
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(4, 4)
+        self.mid = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 4)
+        self.out.weight = self.embed.weight  # tied
+
+    def forward(self, x):
+        return self.out(torch.relu(self.mid(self.embed(x))))
+
+
+def test_tied_weights_are_stored_once_and_load_tied(tmp_path):
+    torch.manual_seed(0)
+    model = Tied()
+    mask = prune(model, 0.5, prunable=["mid.weight"])
+    tasks = pacnet.Tasks(model, mask, names=["out.bias"])
+    tasks.add("target")
+    path = tmp_path / "tied.safetensors"
+    pacnet.save(path, model, tasks)
+    assert "shared/out.weight" not in load_file(str(path))
+    torch.manual_seed(1)
+    fresh = pacnet.load(path, Tied(), task="target")
+    assert fresh.out.weight is fresh.embed.weight
+    assert torch.equal(fresh.embed.weight, model.embed.weight)
+
+
+def test_saving_inside_use_is_refused(trained, tmp_path):
+    model, tasks = trained[4], trained[5]
+    with tasks.use(model, "source"), pytest.raises(PacnetError, match=r"inside tasks\.use"):
+        pacnet.save(tmp_path / "x.safetensors", model, tasks)
+
+
+def test_dtype_change_needs_tasks_to(trained):
+    _, x, source_out, _, model, tasks = trained
+    model.double()
+    with pytest.raises(PacnetError, match=r"tasks\.to"), tasks.use(model, "source"):
+        pass
+    tasks.to(torch.float64)
+    with tasks.use(model, "source"):
+        assert torch.allclose(model(x.double()).float(), source_out, atol=1e-5)
+    model.float()
+    tasks.to(torch.float32)
+    with tasks.use(model, "source"):
+        assert torch.equal(model(x), source_out)

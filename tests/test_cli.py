@@ -134,6 +134,13 @@ BAD = [
     (["run", "friedman", "--method", "pacnet", "--protocol", "sometimes"], "protocol must be"),
     (["reproduce", "friedman", "--methods", "pacnet,zzz"], "unknown method 'zzz'"),
     (["reproduce", "friedman", "--param", "pacnet.gamma=1"], "no hyperparameter 'gamma'"),
+    (["reproduce", "friedman", "--seeds", "0"], "number of seeds must be >= 1"),
+    (["reproduce", "friedman", "--seeds", "1,-1"], "seeds must be >= 0"),
+    (["reproduce", "friedman", "--methods", ","], "names no method"),
+    (["run", "friedman", "--method", "pacnet", "--seed", "-1"], "seed must lie in"),
+    (["run", "friedman", "--method", "pacnet", "--threads", "0"], "--threads must be >= 1"),
+    (["run", "friedman", "--method", "pacnet", "--bogus", "1"], "unrecognized arguments: --bogus"),
+    (["run", "friedman", "--method", "pacnet", "--hidden", "a,b"], "argument --hidden"),
 ]
 
 
@@ -144,6 +151,12 @@ def test_bad_input_gives_one_line_error(argv, message, tmp_path, capsys):
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("pacnet: error: ")
     assert message in err
+
+
+def test_options_may_come_before_the_benchmark(tmp_path):
+    argv = ["run", "--quick", "friedman", "--method", "pacnet", "--ratio", "0.5", *TINY]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "result.json").read_text())["config"]["method"]["ratio"] == 0.5
 
 
 def test_unwritable_output_folder(tmp_path, capsys):

@@ -126,3 +126,31 @@ def test_bad_policy_and_mask_are_rejected():
         train_only(nn.Sequential(nn.Linear(5, 16)), mask, optimizer),
     ):
         pass
+
+
+def test_allocate_in_own_loop_keeps_positive_zero_despite_optimizer_state():
+    model = mlp()
+    mask = prune(model, 0.8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train(model, optimizer, steps=3)  # momentum buffers hold values at every entry
+    from pacnet import zero_redundant
+
+    zero_redundant(model, mask)
+    model(torch.randn(4, 5)).sum().backward()  # a gradient from before the context
+    with train_only(model, mask, optimizer):
+        for n, m in mask.items():
+            assert torch.count_nonzero(model.get_parameter(n).grad[~m]) == 0
+        train(model, optimizer, steps=5)
+    for n, m in mask.items():
+        assert torch.all(model.get_parameter(n).detach()[~m].view(torch.int32) == 0), n
+
+
+def test_masked_parameter_without_requires_grad_is_accepted():
+    model = mlp()
+    mask = prune(model, 0.5)
+    model[0].weight.requires_grad_(False)
+    before = model[0].weight.detach().clone()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    with train_only(model, mask, optimizer):
+        train(model, optimizer, steps=3)
+    assert torch.equal(model[0].weight, before)

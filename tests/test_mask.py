@@ -127,3 +127,10 @@ def test_mask_file_that_is_not_a_mask(tmp_path):
     bad.write_bytes(b"\x00\x01garbage")
     with pytest.raises(PacnetError, match="not a readable safetensors"):
         Mask.load(bad)
+
+
+def test_unsupported_dtype_is_rejected():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    model[0].weight.data = model[0].weight.data.to(torch.float8_e4m3fn)
+    with pytest.raises(PacnetError, match="dtype"):
+        prune(model, 0.5)

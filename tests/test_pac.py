@@ -122,14 +122,16 @@ def test_parameter_report_counts():
     assert "essential" in pacnet.print_trainable_parameters(model, tasks)
 
 
-def test_negative_lambda_and_duplicate_task_are_rejected():
+def test_negative_lambda_and_second_target_are_rejected():
     model = mlp()
     mask = prune(model, 0.8)
     with pytest.raises(PacnetError, match="lam"):
         calibrate(model, mask, mlp_data(1), nn.functional.mse_loss, FIT, lam=-1)
     tasks, _ = calibrate(model, mask, mlp_data(1), nn.functional.mse_loss, FitConfig(steps=1))
+    with pytest.raises(PacnetError, match="already have a target"):
+        calibrate(model, mask, mlp_data(1), nn.functional.mse_loss, FIT, tasks=tasks, task="t2")
     with pytest.raises(PacnetError, match="already exists"):
-        calibrate(model, mask, mlp_data(1), nn.functional.mse_loss, FIT, tasks=tasks)
+        tasks.add("target")
 
 
 def test_own_training_loop_recipe_from_the_readme():

@@ -45,11 +45,28 @@ def tensor_digest(tensors: Mapping[str, Tensor]) -> str:
 def save(
     path: str | Path, model: nn.Module, tasks: Tasks, extra: Mapping[str, Any] | None = None
 ) -> None:
-    """Write the whole multi-task network (all tasks) to ``path``, atomically."""
+    """Write the whole multi-task network (all tasks) to ``path``, atomically.
+
+    Tensors that share storage (tied weights) are stored once; the metadata names the aliases.
+    """
+    check(
+        tasks.hiding is None,
+        "cannot save inside tasks.use(): the hidden weights are zeroed; save outside it",
+    )
+    tasks.activate(model, tasks.active)  # record the model's current per-task tensors
     owned = set(tasks.names)
-    tensors: dict[str, Tensor] = {
-        f"shared/{n}": t for n, t in model.state_dict().items() if n not in owned
-    }
+    tensors: dict[str, Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, int, tuple[int, ...], torch.dtype], str] = {}
+    for n, t in model.state_dict().items():
+        if n in owned:
+            continue
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if t.numel() and key in seen:
+            aliases[n] = seen[key]
+        else:
+            seen[key] = n
+            tensors[f"shared/{n}"] = t
     packed, shapes = tasks.mask.pack()
     tensors.update({f"mask/{n}": t for n, t in packed.items()})
     for task in tasks.order:
@@ -64,6 +81,7 @@ def save(
         "per_task_names": json.dumps(list(tasks.names)),
         "mask_shapes": json.dumps(shapes),
         "extra": json.dumps(dict(extra or {})),
+        "aliases": json.dumps(aliases),
         "sha256": tensor_digest(tensors),
     }
     write_safetensors(path, tensors, meta)
@@ -80,6 +98,7 @@ def _read(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         parsed = {
             k: json.loads(meta[k]) for k in ("tasks", "per_task_names", "mask_shapes", "extra")
         }
+        parsed["aliases"] = json.loads(meta.get("aliases", "{}"))
     except (KeyError, ValueError):
         raise PacnetError(f"{path}: checkpoint metadata is incomplete or malformed") from None
     check(
@@ -103,6 +122,9 @@ def load_tasks(path: str | Path, model: nn.Module) -> Tasks:
     shared = {k.removeprefix("shared/"): v for k, v in tensors.items() if k.startswith("shared/")}
     packed = {k.removeprefix("mask/"): v for k, v in tensors.items() if k.startswith("mask/")}
     names = meta["per_task_names"]
+    for alias, canonical in meta["aliases"].items():
+        check(canonical in shared, f"{path}: alias {alias!r} names a missing tensor")
+        shared[alias] = shared[canonical]
     state = model.state_dict()
     expected = {n for n in state if n not in set(names)}
     missing, unexpected = expected - shared.keys(), shared.keys() - expected
@@ -122,7 +144,6 @@ def load_tasks(path: str | Path, model: nn.Module) -> Tasks:
             state[name].copy_(value)
     mask = Mask.unpack(packed, meta["mask_shapes"])
     tasks = Tasks(model, mask.to(next(model.parameters()).device), names)
-    device = next(model.parameters()).device
     for task in meta["tasks"]:
         own = {n: tensors.get(f"task/{task}/{n}") for n in names}
         absent = [n for n, v in own.items() if v is None]
@@ -130,12 +151,12 @@ def load_tasks(path: str | Path, model: nn.Module) -> Tasks:
         loaded: dict[str, Tensor] = {}
         for name, value in own.items():
             _, _, is_param = _slot(model, name)
-            value = value.to(device)
+            value = value.to(device=state[name].device, dtype=state[name].dtype)
             loaded[name] = nn.Parameter(value) if is_param else value
         tasks.tensors[task] = loaded
         if task not in tasks.order:
             tasks.order.append(task)
-    tasks.activate(model, tasks.order[-1])
+    tasks.activate(model, tasks.order[-1], record=False)  # the model's own tensors are stale
     return tasks
 
 

@@ -30,13 +30,19 @@ def _ints(text: str) -> list[int]:
         ) from None
     if not values:
         raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
+    return list(dict.fromkeys(values))
 
 
 def _seeds(text: str) -> list[int]:
-    """``5`` means seeds 0..4; ``0,3,7`` means those seeds."""
+    """``5`` means seeds 0..4; ``0,3,7`` means those seeds (duplicates dropped)."""
     values = _ints(text)
-    return list(range(values[0])) if len(values) == 1 and "," not in text else values
+    if len(values) == 1 and "," not in text:
+        if values[0] < 1:
+            raise argparse.ArgumentTypeError(f"the number of seeds must be >= 1, got {values[0]}")
+        return list(range(values[0]))
+    if min(values) < 0:
+        raise argparse.ArgumentTypeError(f"seeds must be >= 0, got {min(values)}")
+    return values
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -59,25 +65,31 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _prescan(argv: Sequence[str]) -> tuple[str | None, str | None]:
-    """(benchmark, method) named on the command line, checked before the full parser exists."""
+    """(benchmark, method) named on the command line, checked before the full parser exists.
+
+    The parser without benchmark- and method-specific flags reads the known part of
+    ``argv`` (the positional benchmark and ``--method``), wherever they stand.
+    """
     from pacnet.benchmarks import get_benchmark
     from pacnet.methods import get_method
 
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("command", nargs="?")
-    pre.add_argument("benchmark", nargs="?")
-    pre.add_argument("--method", default=None)
-    known, _ = pre.parse_known_args(argv)
-    if (
-        known.command in ("run", "reproduce")
-        and known.benchmark
-        and not known.benchmark.startswith("-")
-    ):
-        get_benchmark(known.benchmark)
-        if known.method:
-            get_method(known.method)
-        return known.benchmark, known.method
-    return None, None
+    wants_help = {"-h", "--help"} & set(argv)
+    argv = [a for a in argv if a not in ("-h", "--help")]
+    if len(argv) < 2 or argv[0] not in ("run", "reproduce"):
+        return None, None
+    if wants_help:  # help for what is named so far, without insisting on the rest
+        lenient = argparse.ArgumentParser(add_help=False)
+        lenient.add_argument("command")
+        lenient.add_argument("benchmark")
+        lenient.add_argument("--method")
+        known, _ = lenient.parse_known_args(argv)
+    else:
+        known, _ = build_parser(()).parse_known_args(argv)
+    get_benchmark(known.benchmark)
+    method = getattr(known, "method", None)
+    if method:
+        get_method(method)
+    return known.benchmark, method
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -85,7 +97,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     from pacnet.config import add_flags
     from pacnet.methods import METHODS
 
-    bench_name, method_name = _prescan(argv)
+    bench_name, method_name = _prescan(argv) if argv else (None, None)
     parser = _Parser(prog="pacnet", description="PAC-Net transfer learning")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -185,7 +197,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
     from pacnet.io import write_bytes_atomic
     from pacnet.methods import get_method
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
+    check(methods, "--methods names no method; see pacnet methods")
     for m in methods:
         get_method(m)
     bench_cls = get_benchmark(args.benchmark)
@@ -233,9 +246,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser(argv).parse_args(argv)
-        if getattr(args, "threads", None):
+        if getattr(args, "threads", None) is not None:
             import torch
 
+            check(args.threads >= 1, f"--threads must be >= 1, got {args.threads}")
             torch.set_num_threads(args.threads)
         {
             "run": _cmd_run,
@@ -258,6 +272,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"pacnet: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug or an unforeseen input: one line, the rest on --debug
+        if debug:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(
+            f"pacnet: error: {type(exc).__name__}: {first} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

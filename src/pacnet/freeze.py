@@ -17,6 +17,9 @@ AdamW's decoupled decay) and Adam's ε all move entries whose gradient is zero. 
 Parameters the mask does not cover follow ``others``: ``"trainable"`` leaves them alone,
 ``"frozen"`` turns off their ``requires_grad`` for the duration (and clears their gradient),
 so no optimizer touches them. Everything is undone on exit.
+
+A frozen entry that holds ``+0.0`` comes back as ``+0.0`` (not ``-0.0``): parameters whose
+frozen entries are all zero get a scalar ``+ 0.0`` after the multiply.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ def train_only(
     fast_params = [m.param for m in fast]
     fast_keep = [m.keep for m in fast]
     with_values = [m for m in fast if m.frozen is not None]
+    zero_frozen = [m.param for m in fast if m.frozen is None]
     exact = [m for m in masked if m.exact is not None]
 
     def restore(*_: object) -> None:
@@ -110,6 +114,8 @@ def train_only(
                 torch._foreach_mul_(fast_params, fast_keep)
             if with_values:
                 torch._foreach_add_([m.param for m in with_values], [m.frozen for m in with_values])
+            if zero_frozen:  # w·0 may be -0.0; adding +0.0 gives the +0.0 that was there
+                torch._foreach_add_(zero_frozen, 0.0)
             for m in exact:
                 torch.where(m.exact, m.param, m.frozen, out=m.param)
 
@@ -120,7 +126,12 @@ def train_only(
 
         return hook
 
-    handles = [m.param.register_post_accumulate_grad_hook(mask_grad(m.keep)) for m in masked]
+    handles = []
+    for m in masked:
+        if m.param.grad is not None:  # a gradient accumulated before entering
+            m.param.grad.mul_(m.keep)
+        if m.param.requires_grad:
+            handles.append(m.param.register_post_accumulate_grad_hook(mask_grad(m.keep)))
     handles.append(optimizer.register_step_post_hook(restore))
     for p in fully_frozen:
         p.requires_grad_(False)

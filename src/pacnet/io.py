@@ -66,7 +66,15 @@ def write_safetensors(
 ) -> None:
     """Write tensors and string metadata to a safetensors file, atomically."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    write_bytes_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=dict(metadata)))
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(tensors, tmp, metadata=dict(metadata))
+        except (SafetensorError, RuntimeError, ValueError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise PacnetError(f"cannot write {path}: {first}") from None
+
+    write_bytes_atomic(path, write)
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:

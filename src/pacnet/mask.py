@@ -296,7 +296,10 @@ def prune(
     names = prunable_names(model, prunable, head)
     tensors = [params[n].detach() for n in names]
     for name, t in zip(names, tensors, strict=True):
-        check(t.is_floating_point(), f"parameter {name!r} is not floating point")
+        check(
+            t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+            f"parameter {name!r} has dtype {t.dtype}; pruning ranks float16/bfloat16/32/64 weights",
+        )
         check(bool(torch.isfinite(t).all()), f"parameter {name!r} holds NaN or inf; cannot rank it")
     if scope == "global":
         total = sum(t.numel() for t in tensors)

@@ -120,6 +120,11 @@ def calibrate(
     check(lam >= 0, f"lam (λ) must be >= 0, got {lam}")
     mask.check(model)
     tasks = tasks if tasks is not None else Tasks(model, mask)
+    check(
+        tasks.order == ["source"],
+        f"these tasks already have a target ({', '.join(tasks.order[1:])}); a second target would "
+        "retrain its redundant weights: calibrate a copy of the allocated model instead",
+    )
     tasks.add(task, init)
     tasks.activate(model, task)
     zero_redundant(model, mask)

@@ -85,6 +85,7 @@ class Tasks:
             table = module._parameters if is_param else module._buffers
             self.tensors[SOURCE][name] = table[leaf]
         self.active = SOURCE
+        self.hiding: str | None = None  # the task whose hidden entries are zeroed right now
 
     def __repr__(self) -> str:
         return f"Tasks({self.order}, active={self.active!r}, {len(self.names)} per-task tensors)"
@@ -113,13 +114,44 @@ class Tasks:
         self.tensors[task] = fresh
         self.order.append(task)
 
-    def activate(self, model: nn.Module, task: str) -> None:
-        """Put ``task``'s per-task tensors into the model (shared weights are not changed)."""
+    def activate(self, model: nn.Module, task: str, record: bool = True) -> None:
+        """Put ``task``'s per-task tensors into the model (shared weights are not changed).
+
+        With ``record`` the model's current per-task tensors are first recorded as the
+        active task's, so a ``model.to(...)`` that replaced a buffer is not lost.
+        """
         check(task in self.tensors, f"unknown task {task!r}; known: {', '.join(self.order)}")
+        outgoing = self.tensors[self.active]
         for name, value in self.tensors[task].items():
             module, leaf, is_param = _slot(model, name)
-            (module._parameters if is_param else module._buffers)[leaf] = value
+            table = module._parameters if is_param else module._buffers
+            current = table[leaf]
+            if current is not None and record:
+                outgoing[name] = current
+                if (current.dtype, current.device) != (value.dtype, value.device):
+                    raise PacnetError(
+                        f"task {task!r} holds {name!r} as {value.dtype} on {value.device} but the "
+                        f"model uses {current.dtype} on {current.device}; call tasks.to(...) "
+                        "after model.to(...)"
+                    )
+            table[leaf] = value
         self.active = task
+
+    def to(self, *args: object, **kwargs: object) -> Tasks:
+        """Convert every task's tensors as ``nn.Module.to`` does (a dtype applies to floating
+        point tensors only); call it with the same arguments as ``model.to``."""
+        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+
+        def convert(t: Tensor) -> Tensor:
+            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+
+        for tensors in self.tensors.values():
+            for name, value in tensors.items():
+                if isinstance(value, nn.Parameter):
+                    value.data = convert(value.data)
+                else:
+                    tensors[name] = convert(value)
+        return self
 
     def trainable(self, model: nn.Module) -> dict[str, Tensor]:
         """What the active (non-source) task trains, for :func:`~pacnet.train_only`:
@@ -162,13 +194,16 @@ class Tasks:
 
         On exit the previous task and the hidden weight values are put back bit for bit.
         """
+        check(self.hiding is None, "tasks.use() cannot be nested")
         previous = self.active
         self.activate(model, task)
         saved = self.hide(model, task)
+        self.hiding = task if saved else None
         try:
             yield model
         finally:
             self.unhide(model, task, saved)
+            self.hiding = None
             self.activate(model, previous)
 
     def export(self, model: nn.Module, task: str) -> nn.Module:

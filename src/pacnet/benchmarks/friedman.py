@@ -184,7 +184,9 @@ class Friedman(Benchmark):
         if cfg.protocol == "early":
             n_val = max(1, round(size * cfg.target_val_fraction))
             check(
-                size - n_val >= 1, f"early stopping needs a target size of at least 2, got {size}"
+                size - n_val >= 1,
+                f"early stopping holds out {n_val} of the {size} target samples for validation, "
+                "leaving none to train on: lower --target-val-fraction or raise --target-size",
             )
             return Task(
                 self._data(x[n_val:], y[n_val:]),

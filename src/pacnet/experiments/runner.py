@@ -92,6 +92,7 @@ def run(
     bench = spec.make_benchmark()
     method = spec.make_method()
     check(spec.target_size >= 1, f"target size must be >= 1, got {spec.target_size}")
+    check(0 <= spec.seed < 2**31, f"seed must lie in [0, 2**31), got {spec.seed}")
     check(
         spec.target_size <= bench.max_target_size,
         f"target size {spec.target_size} exceeds the pool of "
