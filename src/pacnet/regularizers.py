@@ -1,20 +1,19 @@
 """Transfer regularisers: small modules whose ``forward()`` returns one scalar term.
 
 The training loop adds each term with its weight (``pacnet.fit(..., penalties=[(w, term)])``).
-Definitions, with the conventions that make a weight independent of the batch size (TLlib
-sums feature distances over the batch; we average over it, so its weights and ours differ
-by the batch size for DELTA):
+Definitions (TLlib's conventions, except that feature terms average over the batch instead
+of summing, so a weight does not depend on the batch size):
 
 * :class:`L2` — ``½ Σ ‖w‖²`` (the new head's penalty in L2-SP and DELTA).
-* :class:`StartingPoint` — L2-SP (Li et al. 2018): ``½ Σ ‖w − w⁰‖²`` toward the source weights.
-* :class:`FeatureDistance` — DELTA (Li et al. 2019): per layer and channel,
-  ``Σ_l Σ_c a_{l,c} · ‖F_t(x)_{l,c} − F_s(x)_{l,c}‖² / (2·B)`` with the source model frozen
-  and ``a`` the channel attention (uniform ``a = 1`` gives the plain feature-map distance).
+* :class:`StartingPoint` — L2-SP (Li et al. 2018): ``½ Σ ‖w − w⁰‖²`` toward the source
+  weights ``w⁰``, copied when the term is built.
+* :class:`FeatureDistance` — DELTA (Li et al. 2019): with ``F`` the features of the model
+  being trained and ``S`` those of the frozen source model on the same batch,
+  ``½ · mean_b Σ_l Σ_c C_l·a_{l,c} · ‖F_{b,l,c} − S_{b,l,c}‖² / (H·W)``; ``a`` is the channel
+  attention (a softmax over the channels of each layer, see :func:`channel_attention`),
+  and ``C_l·a_{l,c} = 1`` without attention.
 * :class:`SpectralShrinkage` — BSS (Chen et al. 2019): ``Σ_{i<k} σ_{(i)}²``, the k smallest
-  singular values of the batch feature matrix, squared.
-
-:class:`FeatureTap` captures module outputs with forward hooks, so a term can read the
-features of the forward pass the loop has just made.
+  singular values of the (batch × features) matrix entering the head, squared.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from pacnet.errors import check
+from pacnet.train import Data, LossFn
 
 
 class L2(nn.Module):
@@ -33,6 +33,7 @@ class L2(nn.Module):
     def __init__(self, params: Iterable[nn.Parameter]):
         super().__init__()
         self.params = list(params)
+        check(self.params, "an L2 term needs at least one parameter")
 
     def forward(self) -> Tensor:
         return 0.5 * torch.stack([p.square().sum() for p in self.params]).sum()
@@ -41,100 +42,177 @@ class L2(nn.Module):
 class StartingPoint(nn.Module):
     """L2-SP: ``½ Σ ‖w − w⁰‖²``; the starting values ``w⁰`` are copied at construction."""
 
-    def __init__(self, params: Mapping[str, nn.Parameter]):
+    def __init__(self, params: Iterable[nn.Parameter]):
         super().__init__()
-        check(params, "L2-SP needs at least one parameter to anchor")
-        self.pairs = [(p, p.detach().clone()) for p in params.values()]
+        self.pairs = [(p, p.detach().clone()) for p in params]
+        check(self.pairs, "L2-SP needs at least one parameter to anchor")
 
     def forward(self) -> Tensor:
         return 0.5 * torch.stack([(p - w0).square().sum() for p, w0 in self.pairs]).sum()
 
 
 class FeatureTap:
-    """Keeps the latest output of each named module (forward hooks); ``close()`` removes them."""
+    """The latest output (or input) of each named module, kept by forward hooks."""
 
-    def __init__(self, model: nn.Module, names: Sequence[str]):
+    def __init__(self, model: nn.Module, names: Sequence[str], capture: str = "output"):
+        check(
+            capture in ("output", "input"), f"capture must be 'output' or 'input', not {capture!r}"
+        )
         modules = dict(model.named_modules())
         unknown = [n for n in names if n not in modules]
         check(not unknown, f"no module named {unknown[:1]} in the model")
         self.names = list(names)
         self.features: dict[str, Tensor] = {}
-        self._handles = [modules[n].register_forward_hook(self._keep(n)) for n in self.names]
 
-    def _keep(self, name: str):
-        def hook(_module: nn.Module, _inputs: object, output: Tensor) -> None:
-            self.features[name] = output
+        def keeper(name: str):
+            if capture == "output":
+                return lambda _m, _i, out: self.features.__setitem__(name, out)
+            return lambda _m, inputs: self.features.__setitem__(name, inputs[0])
 
-        return hook
+        register = "register_forward_hook" if capture == "output" else "register_forward_pre_hook"
+        self._handles = [getattr(modules[n], register)(keeper(n)) for n in self.names]
 
     def close(self) -> None:
+        """Remove the hooks."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
 
 
-def per_channel_sq_distance(a: Tensor, b: Tensor) -> Tensor:
-    """``‖a_c − b_c‖²`` per sample and channel: (B, C, ...) -> (B, C)."""
+def channel_sq_distance(a: Tensor, b: Tensor) -> Tensor:
+    """``‖a_c − b_c‖² / (H·W)`` per sample and channel: (B, C, ...) -> (B, C)."""
     check(a.shape == b.shape, f"feature shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     diff = (a - b).reshape(a.shape[0], a.shape[1], -1)
-    return diff.square().sum(-1)
+    return diff.square().mean(-1)
 
 
 class FeatureDistance(nn.Module):
-    """DELTA's behavioural term between the model and a frozen source model.
+    """DELTA's behavioural term between ``model`` and a frozen copy of the source model.
 
-    Args:
-        target_tap: features of the model being trained (its forward pass feeds it).
-        source_model: frozen source model; run on the same batch by :meth:`forward`.
-        source_tap: features of ``source_model`` at the same module names.
-        attention: per layer name a (C,) weight per channel; missing = uniform 1.
+    Whenever ``model`` runs forward in training mode, ``source_model`` runs on the same
+    inputs (without gradients), so the term compares the two on the current batch.
     """
 
     def __init__(
         self,
-        target_tap: FeatureTap,
+        model: nn.Module,
         source_model: nn.Module,
-        source_tap: FeatureTap,
+        layers: Sequence[str],
         attention: Mapping[str, Tensor] | None = None,
     ):
         super().__init__()
-        self.target_tap, self.source_model, self.source_tap = target_tap, source_model, source_tap
-        self.attention = dict(attention or {})
-        self.inputs: Tensor | None = None
+        check(layers, "DELTA needs at least one layer")
+        self.layers = list(layers)
+        self.attention = {k: v.detach() for k, v in (attention or {}).items()}
+        self._source = source_model.eval().requires_grad_(False)
+        self.target_tap = FeatureTap(model, layers)
+        self.source_tap = FeatureTap(source_model, layers)
 
-    def observe(self, x: Tensor) -> None:
-        """Run the frozen source model on the batch the model is trained on."""
-        with torch.no_grad():
-            self.source_model(x)
-        self.inputs = x
+        def run_source(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            if module.training:
+                with torch.no_grad():
+                    self._source(*inputs)
+
+        self._hook = model.register_forward_pre_hook(run_source)
 
     def forward(self) -> Tensor:
         terms = []
-        for name in self.target_tap.names:
-            t, s = self.target_tap.features[name], self.source_tap.features[name].detach()
-            dist = per_channel_sq_distance(t, s)  # (B, C)
+        for name in self.layers:
+            mine, theirs = self.target_tap.features[name], self.source_tap.features[name]
+            dist = channel_sq_distance(mine, theirs)  # (B, C)
             weight = self.attention.get(name)
             if weight is not None:
-                dist = dist * weight.to(dist)
-            terms.append(dist.sum() / (2 * t.shape[0]))
+                dist = dist * (weight.shape[0] * weight).to(dist)
+            terms.append(0.5 * dist.sum(1).mean())
         return torch.stack(terms).sum()
+
+    def close(self) -> None:
+        """Remove every hook this term added."""
+        self._hook.remove()
+        self.target_tap.close()
+        self.source_tap.close()
+
+
+@torch.no_grad()
+def channel_attention(
+    model: nn.Module,
+    layers: Sequence[str],
+    data: Data,
+    loss_fn: LossFn,
+    temperature: float = 5.0,
+    batch_size: int = 1024,
+) -> dict[str, Tensor]:
+    """DELTA's channel attention: how much the loss on ``data`` rises when a channel is off.
+
+    For each layer and output channel ``c``, the channel's output is set to zero (a forward
+    hook) and the loss increase ``Δ_c`` over ``data`` is measured with the source model
+    (in eval mode). Per layer, ``a = softmax(zscore(Δ) / temperature)``, as in TLlib.
+    """
+    modules = dict(model.named_modules())
+    was_training = model.training
+    model.eval()
+
+    def mean_loss() -> float:
+        total = 0.0
+        for x, y in data.chunks(batch_size):
+            total += float(loss_fn(model(x), y)) * len(x)
+        return total / len(data)
+
+    base = mean_loss()
+    attention = {}
+    off = {"channel": 0}
+
+    def silence(_m: nn.Module, _i: object, out: Tensor) -> Tensor:
+        out = out.clone()
+        out[:, off["channel"]] = 0
+        return out
+
+    for name in layers:
+        width = _channels(model, name, data)
+        handle = modules[name].register_forward_hook(silence)
+        try:
+            deltas = []
+            for c in range(width):
+                off["channel"] = c
+                deltas.append(mean_loss() - base)
+        finally:
+            handle.remove()
+        delta = torch.tensor(deltas, dtype=torch.float64)
+        spread = delta.std() if delta.numel() > 1 else torch.tensor(0.0, dtype=torch.float64)
+        z = (delta - delta.mean()) / spread if spread > 0 else torch.zeros_like(delta)
+        attention[name] = torch.softmax(z / temperature, 0).float()
+    model.train(was_training)
+    return attention
+
+
+def _channels(model: nn.Module, name: str, data: Data) -> int:
+    tap = FeatureTap(model, [name])
+    try:
+        model(data.x[:1])
+        return tap.features[name].shape[1]
+    finally:
+        tap.close()
 
 
 class SpectralShrinkage(nn.Module):
-    """BSS: the sum of the ``k`` smallest squared singular values of a (B, D) feature batch."""
+    """BSS on the features entering module ``head`` of ``model``."""
 
-    def __init__(self, tap: FeatureTap, name: str, k: int = 1):
+    def __init__(self, model: nn.Module, head: str, k: int = 1):
         super().__init__()
         check(k >= 1, f"BSS k must be >= 1, got {k}")
-        self.tap, self.name, self.k = tap, name, k
+        self.k = k
+        self.head = head
+        self.tap = FeatureTap(model, [head], capture="input")
 
     def forward(self) -> Tensor:
-        return shrinkage(self.tap.features[self.name], self.k)
+        return shrinkage(self.tap.features[self.head], self.k)
+
+    def close(self) -> None:
+        self.tap.close()
 
 
 def shrinkage(features: Tensor, k: int) -> Tensor:
-    """``Σ_{i<k} σ_{(i)}²`` over the smallest singular values of ``features`` (B, ...)."""
+    """``Σ_{i<k} σ_{(i)}²``: the ``k`` smallest singular values of ``features`` (B, ...)."""
     matrix = features.reshape(features.shape[0], -1)
     sigma = torch.linalg.svdvals(matrix)  # descending
-    k = min(k, sigma.numel())
-    return sigma[-k:].square().sum()
+    return sigma[-min(k, sigma.numel()) :].square().sum()

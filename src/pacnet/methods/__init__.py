@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pacnet.errors import PacnetError
 from pacnet.methods.base import Method, Transfer, TransferContext
-from pacnet.methods.baselines import FineTune, Scratch
+from pacnet.methods.baselines import FineTune, LinearProbe, Scratch
+from pacnet.methods.lora import LoRA
 from pacnet.methods.pacnet_method import PacNet
+from pacnet.methods.regularized import BSS, L2SP, Delta
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Scratch, FineTune, PacNet)}
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (Scratch, FineTune, LinearProbe, L2SP, Delta, BSS, LoRA, PacNet)
+}
 
 
 def get_method(name: str) -> type[Method]:

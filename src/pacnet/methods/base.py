@@ -9,15 +9,19 @@ masked view for PAC-Net, which does not), and parameter counts. Methods never mo
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
 from pacnet.benchmarks.base import Benchmark, Task
-from pacnet.train import FitConfig, FitResult, LossFn
+from pacnet.train import FitConfig, FitResult, LossFn, Penalty, fit, make_optimizer
+
+SEARCH_BUDGET = 6
+"""Candidates every method gets when its main strength is chosen on validation data."""
 
 StateBuilder = Callable[[], Mapping[str, Tensor]]
 
@@ -68,6 +72,15 @@ class Transfer:
 class NoParams:
     """A method without hyperparameters of its own."""
 
+    search: ClassVar[dict[str, tuple[Any, ...]]] = {}
+
+
+def candidates(params_cls: type) -> list[dict[str, Any]]:
+    """The hyperparameter settings a validation search tries: the product of ``search``."""
+    space: dict[str, tuple[Any, ...]] = getattr(params_cls, "search", {})
+    names = list(space)
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*space.values())]
+
 
 def count(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (optionally only those with ``requires_grad``)."""
@@ -87,3 +100,28 @@ class Method(ABC):
     @abstractmethod
     def transfer(self, ctx: TransferContext) -> Transfer:
         """Adapt to the target task described by ``ctx``."""
+
+    def fit_target(
+        self,
+        ctx: TransferContext,
+        model: nn.Module,
+        *,
+        params: Sequence[nn.Parameter] | None = None,
+        penalties: Sequence[Penalty] = (),
+        lr: float | None = None,
+    ) -> FitResult:
+        """Train ``model`` on the target with the benchmark's budget (``lr`` overrides its
+        learning rate; ``params`` limits what the optimizer updates)."""
+        cfg = ctx.target_fit if lr is None else replace(ctx.target_fit, lr=lr)
+        optimizer = make_optimizer(params, cfg) if params is not None else None
+        return fit(
+            model,
+            ctx.loss_fn,
+            ctx.target.train,
+            cfg,
+            optimizer=optimizer,
+            val=ctx.target.val,
+            penalties=penalties,
+            seed=ctx.seed,
+            desc=self.name,
+        )

@@ -1,28 +1,54 @@
-"""The simplest references: training from scratch, and fine-tuning every weight."""
+"""References without a transfer regulariser: scratch, fine-tuning, linear probe."""
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+from torch import nn
+
+from pacnet.errors import check
+from pacnet.mask import find_head
 from pacnet.methods.base import Method, Transfer, TransferContext, count
-from pacnet.train import fit
+
+LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+
+
+@dataclass
+class LearningRate:
+    """The learning rate is the main strength (``None``: the benchmark's target lr)."""
+
+    lr: float | None = None
+    search: ClassVar[dict[str, tuple[Any, ...]]] = {"lr": LR_GRID}
+
+    def __post_init__(self) -> None:
+        check(self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}")
+
+
+def head_of(model: nn.Module) -> tuple[str, nn.Module]:
+    """The model's output module (the last Linear/Conv) and its name."""
+    name = find_head(model)
+    check(name is not None, "the model has no Linear/Conv output layer to use as its head")
+    return name, model.get_submodule(name)
+
+
+def keep_eval(module: nn.Module) -> None:
+    """Make ``module`` and its children stay in eval mode whatever ``train()`` asks, so a
+    frozen body keeps its BatchNorm statistics and dropout off."""
+    for m in module.modules():
+        m.train = lambda mode=True, _m=m: nn.Module.train(_m, False)  # type: ignore[method-assign]
+        nn.Module.train(m, False)
 
 
 class Scratch(Method):
     name = "scratch"
     summary = "train a fresh model on the target data only (the source model is kept aside)"
+    Params = LearningRate
 
     def transfer(self, ctx: TransferContext) -> Transfer:
         model = ctx.benchmark.make_model(ctx.seed)
-        result = fit(
-            model,
-            ctx.loss_fn,
-            ctx.target.train,
-            ctx.target_fit,
-            val=ctx.target.val,
-            seed=ctx.seed,
-            desc="scratch",
-        )
+        result = self.fit_target(ctx, model, lr=self.params.lr)
         n = count(model)
         return Transfer(
             model,
@@ -37,17 +63,36 @@ class Scratch(Method):
 class FineTune(Method):
     name = "finetune"
     summary = "start from the source model and train all weights on the target (one network)"
+    Params = LearningRate
 
     def transfer(self, ctx: TransferContext) -> Transfer:
         model = copy.deepcopy(ctx.source_model)
-        result = fit(
-            model,
-            ctx.loss_fn,
-            ctx.target.train,
-            ctx.target_fit,
-            val=ctx.target.val,
-            seed=ctx.seed,
-            desc="finetune",
-        )
+        result = self.fit_target(ctx, model, lr=self.params.lr)
         n = count(model)
         return Transfer(model, model, trainable=n, total=n, stored=n, fit=result)
+
+
+class LinearProbe(Method):
+    name = "linear_probe"
+    summary = "freeze the source body, train only the head (a copy; the source keeps its own)"
+    Params = LearningRate
+
+    def transfer(self, ctx: TransferContext) -> Transfer:
+        model = copy.deepcopy(ctx.source_model)
+        head_name, head = head_of(model)
+        model.requires_grad_(False)
+        head.requires_grad_(True)
+        for name, child in model.named_children():
+            if head_name != name and not head_name.startswith(name + "."):
+                keep_eval(child)
+        params = list(head.parameters())
+        result = self.fit_target(ctx, model, params=params, lr=self.params.lr)
+        n_head = sum(p.numel() for p in params)
+        return Transfer(
+            model,
+            ctx.source_model,
+            trainable=n_head,
+            total=count(model),
+            stored=count(model) + n_head,
+            fit=result,
+        )

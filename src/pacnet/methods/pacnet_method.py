@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, replace
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -21,6 +22,7 @@ class PacNetParams:
     lam: float = 0.01
     scope: str = "global"
     allocate_steps: int | None = None
+    search: ClassVar[dict[str, tuple[Any, ...]]] = {"lam": (0.001, 0.01, 0.1), "ratio": (0.5, 0.8)}
 
     def __post_init__(self) -> None:
         check_ratio(self.ratio)

@@ -1,0 +1,80 @@
+"""LoRA (Hu et al. 2021) through Hugging Face's ``peft``: low-rank adapters on the frozen body.
+
+``peft.get_peft_model`` wraps our own modules: adapters on every prunable Linear/Conv module
+(the same rule as pruning), a trainable copy of the head (``modules_to_save``). The base
+weights do not change, so the source model is the wrapped model with its adapters disabled.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from pacnet.errors import check
+from pacnet.mask import prunable_names
+from pacnet.methods.base import Method, Transfer, TransferContext, count
+from pacnet.methods.baselines import head_of
+
+
+@dataclass
+class LoRAParams:
+    """LoRA rank r (main strength), scaling α (``None``: α = r) and dropout."""
+
+    rank: int = 4
+    alpha: float | None = None
+    dropout: float = 0.0
+    search: ClassVar[dict[str, tuple[Any, ...]]] = {"rank": (1, 2, 4, 8, 16, 32)}
+
+    def __post_init__(self) -> None:
+        check(self.rank >= 1, f"rank must be >= 1, got {self.rank}")
+        check(0 <= self.dropout < 1, f"dropout must lie in [0, 1), got {self.dropout}")
+
+
+class AdaptersOff(nn.Module):
+    """The base model inside a peft model: runs it with every adapter disabled."""
+
+    def __init__(self, peft_model: nn.Module):
+        super().__init__()
+        self.peft_model = peft_model
+
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        with self.peft_model.disable_adapter():
+            return self.peft_model(*args, **kwargs)
+
+
+class LoRA(Method):
+    name = "lora"
+    summary = "low-rank adapters on the frozen source body via peft, head trained (Hu et al. 2021)"
+    Params = LoRAParams
+
+    def transfer(self, ctx: TransferContext) -> Transfer:
+        from peft import LoraConfig, get_peft_model
+
+        p: LoRAParams = self.params
+        base = copy.deepcopy(ctx.source_model)
+        head_name, _ = head_of(base)
+        targets = [n.removesuffix(".weight") for n in prunable_names(base)]
+        config = LoraConfig(
+            r=p.rank,
+            lora_alpha=p.alpha if p.alpha is not None else p.rank,
+            lora_dropout=p.dropout,
+            target_modules=targets,
+            modules_to_save=[head_name],
+        )
+        model = get_peft_model(base, config)
+        params = [w for w in model.parameters() if w.requires_grad]
+        result = self.fit_target(ctx, model, params=params)
+        trainable = sum(w.numel() for w in params)
+        n_source = count(ctx.source_model)
+        return Transfer(
+            model,
+            AdaptersOff(model),
+            trainable=trainable,
+            total=n_source + trainable,
+            stored=n_source + trainable,
+            fit=result,
+            details={"rank": p.rank, "targets": targets},
+        )

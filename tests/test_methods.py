@@ -1,0 +1,87 @@
+import pytest
+
+from pacnet import PacnetError
+from pacnet.experiments.runner import RunSpec, run
+from pacnet.methods import METHODS, get_method
+from pacnet.methods.base import SEARCH_BUDGET, candidates
+
+TINY = {
+    "source_samples": 400,
+    "source_steps": 60,
+    "target_steps": 30,
+    "target_test": 200,
+    "hidden": (16, 16),
+    "target_pool": 60,
+}
+
+
+def test_every_method_gets_the_same_search_budget():
+    for name, cls in METHODS.items():
+        grid = candidates(cls.Params)
+        assert len(grid) == SEARCH_BUDGET, name
+        for setting in grid:
+            cls.Params(**setting)  # every candidate is a valid setting
+
+
+@pytest.mark.parametrize("method", ["scratch", "linear_probe", "lora"])
+def test_methods_that_keep_the_source_model_leave_it_exact(method):
+    result = run(
+        RunSpec("friedman", method, seed=0, target_size=20, quick=True, bench_settings=TINY)
+    )
+    assert result["source_test_after"] == result["source_test_before"]
+    assert result["trainable_params"] < result["total_params"] or method == "scratch"
+
+
+@pytest.mark.parametrize("method", ["finetune", "l2sp", "delta", "bss"])
+def test_methods_that_share_one_network_change_the_source(method):
+    result = run(
+        RunSpec(
+            "friedman",
+            method,
+            seed=0,
+            target_size=20,
+            quick=True,
+            bench_settings={**TINY, "distance": 3.0},
+        )
+    )
+    assert result["source_test_after"] != result["source_test_before"]
+    assert result["trainable_params"] == result["total_params"]
+
+
+def test_lora_reports_rank_and_trainable_count():
+    result = run(
+        RunSpec(
+            "friedman",
+            "lora",
+            seed=0,
+            target_size=20,
+            quick=True,
+            bench_settings=TINY,
+            method_params={"rank": 2},
+        )
+    )
+    # adapters on the two hidden layers (10->16, 16->16) with rank 2, plus a head copy (16+1)
+    expected = 2 * (10 + 16) + 2 * (16 + 16) + 17
+    assert result["trainable_params"] == expected
+    assert result["details"]["rank"] == 2
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "message"),
+    [
+        ("l2sp", {"alpha": -1}, "alpha must be >= 0"),
+        ("bss", {"k": 0}, "k must be >= 1"),
+        ("lora", {"rank": 0}, "rank must be >= 1"),
+        ("delta", {"temperature": 0}, "temperature"),
+        ("finetune", {"lr": 0}, "lr must be > 0"),
+        ("pacnet", {"beta": 1}, "unknown setting"),
+    ],
+)
+def test_bad_hyperparameters_give_one_line_errors(method, params, message):
+    with pytest.raises(PacnetError, match=message):
+        RunSpec("friedman", method, method_params=params).make_method()
+
+
+def test_unknown_method_lists_the_choices():
+    with pytest.raises(PacnetError, match="choose one of: scratch, finetune, linear_probe"):
+        get_method("adapter")
