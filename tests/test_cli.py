@@ -208,14 +208,18 @@ def test_reproduce_prints_a_table_and_resumes(tmp_path, capsys):
         *TINY,
         "--param",
         "pacnet.lam=0.1",
+        "--seeds-at",
+        "10=3",
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "| pacnet |" in out and "N=20" in out
+    assert "| pacnet |" in out and "N=20" in out and "Protocol: fixed budget of 30" in out
     files = sorted(tmp_path.glob("runs/*/result.json"))
-    assert len(files) == 8
+    assert len(files) == 2 * (3 + 2)
+    rows = [json.loads(f.read_text()) for f in files]
+    assert sorted(r["seed"] for r in rows if r["target_size"] == 10) == [0, 0, 1, 1, 2, 2]
     stamps = {f: f.stat().st_mtime_ns for f in files}
-    lams = {json.loads(f.read_text())["config"]["method"].get("lam") for f in files}
+    lams = {r["config"]["method"].get("lam") for r in rows}
     assert lams == {None, 0.1}
     assert main(argv) == 0  # everything finished: nothing reruns
     assert {f: f.stat().st_mtime_ns for f in tmp_path.glob("runs/*/result.json")} == stamps

@@ -85,3 +85,40 @@ def test_bad_hyperparameters_give_one_line_errors(method, params, message):
 def test_unknown_method_lists_the_choices():
     with pytest.raises(PacnetError, match="choose one of: scratch, finetune, linear_probe"):
         get_method("adapter")
+
+
+def test_cross_validation_folds_partition_the_samples():
+    import torch
+
+    from pacnet import Data
+    from pacnet.experiments.select import folds_of
+
+    data = Data(torch.arange(10.0).unsqueeze(1), torch.arange(10.0).unsqueeze(1))
+    splits = folds_of(data, 3)
+    held = sorted(v for _, val in splits for v in val.x.flatten().tolist())
+    assert held == list(range(10))
+    for train, val in splits:
+        assert set(train.x.flatten().tolist()).isdisjoint(val.x.flatten().tolist())
+        assert len(train) + len(val) == 10
+
+
+def test_selection_picks_the_best_validation_candidate_and_uses_it():
+    result = run(
+        RunSpec(
+            "friedman",
+            "l2sp",
+            seed=1,
+            target_size=12,
+            quick=True,
+            bench_settings=TINY,
+            select="cv",
+            folds=3,
+        )
+    )
+    selection = result["selection"]
+    assert len(selection["candidates"]) == SEARCH_BUDGET
+    best = min(selection["candidates"], key=lambda c: c["val"])
+    assert selection["chosen"] == best["params"]
+    assert result["params_used"]["alpha"] == best["params"]["alpha"]
+    assert result["config"]["select"] == {"mode": "cv", "folds": 3}
+    assert result["config"]["method"]["alpha"] == 0.01  # the requested value, for the run id

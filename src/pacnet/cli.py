@@ -54,6 +54,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="cache folder for source models (default: $PACNET_CACHE or ~/.cache/pacnet)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    parser.add_argument(
+        "--select",
+        choices=("none", "cv"),
+        default="none",
+        help="choose each method's main strength by K-fold CV on the target training samples",
+    )
+    parser.add_argument("--folds", type=int, default=3, help="folds for --select cv")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -114,6 +121,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     rep.add_argument("--methods", default="scratch,finetune,pacnet", help="comma-separated")
     rep.add_argument("--target-sizes", type=_ints, default=_ints("10,50,200"))
     rep.add_argument("--seeds", type=_seeds, default=_seeds("3"), help="K (seeds 0..K-1) or a list")
+    rep.add_argument(
+        "--seeds-at",
+        default="",
+        metavar="N=K,...",
+        help="more or fewer seeds for some target sizes, e.g. 10=10,20=10",
+    )
     rep.add_argument(
         "--param",
         action="append",
@@ -178,6 +191,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
         args.quick,
         _settings(args, bench_cls.Config),
         _settings(args, method_cls.Params),
+        select=args.select,
+        folds=args.folds,
     )
     result = run(spec, args.out, StateCache(args.cache))
     print(
@@ -193,7 +208,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
     from pacnet.experiments.cache import StateCache
     from pacnet.experiments.runner import RunSpec
     from pacnet.experiments.sweep import sweep
-    from pacnet.experiments.table import markdown
+    from pacnet.experiments.table import markdown, protocol
     from pacnet.io import write_bytes_atomic
     from pacnet.methods import get_method
 
@@ -208,12 +223,23 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
         methods[0],
         quick=args.quick,
         bench_settings=_settings(args, bench_cls.Config),
+        select=args.select,
+        folds=args.folds,
     )
+    seeds = {n: args.seeds for n in args.target_sizes}
+    for item in filter(None, args.seeds_at.split(",")):
+        size, sep, count = item.partition("=")
+        check(
+            sep and size.strip().isdigit() and count.strip().isdigit() and int(count) >= 1,
+            f"--seeds-at needs SIZE=COUNT pairs, got {item!r}",
+        )
+        check(int(size) in seeds, f"--seeds-at {item!r}: {size} is not one of --target-sizes")
+        seeds[int(size)] = list(range(int(count)))
     results = sweep(
         base,
         methods,
         args.target_sizes,
-        args.seeds,
+        seeds,
         args.out,
         jobs=args.jobs,
         cache=StateCache(args.cache),
@@ -222,7 +248,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
     table = markdown(results, bench_cls.metric)
     header = (
         f"# {args.benchmark}: {', '.join(methods)}; target sizes {args.target_sizes}; "
-        f"seeds {args.seeds}{' (quick)' if args.quick else ''}\n\n"
+        f"seeds {args.seeds}{' and ' + args.seeds_at if args.seeds_at else ''}"
+        f"{' (quick)' if args.quick else ''}\n\n{protocol(results)}\n\n"
     )
     write_bytes_atomic(
         args.out / "table.md", lambda tmp: Path(tmp).write_text(header + table + "\n")

@@ -21,6 +21,7 @@ from pacnet.benchmarks import Benchmark, get_benchmark
 from pacnet.config import config_hash, make, to_dict
 from pacnet.errors import PacnetError, check
 from pacnet.experiments.cache import StateCache
+from pacnet.experiments.select import cross_validate
 from pacnet.io import write_json
 from pacnet.methods import Method, TransferContext, get_method
 from pacnet.train import fit
@@ -39,6 +40,12 @@ class RunSpec:
     quick: bool = False
     bench_settings: dict[str, Any] = field(default_factory=dict)
     method_params: dict[str, Any] = field(default_factory=dict)
+    select: str = "none"
+    folds: int = 3
+
+    def __post_init__(self) -> None:
+        check(self.select in ("none", "cv"), f"select must be 'none' or 'cv', got {self.select!r}")
+        check(self.folds >= 2, f"folds must be >= 2, got {self.folds}")
 
     def make_benchmark(self) -> Benchmark:
         cls = get_benchmark(self.benchmark)
@@ -48,6 +55,24 @@ class RunSpec:
     def make_method(self) -> Method:
         cls = get_method(self.method)
         return cls(make(cls.Params, self.method_params))
+
+    def config(self, bench: Benchmark, method: Method) -> dict[str, Any]:
+        """The resolved configuration: everything that determines the result."""
+        config = {
+            "benchmark": to_dict(bench.config),
+            "method": to_dict(method.params),
+            "quick": self.quick,
+            "source_fit": to_dict(bench.source_fit()),
+            "target_fit": to_dict(bench.target_fit()),
+        }
+        if self.select != "none":
+            config["select"] = {"mode": self.select, "folds": self.folds}
+        return config
+
+    def run_id(self) -> str:
+        """The run's identity, computed without running it."""
+        config = self.config(self.make_benchmark(), self.make_method())
+        return run_id(self.benchmark, self.method, self.seed, self.target_size, config)
 
 
 def versions() -> dict[str, str]:
@@ -109,16 +134,16 @@ def run(
     source_before = bench.score(model, source.test)
     target = bench.target(spec.seed, spec.target_size)
     ctx = TransferContext(bench, model, source, target, spec.seed, source_key, cache)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
-        transfer = method.transfer(ctx)
-    config = {
-        "benchmark": to_dict(bench.config),
-        "method": to_dict(method.params),
-        "quick": spec.quick,
-        "source_fit": to_dict(bench.source_fit()),
-        "target_fit": to_dict(bench.target_fit()),
-    }
+    config = spec.config(bench, method)
+    selection = None
+    if spec.select == "cv":
+        selection = cross_validate(
+            type(method), spec.method_params, ctx, bench, spec.folds, _seeded_transfer
+        )
+        method = type(method)(
+            make(type(method).Params, {**spec.method_params, **selection["chosen"]})
+        )
+    transfer = _seeded_transfer(method, ctx)
     result = {
         "benchmark": spec.benchmark,
         "method": spec.method,
@@ -136,12 +161,20 @@ def run(
         "config": config,
         "fit": transfer.fit.as_dict(),
         "details": transfer.details,
+        "selection": selection,
+        "params_used": to_dict(method.params),
         "versions": versions(),
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     if out is not None:
         write_json(Path(out) / RESULT_FILE, result)
     return result
+
+
+def _seeded_transfer(method: Method, ctx: TransferContext) -> Any:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.seed)
+        return method.transfer(ctx)
 
 
 def run_id(benchmark: str, method: str, seed: int, target_size: int, config: dict) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,25 +17,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from pacnet.config import to_dict
 from pacnet.errors import PacnetError
 from pacnet.experiments.cache import StateCache
-from pacnet.experiments.runner import RESULT_FILE, RunSpec, run, run_id, source_model
+from pacnet.experiments.runner import RESULT_FILE, RunSpec, run, source_model
 from pacnet.io import read_json
-
-
-def planned_id(spec: RunSpec) -> str:
-    """The run id ``spec`` will have, computed without running it."""
-    bench = spec.make_benchmark()
-    method = spec.make_method()
-    config = {
-        "benchmark": to_dict(bench.config),
-        "method": to_dict(method.params),
-        "quick": spec.quick,
-        "source_fit": to_dict(bench.source_fit()),
-        "target_fit": to_dict(bench.target_fit()),
-    }
-    return run_id(spec.benchmark, spec.method, spec.seed, spec.target_size, config)
 
 
 def _worker_init() -> None:
@@ -50,26 +35,30 @@ def sweep(
     base: RunSpec,
     methods: Sequence[str],
     sizes: Sequence[int],
-    seeds: Sequence[int],
+    seeds: Sequence[int] | Mapping[int, Sequence[int]],
     out: str | Path,
     jobs: int = 1,
     cache: StateCache | None = None,
     method_params: dict[str, dict[str, Any]] | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every (method, size, seed) not yet finished under ``out``; return all results."""
+    """Run every (method, size, seed) not yet finished under ``out``; return all results.
+
+    ``seeds`` is one list for every size, or a mapping size -> seeds.
+    """
     cache = cache or StateCache()
     method_params = method_params or {}
+    seeds_for = seeds if isinstance(seeds, Mapping) else dict.fromkeys(sizes, seeds)
     specs = [
         replace(base, method=m, target_size=n, seed=s, method_params=method_params.get(m, {}))
         for m in methods
         for n in sizes
-        for s in seeds
+        for s in seeds_for[n]
     ]
     runs_dir = Path(out) / "runs"
     todo, results = [], []
     for spec in specs:
-        path = runs_dir / planned_id(spec) / RESULT_FILE
+        path = runs_dir / spec.run_id() / RESULT_FILE
         if path.exists():
             try:
                 results.append(read_json(path))

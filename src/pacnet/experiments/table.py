@@ -15,6 +15,37 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def protocol(results: Sequence[dict[str, Any]]) -> str:
+    """One paragraph stating how the runs in ``results`` trained and chose hyperparameters."""
+    if not results:
+        return "No runs."
+    config = results[0]["config"]
+    fit = config["target_fit"]
+    if fit.get("patience") is None:
+        training = (
+            f"fixed budget of {fit['steps']} {fit['optimizer']} steps "
+            f"(lr {fit['lr']}, batch {fit['batch_size']}), the last state evaluated"
+        )
+    else:
+        training = (
+            f"early stopping on a held-out part of the target samples (patience "
+            f"{fit['patience']} evaluations every {fit['eval_every']} steps, at most "
+            f"{fit['steps']} {fit['optimizer']} steps, lr {fit['lr']})"
+        )
+    select = config.get("select")
+    if select:
+        from pacnet.methods.base import SEARCH_BUDGET
+
+        choice = (
+            f"each method's main strength chosen per run by {select['folds']}-fold "
+            f"cross-validation on the target training samples ({SEARCH_BUDGET} candidates "
+            "per method; the test split is never used)"
+        )
+    else:
+        choice = "hyperparameters fixed at the values in each run's config"
+    return f"Protocol: {training}; {choice}."
+
+
 def summarize(results: Iterable[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
     """Group rows by (method, target size): target and source error statistics."""
     groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
