@@ -53,7 +53,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="cache folder for source models (default: $PACNET_CACHE or ~/.cache/pacnet)",
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per process (default: the benchmark's choice, 1 for small MLPs)",
+    )
     parser.add_argument(
         "--select",
         choices=("none", "cv"),
@@ -178,7 +183,7 @@ def _method_params(items: Sequence[str], methods: Sequence[str]) -> dict[str, di
 
 def _cmd_run(args: argparse.Namespace) -> None:
     from pacnet.benchmarks import get_benchmark
-    from pacnet.experiments.cache import StateCache
+    from pacnet.cache import StateCache
     from pacnet.experiments.runner import RESULT_FILE, RunSpec, run
     from pacnet.methods import get_method
 
@@ -193,6 +198,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         _settings(args, method_cls.Params),
         select=args.select,
         folds=args.folds,
+        threads=args.threads,
     )
     result = run(spec, args.out, StateCache(args.cache))
     print(
@@ -205,7 +211,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
 def _cmd_reproduce(args: argparse.Namespace) -> None:
     from pacnet.benchmarks import get_benchmark
-    from pacnet.experiments.cache import StateCache
+    from pacnet.cache import StateCache
     from pacnet.experiments.runner import RunSpec
     from pacnet.experiments.sweep import sweep
     from pacnet.experiments.table import markdown, protocol
@@ -225,6 +231,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
         bench_settings=_settings(args, bench_cls.Config),
         select=args.select,
         folds=args.folds,
+        threads=args.threads,
     )
     seeds = {n: args.seeds for n in args.target_sizes}
     for item in filter(None, args.seeds_at.split(",")):
@@ -274,10 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser(argv).parse_args(argv)
         if getattr(args, "threads", None) is not None:
-            import torch
-
             check(args.threads >= 1, f"--threads must be >= 1, got {args.threads}")
-            torch.set_num_threads(args.threads)
         {
             "run": _cmd_run,
             "reproduce": _cmd_reproduce,

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from pacnet.cache import StateCache
 from pacnet.train import Data, FitConfig, LossFn
 
 
@@ -39,10 +40,14 @@ class Benchmark(ABC):
     summary: ClassVar[str]
     Config: ClassVar[type]
     quick: ClassVar[dict[str, Any]] = {}
+    threads: ClassVar[int | None] = None
+    """Torch CPU threads a run uses unless told otherwise (None: torch's default). Small
+    models run faster on one thread, and parallel processes beat threads for them."""
     source_fields: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, cache: StateCache | None = None):
         self.config = config
+        self.cache = cache or StateCache()
 
     @abstractmethod
     def source(self) -> Task:
@@ -63,6 +68,14 @@ class Benchmark(ABC):
     @abstractmethod
     def score(self, model: nn.Module, data: Data) -> float:
         """The reported metric (lower is better) in the data's own units."""
+
+    def metrics(self, model: nn.Module, data: Data) -> dict[str, float]:
+        """Every metric the benchmark reports (the main one included)."""
+        return {self.metric: self.score(model, data)}
+
+    def details(self) -> dict[str, Any]:
+        """Facts about this benchmark instance worth keeping with a result."""
+        return {}
 
     @abstractmethod
     def source_fit(self) -> FitConfig:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from pacnet.benchmarks.base import Benchmark, Task
+from pacnet.cache import StateCache
 from pacnet.errors import check
 from pacnet.models import MLP
 from pacnet.train import Data, FitConfig, LossFn, evaluate
@@ -107,6 +108,7 @@ class Friedman(Benchmark):
     metric = "rmse"
     summary = "Friedman #1 regression transfer (Pardoe & Stone concepts), MLP, RMSE"
     Config = FriedmanConfig
+    threads = 1
     quick: ClassVar[dict[str, Any]] = {
         "source_samples": 4000,
         "source_steps": 800,
@@ -126,8 +128,8 @@ class Friedman(Benchmark):
         "source_batch",
     )
 
-    def __init__(self, config: FriedmanConfig):
-        super().__init__(config)
+    def __init__(self, config: FriedmanConfig, cache: StateCache | None = None):
+        super().__init__(config, cache)
         self._source: Task | None = None
         gen = torch.Generator().manual_seed(1_000_003 + config.source_concept)
         self.source_concept = Concept.draw(gen, config.distance)

@@ -10,6 +10,8 @@ import datetime
 import platform
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,9 @@ import numpy as np
 import torch
 
 from pacnet.benchmarks import Benchmark, get_benchmark
+from pacnet.cache import StateCache
 from pacnet.config import config_hash, make, to_dict
 from pacnet.errors import PacnetError, check
-from pacnet.experiments.cache import StateCache
 from pacnet.experiments.select import cross_validate
 from pacnet.io import write_json
 from pacnet.methods import Method, TransferContext, get_method
@@ -42,15 +44,16 @@ class RunSpec:
     method_params: dict[str, Any] = field(default_factory=dict)
     select: str = "none"
     folds: int = 3
+    threads: int | None = None  # how to run, not what: not part of the run's identity
 
     def __post_init__(self) -> None:
         check(self.select in ("none", "cv"), f"select must be 'none' or 'cv', got {self.select!r}")
         check(self.folds >= 2, f"folds must be >= 2, got {self.folds}")
 
-    def make_benchmark(self) -> Benchmark:
+    def make_benchmark(self, cache: StateCache | None = None) -> Benchmark:
         cls = get_benchmark(self.benchmark)
         settings = {**(cls.quick if self.quick else {}), **self.bench_settings}
-        return cls(make(cls.Config, settings))
+        return cls(make(cls.Config, settings), cache)
 
     def make_method(self) -> Method:
         cls = get_method(self.method)
@@ -69,9 +72,9 @@ class RunSpec:
             config["select"] = {"mode": self.select, "folds": self.folds}
         return config
 
-    def run_id(self) -> str:
+    def run_id(self, cache: StateCache | None = None) -> str:
         """The run's identity, computed without running it."""
-        config = self.config(self.make_benchmark(), self.make_method())
+        config = self.config(self.make_benchmark(cache), self.make_method())
         return run_id(self.benchmark, self.method, self.seed, self.target_size, config)
 
 
@@ -112,9 +115,31 @@ def source_model(bench: Benchmark, cache: StateCache) -> tuple[torch.nn.Module, 
 def run(
     spec: RunSpec, out: str | Path | None = None, cache: StateCache | None = None
 ) -> dict[str, Any]:
-    """Execute one run; write ``out/result.json`` (atomically) if ``out`` is given."""
+    """Execute one run; write ``out/result.json`` (atomically) if ``out`` is given.
+
+    Torch uses ``spec.threads`` CPU threads during the run (default: the benchmark's choice).
+    """
+    with using_threads(spec):
+        return _run(spec, out, cache)
+
+
+@contextmanager
+def using_threads(spec: RunSpec) -> Iterator[None]:
+    """Torch CPU threads as ``spec`` (or its benchmark) asks, restored afterwards."""
+    threads = spec.threads or get_benchmark(spec.benchmark).threads
+    check(threads is None or threads >= 1, f"threads must be >= 1, got {threads}")
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(spec: RunSpec, out: str | Path | None, cache: StateCache | None) -> dict[str, Any]:
     cache = cache or StateCache()
-    bench = spec.make_benchmark()
+    bench = spec.make_benchmark(cache)
     method = spec.make_method()
     check(spec.target_size >= 1, f"target size must be >= 1, got {spec.target_size}")
     check(0 <= spec.seed < 2**31, f"seed must lie in [0, 2**31), got {spec.seed}")
@@ -160,7 +185,9 @@ def run(
         "run_id": run_id(spec.benchmark, spec.method, spec.seed, spec.target_size, config),
         "config": config,
         "fit": transfer.fit.as_dict(),
+        "target_metrics": bench.metrics(transfer.target_model, target.test),
         "details": transfer.details,
+        "benchmark_details": bench.details(),
         "selection": selection,
         "params_used": to_dict(method.params),
         "versions": versions(),

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from pacnet.cache import StateCache
 from pacnet.errors import PacnetError
-from pacnet.experiments.cache import StateCache
-from pacnet.experiments.runner import RESULT_FILE, RunSpec, run, source_model
+from pacnet.experiments.runner import RESULT_FILE, RunSpec, run, source_model, using_threads
 from pacnet.io import read_json
 
 
@@ -58,7 +58,7 @@ def sweep(
     runs_dir = Path(out) / "runs"
     todo, results = [], []
     for spec in specs:
-        path = runs_dir / spec.run_id() / RESULT_FILE
+        path = runs_dir / spec.run_id(cache) / RESULT_FILE
         if path.exists():
             try:
                 results.append(read_json(path))
@@ -67,7 +67,8 @@ def sweep(
                 path.unlink()
         todo.append((spec, path.parent))
     if todo:
-        source_model(base.make_benchmark(), cache)  # build the shared source model once
+        with using_threads(base):
+            source_model(base.make_benchmark(cache), cache)  # build the shared source model once
     with tqdm(total=len(specs), initial=len(results), desc="sweep", disable=None) as bar:
         if jobs <= 1:
             for spec, folder in todo:
