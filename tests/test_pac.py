@@ -165,3 +165,22 @@ def test_own_training_loop_recipe_from_the_readme():
     with tasks.use(model, "source"):
         assert torch.equal(model(x_source), reference)
     assert not torch.equal(model(x_source), reference)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_source_stays_exact_under_mixed_precision(amp):
+    """Autocast (and fp16's GradScaler) do not break the exact masking."""
+    model = small_cnn()
+    mse = nn.functional.mse_loss
+    cfg = FitConfig(steps=10, batch_size=16, lr=1e-2, amp=amp)
+    source, target = cnn_data(0), cnn_data(1, n=16)
+    mask = prune(model, 0.8)
+    allocate(model, mask, source, mse, cfg)
+    model.eval()
+    reference = model(source.x).detach().clone()
+    tasks, result = calibrate(model, mask, target, mse, cfg, lam=0.01)
+    assert result.steps == 10
+    model.eval()
+    assert not torch.equal(model(source.x), reference)
+    with tasks.use(model, "source"):
+        assert torch.equal(model(source.x), reference)

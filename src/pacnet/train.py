@@ -79,8 +79,12 @@ class FitConfig:
     eval_every: int = 50
     patience: int | None = None
     grad_clip: float | None = None
+    amp: str = "none"
 
     def __post_init__(self) -> None:
+        check(
+            self.amp in AMP_DTYPES, f"amp must be one of {', '.join(AMP_DTYPES)}, got {self.amp!r}"
+        )
         check(self.steps >= 0, f"steps must be >= 0, got {self.steps}")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -91,6 +95,12 @@ class FitConfig:
             f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}",
         )
 
+
+AMP_DTYPES: dict[str, torch.dtype | None] = {
+    "none": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay),
@@ -127,13 +137,31 @@ class FitResult:
         }
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without any)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """Move a batch to ``device``; 4-D image batches go channels-last on CUDA."""
+    if t.device == device:
+        return t
+    t = t.to(device, non_blocking=True)
+    if device.type == "cuda" and t.dim() == 4:
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Data, loss_fn: LossFn, batch_size: int = 4096) -> float:
-    """Mean of ``loss_fn`` over ``data`` (weighted by chunk size), in eval mode."""
+    """Mean of ``loss_fn`` over ``data`` (weighted by chunk size), in eval mode, full precision."""
     was_training = model.training
     model.eval()
+    device = device_of(model)
     total, count = 0.0, 0
     for x, y in data.chunks(batch_size):
+        x, y = to_device(x, device), to_device(y, device)
         total += float(loss_fn(model(x), y)) * len(x)
         count += len(x)
     model.train(was_training)
@@ -181,14 +209,19 @@ def fit(
     model.train()
     batches = train.batches(cfg.batch_size, generator)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
+    device = device_of(model)
+    amp_dtype = AMP_DTYPES[cfg.amp]
+    scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
     with (
         wrap(optimizer) if wrap else nullcontext(),
         tqdm(total=cfg.steps, desc=desc, disable=None, leave=False) as bar,
     ):
         for step in range(1, cfg.steps + 1):
             x, y = next(batches)
+            x, y = to_device(x, device), to_device(y, device)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = loss_fn(model(x), y).float()
             for weight, term in penalties:
                 loss = loss + weight * term()
             if not torch.isfinite(loss):
@@ -196,10 +229,18 @@ def fit(
                     f"{desc}: loss became {float(loss.detach())} at step {step}; "
                     "lower the learning rate or check the data for NaN/inf"
                 )
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                optimizer.step()
+            else:  # fp16: scaled backward; a step with inf/NaN gradients is skipped
+                scaler.scale(loss).backward()
+                if cfg.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
             result.steps = step
             bar.update(1)
             if val is not None and (step % cfg.eval_every == 0 or step == cfg.steps):

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from torch import nn
+from torch import Tensor, nn
 
 from pacnet.cache import StateCache
 from pacnet.train import Data, FitConfig, LossFn
@@ -68,6 +68,11 @@ class Benchmark(ABC):
     @abstractmethod
     def score(self, model: nn.Module, data: Data) -> float:
         """The reported metric (lower is better) in the data's own units."""
+
+    def target_head(self, seed: int) -> dict[str, Tensor] | None:
+        """Fresh head tensors (by parameter name) when the target's output differs from the
+        source's; None when the target starts from a copy of the source head."""
+        return None
 
     def metrics(self, model: nn.Module, data: Data) -> dict[str, float]:
         """Every metric the benchmark reports (the main one included)."""

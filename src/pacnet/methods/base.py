@@ -9,6 +9,7 @@ masked view for PAC-Net, which does not), and parameter counts. Methods never mo
 
 from __future__ import annotations
 
+import copy
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +42,7 @@ class TransferContext:
     seed: int
     source_key: str = ""
     memo: Callable[[Mapping[str, Any], StateBuilder], Mapping[str, Tensor]] = _no_cache
+    amp: str = "none"
 
     @property
     def loss_fn(self) -> LossFn:
@@ -48,11 +50,49 @@ class TransferContext:
 
     @property
     def source_fit(self) -> FitConfig:
-        return self.benchmark.source_fit()
+        return replace(self.benchmark.source_fit(), amp=self.amp)
 
     @property
     def target_fit(self) -> FitConfig:
-        return self.benchmark.target_fit()
+        return replace(self.benchmark.target_fit(), amp=self.amp)
+
+    @property
+    def new_head(self) -> dict[str, Tensor] | None:
+        """A fresh head for the target (its output differs from the source's), or None when
+        the target starts from a copy of the source head."""
+        head = self.benchmark.target_head(self.seed)
+        if head is None:
+            return None
+        device = next(self.source_model.parameters()).device
+        return {name: t.to(device) for name, t in head.items()}
+
+
+def install(model: nn.Module, tensors: Mapping[str, Tensor]) -> None:
+    """Replace parameters by name with new ones holding ``tensors`` (shapes may change)."""
+    for name, value in tensors.items():
+        module_name, _, leaf = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        module._parameters[leaf] = nn.Parameter(value.detach().clone())
+        if isinstance(module, nn.Linear) and leaf == "weight":
+            module.out_features, module.in_features = value.shape
+
+
+def with_target_head(model: nn.Module, ctx: TransferContext) -> nn.Module:
+    """``model`` with the target's fresh head installed, if the target needs one."""
+    if ctx.new_head is not None:
+        install(model, ctx.new_head)
+    return model
+
+
+def source_view(model: nn.Module, ctx: TransferContext) -> nn.Module:
+    """What a one-network method leaves for the source task: the trained network itself, or,
+    when the target got its own head, a copy with the source head put back."""
+    if ctx.new_head is None:
+        return model
+    view = copy.deepcopy(model)
+    source_params = dict(ctx.source_model.named_parameters())
+    install(view, {name: source_params[name] for name in ctx.new_head})
+    return view
 
 
 @dataclass

@@ -10,7 +10,14 @@ from torch import nn
 
 from pacnet.errors import check
 from pacnet.mask import find_head
-from pacnet.methods.base import Method, Transfer, TransferContext, count
+from pacnet.methods.base import (
+    Method,
+    Transfer,
+    TransferContext,
+    count,
+    source_view,
+    with_target_head,
+)
 
 LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 
@@ -47,7 +54,8 @@ class Scratch(Method):
     Params = LearningRate
 
     def transfer(self, ctx: TransferContext) -> Transfer:
-        model = ctx.benchmark.make_model(ctx.seed)
+        model = with_target_head(ctx.benchmark.make_model(ctx.seed), ctx)
+        model.to(next(ctx.source_model.parameters()).device)
         result = self.fit_target(ctx, model, lr=self.params.lr)
         n = count(model)
         return Transfer(
@@ -66,10 +74,10 @@ class FineTune(Method):
     Params = LearningRate
 
     def transfer(self, ctx: TransferContext) -> Transfer:
-        model = copy.deepcopy(ctx.source_model)
+        model = with_target_head(copy.deepcopy(ctx.source_model), ctx)
         result = self.fit_target(ctx, model, lr=self.params.lr)
         n = count(model)
-        return Transfer(model, model, trainable=n, total=n, stored=n, fit=result)
+        return Transfer(model, source_view(model, ctx), trainable=n, total=n, stored=n, fit=result)
 
 
 class LinearProbe(Method):
@@ -78,7 +86,7 @@ class LinearProbe(Method):
     Params = LearningRate
 
     def transfer(self, ctx: TransferContext) -> Transfer:
-        model = copy.deepcopy(ctx.source_model)
+        model = with_target_head(copy.deepcopy(ctx.source_model), ctx)
         head_name, head = head_of(model)
         model.requires_grad_(False)
         head.requires_grad_(True)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from pacnet.errors import check
 from pacnet.mask import prunable_names
-from pacnet.methods.base import Method, Transfer, TransferContext, count
+from pacnet.methods.base import Method, Transfer, TransferContext, count, install
 from pacnet.methods.baselines import head_of
 
 
@@ -65,6 +65,11 @@ class LoRA(Method):
             modules_to_save=[head_name],
         )
         model = get_peft_model(base, config)
+        if ctx.new_head is not None:  # the trainable copy of the head becomes the target's
+            copy_of_head = model.base_model.model.get_submodule(head_name).modules_to_save[
+                "default"
+            ]
+            install(copy_of_head, {n.rpartition(".")[2]: t for n, t in ctx.new_head.items()})
         params = [w for w in model.parameters() if w.requires_grad]
         result = self.fit_target(ctx, model, params=params)
         trainable = sum(w.numel() for w in params)

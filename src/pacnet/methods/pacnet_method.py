@@ -72,6 +72,7 @@ class PacNet(Method):
             lam=p.lam,
             val=ctx.target.val,
             seed=ctx.seed,
+            init=ctx.new_head,
         )
         report = parameter_report(model, tasks)
         source_view: nn.Module = tasks.export(model, "source")

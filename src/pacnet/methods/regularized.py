@@ -12,16 +12,33 @@ import copy
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from torch import nn
+
 from pacnet.errors import check
 from pacnet.mask import prunable_names
-from pacnet.methods.base import Method, Transfer, TransferContext, count
-from pacnet.methods.baselines import head_of
+from pacnet.methods.base import (
+    Method,
+    Transfer,
+    TransferContext,
+    count,
+    source_view,
+    with_target_head,
+)
+from pacnet.methods.baselines import LinearProbe, head_of
 from pacnet.regularizers import (
+    L2,
     FeatureDistance,
     SpectralShrinkage,
     StartingPoint,
     channel_attention,
 )
+
+
+def head_term(model: nn.Module, head_name: str, ctx: TransferContext) -> nn.Module:
+    """β's term: toward the source head when inherited, toward 0 when the head is new."""
+    head = [w for n, w in model.named_parameters() if n.startswith(head_name + ".")]
+    return L2(head) if ctx.new_head is not None else StartingPoint(head)
+
 
 STRENGTH_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
@@ -50,14 +67,13 @@ class L2SP(Method):
 
     def transfer(self, ctx: TransferContext) -> Transfer:
         p: L2SPParams = self.params
-        model = copy.deepcopy(ctx.source_model)
+        model = with_target_head(copy.deepcopy(ctx.source_model), ctx)
         head_name, _ = head_of(model)
         body = [w for n, w in model.named_parameters() if not n.startswith(head_name + ".")]
-        head = [w for n, w in model.named_parameters() if n.startswith(head_name + ".")]
-        penalties = [(p.alpha, StartingPoint(body)), (p.beta, StartingPoint(head))]
+        penalties = [(p.alpha, StartingPoint(body)), (p.beta, head_term(model, head_name, ctx))]
         result = self.fit_target(ctx, model, penalties=penalties)
         n = count(model)
-        return Transfer(model, model, trainable=n, total=n, stored=n, fit=result)
+        return Transfer(model, source_view(model, ctx), trainable=n, total=n, stored=n, fit=result)
 
 
 @dataclass
@@ -89,27 +105,35 @@ class Delta(Method):
 
     def transfer(self, ctx: TransferContext) -> Transfer:
         p: DeltaParams = self.params
-        model = copy.deepcopy(ctx.source_model)
+        model = with_target_head(copy.deepcopy(ctx.source_model), ctx)
         head_name, _ = head_of(model)
         layers = [n.strip() for n in p.layers.split(",") if n.strip()] or [
             n.removesuffix(".weight") for n in prunable_names(model)
         ]
         source = copy.deepcopy(ctx.source_model)
-        attention = (
-            channel_attention(source, layers, ctx.target.train, ctx.loss_fn, p.temperature)
-            if p.attention
-            else None
-        )
+        attention = None
+        if p.attention:
+            scorer = source
+            if ctx.new_head is not None:  # as TLlib: first fit a head on the target data
+                scorer = LinearProbe().transfer(ctx).target_model
+            attention = channel_attention(
+                scorer, layers, ctx.target.train, ctx.loss_fn, p.temperature
+            )
         behaviour = FeatureDistance(model, source, layers, attention)
-        head = [w for n, w in model.named_parameters() if n.startswith(head_name + ".")]
-        penalties = [(p.alpha, behaviour), (p.beta, StartingPoint(head))]
+        penalties = [(p.alpha, behaviour), (p.beta, head_term(model, head_name, ctx))]
         try:
             result = self.fit_target(ctx, model, penalties=penalties)
         finally:
             behaviour.close()
         n = count(model)
         return Transfer(
-            model, model, trainable=n, total=n, stored=n, fit=result, details={"layers": layers}
+            model,
+            source_view(model, ctx),
+            trainable=n,
+            total=n,
+            stored=n,
+            fit=result,
+            details={"layers": layers},
         )
 
 
@@ -135,7 +159,7 @@ class BSS(Method):
 
     def transfer(self, ctx: TransferContext) -> Transfer:
         p: BSSParams = self.params
-        model = copy.deepcopy(ctx.source_model)
+        model = with_target_head(copy.deepcopy(ctx.source_model), ctx)
         head_name, _ = head_of(model)
         term = SpectralShrinkage(model, head_name, p.k)
         try:
@@ -143,4 +167,4 @@ class BSS(Method):
         finally:
             term.close()
         n = count(model)
-        return Transfer(model, model, trainable=n, total=n, stored=n, fit=result)
+        return Transfer(model, source_view(model, ctx), trainable=n, total=n, stored=n, fit=result)
