@@ -66,6 +66,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="choose each method's main strength by K-fold CV on the target training samples",
     )
     parser.add_argument("--folds", type=int, default=3, help="folds for --select cv")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    parser.add_argument(
+        "--amp",
+        choices=("none", "bf16", "fp16"),
+        default="none",
+        help="mixed precision (autocast; fp16 adds a gradient scaler)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -199,6 +206,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
         select=args.select,
         folds=args.folds,
         threads=args.threads,
+        device=args.device,
+        amp=args.amp,
     )
     result = run(spec, args.out, StateCache(args.cache))
     print(
@@ -232,6 +241,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
         select=args.select,
         folds=args.folds,
         threads=args.threads,
+        device=args.device,
+        amp=args.amp,
     )
     seeds = {n: args.seeds for n in args.target_sizes}
     for item in filter(None, args.seeds_at.split(",")):

@@ -20,7 +20,65 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from pacnet.cache import StateCache
+from pacnet.errors import check
 from pacnet.train import Data, FitConfig, LossFn
+
+
+@dataclass
+class BudgetConfig:
+    """Training budgets and protocol, shared by every benchmark's settings.
+
+    The source budget trains the source model (and PAC-Net's Allocate); the target budget is
+    what every method gets on the target task. ``protocol="fixed"`` trains the full
+    ``target_steps``; ``"early"`` holds out ``target_val_fraction`` of the target samples and
+    stops after ``patience`` evaluations (every ``eval_every`` steps) without improvement.
+    """
+
+    source_steps: int = 4000
+    source_lr: float = 1e-3
+    source_batch: int = 128
+    target_steps: int = 500
+    target_lr: float = 1e-3
+    target_batch: int = 32
+    protocol: str = "fixed"
+    target_val_fraction: float = 0.2
+    patience: int = 10
+    eval_every: int = 25
+
+    def __post_init__(self) -> None:
+        check(
+            self.protocol in ("fixed", "early"),
+            f"protocol must be 'fixed' or 'early', got {self.protocol!r}",
+        )
+        check(0 < self.target_val_fraction < 1, "target_val_fraction must lie in (0, 1)")
+        check(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
+        for name in ("source_steps", "target_steps"):
+            check(getattr(self, name) >= 0, f"{name} must be >= 0")
+        for name in ("source_batch", "target_batch", "eval_every"):
+            check(getattr(self, name) >= 1, f"{name} must be >= 1")
+        for name in ("source_lr", "target_lr"):
+            check(getattr(self, name) > 0, f"{name} must be > 0")
+
+    def source_fit(self) -> FitConfig:
+        """Budget for training the source model (and for Allocate)."""
+        c = self
+        return FitConfig(
+            steps=c.source_steps,
+            batch_size=c.source_batch,
+            lr=c.source_lr,
+            eval_every=max(c.eval_every, c.source_steps // 40),
+        )
+
+    def target_fit(self) -> FitConfig:
+        """Budget every method gets on the target task."""
+        c = self
+        return FitConfig(
+            steps=c.target_steps,
+            batch_size=c.target_batch,
+            lr=c.target_lr,
+            eval_every=c.eval_every,
+            patience=c.patience if c.protocol == "early" else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -82,13 +140,13 @@ class Benchmark(ABC):
         """Facts about this benchmark instance worth keeping with a result."""
         return {}
 
-    @abstractmethod
     def source_fit(self) -> FitConfig:
         """Budget for training the source model (and for Allocate)."""
+        return self.config.source_fit()
 
-    @abstractmethod
     def target_fit(self) -> FitConfig:
         """Budget every method gets on the target task."""
+        return self.config.target_fit()
 
     @property
     def max_target_size(self) -> int:

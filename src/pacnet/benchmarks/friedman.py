@@ -25,11 +25,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from pacnet.benchmarks.base import Benchmark, Task
+from pacnet.benchmarks.base import Benchmark, BudgetConfig, Task
 from pacnet.cache import StateCache
 from pacnet.errors import check
 from pacnet.models import MLP
-from pacnet.train import Data, FitConfig, LossFn, evaluate
+from pacnet.train import Data, LossFn, evaluate
 
 FEATURES = 10
 
@@ -66,7 +66,7 @@ class Concept:
 
 
 @dataclass
-class FriedmanConfig:
+class FriedmanConfig(BudgetConfig):
     """Friedman #1 transfer settings; the defaults run on 2 CPU cores in seconds per run."""
 
     source_samples: int = 20000
@@ -79,28 +79,14 @@ class FriedmanConfig:
     source_concept: int = 0
     hidden: tuple[int, ...] = (128, 128)
     activation: str = "relu"
-    source_steps: int = 4000
-    source_lr: float = 1e-3
-    source_batch: int = 128
-    target_steps: int = 500
-    target_lr: float = 1e-3
-    target_batch: int = 32
-    protocol: str = "fixed"
-    target_val_fraction: float = 0.2
-    patience: int = 10
-    eval_every: int = 25
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.source_samples >= 100, "source_samples must be >= 100")
         check(self.target_pool >= 1, "target_pool must be >= 1")
         check(self.distance >= 0, f"distance must be >= 0, got {self.distance}")
         check(self.noise >= 0, f"noise must be >= 0, got {self.noise}")
-        check(
-            self.protocol in ("fixed", "early"),
-            f"protocol must be 'fixed' or 'early', got {self.protocol!r}",
-        )
         check(0 < self.source_val_fraction < 1, "source_val_fraction must lie in (0, 1)")
-        check(0 < self.target_val_fraction < 1, "target_val_fraction must lie in (0, 1)")
 
 
 class Friedman(Benchmark):
@@ -208,23 +194,3 @@ class Friedman(Benchmark):
 
     def score(self, model: nn.Module, data: Data) -> float:
         return self.y_std * math.sqrt(evaluate(model, data, nn.functional.mse_loss))
-
-    def source_fit(self) -> FitConfig:
-        c = self.config
-        return FitConfig(
-            steps=c.source_steps,
-            batch_size=c.source_batch,
-            lr=c.source_lr,
-            eval_every=max(c.eval_every, c.source_steps // 40),
-            patience=None,
-        )
-
-    def target_fit(self) -> FitConfig:
-        c = self.config
-        return FitConfig(
-            steps=c.target_steps,
-            batch_size=c.target_batch,
-            lr=c.target_lr,
-            eval_every=c.eval_every,
-            patience=c.patience if c.protocol == "early" else None,
-        )

@@ -28,18 +28,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pacnet.benchmarks.base import Benchmark, Task
+from pacnet.benchmarks.base import Benchmark, BudgetConfig, Task
 from pacnet.cache import StateCache
 from pacnet.config import to_dict
 from pacnet.errors import check
 from pacnet.models import MLP
-from pacnet.train import Data, FitConfig, LossFn
+from pacnet.train import Data, LossFn
 
 DATA_VERSION = 1
 
 
 @dataclass
-class TrajectoryConfig:
+class TrajectoryConfig(BudgetConfig):
     """Settings every trajectory benchmark shares (sizes are numbers of trajectories)."""
 
     source_trajectories: int = 2000
@@ -49,28 +49,17 @@ class TrajectoryConfig:
     target_test: int = 200
     hidden: tuple[int, ...] = (128, 128)
     activation: str = "tanh"
-    source_steps: int = 4000
-    source_lr: float = 1e-3
     source_batch: int = 256
-    target_steps: int = 500
-    target_lr: float = 1e-3
     target_batch: int = 64
-    protocol: str = "fixed"
-    target_val_fraction: float = 0.2
-    patience: int = 10
-    eval_every: int = 25
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check(self.source_trajectories >= 10, "source_trajectories must be >= 10")
         check(
             self.target_pool >= 1 and self.target_test >= 1,
             "target_pool and target_test must be >= 1",
         )
-        check(
-            self.protocol in ("fixed", "early"),
-            f"protocol must be 'fixed' or 'early', got {self.protocol!r}",
-        )
-        for name in ("source_val_fraction", "source_test_fraction", "target_val_fraction"):
+        for name in ("source_val_fraction", "source_test_fraction"):
             check(0 < getattr(self, name) < 0.5, f"{name} must lie in (0, 0.5)")
 
 
@@ -222,25 +211,6 @@ class TrajectoryBenchmark(Benchmark):
 
     def score(self, model: nn.Module, data: Data) -> float:
         return self.metrics(model, data)[self.metric]
-
-    def source_fit(self) -> FitConfig:
-        c = self.config
-        return FitConfig(
-            steps=c.source_steps,
-            batch_size=c.source_batch,
-            lr=c.source_lr,
-            eval_every=max(c.eval_every, c.source_steps // 40),
-        )
-
-    def target_fit(self) -> FitConfig:
-        c = self.config
-        return FitConfig(
-            steps=c.target_steps,
-            batch_size=c.target_batch,
-            lr=c.target_lr,
-            eval_every=c.eval_every,
-            patience=c.patience if c.protocol == "early" else None,
-        )
 
     def details(self) -> dict[str, Any]:
         g = self.generation

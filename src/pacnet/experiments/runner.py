@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from pacnet.errors import PacnetError, check
 from pacnet.experiments.select import cross_validate
 from pacnet.io import write_json
 from pacnet.methods import Method, TransferContext, get_method
-from pacnet.train import fit
+from pacnet.train import AMP_DTYPES, fit
 
 RESULT_FILE = "result.json"
 
@@ -44,38 +44,74 @@ class RunSpec:
     method_params: dict[str, Any] = field(default_factory=dict)
     select: str = "none"
     folds: int = 3
+    device: str = "cpu"
+    amp: str = "none"
     threads: int | None = None  # how to run, not what: not part of the run's identity
 
     def __post_init__(self) -> None:
         check(self.select in ("none", "cv"), f"select must be 'none' or 'cv', got {self.select!r}")
         check(self.folds >= 2, f"folds must be >= 2, got {self.folds}")
+        check(self.amp in AMP_DTYPES, f"amp must be one of {', '.join(AMP_DTYPES)}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise PacnetError(f"unknown device {self.device!r} (cpu, cuda, cuda:1, ...)") from None
+        check(
+            device.type != "cuda" or torch.cuda.is_available(),
+            f"device {self.device!r} requested but CUDA is not available on this machine",
+        )
+
+    def resolved(self) -> tuple[Any, Any]:
+        """(benchmark settings, method hyperparameters) as validated dataclasses."""
+        bench_cls, method_cls = get_benchmark(self.benchmark), get_method(self.method)
+        settings = {**(bench_cls.quick if self.quick else {}), **self.bench_settings}
+        return make(bench_cls.Config, settings), make(method_cls.Params, self.method_params)
 
     def make_benchmark(self, cache: StateCache | None = None) -> Benchmark:
-        cls = get_benchmark(self.benchmark)
-        settings = {**(cls.quick if self.quick else {}), **self.bench_settings}
-        return cls(make(cls.Config, settings), cache)
+        return get_benchmark(self.benchmark)(self.resolved()[0], cache)
 
     def make_method(self) -> Method:
-        cls = get_method(self.method)
-        return cls(make(cls.Params, self.method_params))
+        return get_method(self.method)(self.resolved()[1])
 
-    def config(self, bench: Benchmark, method: Method) -> dict[str, Any]:
-        """The resolved configuration: everything that determines the result."""
+    def config(self) -> dict[str, Any]:
+        """The resolved configuration, defaults included: everything behind the result."""
+        bench_config, params = self.resolved()
         config = {
-            "benchmark": to_dict(bench.config),
-            "method": to_dict(method.params),
+            "benchmark": to_dict(bench_config),
+            "method": to_dict(params),
             "quick": self.quick,
-            "source_fit": to_dict(bench.source_fit()),
-            "target_fit": to_dict(bench.target_fit()),
+            "source_fit": to_dict(bench_config.source_fit()),
+            "target_fit": to_dict(bench_config.target_fit()),
         }
         if self.select != "none":
             config["select"] = {"mode": self.select, "folds": self.folds}
+        if (self.device, self.amp) != ("cpu", "none"):
+            config["device"], config["amp"] = self.device, self.amp
         return config
 
-    def run_id(self, cache: StateCache | None = None) -> str:
-        """The run's identity, computed without running it."""
-        config = self.config(self.make_benchmark(cache), self.make_method())
-        return run_id(self.benchmark, self.method, self.seed, self.target_size, config)
+    def run_id(self) -> str:
+        """The run's identity: a hash of the settings that differ from their defaults (so a
+        new option with a default keeps old ids), with benchmark, method, seed and size."""
+        bench_config, params = self.resolved()
+        key: dict[str, Any] = {
+            "benchmark": self.benchmark,
+            "method": self.method,
+            "seed": self.seed,
+            "target_size": self.target_size,
+            "settings": non_default(bench_config),
+            "params": non_default(params),
+        }
+        if self.select != "none":
+            key["select"] = {"mode": self.select, "folds": self.folds}
+        if (self.device, self.amp) != ("cpu", "none"):
+            key["device"], key["amp"] = torch.device(self.device).type, self.amp
+        return config_hash(key)
+
+
+def non_default(obj: Any) -> dict[str, Any]:
+    """The fields of a settings dataclass whose values differ from a default instance's."""
+    values, defaults = to_dict(obj), to_dict(type(obj)())
+    return {k: v for k, v in values.items() if defaults.get(k) != v}
 
 
 def versions() -> dict[str, str]:
@@ -90,22 +126,25 @@ def versions() -> dict[str, str]:
     }
 
 
-def source_model(bench: Benchmark, cache: StateCache) -> tuple[torch.nn.Module, str]:
-    """The benchmark's trained source model (cached) and its cache key hash."""
-    key = {"step": "source", "benchmark": bench.name, "config": bench.source_settings()}
-    model = bench.make_model(seed=0)
+def source_model(
+    bench: Benchmark, cache: StateCache, device: str = "cpu", amp: str = "none"
+) -> tuple[torch.nn.Module, str]:
+    """The benchmark's trained source model (cached, on ``device``) and its cache key hash."""
+    key: dict[str, Any] = {
+        "step": "source",
+        "benchmark": bench.name,
+        "config": bench.source_settings(),
+    }
+    if (device, amp) != ("cpu", "none"):
+        key["device"], key["amp"] = torch.device(device).type, amp
+    model = bench.make_model(seed=0).to(device)
+    if torch.device(device).type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
     source = bench.source()
 
     def build() -> dict:
-        fit(
-            model,
-            bench.loss_fn(),
-            source.train,
-            bench.source_fit(),
-            val=source.val,
-            seed=0,
-            desc="source",
-        )
+        cfg = replace(bench.source_fit(), amp=amp)
+        fit(model, bench.loss_fn(), source.train, cfg, val=source.val, seed=0, desc="source")
         return model.state_dict()
 
     model.load_state_dict(cache(key, build))
@@ -154,12 +193,12 @@ def _run(spec: RunSpec, out: str | Path | None, cache: StateCache | None) -> dic
         except OSError as exc:
             raise PacnetError(f"cannot create the output folder {out}: {exc.strerror}") from None
     start = time.perf_counter()
-    model, source_key = source_model(bench, cache)
+    model, source_key = source_model(bench, cache, spec.device, spec.amp)
     source = bench.source()
     source_before = bench.score(model, source.test)
     target = bench.target(spec.seed, spec.target_size)
-    ctx = TransferContext(bench, model, source, target, spec.seed, source_key, cache)
-    config = spec.config(bench, method)
+    ctx = TransferContext(bench, model, source, target, spec.seed, source_key, cache, spec.amp)
+    config = spec.config()
     selection = None
     if spec.select == "cv":
         selection = cross_validate(
@@ -182,7 +221,7 @@ def _run(spec: RunSpec, out: str | Path | None, cache: StateCache | None) -> dic
         "total_params": transfer.total,
         "stored_params": transfer.stored,
         "seconds": round(time.perf_counter() - start, 3),
-        "run_id": run_id(spec.benchmark, spec.method, spec.seed, spec.target_size, config),
+        "run_id": spec.run_id(),
         "config": config,
         "fit": transfer.fit.as_dict(),
         "target_metrics": bench.metrics(transfer.target_model, target.test),
@@ -202,16 +241,3 @@ def _seeded_transfer(method: Method, ctx: TransferContext) -> Any:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.seed)
         return method.transfer(ctx)
-
-
-def run_id(benchmark: str, method: str, seed: int, target_size: int, config: dict) -> str:
-    """A run's identity: the hash of everything that determines its result."""
-    return config_hash(
-        {
-            "benchmark": benchmark,
-            "method": method,
-            "seed": seed,
-            "target_size": target_size,
-            "config": config,
-        }
-    )

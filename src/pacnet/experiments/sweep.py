@@ -58,7 +58,7 @@ def sweep(
     runs_dir = Path(out) / "runs"
     todo, results = [], []
     for spec in specs:
-        path = runs_dir / spec.run_id(cache) / RESULT_FILE
+        path = runs_dir / spec.run_id() / RESULT_FILE
         if path.exists():
             try:
                 results.append(read_json(path))
@@ -68,7 +68,9 @@ def sweep(
         todo.append((spec, path.parent))
     if todo:
         with using_threads(base):
-            source_model(base.make_benchmark(cache), cache)  # build the shared source model once
+            source_model(
+                base.make_benchmark(cache), cache, base.device, base.amp
+            )  # build the shared source model once
     with tqdm(total=len(specs), initial=len(results), desc="sweep", disable=None) as bar:
         if jobs <= 1:
             for spec, folder in todo:
