@@ -7,12 +7,13 @@ then starts from the same source model and sees the same target data for a given
 from __future__ import annotations
 
 import datetime
+import json
 import platform
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,11 @@ class RunSpec:
 
 def non_default(obj: Any) -> dict[str, Any]:
     """The fields of a settings dataclass whose values differ from a default instance's."""
-    values, defaults = to_dict(obj), to_dict(type(obj)())
+    values = to_dict(obj)
+    defaults = {
+        f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(obj)
+    }
+    defaults = json.loads(json.dumps(defaults))  # tuples as lists, as in ``values``
     return {k: v for k, v in values.items() if defaults.get(k) != v}
 
 

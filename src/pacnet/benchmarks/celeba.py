@@ -1,0 +1,293 @@
+"""CelebA attribute transfer from a local folder (the data cannot be downloaded here).
+
+``--data-dir`` must hold the official layout: ``img_align_celeba/`` (the aligned JPEGs),
+``list_attr_celeba.txt`` (a count line, a line of 40 attribute names, then
+``<file> <±1 × 40>`` per image) and ``list_eval_partition.txt`` (``<file> <0|1|2>``).
+Images are decoded on the fly with Pillow (a DataLoader with ``workers`` processes),
+center-cropped to a square and resized to ``image_size``.
+
+Split: ``paper`` (default; the paper's half train / half test, in file order) or
+``official`` (the partition file's train and test). Tasks are attribute groups: the target
+is ``target_attributes`` (default: Smiling, Young, Wavy_Hair, Bangs, Eyeglasses) with
+``--target-size`` labelled training images drawn by the seed; the source is every other
+attribute (or ``source_attributes``) on all training images. Both are multi-label (one
+logit per attribute, binary cross-entropy); the metric is the error rate averaged over the
+task's attributes. Malformed files fail with one line naming the file and the line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from pacnet.benchmarks.base import Task
+from pacnet.benchmarks.images import ImageBenchmark, ImageConfig
+from pacnet.cache import StateCache
+from pacnet.errors import PacnetError, check
+from pacnet.train import Data, LossFn
+
+ATTRIBUTES = "list_attr_celeba.txt"
+PARTITION = "list_eval_partition.txt"
+IMAGES = "img_align_celeba"
+
+
+def read_attributes(path: Path) -> tuple[list[str], list[str], Tensor]:
+    """(attribute names, file names, labels in {0, 1} as (N, A) uint8) from list_attr_celeba."""
+    if not path.is_file():
+        raise PacnetError(f"{path}: file not found (is --data-dir the CelebA folder?)")
+    lines = path.read_text().splitlines()
+    check(len(lines) >= 2, f"{path}: too short to be a CelebA attribute file")
+    try:
+        count = int(lines[0].strip())
+    except ValueError:
+        raise PacnetError(
+            f"{path}, line 1: expected the number of images, got {lines[0]!r}"
+        ) from None
+    names = lines[1].split()
+    check(names, f"{path}, line 2: no attribute names")
+    rows = [line for line in lines[2:] if line.strip()]
+    check(
+        len(rows) == count,
+        f"{path}: header announces {count} images but {len(rows)} lines follow (truncated file?)",
+    )
+    files, labels = [], []
+    for number, line in enumerate(rows, start=3):
+        fields = line.split()
+        if len(fields) != len(names) + 1:
+            raise PacnetError(
+                f"{path}, line {number}: expected a file name and {len(names)} values, "
+                f"got {len(fields)} fields"
+            )
+        if any(v not in ("1", "-1") for v in fields[1:]):
+            raise PacnetError(f"{path}, line {number}: attribute values must be 1 or -1")
+        files.append(fields[0])
+        labels.append([v == "1" for v in fields[1:]])
+    return names, files, torch.tensor(labels, dtype=torch.uint8)
+
+
+def read_partition(path: Path, files: list[str]) -> Tensor:
+    """Partition (0 train, 1 validation, 2 test) per file, in the attribute file's order."""
+    if not path.is_file():
+        raise PacnetError(f"{path}: file not found (is --data-dir the CelebA folder?)")
+    table = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+            raise PacnetError(f"{path}, line {number}: expected '<file> <0|1|2>', got {line!r}")
+        table[fields[0]] = int(fields[1])
+    missing = [f for f in files if f not in table]
+    if missing:
+        raise PacnetError(f"{path}: no partition for {missing[0]} ({len(missing)} files lack one)")
+    return torch.tensor([table[f] for f in files])
+
+
+class CelebAImages(Dataset):
+    """Decodes, crops to a square, resizes and normalises CelebA images on demand."""
+
+    def __init__(self, folder: Path, files: list[str], labels: Tensor, size: int):
+        self.folder, self.files, self.labels, self.size = folder, files, labels, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.folder / self.files[i]
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                side = min(img.size)
+                left, top = (img.width - side) // 2, (img.height - side) // 2
+                img = img.crop((left, top, left + side, top + side))
+                img = img.resize((self.size, self.size), Image.Resampling.BILINEAR)
+                data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+        except FileNotFoundError:
+            raise PacnetError(f"{path}: image not found") from None
+        except (UnidentifiedImageError, OSError) as exc:
+            raise PacnetError(f"{path}: cannot decode image ({exc})") from None
+        x = data.reshape(self.size, self.size, 3).permute(2, 0, 1).float().div(127.5).sub(1)
+        return x, self.labels[i].float()
+
+
+class StreamingImages:
+    """Images read from disk batch by batch (the training loop's data protocol)."""
+
+    def __init__(self, images: CelebAImages, workers: int):
+        self.images, self.workers = images, workers
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _loader(self, order: list[int], batch_size: int, drop_last: bool) -> DataLoader:
+        return DataLoader(
+            torch.utils.data.Subset(self.images, order),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=self.workers,
+            drop_last=drop_last,
+            persistent_workers=False,
+        )
+
+    def batches(self, batch_size: int, generator: torch.Generator):
+        size = min(batch_size, len(self))
+        while True:
+            order = torch.randperm(len(self), generator=generator).tolist()
+            yield from self._loader(order, size, drop_last=True)
+
+    def chunks(self, batch_size: int):
+        yield from self._loader(list(range(len(self))), batch_size, drop_last=False)
+
+    def load(self) -> Data:
+        """All images decoded into memory (for the small target sets)."""
+        xs, ys = zip(*self.chunks(256), strict=True)
+        return Data(torch.cat(xs), torch.cat(ys))
+
+
+@dataclass
+class CelebAConfig(ImageConfig):
+    """CelebA transfer settings (CPU-sized defaults; see the README for the paper scale)."""
+
+    image_size: int = 64
+    width: float = 0.25
+    stem: str = "imagenet"
+    split: str = "paper"
+    target_attributes: tuple[str, ...] = ("Smiling", "Young", "Wavy_Hair", "Bangs", "Eyeglasses")
+    source_attributes: tuple[str, ...] = ()
+    target_pool: int = 5000
+    workers: int = 2
+    source_limit: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(
+            self.data_dir,
+            "CelebA needs --data-dir: the folder with img_align_celeba/, "
+            f"{ATTRIBUTES} and {PARTITION}",
+        )
+        check(
+            self.split in ("paper", "official"),
+            f"split must be 'paper' or 'official', got {self.split!r}",
+        )
+        check(self.target_attributes, "target_attributes must name at least one attribute")
+        check(self.workers >= 0 and self.source_limit >= 0, "workers and source_limit must be >= 0")
+
+
+class CelebA(ImageBenchmark):
+    name = "celeba"
+    metric = "error"
+    summary = "CelebA attributes from a local folder: attribute groups, ResNet-18, mean error"
+    Config = CelebAConfig
+    channels = 3
+    quick: ClassVar[dict[str, Any]] = {
+        "source_steps": 100,
+        "target_steps": 40,
+        "target_test": 500,
+        "source_val": 200,
+        "source_limit": 5000,
+        "image_size": 32,
+    }
+    source_fields = (
+        "data_dir",
+        "image_size",
+        "width",
+        "stem",
+        "split",
+        "source_attributes",
+        "target_attributes",
+        "source_val",
+        "source_limit",
+        "source_steps",
+        "source_lr",
+        "source_batch",
+    )
+
+    def __init__(self, config: CelebAConfig, cache: StateCache | None = None):
+        super().__init__(config, cache)
+        root = Path(config.data_dir)
+        check(root.is_dir(), f"{root}: CelebA folder not found")
+        check((root / IMAGES).is_dir(), f"{root / IMAGES}: image folder not found")
+        names, files, labels = read_attributes(root / ATTRIBUTES)
+        partition = read_partition(root / PARTITION, files)
+        unknown = [
+            a for a in (*config.target_attributes, *config.source_attributes) if a not in names
+        ]
+        check(
+            not unknown, f"unknown attribute {unknown[:1]}; {ATTRIBUTES} names: {' '.join(names)}"
+        )
+        target = list(config.target_attributes)
+        source = list(config.source_attributes) or [a for a in names if a not in target]
+        check(not set(source) & set(target), "source and target attributes must not overlap")
+        self.source_columns = [names.index(a) for a in source]
+        self.target_columns = [names.index(a) for a in target]
+        self.source_outputs, self.target_outputs = len(source), len(target)
+        n = len(files)
+        if config.split == "paper":
+            train = torch.arange(n) < n // 2
+            test = ~train
+        else:
+            train, test = partition == 0, partition == 2
+        self.folder, self.files, self.labels = root / IMAGES, files, labels
+        self.train_index = train.nonzero().flatten()
+        self.test_index = test.nonzero().flatten()
+        check(len(self.train_index) > config.source_val, "too few training images for source_val")
+        self._source: Task | None = None
+
+    def _images(self, index: Tensor, columns: list[int]) -> StreamingImages:
+        files = [self.files[i] for i in index.tolist()]
+        labels = self.labels[index][:, columns]
+        images = CelebAImages(self.folder, files, labels, self.config.image_size)
+        return StreamingImages(images, self.config.workers)
+
+    def source(self) -> Task:
+        if self._source is None:
+            c = self.config
+            train = self.train_index
+            if c.source_limit:
+                train = train[: c.source_val + c.source_limit]
+            test = self.test_index[: c.target_test] if c.target_test else self.test_index
+            self._source = Task(
+                self._images(train[c.source_val :], self.source_columns),
+                self._images(train[: c.source_val], self.source_columns).load(),
+                self._images(test, self.source_columns),
+            )
+        return self._source
+
+    @property
+    def max_target_size(self) -> int:
+        return min(self.config.target_pool, len(self.train_index))
+
+    def target(self, seed: int, size: int) -> Task:
+        c = self.config
+        check(
+            1 <= size <= self.max_target_size,
+            f"target size {size} must lie in 1..{self.max_target_size}",
+        )
+        order = torch.randperm(len(self.train_index), generator=torch.Generator().manual_seed(seed))
+        pool = self.train_index[order[: self.max_target_size]][:size]
+        test = self.test_index[: c.target_test] if c.target_test else self.test_index
+        labelled = self._images(pool, self.target_columns).load()
+        test_data = self._images(test, self.target_columns)
+        if c.protocol == "early":
+            n_val = max(1, round(size * c.target_val_fraction))
+            check(size - n_val >= 1, "early stopping leaves no target images to train on")
+            return Task(
+                Data(labelled.x[n_val:], labelled.y[n_val:]),
+                Data(labelled.x[:n_val], labelled.y[:n_val]),
+                test_data,
+            )
+        return Task(labelled, None, test_data)
+
+    def loss_fn(self) -> LossFn:
+        return nn.functional.binary_cross_entropy_with_logits
+
+    def score(self, model: nn.Module, data: Data) -> float:
+        logits, labels = self.predictions(model, data)
+        return float(((logits > 0).float() != labels).float().mean())

@@ -1,0 +1,222 @@
+"""Fashion-MNIST transfer, fully offline: source = some classes, target = the others.
+
+The images come from Debian's ``dataset-fashion-mnist`` package (MIT licence; the Makefile
+installs it with ``apt-get install -y dataset-fashion-mnist`` when absent), read from its
+gzipped idx files by :func:`read_idx`; ``--data-dir`` points elsewhere. By default the source
+task is the 5-way classification of T-shirt/top, Trouser, Pullover, Dress, Coat (all 30,000
+training images), the target task the 5-way classification of Sandal, Shirt, Sneaker, Bag,
+Ankle boot with ``--target-size`` labelled images *per class* (a seed picks them). Images
+are resized to ``image_size`` (16) and fed to a ResNet-18 of width ``width`` (1/8) with the
+small-input stem, so it trains on 2 CPU cores. Metric: target test error rate.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from pacnet.benchmarks.base import Task
+from pacnet.benchmarks.images import ImageBenchmark, ImageConfig
+from pacnet.cache import StateCache
+from pacnet.errors import PacnetError, check
+from pacnet.train import Data, LossFn
+
+DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path: Path) -> Tensor:
+    """An idx file (optionally gzipped) as a uint8 tensor; one-line errors when malformed."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path) as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except FileNotFoundError:
+        raise PacnetError(
+            f"{path}: file not found (install Debian's dataset-fashion-mnist or pass --data-dir)"
+        ) from None
+    except (OSError, EOFError) as exc:
+        raise PacnetError(f"{path}: cannot read ({exc})") from None
+    check(len(raw) >= 4 and raw[:2] == b"\0\0" and raw[2] == 0x08, f"{path}: not a uint8 idx file")
+    dims = raw[3]
+    header = 4 + 4 * dims
+    check(len(raw) >= header, f"{path}: truncated idx header")
+    shape = struct.unpack(f">{dims}I", raw[4:header])
+    count = 1
+    for s in shape:
+        count *= s
+    check(
+        len(raw) - header == count, f"{path}: holds {len(raw) - header} bytes, header says {count}"
+    )
+    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(shape)
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for name in (stem + ".gz", stem):
+        if (folder / name).exists():
+            return folder / name
+    return folder / (stem + ".gz")
+
+
+@dataclass
+class FashionConfig(ImageConfig):
+    """Fashion-MNIST transfer settings."""
+
+    source_classes: tuple[int, ...] = (0, 1, 2, 3, 4)
+    target_classes: tuple[int, ...] = (5, 6, 7, 8, 9)
+    target_pool: int = 500
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("source_classes", "target_classes"):
+            values = getattr(self, name)
+            check(
+                len(values) >= 2 and len(set(values)) == len(values),
+                f"{name} needs >= 2 distinct classes",
+            )
+            check(all(0 <= v < 10 for v in values), f"{name} must be class numbers 0..9")
+        check(
+            not set(self.source_classes) & set(self.target_classes),
+            "source_classes and target_classes must not overlap",
+        )
+        check(self.target_pool >= 1, "target_pool must be >= 1")
+
+
+class Fashion(ImageBenchmark):
+    name = "fashion"
+    metric = "error"
+    summary = "Fashion-MNIST, 5 source classes -> 5 target classes, ResNet-18 (offline), error"
+    Config = FashionConfig
+    quick: ClassVar[dict[str, Any]] = {
+        "source_steps": 200,
+        "target_steps": 60,
+        "target_test": 1000,
+        "source_val": 500,
+    }
+    source_fields = (
+        "data_dir",
+        "image_size",
+        "width",
+        "stem",
+        "source_val",
+        "source_classes",
+        "source_steps",
+        "source_lr",
+        "source_batch",
+    )
+
+    def __init__(self, config: FashionConfig, cache: StateCache | None = None):
+        super().__init__(config, cache)
+        folder = Path(config.data_dir or DEFAULT_DIR)
+        check(
+            folder.is_dir(),
+            f"{folder}: Fashion-MNIST folder not found "
+            "(apt-get install -y dataset-fashion-mnist, or pass --data-dir)",
+        )
+        self._raw = {}
+        for split, (images, labels) in FILES.items():
+            x, y = read_idx(_find(folder, images)), read_idx(_find(folder, labels))
+            check(len(x) == len(y), f"{folder}: {split} images and labels differ in number")
+            self._raw[split] = (x, y.long())
+        self.source_outputs = len(config.source_classes)
+        self.target_outputs = len(config.target_classes)
+        x = self._resize(self._select("train", config.source_classes)[0][:2000])
+        self.mean, self.std = float(x.mean()), float(x.std())
+        self._source: Task | None = None
+
+    def _select(self, split: str, classes: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+        x, y = self._raw[split]
+        keep = torch.isin(y, torch.tensor(classes))
+        remap = torch.full((10,), -1, dtype=torch.long)
+        remap[torch.tensor(classes)] = torch.arange(len(classes))
+        return x[keep], remap[y[keep]]
+
+    def _resize(self, x: Tensor) -> Tensor:
+        x = x.float().div(255).unsqueeze(1)
+        size = self.config.image_size
+        if size != x.shape[-1]:
+            x = nn.functional.interpolate(
+                x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+        return x
+
+    def _data(self, x: Tensor, y: Tensor) -> Data:
+        return Data((self._resize(x) - self.mean) / self.std, y)
+
+    def source(self) -> Task:
+        if self._source is None:
+            c = self.config
+            x, y = self._select("train", c.source_classes)
+            order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+            x, y = x[order], y[order]
+            tx, ty = self._select("test", c.source_classes)
+            self._source = Task(
+                self._data(x[c.source_val :], y[c.source_val :]),
+                self._data(x[: c.source_val], y[: c.source_val]),
+                self._data(tx, ty),
+            )
+        return self._source
+
+    @property
+    def max_target_size(self) -> int:
+        return self.config.target_pool
+
+    def target(self, seed: int, size: int) -> Task:
+        c = self.config
+        check(
+            1 <= size <= c.target_pool,
+            f"target size {size} (per class) must lie in 1..{c.target_pool}",
+        )
+        x, y = self._select("train", c.target_classes)
+        gen = torch.Generator().manual_seed(7919 * (seed + 1))
+        picked = []
+        for label in range(len(c.target_classes)):
+            members = (y == label).nonzero().flatten()
+            picked.append(members[torch.randperm(len(members), generator=gen)[:size]])
+        index = torch.stack(picked, dim=1).flatten()  # interleaved: class 0, 1, ..., 0, 1, ...
+        tx, ty = self._select("test", c.target_classes)
+        if c.target_test:
+            keep = torch.randperm(len(tx), generator=torch.Generator().manual_seed(5))[
+                : c.target_test
+            ]
+            tx, ty = tx[keep], ty[keep]
+        test = self._data(tx, ty)
+        if c.protocol == "early":
+            n_val = max(1, round(len(index) * c.target_val_fraction))
+            check(len(index) - n_val >= 1, "early stopping leaves no target images to train on")
+            return Task(
+                self._data(x[index[n_val:]], y[index[n_val:]]),
+                self._data(x[index[:n_val]], y[index[:n_val]]),
+                test,
+            )
+        return Task(self._data(x[index], y[index]), None, test)
+
+    def loss_fn(self) -> LossFn:
+        return nn.functional.cross_entropy
+
+    def score(self, model: nn.Module, data: Data) -> float:
+        logits, labels = self.predictions(model, data)
+        return float((logits.argmax(1) != labels).float().mean())
