@@ -10,6 +10,10 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@test -d /usr/share/datasets/fashion-mnist || apt-get install -y -q dataset-fashion-mnist \
+		>/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q \
+		dataset-fashion-mnist >/dev/null 2>&1) || echo "note: could not install Debian's \
+		dataset-fashion-mnist; 'pacnet run fashion' needs it (the tests do not)"
 	touch $(STAMP)
 
 run: $(STAMP)

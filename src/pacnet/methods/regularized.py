@@ -32,6 +32,17 @@ from pacnet.regularizers import (
     StartingPoint,
     channel_attention,
 )
+from pacnet.train import Data
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """DELTA's layers: the four stages of a ResNet (``layer1``..``layer4``), otherwise the
+    output of every prunable Linear/Conv module."""
+    stages = [f"layer{i}" for i in range(1, 5)]
+    names = dict(model.named_children())
+    if all(s in names for s in stages):
+        return stages
+    return [n.removesuffix(".weight") for n in prunable_names(model)]
 
 
 def head_term(model: nn.Module, head_name: str, ctx: TransferContext) -> nn.Module:
@@ -80,20 +91,24 @@ class L2SP(Method):
 class DeltaParams:
     """DELTA: α on the attention-weighted feature distance, β on the head.
 
-    ``layers``: comma-separated module names whose outputs are compared (empty: every
-    prunable Linear/Conv module but the head). ``attention=false`` gives uniform weights.
+    ``layers``: comma-separated module names whose outputs are compared (empty: a ResNet's
+    four stages, else every prunable Linear/Conv module but the head). ``attention=false``
+    gives uniform weights; the attention is measured on the first ``attention_samples``
+    target samples (TLlib: 10 batches of 32).
     """
 
     alpha: float = 0.01
     beta: float = 0.01
     attention: bool = True
     temperature: float = 5.0
+    attention_samples: int = 256
     layers: str = ""
     search: ClassVar[dict[str, tuple[Any, ...]]] = {"alpha": STRENGTH_GRID}
 
     def __post_init__(self) -> None:
         _non_negative(alpha=self.alpha, beta=self.beta)
         check(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        check(self.attention_samples >= 1, "attention_samples must be >= 1")
 
 
 class Delta(Method):
@@ -107,18 +122,16 @@ class Delta(Method):
         p: DeltaParams = self.params
         model = with_target_head(copy.deepcopy(ctx.source_model), ctx)
         head_name, _ = head_of(model)
-        layers = [n.strip() for n in p.layers.split(",") if n.strip()] or [
-            n.removesuffix(".weight") for n in prunable_names(model)
-        ]
+        layers = [n.strip() for n in p.layers.split(",") if n.strip()] or default_layers(model)
         source = copy.deepcopy(ctx.source_model)
         attention = None
         if p.attention:
             scorer = source
             if ctx.new_head is not None:  # as TLlib: first fit a head on the target data
                 scorer = LinearProbe().transfer(ctx).target_model
-            attention = channel_attention(
-                scorer, layers, ctx.target.train, ctx.loss_fn, p.temperature
-            )
+            data = ctx.target.train
+            data = Data(data.x[: p.attention_samples], data.y[: p.attention_samples])
+            attention = channel_attention(scorer, layers, data, ctx.loss_fn, p.temperature)
         behaviour = FeatureDistance(model, source, layers, attention)
         penalties = [(p.alpha, behaviour), (p.beta, head_term(model, head_name, ctx))]
         try:
