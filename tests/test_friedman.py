@@ -44,3 +44,26 @@ def test_labels_are_standardised_with_source_statistics():
     train = bench.source()
     y = torch.cat([train.train.y, train.val.y])
     assert abs(float(y.mean())) < 1e-5 and abs(float(y.std()) - 1) < 1e-2
+
+
+def test_early_protocol_holds_out_part_of_the_target_samples():
+    import pytest
+
+    from pacnet import PacnetError
+
+    bench = Friedman(
+        FriedmanConfig(
+            source_samples=400,
+            target_pool=100,
+            target_test=200,
+            protocol="early",
+            target_val_fraction=0.2,
+        )
+    )
+    task = bench.target(0, 20)
+    fixed = Friedman(SMALL).target(0, 20)
+    assert len(task.train) == 16 and len(task.val) == 4
+    assert torch.equal(torch.cat([task.val.x, task.train.x]), fixed.train.x)
+    assert bench.target_fit().patience == 10 and Friedman(SMALL).target_fit().patience is None
+    with pytest.raises(PacnetError, match="holds out 1 of the 1 target samples"):
+        bench.target(0, 1)

@@ -14,6 +14,7 @@ A benchmark knows nothing about transfer methods. It produces
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -126,6 +127,20 @@ class Benchmark(ABC):
     @abstractmethod
     def score(self, model: nn.Module, data: Data) -> float:
         """The reported metric (lower is better) in the data's own units."""
+
+    def labelled(self, size: int, unit: str, part: Callable[[slice], Data], test: Data) -> Task:
+        """The target task from its ``size`` labelled items, ``part(slice)`` giving the data of
+        a slice of them: all train (protocol ``fixed``), or the first ``target_val_fraction``
+        held out for early stopping (``early``)."""
+        if self.config.protocol != "early":
+            return Task(part(slice(None)), None, test)
+        n_val = max(1, round(size * self.config.target_val_fraction))
+        check(
+            size - n_val >= 1,
+            f"early stopping holds out {n_val} of the {size} target {unit} for validation, "
+            "leaving none to train on: lower --target-val-fraction or raise --target-size",
+        )
+        return Task(part(slice(n_val, None)), part(slice(0, n_val)), test)
 
     def target_head(self, seed: int) -> dict[str, Tensor] | None:
         """Fresh head tensors (by parameter name) when the target's output differs from the

@@ -275,15 +275,9 @@ class CelebA(ImageBenchmark):
         test = self.test_index[: c.target_test] if c.target_test else self.test_index
         labelled = self._images(pool, self.target_columns).load()
         test_data = self._images(test, self.target_columns)
-        if c.protocol == "early":
-            n_val = max(1, round(size * c.target_val_fraction))
-            check(size - n_val >= 1, "early stopping leaves no target images to train on")
-            return Task(
-                Data(labelled.x[n_val:], labelled.y[n_val:]),
-                Data(labelled.x[:n_val], labelled.y[:n_val]),
-                test_data,
-            )
-        return Task(labelled, None, test_data)
+        return self.labelled(
+            size, "images", lambda s: Data(labelled.x[s], labelled.y[s]), test_data
+        )
 
     def loss_fn(self) -> LossFn:
         return nn.functional.binary_cross_entropy_with_logits

@@ -204,15 +204,9 @@ class Fashion(ImageBenchmark):
             ]
             tx, ty = tx[keep], ty[keep]
         test = self._data(tx, ty)
-        if c.protocol == "early":
-            n_val = max(1, round(len(index) * c.target_val_fraction))
-            check(len(index) - n_val >= 1, "early stopping leaves no target images to train on")
-            return Task(
-                self._data(x[index[n_val:]], y[index[n_val:]]),
-                self._data(x[index[:n_val]], y[index[:n_val]]),
-                test,
-            )
-        return Task(self._data(x[index], y[index]), None, test)
+        return self.labelled(
+            len(index), "images", lambda s: self._data(x[index[s]], y[index[s]]), test
+        )
 
     def loss_fn(self) -> LossFn:
         return nn.functional.cross_entropy

@@ -169,19 +169,7 @@ class Friedman(Benchmark):
         x, y = x[:size], y[:size]
         test_gen = torch.Generator().manual_seed(30_013 * (seed + 1))
         tx, ty = self._sample(concept, cfg.target_test, test_gen, noisy=cfg.noisy_test)
-        if cfg.protocol == "early":
-            n_val = max(1, round(size * cfg.target_val_fraction))
-            check(
-                size - n_val >= 1,
-                f"early stopping holds out {n_val} of the {size} target samples for validation, "
-                "leaving none to train on: lower --target-val-fraction or raise --target-size",
-            )
-            return Task(
-                self._data(x[n_val:], y[n_val:]),
-                self._data(x[:n_val], y[:n_val]),
-                self._data(tx, ty),
-            )
-        return Task(self._data(x, y), None, self._data(tx, ty))
+        return self.labelled(size, "samples", lambda s: self._data(x[s], y[s]), self._data(tx, ty))
 
     # ---- model and training -----------------------------------------------------------
     def make_model(self, seed: int) -> nn.Module:

@@ -165,19 +165,9 @@ class TrajectoryBenchmark(Benchmark):
         test_in, test_out = self._trajectories("target", cfg.target_test, 2 * seed + 2)
         inputs, outputs = pool_in[:size], pool_out[:size]
         test = self._data(test_in, test_out)
-        if cfg.protocol == "early":
-            n_val = max(1, round(size * cfg.target_val_fraction))
-            check(
-                size - n_val >= 1,
-                f"early stopping holds out {n_val} of the {size} target trajectories, leaving "
-                "none to train on: lower --target-val-fraction or raise --target-size",
-            )
-            return Task(
-                self._data(inputs[n_val:], outputs[n_val:]),
-                self._data(inputs[:n_val], outputs[:n_val]),
-                test,
-            )
-        return Task(self._data(inputs, outputs), None, test)
+        return self.labelled(
+            size, "trajectories", lambda s: self._data(inputs[s], outputs[s]), test
+        )
 
     # ---- model, training, metrics -----------------------------------------------------
     def make_model(self, seed: int) -> nn.Module:
