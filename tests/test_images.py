@@ -211,3 +211,31 @@ def test_fashion_benchmark_on_generated_idx_files(tmp_path):
     assert 0 <= result["target_test"] <= 1 and result["metric"] == "error"
     with pytest.raises(PacnetError, match="must not overlap"):
         FashionConfig(data_dir=str(root), target_classes=(4, 5))
+
+
+@pytest.mark.parametrize(
+    "method", ["scratch", "finetune", "linear_probe", "l2sp", "delta", "bss", "lora"]
+)
+def test_every_method_handles_a_fresh_target_head(method, tmp_path):
+    """Target classes differ from the source's: every method trains a new 5-way head and
+    what it leaves for the source task still has the source head."""
+    root = make_fashion(tmp_path / "fmnist", n_train=200, n_test=50)
+    settings = {
+        "data_dir": str(root),
+        "source_val": 10,
+        "source_steps": 4,
+        "target_steps": 3,
+        "target_pool": 10,
+        "width": 0.0625,
+        "source_batch": 16,
+        "target_batch": 8,
+        "image_size": 8,
+    }
+    result = run(
+        RunSpec("fashion", method, seed=0, target_size=2, bench_settings=settings),
+        None,
+        StateCache(tmp_path / "cache"),
+    )
+    assert 0 <= result["target_test"] <= 1
+    if method in ("scratch", "linear_probe", "lora"):
+        assert result["source_test_after"] == result["source_test_before"]

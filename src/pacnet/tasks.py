@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from pacnet.errors import PacnetError, check
 from pacnet.mask import Mask, find_head
 
-_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 SOURCE = "source"
 
 
@@ -39,7 +39,7 @@ def per_task_names(
     for mod_name, module in model.named_modules():
         prefix = f"{mod_name}." if mod_name else ""
         is_head = head_name is not None and mod_name == head_name
-        is_norm = norms and isinstance(module, _NORMS)
+        is_norm = norms and isinstance(module, NORMS)
         for leaf, value in module._parameters.items():
             if value is not None and (is_head or is_norm or (biases and leaf == "bias")):
                 names.append(prefix + leaf)

@@ -1,8 +1,10 @@
 """LoRA (Hu et al. 2021) through Hugging Face's ``peft``: low-rank adapters on the frozen body.
 
 ``peft.get_peft_model`` wraps our own modules: adapters on every prunable Linear/Conv module
-(the same rule as pruning), a trainable copy of the head (``modules_to_save``). The base
-weights do not change, so the source model is the wrapped model with its adapters disabled.
+(the same rule as pruning), and trainable copies of the head and of every normalisation
+layer (``modules_to_save``: the target gets its own BatchNorm statistics, as under PAC-Net;
+otherwise training would move the source's running statistics). The base weights do not
+change, so the source model is the wrapped model with its adapters disabled.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pacnet.errors import check
 from pacnet.mask import prunable_names
 from pacnet.methods.base import Method, Transfer, TransferContext, count, install
 from pacnet.methods.baselines import head_of
+from pacnet.tasks import NORMS
 
 
 @dataclass
@@ -57,12 +60,13 @@ class LoRA(Method):
         base = copy.deepcopy(ctx.source_model)
         head_name, _ = head_of(base)
         targets = [n.removesuffix(".weight") for n in prunable_names(base)]
+        norms = [n for n, m in base.named_modules() if isinstance(m, NORMS)]
         config = LoraConfig(
             r=p.rank,
             lora_alpha=p.alpha if p.alpha is not None else p.rank,
             lora_dropout=p.dropout,
             target_modules=targets,
-            modules_to_save=[head_name],
+            modules_to_save=[head_name, *norms],
         )
         model = get_peft_model(base, config)
         if ctx.new_head is not None:  # the trainable copy of the head becomes the target's
