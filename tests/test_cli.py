@@ -193,6 +193,7 @@ def test_console_script_has_no_traceback(tmp_path):
 
 
 def test_reproduce_prints_a_table_and_resumes(tmp_path, capsys):
+    db = tmp_path / "runs.sqlite"
     argv = [
         "reproduce",
         "friedman",
@@ -205,6 +206,8 @@ def test_reproduce_prints_a_table_and_resumes(tmp_path, capsys):
         "--quick",
         "--out",
         str(tmp_path),
+        "--db",
+        str(db),
         *TINY,
         "--param",
         "pacnet.lam=0.1",
@@ -214,13 +217,46 @@ def test_reproduce_prints_a_table_and_resumes(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "| pacnet |" in out and "N=20" in out and "Protocol: fixed budget of 30" in out
-    files = sorted(tmp_path.glob("runs/*/result.json"))
-    assert len(files) == 2 * (3 + 2)
-    rows = [json.loads(f.read_text()) for f in files]
+    from pacnet.experiments.store import Store
+
+    with Store(db) as store:
+        rows = store.results()
+    assert len(rows) == 2 * (3 + 2)
     assert sorted(r["seed"] for r in rows if r["target_size"] == 10) == [0, 0, 1, 1, 2, 2]
-    stamps = {f: f.stat().st_mtime_ns for f in files}
-    lams = {r["config"]["method"].get("lam") for r in rows}
-    assert lams == {None, 0.1}
+    assert {r["config"]["method"].get("lam") for r in rows} == {None, 0.1}
+    finished = sorted(r["finished"] + r["run_id"] for r in rows)
     assert main(argv) == 0  # everything finished: nothing reruns
-    assert {f: f.stat().st_mtime_ns for f in tmp_path.glob("runs/*/result.json")} == stamps
+    with Store(db) as store:
+        assert sorted(r["finished"] + r["run_id"] for r in store.results()) == finished
     assert (tmp_path / "table.md").read_text().count("| scratch |") == 2
+
+
+def test_reproduce_reads_a_toml_grid_and_flags_override_it(tmp_path, capsys):
+    config = tmp_path / "grid.toml"
+    config.write_text(
+        'methods = ["finetune"]\ntarget_sizes = [10]\nseeds = 2\n'
+        "[settings]\nsource_samples = 400\nsource_steps = 60\ntarget_steps = 30\n"
+        "target_test = 200\nhidden = [16, 16]\ntarget_pool = 60\n"
+    )
+    db = tmp_path / "runs.sqlite"
+    argv = [
+        "reproduce",
+        "friedman",
+        "--config",
+        str(config),
+        "--db",
+        str(db),
+        "--quick",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main([*argv, "--seeds", "1"]) == 0
+    from pacnet.experiments.store import Store
+
+    with Store(db) as store:
+        rows = store.results()
+    assert [(r["method"], r["target_size"], r["seed"]) for r in rows] == [("finetune", 10, 0)]
+    assert rows[0]["config"]["benchmark"]["hidden"] == [16, 16]
+    config.write_text("methods = [\n")
+    assert main(argv) == 2
+    assert "not valid TOML" in capsys.readouterr().err

@@ -62,7 +62,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--select",
         choices=("none", "cv"),
-        default="none",
+        default=None,
         help="choose each method's main strength by K-fold CV on the target training samples",
     )
     parser.add_argument("--folds", type=int, default=3, help="folds for --select cv")
@@ -128,17 +128,27 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder")
     _common(run)
 
-    rep = sub.add_parser("reproduce", help="a methods x target sizes x seeds grid, then a table")
+    rep = sub.add_parser(
+        "reproduce",
+        help="a methods x target sizes x seeds grid (resumable, stored in SQLite), then a table",
+    )
     rep.add_argument("benchmark", help=f"one of: {', '.join(BENCHMARKS)}")
-    rep.add_argument("--methods", default="scratch,finetune,pacnet", help="comma-separated")
-    rep.add_argument("--target-sizes", type=_ints, default=_ints("10,50,200"))
-    rep.add_argument("--seeds", type=_seeds, default=_seeds("3"), help="K (seeds 0..K-1) or a list")
+    rep.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML file with the grid (see configs/); flags given override it",
+    )
+    rep.add_argument("--methods", default=None, help="comma-separated (default: all methods)")
+    rep.add_argument("--target-sizes", type=_ints, default=None, help="default: 10,50,200")
+    rep.add_argument("--seeds", type=_seeds, default=None, help="K (seeds 0..K-1) or a list; 3")
     rep.add_argument(
         "--seeds-at",
-        default="",
+        default=None,
         metavar="N=K,...",
         help="more or fewer seeds for some target sizes, e.g. 10=10,20=10",
     )
+    rep.add_argument("--db", type=Path, default=None, help="results database (runs/pacnet.sqlite)")
     rep.add_argument(
         "--param",
         action="append",
@@ -146,8 +156,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         metavar="METHOD.NAME=VALUE",
         help="a method hyperparameter, e.g. pacnet.lam=0.1 (repeatable)",
     )
-    rep.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
-    rep.add_argument("--out", type=Path, default=Path("runs/reproduce"), help="output folder")
+    rep.add_argument("--jobs", type=int, default=None, help="parallel worker processes (1)")
+    rep.add_argument("--out", type=Path, default=None, help="table folder (runs/BENCHMARK)")
     _common(rep)
 
     sub.add_parser("methods", help="list the transfer methods")
@@ -203,7 +213,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         args.quick,
         _settings(args, bench_cls.Config),
         _settings(args, method_cls.Params),
-        select=args.select,
+        select=args.select or "none",
         folds=args.folds,
         threads=args.threads,
         device=args.device,
@@ -218,62 +228,114 @@ def _cmd_run(args: argparse.Namespace) -> None:
     )
 
 
+def _grid_config(args: argparse.Namespace) -> dict:
+    """The sweep's grid: built-in defaults, then the TOML file, then the flags given."""
+    import tomllib
+
+    from pacnet.methods import METHODS
+
+    grid: dict = {
+        "methods": list(METHODS),
+        "target_sizes": [10, 50, 200],
+        "seeds": 3,
+        "seeds_at": {},
+        "select": "none",
+        "folds": 3,
+        "jobs": 1,
+        "settings": {},
+        "params": {},
+    }
+    path = args.config
+    if path is not None:
+        try:
+            loaded = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise PacnetError(f"{path}: config file not found") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise PacnetError(f"{path}: not valid TOML ({exc})") from None
+        unknown = set(loaded) - set(grid)
+        check(not unknown, f"{path}: unknown keys {sorted(unknown)}; known: {sorted(grid)}")
+        grid.update(loaded)
+        grid["config_file"] = str(path)
+    if args.methods is not None:
+        grid["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.target_sizes is not None:
+        grid["target_sizes"] = args.target_sizes
+    if args.seeds is not None:
+        grid["seeds"] = args.seeds
+    if args.seeds_at is not None:
+        grid["seeds_at"] = {}
+        for item in filter(None, args.seeds_at.split(",")):
+            size, sep, count = item.partition("=")
+            check(
+                sep and size.strip().isdigit() and count.strip().isdigit(),
+                f"--seeds-at needs SIZE=COUNT pairs, got {item!r}",
+            )
+            grid["seeds_at"][size.strip()] = int(count)
+    for key in ("select", "jobs"):
+        if getattr(args, key) is not None:
+            grid[key] = getattr(args, key)
+    if args.folds != 3:
+        grid["folds"] = args.folds
+    return grid
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> None:
     from pacnet.benchmarks import get_benchmark
     from pacnet.cache import StateCache
     from pacnet.experiments.runner import RunSpec
-    from pacnet.experiments.sweep import sweep
+    from pacnet.experiments.store import DEFAULT_DB, Store
+    from pacnet.experiments.sweep import plan, sweep
     from pacnet.experiments.table import markdown, protocol
     from pacnet.io import write_bytes_atomic
     from pacnet.methods import get_method
 
-    methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
+    bench_cls = get_benchmark(args.benchmark)
+    grid = _grid_config(args)
+    methods = list(dict.fromkeys(grid["methods"]))
     check(methods, "--methods names no method; see pacnet methods")
     for m in methods:
         get_method(m)
-    bench_cls = get_benchmark(args.benchmark)
-    check(args.jobs >= 1, f"--jobs must be >= 1, got {args.jobs}")
+    check(int(grid["jobs"]) >= 1, f"--jobs must be >= 1, got {grid['jobs']}")
+    sizes = list(dict.fromkeys(int(n) for n in grid["target_sizes"]))
+    check(sizes, "the grid names no target size")
+    count = grid["seeds"]
+    seed_list = list(range(count)) if isinstance(count, int) else list(count)
+    check(seed_list and min(seed_list) >= 0, "seeds must be a positive count or seeds >= 0")
+    seeds = {n: seed_list for n in sizes}
+    for size, n_seeds in grid["seeds_at"].items():
+        check(int(size) in seeds, f"seeds_at {size}: not one of the target sizes {sizes}")
+        check(int(n_seeds) >= 1, f"seeds_at {size}: the number of seeds must be >= 1")
+        seeds[int(size)] = list(range(int(n_seeds)))
+    params = {m: dict(v) for m, v in grid["params"].items()}
+    for m, values in _method_params(args.param, methods).items():
+        params.setdefault(m, {}).update(values)
     base = RunSpec(
         args.benchmark,
         methods[0],
         quick=args.quick,
-        bench_settings=_settings(args, bench_cls.Config),
-        select=args.select,
-        folds=args.folds,
+        bench_settings={**grid["settings"], **_settings(args, bench_cls.Config)},
+        select=grid["select"],
+        folds=int(grid["folds"]),
         threads=args.threads,
         device=args.device,
         amp=args.amp,
     )
-    seeds = {n: args.seeds for n in args.target_sizes}
-    for item in filter(None, args.seeds_at.split(",")):
-        size, sep, count = item.partition("=")
-        check(
-            sep and size.strip().isdigit() and count.strip().isdigit() and int(count) >= 1,
-            f"--seeds-at needs SIZE=COUNT pairs, got {item!r}",
-        )
-        check(int(size) in seeds, f"--seeds-at {item!r}: {size} is not one of --target-sizes")
-        seeds[int(size)] = list(range(int(count)))
-    results = sweep(
-        base,
-        methods,
-        args.target_sizes,
-        seeds,
-        args.out,
-        jobs=args.jobs,
-        cache=StateCache(args.cache),
-        method_params=_method_params(args.param, methods),
-    )
+    specs = plan(base, methods, sizes, seeds, params)
+    for spec in specs[:1]:
+        spec.resolved()  # bad settings fail before anything runs
+    out = args.out or Path("runs", args.benchmark)
+    with Store(args.db or DEFAULT_DB) as store:
+        results = sweep(specs, store, jobs=int(grid["jobs"]), cache=StateCache(args.cache))
     table = markdown(results, bench_cls.metric)
+    seeds_text = ", ".join(f"N={n}: {len(s)}" for n, s in seeds.items())
     header = (
-        f"# {args.benchmark}: {', '.join(methods)}; target sizes {args.target_sizes}; "
-        f"seeds {args.seeds}{' and ' + args.seeds_at if args.seeds_at else ''}"
-        f"{' (quick)' if args.quick else ''}\n\n{protocol(results)}\n\n"
+        f"# {args.benchmark}: {', '.join(methods)}\n\nSeeds per target size: {seeds_text}"
+        f"{' (quick)' if args.quick else ''}.\n\n{protocol(results)}\n\n"
     )
-    write_bytes_atomic(
-        args.out / "table.md", lambda tmp: Path(tmp).write_text(header + table + "\n")
-    )
+    write_bytes_atomic(out / "table.md", lambda tmp: Path(tmp).write_text(header + table + "\n"))
     print(header + table)
-    print(f"\n{len(results)} runs; table written to {args.out / 'table.md'}")
+    print(f"\n{len(results)} runs in {args.db or DEFAULT_DB}; table written to {out / 'table.md'}")
 
 
 def _cmd_list(args: argparse.Namespace) -> None:

@@ -91,8 +91,12 @@ class RunSpec:
         return config
 
     def run_id(self) -> str:
-        """The run's identity: a hash of the settings that differ from their defaults (so a
-        new option with a default keeps old ids), with benchmark, method, seed and size."""
+        """The run's identity: the hash of :meth:`identity`."""
+        return config_hash(self.identity())
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies the run: benchmark, method, seed, size and the settings that differ
+        from their defaults (so a new option with a default keeps old ids)."""
         bench_config, params = self.resolved()
         key: dict[str, Any] = {
             "benchmark": self.benchmark,
@@ -106,7 +110,7 @@ class RunSpec:
             key["select"] = {"mode": self.select, "folds": self.folds}
         if (self.device, self.amp) != ("cpu", "none"):
             key["device"], key["amp"] = torch.device(self.device).type, self.amp
-        return config_hash(key)
+        return key
 
 
 def non_default(obj: Any) -> dict[str, Any]:
@@ -227,6 +231,7 @@ def _run(spec: RunSpec, out: str | Path | None, cache: StateCache | None) -> dic
         "stored_params": transfer.stored,
         "seconds": round(time.perf_counter() - start, 3),
         "run_id": spec.run_id(),
+        "identity": spec.identity(),
         "config": config,
         "fit": transfer.fit.as_dict(),
         "target_metrics": bench.metrics(transfer.target_model, target.test),

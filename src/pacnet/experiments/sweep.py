@@ -1,90 +1,94 @@
 """A grid of runs (methods x target sizes x seeds), resumable and optionally parallel.
 
-Each run writes ``OUT/runs/<run_id>/result.json``; a run whose file already exists is
-skipped, so re-running a killed sweep finishes it without repeating work. The source model
-is built once, before any worker starts.
+Finished runs go to the results :class:`~pacnet.experiments.store.Store` (SQLite), keyed by
+run id; a run already there is skipped, so re-running a killed sweep finishes it without
+repeating or duplicating work.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import multiprocessing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from pacnet.cache import StateCache
-from pacnet.errors import PacnetError
-from pacnet.experiments.runner import RESULT_FILE, RunSpec, run, source_model, using_threads
-from pacnet.io import read_json
+from pacnet.experiments.runner import RunSpec, run, source_model, using_threads
+from pacnet.experiments.store import Store
 
 
 def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _run_one(spec: RunSpec, out: str, cache_root: str) -> dict[str, Any]:
-    return run(spec, out, StateCache(cache_root))
+def _run_one(spec: RunSpec, cache_root: str) -> dict[str, Any]:
+    return run(spec, None, StateCache(cache_root))
 
 
-def sweep(
+def plan(
     base: RunSpec,
     methods: Sequence[str],
     sizes: Sequence[int],
     seeds: Sequence[int] | Mapping[int, Sequence[int]],
-    out: str | Path,
-    jobs: int = 1,
-    cache: StateCache | None = None,
-    method_params: dict[str, dict[str, Any]] | None = None,
-    on_result: Callable[[dict[str, Any]], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Run every (method, size, seed) not yet finished under ``out``; return all results.
-
-    ``seeds`` is one list for every size, or a mapping size -> seeds.
-    """
-    cache = cache or StateCache()
+    method_params: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[RunSpec]:
+    """Every (method, size, seed) run of a grid; ``seeds`` is one list or size -> seeds."""
     method_params = method_params or {}
     seeds_for = seeds if isinstance(seeds, Mapping) else dict.fromkeys(sizes, seeds)
-    specs = [
-        replace(base, method=m, target_size=n, seed=s, method_params=method_params.get(m, {}))
+    return [
+        replace(base, method=m, target_size=n, seed=s, method_params=dict(method_params.get(m, {})))
         for m in methods
         for n in sizes
         for s in seeds_for[n]
     ]
-    runs_dir = Path(out) / "runs"
-    todo, results = [], []
-    for spec in specs:
-        path = runs_dir / spec.run_id() / RESULT_FILE
-        if path.exists():
-            try:
-                results.append(read_json(path))
-                continue
-            except PacnetError:
-                path.unlink()
-        todo.append((spec, path.parent))
-    if todo:
-        with using_threads(base):
-            source_model(
-                base.make_benchmark(cache), cache, base.device, base.amp
-            )  # build the shared source model once
-    with tqdm(total=len(specs), initial=len(results), desc="sweep", disable=None) as bar:
-        if jobs <= 1:
-            for spec, folder in todo:
-                results.append(run(spec, folder, cache))
-                bar.update(1)
-                if on_result:
-                    on_result(results[-1])
+
+
+def sweep(
+    specs: Sequence[RunSpec],
+    store: Store,
+    jobs: int = 1,
+    cache: StateCache | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every spec whose id is not yet in ``store``; return the results of all of them.
+
+    Each finished run is stored in one transaction as soon as it ends, so a sweep stopped
+    at any point (Ctrl-C, SIGKILL) loses at most the runs in flight; running it again does
+    only what is missing. The shared source model is built once, before any worker starts.
+    """
+    cache = cache or StateCache()
+    ids = [spec.run_id() for spec in specs]
+    done = store.ids()
+    todo = [spec for spec, run_id in zip(specs, ids, strict=True) if run_id not in done]
+    for base in {
+        (s.benchmark, json.dumps(s.identity()["settings"], sort_keys=True)): s for s in todo
+    }.values():
+        with using_threads(base):  # the source model, once per benchmark setting
+            source_model(base.make_benchmark(cache), cache, base.device, base.amp)
+
+    def finished(result: dict[str, Any]) -> None:
+        store.add(result)
+        bar.update(1)
+        if on_result:
+            on_result(result)
+
+    with tqdm(total=len(specs), initial=len(specs) - len(todo), desc="sweep", disable=None) as bar:
+        if jobs <= 1 or len(todo) <= 1:
+            for spec in todo:
+                finished(run(spec, None, cache))
         else:
             ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init) as pool:
-                futures = [pool.submit(_run_one, s, str(f), str(cache.root)) for s, f in todo]
-                for fut in cf.as_completed(futures):
-                    results.append(fut.result())
-                    bar.update(1)
-                    if on_result:
-                        on_result(results[-1])
-    return results
+            pool = cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init)
+            try:
+                futures = [pool.submit(_run_one, spec, str(cache.root)) for spec in todo]
+                for future in cf.as_completed(futures):
+                    finished(future.result())
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+    position = {run_id: i for i, run_id in enumerate(ids)}
+    return sorted(store.results(ids=ids), key=lambda r: position[r["run_id"]])

@@ -1,0 +1,77 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from pacnet.experiments.store import Store
+
+TINY = [
+    "--source-samples",
+    "400",
+    "--source-steps",
+    "60",
+    "--target-steps",
+    "150",
+    "--target-test",
+    "200",
+    "--hidden",
+    "16,16",
+    "--target-pool",
+    "60",
+]
+
+
+def test_sigkill_midway_then_rerun_completes_without_loss_or_duplicates(tmp_path):
+    db = tmp_path / "runs.sqlite"
+    argv = [
+        sys.executable,
+        "-m",
+        "pacnet",
+        "reproduce",
+        "friedman",
+        "--methods",
+        "finetune,pacnet",
+        "--target-sizes",
+        "10,20",
+        "--seeds",
+        "3",
+        "--quick",
+        "--db",
+        str(db),
+        "--out",
+        str(tmp_path),
+        "--cache",
+        str(tmp_path / "cache"),
+        *TINY,
+    ]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 120
+    stored = 0
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            with Store(db) as store:
+                stored = len(store.ids())
+            if stored >= 3:
+                break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the sweep ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with Store(db) as store:
+        before = {r["run_id"]: r["finished"] for r in store.results()}
+    assert 3 <= len(before) < 12
+
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with Store(db) as store:
+        rows = store.results()
+    ids = [r["run_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 12
+    assert {(r["method"], r["target_size"], r["seed"]) for r in rows} == {
+        (m, n, s) for m in ("finetune", "pacnet") for n in (10, 20) for s in range(3)
+    }
+    for run_id, finished in before.items():  # what was stored before the kill is untouched
+        assert next(r for r in rows if r["run_id"] == run_id)["finished"] == finished
