@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/pacnet reproduce friedman --target-sizes 10,20,50,100,200,500 --seeds 5 \
-		--jobs 2 --out runs/make-run
+	$(BIN)/pacnet reproduce friedman --config configs/friedman-quick.toml \
+		--db runs/make-run.sqlite --out runs/make-run
+	$(BIN)/pacnet report --db runs/make-run.sqlite --out runs/make-run/report
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -260,3 +260,22 @@ def test_reproduce_reads_a_toml_grid_and_flags_override_it(tmp_path, capsys):
     config.write_text("methods = [\n")
     assert main(argv) == 2
     assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_shipped_grid_configs_are_valid(tmp_path):
+    """Every TOML grid under configs/ names known methods, keys and settings."""
+    import tomllib
+    from pathlib import Path
+
+    from pacnet.config import make
+    from pacnet.methods import get_method
+
+    configs = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.toml"))
+    assert len(configs) >= 5
+    for path in configs:
+        grid = tomllib.loads(path.read_text())
+        for m in grid["methods"]:
+            get_method(m)
+        for m, params in grid.get("params", {}).items():
+            make(get_method(m).Params, params)
+        assert all(int(n) in grid["target_sizes"] for n in grid.get("seeds_at", {})), path

@@ -160,6 +160,18 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, default=None, help="table folder (runs/BENCHMARK)")
     _common(rep)
 
+    rpt = sub.add_parser("report", help="Markdown report with plots from stored results")
+    rpt.add_argument("--db", type=Path, default=None, help="results database (runs/pacnet.sqlite)")
+    rpt.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="instead of --db: a folder searched for result.json files",
+    )
+    rpt.add_argument("--benchmark", default=None, help="only this benchmark")
+    rpt.add_argument("--out", type=Path, default=Path("runs/report"), help="report folder")
+    rpt.add_argument("--debug", action="store_true", help="show tracebacks")
+
     sub.add_parser("methods", help="list the transfer methods")
     sub.add_parser("benchmarks", help="list the benchmarks")
 
@@ -338,6 +350,26 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
     print(f"\n{len(results)} runs in {args.db or DEFAULT_DB}; table written to {out / 'table.md'}")
 
 
+def _cmd_report(args: argparse.Namespace) -> None:
+    from pacnet.experiments.report import report
+    from pacnet.experiments.store import DEFAULT_DB, Store
+    from pacnet.io import read_json
+
+    if args.results is not None:
+        check(args.results.is_dir(), f"{args.results}: no such folder")
+        rows = [read_json(p) for p in sorted(args.results.rglob("result.json"))]
+        if args.benchmark:
+            rows = [r for r in rows if r["benchmark"] == args.benchmark]
+    else:
+        db = args.db or DEFAULT_DB
+        check(db.is_file(), f"{db}: no results database (run pacnet reproduce first, or --db)")
+        with Store(db) as store:
+            rows = store.results(args.benchmark)
+    check(rows, "no stored results to report")
+    path = report(rows, args.out)
+    print(f"report of {len(rows)} runs written to {path}")
+
+
 def _cmd_list(args: argparse.Namespace) -> None:
     from pacnet.benchmarks import BENCHMARKS
     from pacnet.methods import METHODS
@@ -358,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         {
             "run": _cmd_run,
             "reproduce": _cmd_reproduce,
+            "report": _cmd_report,
             "methods": _cmd_list,
             "benchmarks": _cmd_list,
         }[args.command](args)

@@ -1,0 +1,135 @@
+"""Reports generated only from stored rows: Markdown tables and PNG plots, never typed in.
+
+Rows are grouped into *settings* (benchmark and every benchmark setting that differs from
+its default, the selection protocol and the device) and, within a setting, into *variants*
+(method and its non-default hyperparameters). Per setting the report has the protocol
+line, mean ± std (n) of the target metric per variant and target size (best in bold), the
+paired difference to fine-tuning, the source error before and after (forgetting) with the
+trainable and stored parameter counts, and two plots: target error against target size
+(log x, one line per variant, ± std) and source retention bars.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pacnet.experiments.table import markdown, protocol, summarize
+from pacnet.io import write_bytes_atomic
+
+PAPER_NOTE = (
+    "Paper numbers: the PAC-Net paper's tables could not be read here (see shared/PAPER.md), "
+    "so no paper column is shown; its qualitative claim is that PAC-Net beats fine-tuning, "
+    "L2-SP and DELTA by a large margin, most of all with few target samples, while keeping "
+    "the source task intact."
+)
+
+
+def _identity(row: dict[str, Any]) -> dict[str, Any]:
+    if "identity" in row:
+        return row["identity"]
+    config = row["config"]  # rows written before identities were stored
+    return {
+        "settings": {"quick": config.get("quick")},
+        "params": {},
+        "select": config.get("select"),
+    }
+
+
+def setting_key(row: dict[str, Any]) -> str:
+    """What separates incomparable groups of rows."""
+    ident = _identity(row)
+    parts = {k: ident.get(k) for k in ("settings", "select", "device", "amp") if ident.get(k)}
+    return json.dumps({"benchmark": row["benchmark"], **parts}, sort_keys=True)
+
+
+def variant(row: dict[str, Any]) -> str:
+    """Method name plus its non-default hyperparameters, e.g. ``pacnet (lam=0.1)``."""
+    params = _identity(row).get("params") or {}
+    if not params:
+        return row["method"]
+    return f"{row['method']} ({', '.join(f'{k}={v}' for k, v in sorted(params.items()))})"
+
+
+def _describe(key: str) -> str:
+    data = json.loads(key)
+    extra = {k: v for k, v in data.items() if k != "benchmark"}
+    return f"{data['benchmark']}" + (f" — {json.dumps(extra, sort_keys=True)}" if extra else "")
+
+
+def _plots(rows: Sequence[dict[str, Any]], metric: str, stem: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats = summarize(rows)
+    variants = list(dict.fromkeys(r["method"] for r in rows))
+    names = []
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for v in variants:
+        sizes = sorted(n for (m, n) in stats if m == v)
+        means = [stats[(v, n)]["target"][0] for n in sizes]
+        stds = [stats[(v, n)]["target"][1] for n in sizes]
+        ax.errorbar(sizes, means, yerr=stds, marker="o", capsize=3, label=v)
+    ax.set_xscale("log")
+    ax.set_xlabel("target training size")
+    ax.set_ylabel(f"target test {metric} (mean ± std)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = stem.with_name(stem.name + "-target.png")
+    write_bytes_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    names.append(path.name)
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    before = [_mean(rows, v, "source_test_before") for v in variants]
+    after = [_mean(rows, v, "source_test_after") for v in variants]
+    xs = range(len(variants))
+    ax.bar([x - 0.2 for x in xs], before, width=0.4, label="before transfer")
+    ax.bar([x + 0.2 for x in xs], after, width=0.4, label="after transfer")
+    ax.set_xticks(list(xs), variants, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"source test {metric}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = stem.with_name(stem.name + "-source.png")
+    write_bytes_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    names.append(path.name)
+    return names
+
+
+def _mean(rows: Sequence[dict[str, Any]], method: str, key: str) -> float:
+    return statistics.fmean(r[key] for r in rows if r["method"] == method)
+
+
+def report(rows: Sequence[dict[str, Any]], out: str | Path) -> Path:
+    """Write ``out/report.md`` and its plots from ``rows``; returns the report's path."""
+    out = Path(out)
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[setting_key(row)].append({**row, "method": variant(row)})
+    lines = ["# pacnet report", "", f"Generated from {len(rows)} stored runs.", "", PAPER_NOTE]
+    for index, (key, group) in enumerate(sorted(groups.items()), start=1):
+        metric = group[0]["metric"]
+        seconds = sum(r["seconds"] for r in group)
+        lines += [
+            "",
+            f"## {index}. {_describe(key)}",
+            "",
+            protocol(group),
+            f"{len(group)} runs; their run times add up to {seconds / 60:.1f} minutes.",
+            "",
+        ]
+        lines.append(markdown(group, metric))
+        plots = _plots(group, metric, out / f"setting{index}")
+        lines += [""] + [f"![{name}]({name})" for name in plots]
+    path = out / "report.md"
+    text = "\n".join(lines) + "\n"
+    write_bytes_atomic(path, lambda tmp: Path(tmp).write_text(text))
+    return path

@@ -1,0 +1,78 @@
+import re
+import statistics
+
+from pacnet.cli import main
+from pacnet.experiments.store import Store
+
+TINY = [
+    "--source-samples",
+    "400",
+    "--source-steps",
+    "60",
+    "--target-steps",
+    "30",
+    "--target-test",
+    "200",
+    "--hidden",
+    "16,16",
+    "--target-pool",
+    "60",
+]
+
+
+def test_report_tables_match_the_stored_rows_and_plots_are_written(tmp_path, capsys):
+    db = tmp_path / "runs.sqlite"
+    base = [
+        "reproduce",
+        "friedman",
+        "--methods",
+        "finetune,pacnet",
+        "--target-sizes",
+        "10,20",
+        "--seeds",
+        "3",
+        "--quick",
+        "--db",
+        str(db),
+        "--out",
+        str(tmp_path),
+        *TINY,
+    ]
+    assert main(base) == 0
+    assert main([*base, "--methods", "pacnet", "--param", "pacnet.lam=0.5", "--seeds", "2"]) == 0
+    out = tmp_path / "report"
+    assert main(["report", "--db", str(db), "--out", str(out)]) == 0
+    assert "report of 16 runs" in capsys.readouterr().out
+    text = (out / "report.md").read_text()
+    for png in ("setting1-target.png", "setting1-source.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({png})" in text
+    with Store(db) as store:
+        rows = store.results()
+    for variant, method, lam, n_seeds in (
+        ("pacnet", "pacnet", None, 3),
+        ("pacnet (lam=0.5)", "pacnet", 0.5, 2),
+        ("finetune", "finetune", None, 3),
+    ):
+        line = next(
+            ln for ln in text.splitlines() if ln.startswith(f"| {variant} | ") and "±" in ln
+        )
+        cells = line.split(" | ")[1:]
+        for size, cell in zip((10, 20), cells, strict=False):
+            params = {"lam": lam} if lam is not None else {}
+            values = [
+                r["target_test"]
+                for r in rows
+                if r["method"] == method
+                and r["target_size"] == size
+                and r["identity"]["params"] == params
+            ]
+            mean, std, n = re.search(r"([\d.]+) ± ([\d.]+) \((\d+)\)", cell).groups()
+            assert int(n) == n_seeds == len(values)
+            assert float(mean) == round(statistics.fmean(values), 3)
+            assert float(std) == round(statistics.stdev(values), 3)
+
+
+def test_report_without_results_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", "--db", str(tmp_path / "none.sqlite")]) == 2
+    assert "no results database" in capsys.readouterr().err
