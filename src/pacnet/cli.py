@@ -94,7 +94,7 @@ def _prescan(argv: Sequence[str]) -> tuple[str | None, str | None]:
 
     wants_help = {"-h", "--help"} & set(argv)
     argv = [a for a in argv if a not in ("-h", "--help")]
-    if len(argv) < 2 or argv[0] not in ("run", "reproduce"):
+    if len(argv) < 2 or argv[0] not in ("run", "reproduce", "tune"):
         return None, None
     if wants_help:  # help for what is named so far, without insisting on the rest
         lenient = argparse.ArgumentParser(add_help=False)
@@ -160,6 +160,20 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, default=None, help="table folder (runs/BENCHMARK)")
     _common(rep)
 
+    tun = sub.add_parser("tune", help="Optuna search of a method's main strength (validation only)")
+    tun.add_argument("benchmark", help=f"one of: {', '.join(BENCHMARKS)}")
+    tun.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
+    tun.add_argument("--seed", type=int, default=0, help="fixes the target task and its samples")
+    tun.add_argument("--target-size", type=int, default=50, help="labelled target samples")
+    tun.add_argument("--trials", type=int, default=20, help="trials to add to the study")
+    tun.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna RDB URL (default: sqlite:///runs/pacnet.sqlite; PostgreSQL works)",
+    )
+    tun.add_argument("--study", default=None, help="study name (default from the run)")
+    _common(tun)
+
     rpt = sub.add_parser("report", help="Markdown report with plots from stored results")
     rpt.add_argument("--db", type=Path, default=None, help="results database (runs/pacnet.sqlite)")
     rpt.add_argument(
@@ -176,10 +190,11 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     sub.add_parser("benchmarks", help="list the benchmarks")
 
     if bench_name:
-        for p in (run, rep):
+        for p in (run, rep, tun):
             add_flags(p, BENCHMARKS[bench_name].Config, f"{bench_name} settings")
     if method_name:
-        add_flags(run, METHODS[method_name].Params, f"{method_name} hyperparameters")
+        for p in (run, tun):
+            add_flags(p, METHODS[method_name].Params, f"{method_name} hyperparameters")
     return parser
 
 
@@ -350,6 +365,42 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
     print(f"\n{len(results)} runs in {args.db or DEFAULT_DB}; table written to {out / 'table.md'}")
 
 
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from pacnet.benchmarks import get_benchmark
+    from pacnet.cache import StateCache
+    from pacnet.experiments.runner import RunSpec
+    from pacnet.experiments.store import DEFAULT_DB
+    from pacnet.experiments.tune import tune
+    from pacnet.methods import get_method
+
+    bench_cls, method_cls = get_benchmark(args.benchmark), get_method(args.method)
+    spec = RunSpec(
+        args.benchmark,
+        args.method,
+        args.seed,
+        args.target_size,
+        args.quick,
+        _settings(args, bench_cls.Config),
+        _settings(args, method_cls.Params),
+        threads=args.threads,
+        device=args.device,
+        amp=args.amp,
+    )
+    storage = args.storage
+    if storage is None:
+        DEFAULT_DB.parent.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{DEFAULT_DB}"
+    study = tune(spec, args.trials, storage, args.study, args.folds, StateCache(args.cache))
+    best = study.best_trial
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in best.params.items())
+    print(f"study {study.study_name!r} in {storage}: {len(study.trials)} trials")
+    print(f"best validation {bench_cls.metric} {best.value:.4f} with {best.params}")
+    print(
+        f"run it: pacnet run {args.benchmark} --method {args.method} --seed {args.seed} "
+        f"--target-size {args.target_size} {flags}"
+    )
+
+
 def _cmd_report(args: argparse.Namespace) -> None:
     from pacnet.experiments.report import report
     from pacnet.experiments.store import DEFAULT_DB, Store
@@ -391,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "run": _cmd_run,
             "reproduce": _cmd_reproduce,
             "report": _cmd_report,
+            "tune": _cmd_tune,
             "methods": _cmd_list,
             "benchmarks": _cmd_list,
         }[args.command](args)

@@ -185,10 +185,9 @@ def using_threads(spec: RunSpec) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _run(spec: RunSpec, out: str | Path | None, cache: StateCache | None) -> dict[str, Any]:
-    cache = cache or StateCache()
+def prepare(spec: RunSpec, cache: StateCache) -> TransferContext:
+    """The benchmark, the (cached) source model and the target task of ``spec``."""
     bench = spec.make_benchmark(cache)
-    method = spec.make_method()
     check(spec.target_size >= 1, f"target size must be >= 1, got {spec.target_size}")
     check(0 <= spec.seed < 2**31, f"seed must lie in [0, 2**31), got {spec.seed}")
     check(
@@ -196,17 +195,25 @@ def _run(spec: RunSpec, out: str | Path | None, cache: StateCache | None) -> dic
         f"target size {spec.target_size} exceeds the pool of "
         f"{bench.max_target_size} target samples",
     )
+    model, source_key = source_model(bench, cache, spec.device, spec.amp)
+    target = bench.target(spec.seed, spec.target_size)
+    return TransferContext(
+        bench, model, bench.source(), target, spec.seed, source_key, cache, spec.amp
+    )
+
+
+def _run(spec: RunSpec, out: str | Path | None, cache: StateCache | None) -> dict[str, Any]:
+    cache = cache or StateCache()
+    method = spec.make_method()
     if out is not None:
         try:
             Path(out).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise PacnetError(f"cannot create the output folder {out}: {exc.strerror}") from None
     start = time.perf_counter()
-    model, source_key = source_model(bench, cache, spec.device, spec.amp)
-    source = bench.source()
-    source_before = bench.score(model, source.test)
-    target = bench.target(spec.seed, spec.target_size)
-    ctx = TransferContext(bench, model, source, target, spec.seed, source_key, cache, spec.amp)
+    ctx = prepare(spec, cache)
+    bench, source, target = ctx.benchmark, ctx.source, ctx.target
+    source_before = bench.score(ctx.source_model, source.test)
     config = spec.config()
     selection = None
     if spec.select == "cv":

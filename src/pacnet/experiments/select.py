@@ -34,6 +34,22 @@ def folds_of(data: Data, k: int) -> list[tuple[Data, Data]]:
     return splits
 
 
+def cv_score(
+    method: Method,
+    ctx: TransferContext,
+    bench: Benchmark,
+    splits: list[tuple[Data, Data]],
+    run_one: Callable[[Method, TransferContext], Any],
+) -> float:
+    """Mean validation score of ``method`` over the (train, validation) ``splits``."""
+    scores = []
+    for train, val in splits:
+        fold_ctx = replace(ctx, target=Task(train, ctx.target.val, val))
+        transfer = run_one(method, fold_ctx)
+        scores.append(bench.score(transfer.target_model, val))
+    return statistics.fmean(scores)
+
+
 def cross_validate(
     method_cls: type[Method],
     fixed: dict[str, Any],
@@ -51,13 +67,8 @@ def cross_validate(
     splits = folds_of(ctx.target.train, k)
     tried = []
     for candidate in candidates(method_cls.Params):
-        params = make(method_cls.Params, {**fixed, **candidate})
-        scores = []
-        for train, val in splits:
-            fold_ctx = replace(ctx, target=Task(train, ctx.target.val, val))
-            transfer = run_one(method_cls(params), fold_ctx)
-            scores.append(bench.score(transfer.target_model, val))
-        tried.append({"params": candidate, "val": statistics.fmean(scores)})
+        method = method_cls(make(method_cls.Params, {**fixed, **candidate}))
+        tried.append({"params": candidate, "val": cv_score(method, ctx, bench, splits, run_one)})
     best = min(range(len(tried)), key=lambda i: tried[i]["val"])
     return {
         "protocol": f"{k}-fold cross-validation on the target training samples",

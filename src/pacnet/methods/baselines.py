@@ -28,6 +28,7 @@ class LearningRate:
 
     lr: float | None = None
     search: ClassVar[dict[str, tuple[Any, ...]]] = {"lr": LR_GRID}
+    tune: ClassVar[dict[str, tuple[str, float, float]]] = {"lr": ("log", 1e-5, 1e-1)}
 
     def __post_init__(self) -> None:
         check(self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}")

@@ -30,6 +30,7 @@ class LoRAParams:
     alpha: float | None = None
     dropout: float = 0.0
     search: ClassVar[dict[str, tuple[Any, ...]]] = {"rank": (1, 2, 4, 8, 16, 32)}
+    tune: ClassVar[dict[str, tuple[str, float, float]]] = {"rank": ("int_log", 1, 64)}
 
     def __post_init__(self) -> None:
         check(self.rank >= 1, f"rank must be >= 1, got {self.rank}")

@@ -22,6 +22,10 @@ class PacNetParams:
     lam: float = 0.01
     scope: str = "global"
     allocate_steps: int | None = None
+    tune: ClassVar[dict[str, tuple[str, float, float]]] = {
+        "ratio": ("float", 0.3, 0.95),
+        "lam": ("log", 1e-4, 10.0),
+    }
     search: ClassVar[dict[str, tuple[Any, ...]]] = {"lam": (0.001, 0.01, 0.1), "ratio": (0.5, 0.8)}
 
     def __post_init__(self) -> None:

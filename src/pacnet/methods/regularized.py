@@ -66,6 +66,7 @@ class L2SPParams:
     alpha: float = 0.01
     beta: float = 0.01
     search: ClassVar[dict[str, tuple[Any, ...]]] = {"alpha": STRENGTH_GRID}
+    tune: ClassVar[dict[str, tuple[str, float, float]]] = {"alpha": ("log", 1e-5, 100.0)}
 
     def __post_init__(self) -> None:
         _non_negative(alpha=self.alpha, beta=self.beta)
@@ -104,6 +105,7 @@ class DeltaParams:
     attention_samples: int = 256
     layers: str = ""
     search: ClassVar[dict[str, tuple[Any, ...]]] = {"alpha": STRENGTH_GRID}
+    tune: ClassVar[dict[str, tuple[str, float, float]]] = {"alpha": ("log", 1e-5, 100.0)}
 
     def __post_init__(self) -> None:
         _non_negative(alpha=self.alpha, beta=self.beta)
@@ -157,6 +159,7 @@ class BSSParams:
     weight: float = 0.001
     k: int = 1
     search: ClassVar[dict[str, tuple[Any, ...]]] = {"weight": STRENGTH_GRID}
+    tune: ClassVar[dict[str, tuple[str, float, float]]] = {"weight": ("log", 1e-5, 100.0)}
 
     def __post_init__(self) -> None:
         _non_negative(weight=self.weight)

@@ -1,0 +1,74 @@
+"""Hyperparameter search with Optuna: PAC-Net's ratio and λ, or a baseline's main strength.
+
+Each trial scores a setting by K-fold cross-validation on the target *training* samples of
+one run (the same protocol as ``--select cv``); the test split is never used. Trials live in
+Optuna's RDB storage, by default the results database (``sqlite:///runs/pacnet.sqlite``); a
+PostgreSQL URL lets many machines share one study. Re-running adds trials to the study.
+The search space of a method is its ``Params.tune``: ``name -> (kind, low, high)`` with kind
+``float``, ``log`` (float on a log scale) or ``int_log``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pacnet.cache import StateCache
+from pacnet.config import make
+from pacnet.errors import PacnetError, check
+from pacnet.experiments.runner import RunSpec, _seeded_transfer, prepare, using_threads
+from pacnet.experiments.select import cv_score, folds_of
+
+
+def suggest(trial: Any, name: str, kind: str, low: float, high: float) -> Any:
+    """One Optuna suggestion of the given kind."""
+    if kind == "float":
+        return trial.suggest_float(name, low, high)
+    if kind == "log":
+        return trial.suggest_float(name, low, high, log=True)
+    if kind == "int_log":
+        return trial.suggest_int(name, int(low), int(high), log=True)
+    raise PacnetError(f"unknown search kind {kind!r} for {name}")
+
+
+def tune(
+    spec: RunSpec,
+    trials: int,
+    storage: str,
+    study_name: str | None = None,
+    folds: int = 3,
+    cache: StateCache | None = None,
+) -> Any:
+    """Run ``trials`` more trials for ``spec``'s method on its target task; return the study."""
+    import optuna
+
+    check(trials >= 1, f"trials must be >= 1, got {trials}")
+    method_cls = type(spec.make_method())
+    space: dict[str, tuple[str, float, float]] = getattr(method_cls.Params, "tune", {})
+    check(space, f"method {spec.method!r} has no hyperparameter to tune")
+    name = study_name or f"{spec.benchmark}-{spec.method}-n{spec.target_size}-s{spec.seed}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            load_if_exists=True,
+            direction="minimize",
+            sampler=optuna.samplers.TPESampler(seed=spec.seed),
+        )
+    except Exception as exc:  # SQLAlchemy and drivers raise many kinds; all mean the same here
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PacnetError(f"cannot open the Optuna storage {storage!r}: {first}") from None
+    cache = cache or StateCache()
+    with using_threads(spec):
+        ctx = prepare(spec, cache)
+        n = len(ctx.target.train)
+        check(min(folds, n) >= 2, f"tuning by cross-validation needs >= 2 target samples, got {n}")
+        splits = folds_of(ctx.target.train, min(folds, n))
+
+        def objective(trial: Any) -> float:
+            values = {k: suggest(trial, k, *bounds) for k, bounds in space.items()}
+            method = method_cls(make(method_cls.Params, {**spec.method_params, **values}))
+            return cv_score(method, ctx, ctx.benchmark, splits, _seeded_transfer)
+
+        study.optimize(objective, n_trials=trials)
+    return study

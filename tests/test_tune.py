@@ -1,0 +1,58 @@
+import optuna
+
+from pacnet.cli import main
+from pacnet.experiments.store import Store
+from pacnet.methods.pacnet_method import PacNetParams
+
+TINY = [
+    "--source-samples",
+    "400",
+    "--source-steps",
+    "60",
+    "--target-steps",
+    "30",
+    "--target-test",
+    "200",
+    "--hidden",
+    "16,16",
+    "--target-pool",
+    "60",
+]
+
+
+def test_tune_adds_trials_to_a_study_in_the_results_database(tmp_path, capsys):
+    db = tmp_path / "runs.sqlite"
+    Store(db).close()  # the results store and Optuna share one SQLite file
+    argv = [
+        "tune",
+        "friedman",
+        "--method",
+        "pacnet",
+        "--target-size",
+        "12",
+        "--quick",
+        "--storage",
+        f"sqlite:///{db}",
+        "--study",
+        "s1",
+        *TINY,
+    ]
+    assert main([*argv, "--trials", "3"]) == 0
+    assert main([*argv, "--trials", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "5 trials" in out and "run it: pacnet run friedman --method pacnet" in out
+    study = optuna.load_study(study_name="s1", storage=f"sqlite:///{db}")
+    assert len(study.trials) == 5
+    low, high = PacNetParams.tune["ratio"][1:]
+    for trial in study.trials:
+        assert low <= trial.params["ratio"] <= high
+        assert 1e-4 <= trial.params["lam"] <= 10.0
+        assert trial.value > 0
+    with Store(db) as store:
+        assert store.results() == []
+
+
+def test_tune_rejects_a_bad_storage_url(tmp_path, capsys):
+    base = ["tune", "friedman", "--target-size", "12", "--quick", *TINY, "--trials", "1"]
+    assert main([*base, "--method", "pacnet", "--storage", "nosuchdb://x"]) == 2
+    assert "cannot open the Optuna storage" in capsys.readouterr().err
