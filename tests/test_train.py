@@ -48,6 +48,11 @@ def test_bad_inputs():
         FitConfig(optimizer="lbfgs2")
     with pytest.raises(PacnetError, match="validation"):
         fit(mlp(), nn.functional.mse_loss, data(), FitConfig(patience=2))
-    bad = Data(torch.full((4, 5), float("nan")), torch.zeros(4, 1))
-    with pytest.raises(PacnetError, match="loss became nan"):
-        fit(mlp(), nn.functional.mse_loss, bad, FitConfig(steps=3))
+    with pytest.raises(PacnetError, match="inputs hold NaN or inf"):
+        Data(torch.full((4, 5), float("nan")), torch.zeros(4, 1))
+    with pytest.raises(PacnetError, match="labels hold NaN or inf"):
+        Data(torch.zeros(4, 5), torch.full((4, 1), float("inf")))
+    diverging = FitConfig(steps=50, lr=1e6, optimizer="sgd", momentum=0.0)
+    big = Data(torch.full((4, 5), 1e3), torch.full((4, 1), 1e3))
+    with pytest.raises(PacnetError, match="loss became"):
+        fit(mlp(), nn.functional.mse_loss, big, diverging)

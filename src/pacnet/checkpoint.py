@@ -171,3 +171,25 @@ def load(path: str | Path, model: nn.Module, task: str = "target") -> nn.Module:
     tasks.activate(model, task)
     tasks.hide(model, task)
     return model
+
+
+def inspect(path: str | Path) -> dict[str, Any]:
+    """What a checkpoint holds (verified against its checksum): tasks, counts, metadata."""
+    tensors, meta = _read(path)
+    packed = {k.removeprefix("mask/"): v for k, v in tensors.items() if k.startswith("mask/")}
+    mask = Mask.unpack(packed, meta["mask_shapes"])
+    shared = sum(v.numel() for k, v in tensors.items() if k.startswith("shared/"))
+    per_task = {
+        task: sum(v.numel() for k, v in tensors.items() if k.startswith(f"task/{task}/"))
+        for task in meta["tasks"]
+    }
+    return {
+        "tasks": meta["tasks"],
+        "essential": mask.essential,
+        "redundant": mask.redundant,
+        "density": mask.density,
+        "shared_values": shared,
+        "per_task_values": per_task,
+        "per_task_names": meta["per_task_names"],
+        "extra": meta["extra"],
+    }

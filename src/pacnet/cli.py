@@ -186,6 +186,10 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     rpt.add_argument("--out", type=Path, default=Path("runs/report"), help="report folder")
     rpt.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    ins = sub.add_parser("inspect", help="what a pacnet checkpoint holds (checksum verified)")
+    ins.add_argument("checkpoint", type=Path)
+    ins.add_argument("--debug", action="store_true", help="show tracebacks")
+
     sub.add_parser("methods", help="list the transfer methods")
     sub.add_parser("benchmarks", help="list the benchmarks")
 
@@ -401,6 +405,19 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_inspect(args: argparse.Namespace) -> None:
+    from pacnet.checkpoint import inspect
+
+    info = inspect(args.checkpoint)
+    print(f"{args.checkpoint}: checksum ok; tasks {', '.join(info['tasks'])}")
+    print(
+        f"essential {info['essential']:,} / redundant {info['redundant']:,} "
+        f"(density {info['density']:.3f}); shared values {info['shared_values']:,}"
+    )
+    for task, n in info["per_task_values"].items():
+        print(f"  {task}: {n:,} values of its own")
+
+
 def _cmd_report(args: argparse.Namespace) -> None:
     from pacnet.experiments.report import report
     from pacnet.experiments.store import DEFAULT_DB, Store
@@ -443,6 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "reproduce": _cmd_reproduce,
             "report": _cmd_report,
             "tune": _cmd_tune,
+            "inspect": _cmd_inspect,
             "methods": _cmd_list,
             "benchmarks": _cmd_list,
         }[args.command](args)

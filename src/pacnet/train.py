@@ -37,6 +37,9 @@ class Data:
             len(self.x) == len(self.y),
             f"inputs and labels differ in length ({len(self.x)} vs {len(self.y)})",
         )
+        for name, t in (("inputs", self.x), ("labels", self.y)):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise PacnetError(f"the {name} hold NaN or inf values; clean the data first")
 
     def __len__(self) -> int:
         return len(self.x)
