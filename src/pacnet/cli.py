@@ -186,6 +186,11 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     rpt.add_argument("--out", type=Path, default=Path("runs/report"), help="report folder")
     rpt.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    bch = sub.add_parser("bench", help="time and memory of masked vs plain training, and more")
+    bch.add_argument("--quick", action="store_true", help="fewer repeats, skip 100M weights")
+    bch.add_argument("--json", action="store_true", help="print the full JSON report")
+    bch.add_argument("--debug", action="store_true", help="show tracebacks")
+
     ins = sub.add_parser("inspect", help="what a pacnet checkpoint holds (checksum verified)")
     ins.add_argument("checkpoint", type=Path)
     ins.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -405,6 +410,15 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_bench(args: argparse.Namespace) -> None:
+    import json
+
+    from pacnet.perf import run_all, summary
+
+    report = run_all(quick=args.quick)
+    print(json.dumps(report, indent=2) if args.json else summary(report))
+
+
 def _cmd_inspect(args: argparse.Namespace) -> None:
     from pacnet.checkpoint import inspect
 
@@ -461,6 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "report": _cmd_report,
             "tune": _cmd_tune,
             "inspect": _cmd_inspect,
+            "bench": _cmd_bench,
             "methods": _cmd_list,
             "benchmarks": _cmd_list,
         }[args.command](args)

@@ -29,7 +29,7 @@ from pacnet.errors import PacnetError, check, check_ratio
 PrunableRule = Iterable[str] | Callable[[str, nn.Parameter], bool] | None
 
 _PRUNABLE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CHUNK = 1 << 22
+_CHUNK = 1 << 20
 _KEY_DTYPES = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 _MASK_FORMAT = "pacnet.mask"
 

@@ -1,0 +1,296 @@
+"""``pacnet bench``: what PAC-Net's bookkeeping costs, measured side by side in one run.
+
+* step time of a calibrate step (masked, regularised) and of an allocate step, each divided
+  by a plain fine-tuning step of the same model and batch (interleaved repeats, median and
+  spread), for the Friedman MLP, a wide MLP (>= 10 M parameters) and ResNet-18;
+* peak memory (VmHWM of a fresh process running the steps) masked / plain;
+* checkpoint bytes for source + target in one pacnet file / two dense safetensors files,
+  and mask bits per prunable weight on disk;
+* time and peak memory of a global mask over 10 M and 100 M weights;
+* ODE and PDE data generation throughput (trajectory-steps per second).
+
+No number here is a test threshold; the figures go into the notes and issues.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pacnet.freeze import train_only
+from pacnet.mask import prune
+from pacnet.models import MLP
+from pacnet.pac import StartPointL2, zero_redundant
+from pacnet.resnet import resnet18
+from pacnet.tasks import Tasks
+
+MODELS: dict[str, Callable[[], tuple[nn.Module, torch.Tensor, torch.Tensor]]] = {
+    "friedman_mlp": lambda: (MLP(10, (128, 128), 1), torch.randn(32, 10), torch.randn(32, 1)),
+    "wide_mlp": lambda: (
+        MLP(1024, (2048, 2048, 2048), 10),
+        torch.randn(64, 1024),
+        torch.randn(64, 10),
+    ),
+    "resnet18": lambda: (
+        resnet18(10, 3, 1.0, "small"),
+        torch.randn(8, 3, 32, 32),
+        torch.randn(8, 10),
+    ),
+}
+
+
+def _stepper(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """(step function, context manager factory) for 'plain', 'allocate' or 'calibrate'."""
+    from contextlib import nullcontext
+
+    loss_fn = nn.functional.mse_loss
+    if mode == "plain":
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        penalty = None
+        context = nullcontext
+    else:
+        mask = prune(model, 0.8)
+        zero_redundant(model, mask)
+        if mode == "allocate":
+            opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+            penalty = None
+
+            def context():
+                return train_only(model, mask, opt)
+        else:
+            tasks = Tasks(model, mask)
+            tasks.add("target")
+            tasks.activate(model, "target")
+            trainable = tasks.trainable(model)
+            params = dict(model.named_parameters())
+            opt = torch.optim.Adam([params[n] for n in trainable], lr=1e-4)
+            redundant = ~mask
+            own = {n: params[n] for n in trainable if n not in redundant}
+            penalty = StartPointL2({n: (params[n], redundant[n]) for n in redundant}, own)
+
+            def context():
+                return train_only(model, trainable, opt, others="frozen")
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        if penalty is not None:
+            loss = loss + 0.01 * penalty()
+        loss.backward()
+        opt.step()
+
+    return step, context
+
+
+def step_times(name: str, repeats: int, steps: int) -> dict[str, Any]:
+    """Median seconds per step of plain / allocate / calibrate, measured interleaved."""
+    runs = {}
+    contexts = {}
+    for mode in ("plain", "allocate", "calibrate"):
+        torch.manual_seed(0)
+        model, x, y = MODELS[name]()
+        step, context = _stepper(mode, model, x, y)
+        ctx = context()
+        ctx.__enter__()
+        for _ in range(3):  # warm-up
+            step()
+        runs[mode], contexts[mode] = step, ctx
+    times: dict[str, list[float]] = {m: [] for m in runs}
+    for _ in range(repeats):
+        for mode, step in runs.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            times[mode].append((time.perf_counter() - start) / steps)
+    for ctx in contexts.values():
+        ctx.__exit__(None, None, None)
+    med = {m: statistics.median(t) for m, t in times.items()}
+    n_params = sum(p.numel() for p in MODELS[name]()[0].parameters())
+    return {
+        "parameters": n_params,
+        "seconds_per_step": med,
+        "spread": {m: [min(t), max(t)] for m, t in times.items()},
+        "calibrate_over_plain": med["calibrate"] / med["plain"],
+        "allocate_over_plain": med["allocate"] / med["plain"],
+    }
+
+
+def _child_rss(args: list[str]) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "pacnet.perf", *args], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peak_memory(name: str, steps: int) -> dict[str, Any]:
+    """Max RSS (MiB) of a fresh process that builds the model and runs ``steps`` steps."""
+    rss = {
+        mode: _child_rss(["memory", name, mode, str(steps)])["max_rss_mib"]
+        for mode in ("plain", "allocate", "calibrate")
+    }
+    return {
+        "max_rss_mib": rss,
+        "calibrate_over_plain": rss["calibrate"] / rss["plain"],
+        "allocate_over_plain": rss["allocate"] / rss["plain"],
+    }
+
+
+def checkpoint_sizes() -> dict[str, Any]:
+    """pacnet file for source + target vs two dense safetensors files (ResNet-18)."""
+    from safetensors.torch import save_file
+
+    from pacnet.checkpoint import save
+
+    torch.manual_seed(0)
+    model = resnet18(10, 3, 1.0, "small")
+    mask = prune(model, 0.8)
+    tasks = Tasks(model, mask)
+    tasks.add("target")
+    with tempfile.TemporaryDirectory() as tmp:
+        pac, dense, mask_file = (
+            Path(tmp, "pac.safetensors"),
+            Path(tmp, "d.safetensors"),
+            Path(tmp, "mask.safetensors"),
+        )
+        save(pac, model, tasks)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, dense)
+        mask.save(mask_file)
+        two_dense = 2 * dense.stat().st_size
+        return {
+            "pacnet_bytes": pac.stat().st_size,
+            "two_dense_bytes": two_dense,
+            "ratio": pac.stat().st_size / two_dense,
+            "mask_bits_per_weight": 8 * mask_file.stat().st_size / mask.total,
+        }
+
+
+def mask_time(weights: int) -> dict[str, Any]:
+    return _child_rss(["mask", str(weights)])
+
+
+def throughput() -> dict[str, Any]:
+    from pacnet.benchmarks.ode import ODE, ODEConfig
+    from pacnet.benchmarks.pde import PDE, PDEConfig
+
+    out = {}
+    for label, cls, cfg, n in (("ode", ODE, ODEConfig, 2000), ("pde", PDE, PDEConfig, 600)):
+        bench = cls.__new__(cls)  # only the generator is needed, no cached data
+        bench.config = cfg()
+        gen = torch.Generator().manual_seed(0)
+        systems = bench.draw("source", n, gen)
+        start = time.perf_counter()
+        _, _, steps = bench.simulate(systems)
+        seconds = time.perf_counter() - start
+        out[label] = {
+            "trajectories": n,
+            "steps": steps,
+            "seconds": seconds,
+            "trajectory_steps_per_s": n * steps / seconds,
+        }
+    return out
+
+
+def run_all(quick: bool = False) -> dict[str, Any]:
+    repeats, steps = (3, 3) if quick else (7, 10)
+    report: dict[str, Any] = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
+        "steps": {},
+        "memory": {},
+    }
+    for name in MODELS:
+        report["steps"][name] = step_times(name, repeats, steps)
+    for name in ("wide_mlp", "resnet18"):
+        report["memory"][name] = peak_memory(name, 3 if quick else 10)
+    report["checkpoint"] = checkpoint_sizes()
+    report["global_mask"] = {
+        str(w): mask_time(w) for w in ((10_000_000,) if quick else (10_000_000, 100_000_000))
+    }
+    report["data_generation"] = throughput()
+    return report
+
+
+def summary(report: dict[str, Any]) -> str:
+    lines = ["model          params  plain s/step  allocate/plain  calibrate/plain"]
+    for name, r in report["steps"].items():
+        lines.append(
+            f"{name:<13} {r['parameters'] / 1e6:6.1f}M  {r['seconds_per_step']['plain']:12.4f}"
+            f"  {r['allocate_over_plain']:14.3f}  {r['calibrate_over_plain']:15.3f}"
+        )
+    for name, r in report["memory"].items():
+        lines.append(
+            f"peak RSS {name}: allocate/plain {r['allocate_over_plain']:.3f}, "
+            f"calibrate/plain {r['calibrate_over_plain']:.3f} ({r['max_rss_mib']})"
+        )
+    c = report["checkpoint"]
+    lines.append(
+        f"checkpoint: {c['ratio']:.3f} of two dense files; mask "
+        f"{c['mask_bits_per_weight']:.4f} bits/weight"
+    )
+    for n, r in report["global_mask"].items():
+        lines.append(
+            f"global mask over {int(n) / 1e6:.0f}M weights: {r['seconds']:.2f} s, "
+            f"peak extra memory {r['extra_over_weights']:.2f}x the weights"
+        )
+    for label, r in report["data_generation"].items():
+        lines.append(f"{label} data: {r['trajectory_steps_per_s']:,.0f} trajectory-steps/s")
+    return "\n".join(lines)
+
+
+def _high_water_bytes() -> int:
+    """Peak resident memory of this process (VmHWM; unlike ru_maxrss it starts anew at exec,
+    so a child does not inherit its parent's peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _memory_child(name: str, mode: str, steps: int) -> None:
+    torch.manual_seed(0)
+    model, x, y = MODELS[name]()
+    step, context = _stepper(mode, model, x, y)
+    with context():
+        for _ in range(steps):
+            step()
+    print(json.dumps({"max_rss_mib": _high_water_bytes() / 2**20}))
+
+
+def _mask_child(weights: int) -> None:
+    rows = 4096
+    layers = [nn.Linear(weights // rows // 4, rows, bias=False) for _ in range(4)]
+    model = nn.Sequential(*layers, nn.Linear(rows, 1))
+    weight_bytes = sum(layer.weight.numel() * 4 for layer in layers)
+    before = _high_water_bytes()
+    start = time.perf_counter()
+    mask = prune(model, 0.8)
+    seconds = time.perf_counter() - start
+    peak = _high_water_bytes()
+    print(
+        json.dumps(
+            {
+                "weights": mask.total,
+                "seconds": seconds,
+                "extra_over_weights": (peak - before) / weight_bytes,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "memory":
+        _memory_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif sys.argv[1] == "mask":
+        _mask_child(int(sys.argv[2]))
