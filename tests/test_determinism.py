@@ -29,3 +29,19 @@ def test_two_runs_from_scratch_give_identical_results(method, tmp_path):
         StateCache(tmp_path / "a"),
     )
     assert other_seed["target_test"] != first["target_test"]
+
+
+def test_deterministic_flag_runs_and_changes_nothing_on_the_cpu(tmp_path):
+    spec = RunSpec("friedman", "pacnet", seed=1, target_size=10, bench_settings=TINY)
+    plain = run(spec, None, StateCache(tmp_path))
+    strict = run(
+        RunSpec(
+            "friedman", "pacnet", seed=1, target_size=10, bench_settings=TINY, deterministic=True
+        ),
+        None,
+        StateCache(tmp_path),
+    )
+    assert plain["target_test"] == strict["target_test"] and plain["run_id"] == strict["run_id"]
+    import torch
+
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after the run

@@ -75,3 +75,47 @@ def test_sigkill_midway_then_rerun_completes_without_loss_or_duplicates(tmp_path
     }
     for run_id, finished in before.items():  # what was stored before the kill is untouched
         assert next(r for r in rows if r["run_id"] == run_id)["finished"] == finished
+
+
+def test_sigint_stops_cleanly_keeping_what_finished(tmp_path):
+    db = tmp_path / "runs.sqlite"
+    argv = [
+        sys.executable,
+        "-m",
+        "pacnet",
+        "reproduce",
+        "friedman",
+        "--methods",
+        "finetune",
+        "--target-sizes",
+        "10,20",
+        "--seeds",
+        "4",
+        "--quick",
+        "--db",
+        str(db),
+        "--out",
+        str(tmp_path),
+        "--cache",
+        str(tmp_path / "cache"),
+        *TINY,
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            with Store(db) as store:
+                if len(store.ids()) >= 2:
+                    break
+        time.sleep(0.2)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted; finished runs are saved" in err and "Traceback" not in err
+    with Store(db) as store:
+        kept = len(store.ids())
+    assert 2 <= kept < 8
+    assert subprocess.run(argv, capture_output=True, timeout=300).returncode == 0
+    with Store(db) as store:
+        assert len(store.ids()) == 8

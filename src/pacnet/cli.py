@@ -68,6 +68,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", type=int, default=3, help="folds for --select cv")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     parser.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic kernels (repeatable CUDA runs; the CPU path already is)",
+    )
+    parser.add_argument(
         "--amp",
         choices=("none", "bf16", "fp16"),
         default="none",
@@ -254,6 +259,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         threads=args.threads,
         device=args.device,
         amp=args.amp,
+        deterministic=args.deterministic,
     )
     result = run(spec, args.out, StateCache(args.cache))
     print(
@@ -356,6 +362,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
         threads=args.threads,
         device=args.device,
         amp=args.amp,
+        deterministic=args.deterministic,
     )
     specs = plan(base, methods, sizes, seeds, params)
     for spec in specs[:1]:
@@ -394,6 +401,7 @@ def _cmd_tune(args: argparse.Namespace) -> None:
         threads=args.threads,
         device=args.device,
         amp=args.amp,
+        deterministic=args.deterministic,
     )
     storage = args.storage
     if storage is None:

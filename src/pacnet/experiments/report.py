@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pacnet.experiments.runner import DETERMINISM_NOTE
 from pacnet.experiments.table import markdown, protocol, summarize
 from pacnet.io import write_bytes_atomic
 
@@ -114,7 +115,15 @@ def report(rows: Sequence[dict[str, Any]], out: str | Path) -> Path:
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         groups[setting_key(row)].append({**row, "method": variant(row)})
-    lines = ["# pacnet report", "", f"Generated from {len(rows)} stored runs.", "", PAPER_NOTE]
+    lines = [
+        "# pacnet report",
+        "",
+        f"Generated from {len(rows)} stored runs.",
+        "",
+        PAPER_NOTE,
+        "",
+        DETERMINISM_NOTE,
+    ]
     for index, (key, group) in enumerate(sorted(groups.items()), start=1):
         metric = group[0]["metric"]
         seconds = sum(r["seconds"] for r in group)

@@ -48,6 +48,7 @@ class RunSpec:
     device: str = "cpu"
     amp: str = "none"
     threads: int | None = None  # how to run, not what: not part of the run's identity
+    deterministic: bool = False  # deterministic kernels (for CUDA; the CPU path already is)
 
     def __post_init__(self) -> None:
         check(self.select in ("none", "cv"), f"select must be 'none' or 'cv', got {self.select!r}")
@@ -179,10 +180,31 @@ def using_threads(spec: RunSpec) -> Iterator[None]:
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    if spec.deterministic:
+        deterministic_kernels()
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+DETERMINISM_NOTE = (
+    "Determinism: on the CPU the same configuration and seed give bit-identical results "
+    "(tested). On CUDA, run with --deterministic (torch.use_deterministic_algorithms, cuDNN "
+    "autotuning off, CUBLAS_WORKSPACE_CONFIG=:4096:8) and the same GPU model, driver and "
+    "library versions; without it atomics-based kernels make runs differ in the last bits."
+)
+
+
+def deterministic_kernels() -> None:
+    """Ask torch for deterministic kernels everywhere (needed for repeatable CUDA runs)."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 def prepare(spec: RunSpec, cache: StateCache) -> TransferContext:
