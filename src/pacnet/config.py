@@ -28,10 +28,18 @@ def _parser_for(tp: Any, name: str) -> tuple[Any, str]:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if origin in (typing.Union, types.UnionType):
         inner, meta = _parser_for(args[0], name)
-        return (lambda s: None if s.lower() == "none" else inner(s)), meta + "|none"
+        def optional(s: str) -> Any:
+            return None if s.lower() == "none" else inner(s)
+
+        optional.__name__ = f"{getattr(inner, '__name__', 'value')} or none"
+        return optional, meta + "|none"
     if origin is tuple:
         item = args[0]
-        return (lambda s: tuple(item(v) for v in s.split(",") if v)), "A,B,..."
+        def items(s: str) -> tuple[Any, ...]:
+            return tuple(item(v) for v in s.split(",") if v)
+
+        items.__name__ = f"comma-separated {item.__name__}"
+        return items, "A,B,..."
     if tp is bool:
 
         def parse_bool(s: str) -> bool:
