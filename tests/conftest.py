@@ -8,6 +8,12 @@ from torch import nn
 
 torch.set_num_threads(1)  # tiny models: one thread is faster and avoids oversubscription
 
+TINY_FLAGS = [
+    "--source-samples", "400", "--source-steps", "60", "--target-steps", "30",
+    "--target-test", "200", "--hidden", "16,16", "--target-pool", "60",
+]  # fmt: skip
+"""A Friedman benchmark small enough for a test (command-line flags)."""
+
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):

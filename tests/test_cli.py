@@ -3,24 +3,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TINY_FLAGS
 
 from pacnet.cli import main
 from pacnet.methods import METHODS
 
-TINY = [
-    "--source-samples",
-    "400",
-    "--source-steps",
-    "60",
-    "--target-steps",
-    "30",
-    "--target-test",
-    "200",
-    "--hidden",
-    "16,16",
-    "--target-pool",
-    "60",
-]
+TINY = TINY_FLAGS
 REQUIRED = {
     "benchmark",
     "method",

@@ -1,23 +1,12 @@
 import re
 import statistics
 
+from conftest import TINY_FLAGS
+
 from pacnet.cli import main
 from pacnet.experiments.store import Store
 
-TINY = [
-    "--source-samples",
-    "400",
-    "--source-steps",
-    "60",
-    "--target-steps",
-    "30",
-    "--target-test",
-    "200",
-    "--hidden",
-    "16,16",
-    "--target-pool",
-    "60",
-]
+TINY = TINY_FLAGS
 
 
 def test_report_tables_match_the_stored_rows_and_plots_are_written(tmp_path, capsys):

@@ -1,23 +1,11 @@
 import optuna
+from conftest import TINY_FLAGS
 
 from pacnet.cli import main
 from pacnet.experiments.store import Store
 from pacnet.methods.pacnet_method import PacNetParams
 
-TINY = [
-    "--source-samples",
-    "400",
-    "--source-steps",
-    "60",
-    "--target-steps",
-    "30",
-    "--target-test",
-    "200",
-    "--hidden",
-    "16,16",
-    "--target-pool",
-    "60",
-]
+TINY = TINY_FLAGS
 
 
 def test_tune_adds_trials_to_a_study_in_the_results_database(tmp_path, capsys):

@@ -15,6 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pacnet.errors import PacnetError, check
 
@@ -239,14 +240,14 @@ def _method_params(items: Sequence[str], methods: Sequence[str]) -> dict[str, di
     return params
 
 
-def _cmd_run(args: argparse.Namespace) -> None:
+def _run_spec(args: argparse.Namespace) -> Any:
+    """The RunSpec that ``run`` and ``tune`` flags describe."""
     from pacnet.benchmarks import get_benchmark
-    from pacnet.cache import StateCache
-    from pacnet.experiments.runner import RESULT_FILE, RunSpec, run
+    from pacnet.experiments.runner import RunSpec
     from pacnet.methods import get_method
 
     bench_cls, method_cls = get_benchmark(args.benchmark), get_method(args.method)
-    spec = RunSpec(
+    return RunSpec(
         args.benchmark,
         args.method,
         args.seed,
@@ -261,6 +262,13 @@ def _cmd_run(args: argparse.Namespace) -> None:
         amp=args.amp,
         deterministic=args.deterministic,
     )
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from pacnet.cache import StateCache
+    from pacnet.experiments.runner import RESULT_FILE, run
+
+    spec = _run_spec(args)
     result = run(spec, args.out, StateCache(args.cache))
     print(
         f"{result['method']} on {result['benchmark']} (seed {result['seed']}, "
@@ -384,25 +392,11 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
 def _cmd_tune(args: argparse.Namespace) -> None:
     from pacnet.benchmarks import get_benchmark
     from pacnet.cache import StateCache
-    from pacnet.experiments.runner import RunSpec
     from pacnet.experiments.store import DEFAULT_DB
     from pacnet.experiments.tune import tune
-    from pacnet.methods import get_method
 
-    bench_cls, method_cls = get_benchmark(args.benchmark), get_method(args.method)
-    spec = RunSpec(
-        args.benchmark,
-        args.method,
-        args.seed,
-        args.target_size,
-        args.quick,
-        _settings(args, bench_cls.Config),
-        _settings(args, method_cls.Params),
-        threads=args.threads,
-        device=args.device,
-        amp=args.amp,
-        deterministic=args.deterministic,
-    )
+    bench_cls = get_benchmark(args.benchmark)
+    spec = _run_spec(args)
     storage = args.storage
     if storage is None:
         DEFAULT_DB.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ def _parser_for(tp: Any, name: str) -> tuple[Any, str]:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     if origin in (typing.Union, types.UnionType):
         inner, meta = _parser_for(args[0], name)
+
         def optional(s: str) -> Any:
             return None if s.lower() == "none" else inner(s)
 
@@ -35,6 +36,7 @@ def _parser_for(tp: Any, name: str) -> tuple[Any, str]:
         return optional, meta + "|none"
     if origin is tuple:
         item = args[0]
+
         def items(s: str) -> tuple[Any, ...]:
             return tuple(item(v) for v in s.split(",") if v)
 

@@ -20,7 +20,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from pacnet.benchmarks.trajectory import TrajectoryBenchmark, TrajectoryConfig, check_range, uniform
+from pacnet.benchmarks.trajectory import (
+    SOURCE_TRAINING_FIELDS,
+    TrajectoryBenchmark,
+    TrajectoryConfig,
+    check_range,
+    uniform,
+)
 from pacnet.errors import check
 from pacnet.solvers import spectral_solve
 
@@ -84,17 +90,7 @@ class PDE(TrajectoryBenchmark):
         "dt",
         "records",
     )
-    source_fields = (
-        *physics_fields,
-        "source_trajectories",
-        "source_val_fraction",
-        "source_test_fraction",
-        "hidden",
-        "activation",
-        "source_steps",
-        "source_lr",
-        "source_batch",
-    )
+    source_fields = (*physics_fields, *SOURCE_TRAINING_FIELDS)
 
     def draw(self, regime: str, n: int, gen: torch.Generator) -> Tensor:
         c = self.config

@@ -75,6 +75,19 @@ def uniform(bounds: tuple[float, float], n: int, gen: torch.Generator) -> Tensor
     return low + (high - low) * torch.rand(n, generator=gen, dtype=torch.float64)
 
 
+SOURCE_TRAINING_FIELDS = (
+    "source_trajectories",
+    "source_val_fraction",
+    "source_test_fraction",
+    "hidden",
+    "activation",
+    "source_steps",
+    "source_lr",
+    "source_batch",
+)
+"""Settings besides the physics that determine a trajectory benchmark's source model."""
+
+
 class TrajectoryBenchmark(Benchmark):
     """Base of the ODE and PDE surrogate benchmarks (see the module docstring)."""
 
