@@ -122,3 +122,19 @@ def test_selection_picks_the_best_validation_candidate_and_uses_it():
     assert result["params_used"]["alpha"] == best["params"]["alpha"]
     assert result["config"]["select"] == {"mode": "cv", "folds": 3}
     assert result["config"]["method"]["alpha"] == 0.01  # the requested value, for the run id
+
+
+def test_cross_validation_holds_out_whole_groups():
+    import torch
+
+    from pacnet import Data
+    from pacnet.experiments.select import cv_splits
+
+    groups = torch.arange(4).repeat_interleave(5)  # 4 trajectories of 5 points
+    data = Data(torch.arange(20.0).unsqueeze(1), torch.zeros(20, 1), groups)
+    splits = cv_splits(data, 3)
+    assert len(splits) == 3
+    for train, val in splits:
+        assert set(train.groups.tolist()).isdisjoint(val.groups.tolist())
+        assert len(val) % 5 == 0
+    assert len(cv_splits(Data(data.x[:10], data.y[:10], groups[:10]), 3)) == 2  # 2 trajectories

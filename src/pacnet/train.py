@@ -26,10 +26,15 @@ Penalty = tuple[float, Callable[[], Tensor]]
 
 @dataclass(frozen=True)
 class Data:
-    """Inputs and labels held in memory (the fast path for small tabular and PDE data)."""
+    """Inputs and labels held in memory (the fast path for small tabular and PDE data).
+
+    ``groups`` (optional) gives each sample the id of the unit it belongs to (e.g. its
+    trajectory), so cross-validation holds out whole units.
+    """
 
     x: Tensor
     y: Tensor
+    groups: Tensor | None = None
 
     def __post_init__(self) -> None:
         check(len(self.x) > 0, "empty data set: nothing to train or evaluate on")
@@ -37,6 +42,7 @@ class Data:
             len(self.x) == len(self.y),
             f"inputs and labels differ in length ({len(self.x)} vs {len(self.y)})",
         )
+        check(self.groups is None or len(self.groups) == len(self.x), "one group id per sample")
         for name, t in (("inputs", self.x), ("labels", self.y)):
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise PacnetError(f"the {name} hold NaN or inf values; clean the data first")
@@ -62,7 +68,7 @@ class Data:
             yield self.x[start : start + batch_size], self.y[start : start + batch_size]
 
     def to(self, device: torch.device | str) -> Data:
-        return Data(self.x.to(device), self.y.to(device))
+        return Data(self.x.to(device), self.y.to(device), self.groups)
 
 
 @dataclass

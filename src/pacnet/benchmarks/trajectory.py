@@ -153,7 +153,8 @@ class TrajectoryBenchmark(Benchmark):
     def _data(self, inputs: Tensor, outputs: Tensor) -> Data:
         x = ((inputs - self.in_mean) / self.in_std).reshape(-1, inputs.shape[-1])
         y = ((outputs - self.out_mean) / self.out_std).reshape(-1, outputs.shape[-1])
-        return Data(x, y)
+        trajectory = torch.arange(inputs.shape[0]).repeat_interleave(inputs.shape[1])
+        return Data(x, y, trajectory)
 
     def source(self) -> Task:
         if self._source is None:

@@ -25,13 +25,31 @@ from pacnet.train import Data
 
 
 def folds_of(data: Data, k: int) -> list[tuple[Data, Data]]:
-    """``k`` (train, validation) splits of ``data``: sample i is held out in fold i mod k."""
-    index = torch.arange(len(data))
+    """``k`` (train, validation) splits of ``data``: unit u is held out in fold u mod k, a
+    unit being a sample, or a whole group (trajectory) when ``data.groups`` is set."""
+    unit = data.groups if data.groups is not None else torch.arange(len(data))
     splits = []
     for fold in range(k):
-        held = index % k == fold
-        splits.append((Data(data.x[~held], data.y[~held]), Data(data.x[held], data.y[held])))
+        held = unit % k == fold
+        groups = data.groups
+        splits.append(
+            (
+                Data(data.x[~held], data.y[~held], None if groups is None else groups[~held]),
+                Data(data.x[held], data.y[held], None if groups is None else groups[held]),
+            )
+        )
     return splits
+
+
+def cv_splits(data: Data, folds: int) -> list[tuple[Data, Data]]:
+    """The cross-validation splits of ``data``: ``folds`` of them, fewer for tiny data."""
+    units = len(torch.unique(data.groups)) if data.groups is not None else len(data)
+    k = min(folds, units)
+    check(
+        k >= 2,
+        f"choosing hyperparameters by cross-validation needs >= 2 target samples, got {units}",
+    )
+    return folds_of(data, k)
 
 
 def cv_score(
@@ -59,19 +77,16 @@ def cross_validate(
     run_one: Callable[[Method, TransferContext], Any],
 ) -> dict[str, Any]:
     """Score every candidate by K-fold CV on ``ctx.target.train``; return the record."""
-    n = len(ctx.target.train)
-    k = min(folds, n)
-    check(
-        k >= 2, f"choosing hyperparameters by cross-validation needs >= 2 target samples, got {n}"
-    )
-    splits = folds_of(ctx.target.train, k)
+    splits = cv_splits(ctx.target.train, folds)
+    k = len(splits)
     tried = []
     for candidate in candidates(method_cls.Params):
         method = method_cls(make(method_cls.Params, {**fixed, **candidate}))
         tried.append({"params": candidate, "val": cv_score(method, ctx, bench, splits, run_one)})
     best = min(range(len(tried)), key=lambda i: tried[i]["val"])
     return {
-        "protocol": f"{k}-fold cross-validation on the target training samples",
+        "protocol": f"{k}-fold cross-validation on the target training samples"
+        + (" (whole trajectories held out)" if ctx.target.train.groups is not None else ""),
         "folds": k,
         "candidates": tried,
         "chosen": tried[best]["params"],

@@ -16,7 +16,7 @@ from pacnet.cache import StateCache
 from pacnet.config import make
 from pacnet.errors import PacnetError, check
 from pacnet.experiments.runner import RunSpec, _seeded_transfer, prepare, using_threads
-from pacnet.experiments.select import cv_score, folds_of
+from pacnet.experiments.select import cv_score, cv_splits
 
 
 def suggest(trial: Any, name: str, kind: str, low: float, high: float) -> Any:
@@ -61,9 +61,7 @@ def tune(
     cache = cache or StateCache()
     with using_threads(spec):
         ctx = prepare(spec, cache)
-        n = len(ctx.target.train)
-        check(min(folds, n) >= 2, f"tuning by cross-validation needs >= 2 target samples, got {n}")
-        splits = folds_of(ctx.target.train, min(folds, n))
+        splits = cv_splits(ctx.target.train, folds)
 
         def objective(trial: Any) -> float:
             values = {k: suggest(trial, k, *bounds) for k, bounds in space.items()}
