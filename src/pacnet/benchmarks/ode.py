@@ -24,9 +24,9 @@ from pacnet.benchmarks.trajectory import (
     TrajectoryBenchmark,
     TrajectoryConfig,
     check_range,
+    check_time_grid,
     uniform,
 )
-from pacnet.errors import check
 from pacnet.solvers import duffing_rhs, rk4
 
 
@@ -58,16 +58,7 @@ class ODEConfig(TrajectoryConfig):
             "v0_range",
         ):
             check_range(name, getattr(self, name))
-        check(self.horizon > 0 and self.dt > 0, "horizon and dt must be > 0")
-        steps = round(self.horizon / self.dt)
-        check(
-            abs(steps * self.dt - self.horizon) < 1e-9 * self.horizon,
-            "horizon must be a whole number of dt steps",
-        )
-        check(
-            self.records >= 1 and steps % self.records == 0,
-            f"records ({self.records}) must divide the {steps} solver steps",
-        )
+        check_time_grid(self.horizon, self.dt, self.records)
 
 
 class ODE(TrajectoryBenchmark):

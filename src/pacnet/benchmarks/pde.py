@@ -25,6 +25,7 @@ from pacnet.benchmarks.trajectory import (
     TrajectoryBenchmark,
     TrajectoryConfig,
     check_range,
+    check_time_grid,
     uniform,
 )
 from pacnet.errors import check
@@ -57,15 +58,7 @@ class PDEConfig(TrajectoryConfig):
             1 <= self.x_stride <= self.grid and self.grid % self.x_stride == 0,
             "x_stride must divide the grid",
         )
-        steps = round(self.horizon / self.dt)
-        check(
-            self.horizon > 0 and self.dt > 0 and abs(steps * self.dt - self.horizon) < 1e-9,
-            "horizon must be a positive whole number of dt steps",
-        )
-        check(
-            self.records >= 1 and steps % self.records == 0,
-            f"records ({self.records}) must divide the {steps} solver steps",
-        )
+        check_time_grid(self.horizon, self.dt, self.records)
 
 
 class PDE(TrajectoryBenchmark):

@@ -69,6 +69,19 @@ def check_range(name: str, bounds: tuple[float, ...], positive: bool = False) ->
     check(not positive or bounds[0] > 0, f"{name} must be positive")
 
 
+def check_time_grid(horizon: float, dt: float, records: int) -> int:
+    """The number of solver steps; fails unless ``horizon`` is a whole number of ``dt`` steps
+    that ``records`` evenly spaced records divide."""
+    check(horizon > 0 and dt > 0, "horizon and dt must be > 0")
+    steps = round(horizon / dt)
+    check(abs(steps * dt - horizon) < 1e-9 * horizon, "horizon must be a whole number of dt steps")
+    check(
+        records >= 1 and steps % records == 0,
+        f"records ({records}) must divide the {steps} solver steps",
+    )
+    return steps
+
+
 def uniform(bounds: tuple[float, float], n: int, gen: torch.Generator) -> Tensor:
     """``n`` float64 draws from U[low, high]."""
     low, high = bounds
