@@ -90,11 +90,6 @@ class Tasks:
     def __repr__(self) -> str:
         return f"Tasks({self.order}, active={self.active!r}, {len(self.names)} per-task tensors)"
 
-    def shared_names(self, model: nn.Module) -> list[str]:
-        """Parameter names that no task owns (masked-shared and frozen-shared)."""
-        owned = set(self.names)
-        return [n for n, _ in model.named_parameters() if n not in owned]
-
     def add(
         self, task: str, init: Mapping[str, Tensor] | None = None, copy_from: str = SOURCE
     ) -> None:
