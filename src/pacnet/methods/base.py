@@ -10,6 +10,7 @@ masked view for PAC-Net, which does not), and parameter counts. Methods never mo
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -56,7 +57,7 @@ class TransferContext:
     def target_fit(self) -> FitConfig:
         return replace(self.benchmark.target_fit(), amp=self.amp)
 
-    @property
+    @functools.cached_property
     def new_head(self) -> dict[str, Tensor] | None:
         """A fresh head for the target (its output differs from the source's), or None when
         the target starts from a copy of the source head."""
