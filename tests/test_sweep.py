@@ -22,6 +22,17 @@ TINY = [
 ]
 
 
+def wait_for_rows(proc: subprocess.Popen, db, rows: int) -> None:
+    """Wait (at most 2 minutes) until the sweep has stored ``rows`` runs or has ended."""
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            with Store(db) as store:
+                if len(store.ids()) >= rows:
+                    return
+        time.sleep(0.2)
+
+
 def test_sigkill_midway_then_rerun_completes_without_loss_or_duplicates(tmp_path):
     db = tmp_path / "runs.sqlite"
     argv = [
@@ -48,15 +59,7 @@ def test_sigkill_midway_then_rerun_completes_without_loss_or_duplicates(tmp_path
     proc = subprocess.Popen(
         argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    deadline = time.time() + 120
-    stored = 0
-    while time.time() < deadline and proc.poll() is None:
-        if db.exists():
-            with Store(db) as store:
-                stored = len(store.ids())
-            if stored >= 3:
-                break
-        time.sleep(0.2)
+    wait_for_rows(proc, db, 3)
     assert proc.poll() is None, "the sweep ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -101,13 +104,7 @@ def test_sigint_stops_cleanly_keeping_what_finished(tmp_path):
         *TINY,
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if db.exists():
-            with Store(db) as store:
-                if len(store.ids()) >= 2:
-                    break
-        time.sleep(0.2)
+    wait_for_rows(proc, db, 2)
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
