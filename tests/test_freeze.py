@@ -9,7 +9,12 @@ OPTIMIZERS = {
     "sgd_momentum_wd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=0.1),
     "adam_wd": lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1),
     "adamw": lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.5),
+    # no weight decay: frozen entries are provably still, so no write-back happens
+    "sgd_nesterov": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
+    "adam_amsgrad": lambda p: torch.optim.Adam(p, lr=0.01, amsgrad=True),
+    "adamw_no_decay": lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.0),
 }
+NO_WRITE_BACK = {"sgd_nesterov", "adam_amsgrad", "adamw_no_decay"}
 
 
 def train(model, optimizer, steps=100, seed=0):
@@ -37,7 +42,8 @@ def test_frozen_entries_are_bit_identical_after_100_steps(name, side):
     trainable = mask if side == "essential" else ~mask
     before = snapshot(model)
     optimizer = OPTIMIZERS[name](model.parameters())
-    with train_only(model, trainable, optimizer, others="frozen"):
+    with train_only(model, trainable, optimizer, others="frozen") as session:
+        assert session.restores == (name not in NO_WRITE_BACK), session.reason
         train(model, optimizer)
     after = snapshot(model)
     for n, m in trainable.items():
@@ -74,9 +80,10 @@ def test_others_trainable_policy_and_gradients_are_masked():
     before = snapshot(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     seen = {}
-    with train_only(model, mask, optimizer, others="trainable"):
+    with train_only(model, mask, optimizer, others="trainable") as session:
         loss = model(torch.randn(4, 5)).sum()
         loss.backward()
+        session.finish_grads()  # what the optimizer (and gradient clipping) will see
         seen = {n: model.get_parameter(n).grad.clone() for n in mask}
         optimizer.step()
     for n, m in mask.items():
@@ -154,3 +161,91 @@ def test_masked_parameter_without_requires_grad_is_accepted():
     with train_only(model, mask, optimizer):
         train(model, optimizer, steps=3)
     assert torch.equal(model[0].weight, before)
+
+
+@pytest.mark.parametrize("start", ["zero", "nonzero"])
+def test_fused_l2_gradient_equals_autograd_of_the_penalty(start):
+    """train_only(l2=λ) adds the gradient of λ·Σ(w − w₀)² over the trainable entries."""
+    model = mlp()
+    mask = prune(model, 0.7)
+    trainable = {**~mask, "4.bias": torch.ones(1, dtype=torch.bool)}
+    if start == "zero":
+        from pacnet import zero_redundant
+
+        zero_redundant(model, mask)
+    start_values = snapshot(model)
+    lam = 0.3
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(8, 5)
+    with train_only(model, trainable, optimizer, others="frozen", l2=lam) as session:
+        assert all((m.start is None) == (start == "zero") for m in session.masked)
+        with torch.no_grad():  # move away from the start so the penalty is not zero
+            for n in trainable:
+                model.get_parameter(n).add_(torch.randn_like(model.get_parameter(n)))
+        params = dict(model.named_parameters())
+        loss = (model(x) - 1).square().mean()
+        penalty = sum(
+            ((params[n] - start_values[n]) * t).square().sum() for n, t in trainable.items()
+        )
+        expected = torch.autograd.grad(
+            loss + lam * penalty, [params[n] for n in trainable], retain_graph=True
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        session.finish_grads()
+        session.finish_grads()  # once per step: a second call adds nothing
+        for (n, t), want in zip(trainable.items(), expected, strict=True):
+            torch.testing.assert_close(params[n].grad, want * t, rtol=1e-5, atol=1e-6)
+            assert torch.count_nonzero(params[n].grad[~t]) == 0
+
+
+def test_write_back_is_chosen_unless_provably_unneeded():
+    model = mlp()
+    mask = prune(model, 0.8)
+    cases = {
+        "adam": (torch.optim.Adam(model.parameters(), lr=0.1), "auto", False),
+        "adam_wd": (torch.optim.Adam(model.parameters(), weight_decay=0.1), "auto", True),
+        "rmsprop": (torch.optim.RMSprop(model.parameters()), "auto", True),
+        "sgd_maximize": (torch.optim.SGD(model.parameters(), lr=0.1, maximize=True), "auto", True),
+        "always": (torch.optim.Adam(model.parameters(), lr=0.1), "always", True),
+    }
+    for label, (optimizer, restore, expected) in cases.items():
+        with train_only(model, mask, optimizer, restore=restore) as session:
+            assert session.restores == expected, label
+    used = torch.optim.Adam(model.parameters(), lr=0.1)
+    train(model, used, steps=1)
+    with train_only(model, mask, used) as session:
+        assert session.restores and "state" in session.reason
+
+
+def test_nonfinite_gradient_at_frozen_entries_leaves_them_exact():
+    model = mlp()
+    mask = prune(model, 0.8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    before = snapshot(model)
+    frozen = ~mask["2.weight"]
+
+    def poison(grad):
+        return grad.masked_fill(frozen, float("inf"))
+
+    with train_only(model, mask, optimizer) as session:
+        assert not session.restores
+        handle = model[2].weight.register_hook(poison)
+        train(model, optimizer, steps=3)
+        handle.remove()
+    assert bits_equal(model[2].weight.detach()[frozen], before["2.weight"][frozen])
+    assert torch.isfinite(model[2].weight).all()
+
+
+def test_weight_decay_switched_on_inside_the_context_is_refused():
+    model = mlp()
+    mask = prune(model, 0.8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    before = snapshot(model)
+    with train_only(model, mask, optimizer):
+        train(model, optimizer, steps=2)
+        optimizer.param_groups[0]["weight_decay"] = 0.1
+        with pytest.raises(PacnetError, match="weight decay"):
+            train(model, optimizer, steps=1)
+    for n, m in mask.items():
+        assert bits_equal(model.get_parameter(n).detach()[~m], before[n][~m])

@@ -5,7 +5,7 @@ from torch import nn
 
 import pacnet
 from pacnet import Data, FitConfig, PacnetError, Tasks, allocate, calibrate, prune
-from pacnet.pac import StartPointL2, parameter_report
+from pacnet.pac import parameter_report
 
 FIT = FitConfig(steps=40, batch_size=16, lr=1e-2)
 
@@ -95,19 +95,6 @@ def test_calibrate_with_a_new_head_of_another_size():
     assert model(source_x).shape == (8, 4)
     with tasks.use(model, "source"):
         assert torch.equal(model(source_x), reference)
-
-
-def test_start_point_penalty_value_on_hand_made_tensors():
-    w = nn.Parameter(torch.tensor([[1.0, -2.0], [3.0, 0.5]]))
-    keep = torch.tensor([[True, False], [False, True]])
-    b = nn.Parameter(torch.tensor([1.0, 1.0]))
-    penalty = StartPointL2({"w": (w, keep)}, {"b": b})
-    assert penalty().item() == pytest.approx(1.0 + 0.25)
-    with torch.no_grad():
-        b += torch.tensor([0.5, -1.0])
-    assert penalty().item() == pytest.approx(1.25 + 0.25 + 1.0)
-    penalty().backward()
-    assert torch.equal(w.grad, torch.tensor([[2.0, 0.0], [0.0, 1.0]]))
 
 
 def test_parameter_report_counts():

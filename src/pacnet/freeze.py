@@ -1,25 +1,32 @@
 """Exact masked training: only the entries a mask marks ``True`` may change.
 
-Zeroing gradients does not freeze a weight: momentum, weight decay (SGD's coupled decay,
-AdamW's decoupled decay) and Adam's ε all move entries whose gradient is zero. So
-:func:`train_only` does two things around the user's own loop:
+Zeroing gradients alone does not freeze a weight in general: momentum, weight decay (SGD's
+coupled decay, AdamW's decoupled decay) and optimizer state from earlier steps move entries
+whose gradient is zero. :func:`train_only` wraps the user's own loop and works in two places:
 
-* after the gradient of a masked parameter is accumulated, the frozen entries of the
-  gradient are zeroed (so gradient clipping, logging and optimizer state only see the
-  trainable entries);
-* after every ``optimizer.step()`` the frozen entries are written back to the values they had
-  on entry, bit for bit: ``w ← w·keep + frozen`` with two batched ``torch._foreach`` calls,
-  where ``keep`` is the mask as 0/1 and ``frozen`` the entry values at frozen places and 0
-  elsewhere. ``w·0 + f`` equals ``f`` exactly for every finite ``f`` except ``-0.0``; the rare
-  parameter holding a frozen ``-0.0`` (or a non-finite frozen value) takes an exact
-  ``torch.where`` path instead.
+* **before every** ``optimizer.step()`` (a step pre-hook, so it sees the final gradients:
+  after DDP's all-reduce and GradScaler's unscaling) the frozen entries of the gradients are
+  zeroed with one batched ``torch._foreach_mul_``; with ``l2 > 0`` the gradient of
+  ``l2·‖w − w₀‖²`` over the trainable entries is added first (``w₀``: the values on entry),
+  fused into the same batched pass instead of an autograd term. Call
+  :meth:`MaskedTraining.finish_grads` yourself to get this earlier (e.g. before gradient
+  clipping, so the norm counts only trainable entries).
+* **after every step**, frozen entries are written back bit for bit, unless that is provably
+  unnecessary. It is unnecessary (``restore="auto"``) when the optimizer is SGD, Adam or
+  AdamW with no weight decay, ``maximize`` off and no earlier state for the masked
+  parameters: with zero gradients from the first step on, their state at frozen entries
+  stays exactly 0 and the update there is ``w + (−0.0) = w`` for every value ``w``. A
+  gradient that is NaN or inf at a frozen entry would break this, so the pre-hook checks
+  the masked gradients' norms and zeroes frozen entries with ``masked_fill_`` when any is
+  not finite. Any other optimizer, or ``restore="always"``, takes the write-back path:
+  ``w ← w·keep + frozen`` with two batched ``torch._foreach`` calls (``keep``: the mask as
+  0/1; ``frozen``: entry values at frozen places, 0 elsewhere). ``w·0 + f`` equals ``f``
+  exactly for every finite ``f`` except ``-0.0``; the rare parameter holding a frozen
+  ``-0.0`` (or a non-finite frozen value) takes an exact ``torch.where`` path instead.
 
 Parameters the mask does not cover follow ``others``: ``"trainable"`` leaves them alone,
 ``"frozen"`` turns off their ``requires_grad`` for the duration (and clears their gradient),
 so no optimizer touches them. Everything is undone on exit.
-
-A frozen entry that holds ``+0.0`` comes back as ``+0.0`` (not ``-0.0``): parameters whose
-frozen entries are all zero get a scalar ``+ 0.0`` after the multiply.
 """
 
 from __future__ import annotations
@@ -31,30 +38,144 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pacnet.errors import check
+from pacnet.errors import PacnetError, check
 from pacnet.mask import Mask
+
+RESTORE_MODES = ("auto", "always")
+_STILL_AT_ZERO_GRAD = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+"""Optimizers whose update leaves an entry exactly unchanged while its gradient and state
+are zero (given no weight decay and ``maximize`` off)."""
 
 
 @dataclass
 class _Masked:
     param: nn.Parameter
     keep: Tensor  # 1 where trainable, 0 where frozen; the parameter's dtype and device
-    frozen: Tensor | None  # frozen values (0 at trainable entries); None when all zero
-    exact: Tensor | None  # bool mask for the exact torch.where path, else None
+    start: Tensor | None  # w₀ for the l2 term, or None where the trainable entries start at 0
 
 
-def _prepare(param: nn.Parameter, trainable: Tensor) -> _Masked:
-    trainable = trainable.to(param.device)
-    keep = trainable.to(param.dtype)
+@dataclass
+class _Frozen:
+    """What the write-back path needs for one parameter."""
+
+    param: nn.Parameter
+    values: Tensor | None  # frozen values (0 at trainable entries); None when all zero
+    exact: Tensor | None  # bool mask (True = trainable) for the torch.where path, else None
+
+
+def _frozen_copy(param: nn.Parameter, keep: Tensor) -> _Frozen:
     values = param.detach()
+    trainable = keep.bool()
     at_frozen = values[~trainable]
     awkward = bool(
         (~torch.isfinite(at_frozen)).any() or ((at_frozen == 0) & at_frozen.signbit()).any()
     )
     if awkward:
-        return _Masked(param, keep, values.clone(), trainable)
+        return _Frozen(param, values.clone(), trainable)
     frozen = values * (1 - keep)
-    return _Masked(param, keep, frozen if bool(frozen.any()) else None, None)
+    return _Frozen(param, frozen if bool(frozen.any()) else None, None)
+
+
+def _why_restore(
+    optimizer: torch.optim.Optimizer, params: list[nn.Parameter], fresh: bool = True
+) -> str | None:
+    """None when ``optimizer`` provably leaves zero-gradient entries of ``params`` unchanged,
+    else the reason it may not (``fresh``: also require no earlier state for them)."""
+    if type(optimizer) not in _STILL_AT_ZERO_GRAD:
+        return f"{type(optimizer).__name__} is not one of SGD, Adam, AdamW"
+    ids = {id(p) for p in params}
+    for group in optimizer.param_groups:
+        if not any(id(p) in ids for p in group["params"]):
+            continue
+        if group.get("weight_decay", 0) != 0:
+            return "weight decay moves zero-gradient entries"
+        if group.get("maximize", False):
+            return "maximize can turn a frozen -0.0 into +0.0"
+    if fresh and any(optimizer.state.get(p) for p in params):
+        return "the optimizer already holds state for masked parameters"
+    return None
+
+
+class MaskedTraining:
+    """The handle :func:`train_only` yields; it applies the mask to gradients and weights."""
+
+    def __init__(
+        self,
+        masked: list[_Masked],
+        optimizer: torch.optim.Optimizer,
+        l2: float,
+        restore: str,
+        whole: list[tuple[nn.Parameter, Tensor]],
+    ):
+        self.masked = masked
+        self.optimizer = optimizer
+        self.l2 = l2
+        self.whole = whole  # (param, w₀) of fully trainable parameters under the l2 term
+        params = [m.param for m in masked]
+        reason = _why_restore(optimizer, params) if restore == "auto" else "restore='always'"
+        self.restores = reason is not None
+        """Whether frozen entries are written back after each step (else provably still)."""
+        self.reason = reason
+        self._frozen = [_frozen_copy(m.param, m.keep) for m in masked] if self.restores else []
+        self._ready = False
+
+    @torch.no_grad()
+    def finish_grads(self) -> None:
+        """Add the l2 gradient and zero the frozen gradient entries now (once per step)."""
+        if self._ready:
+            return
+        self._ready = True
+        live = [m for m in self.masked if m.param.grad is not None]
+        if live:
+            grads = [m.param.grad for m in live]
+            if self.l2:
+                torch._foreach_add_(grads, [m.param for m in live], alpha=2 * self.l2)
+                shifted = [(m.param.grad, m.start) for m in live if m.start is not None]
+                if shifted:
+                    g, s = zip(*shifted, strict=True)
+                    torch._foreach_add_(list(g), list(s), alpha=-2 * self.l2)
+            torch._foreach_mul_(grads, [m.keep for m in live])
+            if not self.restores:
+                norms = torch.stack(torch._foreach_norm(grads))
+                if not bool(torch.isfinite(norms).all()):
+                    for m, ok in zip(live, torch.isfinite(norms).tolist(), strict=True):
+                        if not ok:
+                            m.param.grad.masked_fill_(m.keep == 0, 0)
+        if self.l2:
+            whole = [(p, s) for p, s in self.whole if p.grad is not None]
+            if whole:
+                grads = [p.grad for p, _ in whole]
+                torch._foreach_add_(grads, [p for p, _ in whole], alpha=2 * self.l2)
+                torch._foreach_add_(grads, [s for _, s in whole], alpha=-2 * self.l2)
+
+    def _before_step(self, *_: object) -> None:
+        if not self.restores:
+            still = _why_restore(self.optimizer, [m.param for m in self.masked], fresh=False)
+            if still is not None:
+                raise PacnetError(
+                    f"train_only: the optimizer changed inside the context ({still}); "
+                    "use restore='always' for optimizers whose settings change"
+                )
+        self.finish_grads()
+
+    @torch.no_grad()
+    def _after_step(self, *_: object) -> None:
+        self._ready = False
+        if not self.restores:
+            return
+        fast = [f for f, m in zip(self._frozen, self.masked, strict=True) if f.exact is None]
+        keeps = [m.keep for f, m in zip(self._frozen, self.masked, strict=True) if f.exact is None]
+        if fast:
+            torch._foreach_mul_([f.param for f in fast], keeps)
+        with_values = [f for f in fast if f.values is not None]
+        if with_values:
+            torch._foreach_add_([f.param for f in with_values], [f.values for f in with_values])
+        zero_frozen = [f.param for f in fast if f.values is None]
+        if zero_frozen:  # w·0 may be -0.0; adding +0.0 gives the +0.0 that was there
+            torch._foreach_add_(zero_frozen, 0.0)
+        for f in self._frozen:
+            if f.exact is not None:
+                torch.where(f.exact, f.param, f.values, out=f.param)
 
 
 @contextmanager
@@ -63,7 +184,10 @@ def train_only(
     mask: Mapping[str, Tensor],
     optimizer: torch.optim.Optimizer,
     others: str = "trainable",
-) -> Iterator[None]:
+    *,
+    l2: float = 0.0,
+    restore: str = "auto",
+) -> Iterator[MaskedTraining]:
     """Inside this context only entries where ``mask`` is ``True`` change under ``optimizer``.
 
     Args:
@@ -71,9 +195,20 @@ def train_only(
         mask: parameter name -> bool tensor, ``True`` = may change (a :class:`Mask`, or its
             complement ``~mask`` to train the redundant entries).
         optimizer: any ``torch.optim`` optimizer over (some of) the model's parameters; the
-            exactness holds for SGD (momentum, weight decay), Adam, AdamW and the rest,
-            because frozen entries are restored after each step.
+            exactness holds for SGD (momentum, weight decay), Adam, AdamW and the rest.
         others: policy for parameters not in ``mask``: ``"trainable"`` or ``"frozen"``.
+        l2: strength of ``l2·Σ(w − w₀)²`` over the trainable entries of the parameters in
+            ``mask`` (``w₀``: their values on entry), added as a gradient before each step
+            (it is not part of the loss you see). For PAC-Net's calibration the trainable
+            entries start at 0 and no copy of ``w₀`` is kept.
+        restore: ``"auto"`` writes frozen entries back after each step unless the optimizer
+            provably leaves them unchanged (see the module notes); ``"always"`` always
+            writes them back (use it if your loop edits gradients between
+            :meth:`MaskedTraining.finish_grads` and the step, or changes the optimizer's
+            weight decay inside the context).
+
+    Yields:
+        a :class:`MaskedTraining` handle (``finish_grads()``, ``restores``).
 
     Example:
         >>> with pacnet.train_only(model, ~mask, opt):
@@ -83,61 +218,46 @@ def train_only(
     check(
         others in ("trainable", "frozen"), f"others must be 'trainable' or 'frozen', got {others!r}"
     )
+    check(restore in RESTORE_MODES, f"restore must be 'auto' or 'always', got {restore!r}")
+    check(l2 >= 0, f"l2 must be >= 0, got {l2}")
     if isinstance(mask, Mask):
         mask.check(model)
     else:
         Mask(mask).check(model)
     params = dict(model.named_parameters())
-    masked = []
+    masked: list[_Masked] = []
+    whole: list[tuple[nn.Parameter, Tensor]] = []
     fully_frozen = []
     for name, trainable in mask.items():
+        param = params[name]
         if bool(trainable.all()):
+            if l2 and param.requires_grad:
+                whole.append((param, param.detach().clone()))
             continue
         if not bool(trainable.any()):
-            fully_frozen.append(params[name])
+            fully_frozen.append(param)
             continue
-        masked.append(_prepare(params[name], trainable))
+        keep = trainable.to(param.device, param.dtype)
+        starts_at_zero = not l2 or not bool((param.detach() * keep).any())
+        masked.append(_Masked(param, keep, None if starts_at_zero else param.detach().clone()))
     if others == "frozen":
         fully_frozen += [p for n, p in params.items() if n not in mask]
     fully_frozen = [p for p in fully_frozen if p.requires_grad]
-
-    fast = [m for m in masked if m.exact is None]
-    fast_params = [m.param for m in fast]
-    fast_keep = [m.keep for m in fast]
-    with_values = [m for m in fast if m.frozen is not None]
-    zero_frozen = [m.param for m in fast if m.frozen is None]
-    exact = [m for m in masked if m.exact is not None]
-
-    def restore(*_: object) -> None:
-        with torch.no_grad():
-            if fast_params:
-                torch._foreach_mul_(fast_params, fast_keep)
-            if with_values:
-                torch._foreach_add_([m.param for m in with_values], [m.frozen for m in with_values])
-            if zero_frozen:  # w·0 may be -0.0; adding +0.0 gives the +0.0 that was there
-                torch._foreach_add_(zero_frozen, 0.0)
-            for m in exact:
-                torch.where(m.exact, m.param, m.frozen, out=m.param)
-
-    def mask_grad(keep: Tensor):
-        def hook(param: Tensor) -> None:
-            if param.grad is not None:
-                param.grad.mul_(keep)
-
-        return hook
-
-    handles = []
+    session = MaskedTraining(
+        [m for m in masked if m.param.requires_grad], optimizer, l2, restore, whole
+    )
     for m in masked:
         if m.param.grad is not None:  # a gradient accumulated before entering
             m.param.grad.mul_(m.keep)
-        if m.param.requires_grad:
-            handles.append(m.param.register_post_accumulate_grad_hook(mask_grad(m.keep)))
-    handles.append(optimizer.register_step_post_hook(restore))
+    handles = [
+        optimizer.register_step_pre_hook(session._before_step),
+        optimizer.register_step_post_hook(session._after_step),
+    ]
     for p in fully_frozen:
         p.requires_grad_(False)
         p.grad = None
     try:
-        yield
+        yield session
     finally:
         for h in handles:
             h.remove()

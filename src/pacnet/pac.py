@@ -10,8 +10,11 @@
 Afterwards ``tasks.use(model, "source")`` (or :func:`pacnet.checkpoint.load` with
 ``task="source"``) gives the model exactly as it was after Allocate.
 
-The penalty is a plain sum of squares (no ½, no mean) added to the task loss; its right
-strength depends on how the loss is scaled (see the README on standardised targets).
+The penalty is a plain sum of squares (no ½, no mean) on top of the task loss; its right
+strength depends on how the loss is scaled (see the README on standardised targets). It is
+applied as its gradient ``2λ(w − w_alloc)``, fused into the masked-gradient pass of
+:func:`~pacnet.train_only` (no autograd graph, no copy of the redundant weights' start,
+which is 0), so ``fit``'s reported loss is the task loss alone.
 """
 
 from __future__ import annotations
@@ -64,28 +67,6 @@ def allocate(
     )
 
 
-class StartPointL2(nn.Module):
-    """``Σ ‖w − w₀‖²`` over the trainable entries of the given parameters.
-
-    For a masked weight, ``keep`` marks the trainable entries and their starting point is 0
-    (redundant weights start at zero), so the term is ``‖w ⊙ keep‖²``; frozen entries equal
-    their start and add nothing. Unmasked parameters are compared with a copy of their
-    starting value.
-    """
-
-    def __init__(
-        self, masked: Mapping[str, tuple[nn.Parameter, Tensor]], whole: Mapping[str, nn.Parameter]
-    ):
-        super().__init__()
-        self.masked = [(p, keep.to(p.device, p.dtype)) for p, keep in masked.values()]
-        self.whole = [(p, p.detach().clone()) for p in whole.values()]
-
-    def forward(self) -> Tensor:
-        terms = [(p * keep).square().sum() for p, keep in self.masked]
-        terms += [(p - start).square().sum() for p, start in self.whole]
-        return torch.stack(terms).sum()
-
-
 def calibrate(
     model: nn.Module,
     mask: Mask,
@@ -130,10 +111,7 @@ def calibrate(
     zero_redundant(model, mask)
     params = dict(model.named_parameters())
     trainable = tasks.trainable(model)
-    redundant = ~mask
-    own = {n: params[n] for n in trainable if n not in redundant}
     optimizer = make_optimizer([params[n] for n in trainable], cfg)
-    penalty = StartPointL2({n: (params[n], redundant[n]) for n in redundant}, own)
     result = fit(
         model,
         loss_fn,
@@ -141,10 +119,9 @@ def calibrate(
         cfg,
         optimizer=optimizer,
         val=val,
-        penalties=[(lam, penalty)] if lam else [],
         seed=seed,
         desc="calibrate",
-        wrap=lambda opt: train_only(model, trainable, opt, others="frozen"),
+        wrap=lambda opt: train_only(model, trainable, opt, others="frozen", l2=lam),
     )
     return tasks, result
 

@@ -31,7 +31,7 @@ from torch import nn
 from pacnet.freeze import train_only
 from pacnet.mask import prune
 from pacnet.models import MLP
-from pacnet.pac import StartPointL2, zero_redundant
+from pacnet.pac import zero_redundant
 from pacnet.resnet import resnet18
 from pacnet.tasks import Tasks
 
@@ -57,14 +57,12 @@ def _stepper(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
     loss_fn = nn.functional.mse_loss
     if mode == "plain":
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        penalty = None
         context = nullcontext
     else:
         mask = prune(model, 0.8)
         zero_redundant(model, mask)
         if mode == "allocate":
             opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-            penalty = None
 
             def context():
                 return train_only(model, mask, opt)
@@ -75,19 +73,13 @@ def _stepper(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
             trainable = tasks.trainable(model)
             params = dict(model.named_parameters())
             opt = torch.optim.Adam([params[n] for n in trainable], lr=1e-4)
-            redundant = ~mask
-            own = {n: params[n] for n in trainable if n not in redundant}
-            penalty = StartPointL2({n: (params[n], redundant[n]) for n in redundant}, own)
 
-            def context():
-                return train_only(model, trainable, opt, others="frozen")
+            def context():  # λ = 0.01 as a fused gradient term, as pacnet.calibrate does
+                return train_only(model, trainable, opt, others="frozen", l2=0.01)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        if penalty is not None:
-            loss = loss + 0.01 * penalty()
-        loss.backward()
+        loss_fn(model(x), y).backward()
         opt.step()
 
     return step, context

@@ -177,6 +177,13 @@ def evaluate(model: nn.Module, data: Data, loss_fn: LossFn, batch_size: int = 40
     return total / count
 
 
+def finish_grads(session: Any) -> None:
+    """Let a masking context (e.g. :func:`~pacnet.train_only`) finish this step's gradients
+    before they are clipped, so the clipping norm sees what the optimizer will see."""
+    if hasattr(session, "finish_grads"):
+        session.finish_grads()
+
+
 def fit(
     model: nn.Module,
     loss_fn: LossFn,
@@ -204,7 +211,8 @@ def fit(
         seed: seeds the minibatch order.
         desc: label of the progress bar.
         wrap: ``wrap(optimizer)`` returns a context manager entered around the loop (e.g.
-            ``lambda opt: train_only(model, mask, opt)``).
+            ``lambda opt: train_only(model, mask, opt)``); if what it yields has a
+            ``finish_grads()`` method, that is called before gradient clipping.
     """
     check(
         cfg.patience is None or val is not None, "early stopping (patience) needs a validation set"
@@ -222,7 +230,7 @@ def fit(
     amp_dtype = AMP_DTYPES[cfg.amp]
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
     with (
-        wrap(optimizer) if wrap else nullcontext(),
+        wrap(optimizer) if wrap else nullcontext() as session,
         tqdm(total=cfg.steps, desc=desc, disable=None, leave=False) as bar,
     ):
         for step in range(1, cfg.steps + 1):
@@ -241,12 +249,14 @@ def fit(
             if scaler is None:
                 loss.backward()
                 if cfg.grad_clip is not None:
+                    finish_grads(session)
                     torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
                 optimizer.step()
             else:  # fp16: scaled backward; a step with inf/NaN gradients is skipped
                 scaler.scale(loss).backward()
                 if cfg.grad_clip is not None:
                     scaler.unscale_(optimizer)
+                    finish_grads(session)
                     torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
