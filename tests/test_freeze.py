@@ -13,8 +13,18 @@ OPTIMIZERS = {
     "sgd_nesterov": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
     "adam_amsgrad": lambda p: torch.optim.Adam(p, lr=0.01, amsgrad=True),
     "adamw_no_decay": lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.0),
+    # fused kernels (what pacnet's own loop uses on CPU and CUDA)
+    "adam_fused": lambda p: torch.optim.Adam(p, lr=0.01, fused=True),
+    "sgd_fused_momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, fused=True),
+    "adamw_fused_wd": lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.5, fused=True),
 }
-NO_WRITE_BACK = {"sgd_nesterov", "adam_amsgrad", "adamw_no_decay"}
+NO_WRITE_BACK = {
+    "sgd_nesterov",
+    "adam_amsgrad",
+    "adamw_no_decay",
+    "adam_fused",
+    "sgd_fused_momentum",
+}
 
 
 def train(model, optimizer, steps=100, seed=0):
@@ -179,9 +189,9 @@ def test_fused_l2_gradient_equals_autograd_of_the_penalty(start):
     x = torch.randn(8, 5)
     with train_only(model, trainable, optimizer, others="frozen", l2=lam) as session:
         assert all((m.start is None) == (start == "zero") for m in session.masked)
-        with torch.no_grad():  # move away from the start so the penalty is not zero
-            for n in trainable:
-                model.get_parameter(n).add_(torch.randn_like(model.get_parameter(n)))
+        with torch.no_grad():  # move trainable entries away from the start (penalty ≠ 0)
+            for n, t in trainable.items():
+                model.get_parameter(n).add_(torch.randn_like(model.get_parameter(n)) * t)
         params = dict(model.named_parameters())
         loss = (model(x) - 1).square().mean()
         penalty = sum(
@@ -218,23 +228,34 @@ def test_write_back_is_chosen_unless_provably_unneeded():
         assert session.restores and "state" in session.reason
 
 
-def test_nonfinite_gradient_at_frozen_entries_leaves_them_exact():
+@pytest.mark.parametrize("side", ["essential", "redundant"])
+def test_frozen_entries_moved_by_nonfinite_gradients_are_put_back_on_exit(side):
     model = mlp()
     mask = prune(model, 0.8)
+    if side == "redundant":
+        from pacnet import zero_redundant
+
+        zero_redundant(model, mask)  # frozen entries all +0.0: no copy is kept
+    trainable = mask if side == "redundant" else ~mask
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     before = snapshot(model)
-    frozen = ~mask["2.weight"]
+    frozen = ~trainable["2.weight"]
 
     def poison(grad):
         return grad.masked_fill(frozen, float("inf"))
 
-    with train_only(model, mask, optimizer) as session:
+    with (
+        pytest.warns(RuntimeWarning, match="2.weight"),
+        train_only(model, trainable, optimizer) as session,
+    ):
         assert not session.restores
         handle = model[2].weight.register_hook(poison)
         train(model, optimizer, steps=3)
         handle.remove()
-    assert bits_equal(model[2].weight.detach()[frozen], before["2.weight"][frozen])
-    assert torch.isfinite(model[2].weight).all()
+        assert not torch.isfinite(model[2].weight[frozen]).all()  # moved during training
+    assert "2.weight" in session.rescued  # (the inf spreads to earlier layers too)
+    for n, t in trainable.items():
+        assert bits_equal(model.get_parameter(n).detach()[~t], before[n][~t]), n
 
 
 def test_weight_decay_switched_on_inside_the_context_is_refused():
@@ -249,3 +270,27 @@ def test_weight_decay_switched_on_inside_the_context_is_refused():
             train(model, optimizer, steps=1)
     for n, m in mask.items():
         assert bits_equal(model.get_parameter(n).detach()[~m], before[n][~m])
+
+
+def test_l2_term_follows_the_scale_a_grad_scaler_hands_a_fused_optimizer():
+    """scaler.step(fused) passes scaled gradients with optimizer.grad_scale; l2 must match."""
+    runs = []
+    for unscale_first in (True, False):
+        model = mlp()
+        mask = prune(model, 0.8)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01, fused=True)
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        gen = torch.Generator().manual_seed(0)
+        with train_only(model, ~mask, optimizer, l2=0.5):
+            for _ in range(5):
+                optimizer.zero_grad()
+                loss = ((model(torch.randn(16, 5, generator=gen)) - 1.0) ** 2).mean()
+                scaler.scale(loss).backward()
+                if unscale_first:
+                    scaler.unscale_(optimizer)
+                scaler.step(optimizer)
+                scaler.update()
+        runs.append(snapshot(model))
+    for n in runs[0]:
+        torch.testing.assert_close(runs[0][n], runs[1][n], rtol=1e-5, atol=1e-6)
+    assert not torch.equal(runs[0]["0.weight"], mlp().state_dict()["0.weight"])

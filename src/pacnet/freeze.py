@@ -13,16 +13,21 @@ whose gradient is zero. :func:`train_only` wraps the user's own loop and works i
   clipping, so the norm counts only trainable entries).
 * **after every step**, frozen entries are written back bit for bit, unless that is provably
   unnecessary. It is unnecessary (``restore="auto"``) when the optimizer is SGD, Adam or
-  AdamW with no weight decay, ``maximize`` off and no earlier state for the masked
-  parameters: with zero gradients from the first step on, their state at frozen entries
-  stays exactly 0 and the update there is ``w + (−0.0) = w`` for every value ``w``. A
-  gradient that is NaN or inf at a frozen entry would break this, so the pre-hook checks
-  the masked gradients' norms and zeroes frozen entries with ``masked_fill_`` when any is
-  not finite. Any other optimizer, or ``restore="always"``, takes the write-back path:
-  ``w ← w·keep + frozen`` with two batched ``torch._foreach`` calls (``keep``: the mask as
-  0/1; ``frozen``: entry values at frozen places, 0 elsewhere). ``w·0 + f`` equals ``f``
-  exactly for every finite ``f`` except ``-0.0``; the rare parameter holding a frozen
-  ``-0.0`` (or a non-finite frozen value) takes an exact ``torch.where`` path instead.
+  AdamW (plain, foreach or fused) with no weight decay, ``maximize`` off and no earlier
+  state for the masked parameters: with zero gradients from the first step on, their state
+  at frozen entries stays exactly 0 and the update there is ``w ± 0.0 = w`` for every
+  value ``w``. Only a gradient that is NaN or inf at a frozen entry could break this
+  (``NaN·0`` is NaN), and such a run has diverged anyway; as a safety net a compact copy
+  of the frozen values (none when they are all ``+0.0``, as in Allocate) is checked on
+  exit, and put back with a warning if anything moved them. Any other optimizer, or
+  ``restore="always"``, takes the write-back path: ``w ← w·keep + frozen`` with two
+  batched ``torch._foreach`` calls (``keep``: the mask as 0/1; ``frozen``: entry values at
+  frozen places, 0 elsewhere). ``w·0 + f`` equals ``f`` exactly for every finite ``f``
+  except ``-0.0``; the rare parameter holding a frozen ``-0.0`` (or a non-finite frozen
+  value) takes an exact ``torch.where`` path instead.
+
+The hot path is thus two batched passes over the masked gradients (one without ``l2``) and
+no per-step copy of any weight; see ``pacnet bench`` for what it costs.
 
 Parameters the mask does not cover follow ``others``: ``"trainable"`` leaves them alone,
 ``"frozen"`` turns off their ``requires_grad`` for the duration (and clears their gradient),
@@ -31,6 +36,7 @@ so no optimizer touches them. Everything is undone on exit.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,6 +55,7 @@ are zero (given no weight decay and ``maximize`` off)."""
 
 @dataclass
 class _Masked:
+    name: str
     param: nn.Parameter
     keep: Tensor  # 1 where trainable, 0 where frozen; the parameter's dtype and device
     start: Tensor | None  # w₀ for the l2 term, or None where the trainable entries start at 0
@@ -74,6 +81,19 @@ def _frozen_copy(param: nn.Parameter, keep: Tensor) -> _Frozen:
         return _Frozen(param, values.clone(), trainable)
     frozen = values * (1 - keep)
     return _Frozen(param, frozen if bool(frozen.any()) else None, None)
+
+
+def _bits(t: Tensor) -> Tensor:
+    """The tensor's bit patterns as integers (so -0.0 != +0.0 and NaN == NaN)."""
+    return t.view(
+        {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}[t.element_size()]
+    )
+
+
+def _compact_copy(param: nn.Parameter, keep: Tensor) -> Tensor | None:
+    """The values at frozen entries, 1-D; None when they are all +0.0 (nothing to keep)."""
+    values = param.detach()[keep == 0]
+    return values.clone() if bool(_bits(values).any()) else None
 
 
 def _why_restore(
@@ -116,8 +136,13 @@ class MaskedTraining:
         self.restores = reason is not None
         """Whether frozen entries are written back after each step (else provably still)."""
         self.reason = reason
+        ids = {id(p) for p in params}
+        self._groups = [g for g in optimizer.param_groups if any(id(p) in ids for p in g["params"])]
         self._frozen = [_frozen_copy(m.param, m.keep) for m in masked] if self.restores else []
+        self._net = [] if self.restores else [_compact_copy(m.param, m.keep) for m in masked]
         self._ready = False
+        self.rescued: list[str] = []
+        """Set on exit: parameters whose frozen entries had moved and were put back."""
 
     @torch.no_grad()
     def finish_grads(self) -> None:
@@ -125,37 +150,58 @@ class MaskedTraining:
         if self._ready:
             return
         self._ready = True
+        # A fused optimizer stepped by a GradScaler that did not unscale first sees scaled
+        # gradients (it unscales inside its kernel): scale the l2 term alike.
+        scale = getattr(self.optimizer, "grad_scale", None)
+        alpha = 2 * self.l2 * (float(scale) if scale is not None else 1.0)
         live = [m for m in self.masked if m.param.grad is not None]
         if live:
             grads = [m.param.grad for m in live]
             if self.l2:
-                torch._foreach_add_(grads, [m.param for m in live], alpha=2 * self.l2)
+                torch._foreach_add_(grads, [m.param for m in live], alpha=alpha)
                 shifted = [(m.param.grad, m.start) for m in live if m.start is not None]
                 if shifted:
                     g, s = zip(*shifted, strict=True)
-                    torch._foreach_add_(list(g), list(s), alpha=-2 * self.l2)
+                    torch._foreach_add_(list(g), list(s), alpha=-alpha)
             torch._foreach_mul_(grads, [m.keep for m in live])
-            if not self.restores:
-                norms = torch.stack(torch._foreach_norm(grads))
-                if not bool(torch.isfinite(norms).all()):
-                    for m, ok in zip(live, torch.isfinite(norms).tolist(), strict=True):
-                        if not ok:
-                            m.param.grad.masked_fill_(m.keep == 0, 0)
         if self.l2:
             whole = [(p, s) for p, s in self.whole if p.grad is not None]
             if whole:
                 grads = [p.grad for p, _ in whole]
-                torch._foreach_add_(grads, [p for p, _ in whole], alpha=2 * self.l2)
-                torch._foreach_add_(grads, [s for _, s in whole], alpha=-2 * self.l2)
+                torch._foreach_add_(grads, [p for p, _ in whole], alpha=alpha)
+                torch._foreach_add_(grads, [s for _, s in whole], alpha=-alpha)
+
+    @torch.no_grad()
+    def _check_frozen(self) -> None:
+        """The safety net of the no-write-back path: frozen entries as on entry, or put back."""
+        for m, copy in zip(self.masked, self._net, strict=True):
+            frozen = m.keep == 0
+            now = m.param.detach()[frozen]
+            same = (
+                torch.equal(_bits(now), _bits(copy)) if copy is not None else not _bits(now).any()
+            )
+            if not same:
+                m.param.detach().masked_scatter_(
+                    frozen, copy if copy is not None else torch.zeros_like(now)
+                )
+                self.rescued.append(m.name)
+        if self.rescued:
+            warnings.warn(
+                f"train_only: frozen entries of {', '.join(self.rescued)} moved during "
+                "training (non-finite gradients, or gradients edited before the step?) and "
+                "were put back on exit; use restore='always' for such loops",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _before_step(self, *_: object) -> None:
-        if not self.restores:
-            still = _why_restore(self.optimizer, [m.param for m in self.masked], fresh=False)
-            if still is not None:
-                raise PacnetError(
-                    f"train_only: the optimizer changed inside the context ({still}); "
-                    "use restore='always' for optimizers whose settings change"
-                )
+        if not self.restores and any(
+            g.get("weight_decay", 0) or g.get("maximize", False) for g in self._groups
+        ):
+            raise PacnetError(
+                "train_only: weight decay or maximize was switched on inside the context; "
+                "use restore='always' for optimizers whose settings change"
+            )
         self.finish_grads()
 
     @torch.no_grad()
@@ -239,7 +285,9 @@ def train_only(
             continue
         keep = trainable.to(param.device, param.dtype)
         starts_at_zero = not l2 or not bool((param.detach() * keep).any())
-        masked.append(_Masked(param, keep, None if starts_at_zero else param.detach().clone()))
+        masked.append(
+            _Masked(name, param, keep, None if starts_at_zero else param.detach().clone())
+        )
     if others == "frozen":
         fully_frozen += [p for n, p in params.items() if n not in mask]
     fully_frozen = [p for p in fully_frozen if p.requires_grad]
@@ -261,5 +309,7 @@ def train_only(
     finally:
         for h in handles:
             h.remove()
+        if not session.restores:
+            session._check_frozen()
         for p in fully_frozen:
             p.requires_grad_(True)

@@ -34,6 +34,7 @@ from pacnet.models import MLP
 from pacnet.pac import zero_redundant
 from pacnet.resnet import resnet18
 from pacnet.tasks import Tasks
+from pacnet.train import FitConfig, make_optimizer
 
 MODELS: dict[str, Callable[[], tuple[nn.Module, torch.Tensor, torch.Tensor]]] = {
     "friedman_mlp": lambda: (MLP(10, (128, 128), 1), torch.randn(32, 10), torch.randn(32, 1)),
@@ -50,19 +51,24 @@ MODELS: dict[str, Callable[[], tuple[nn.Module, torch.Tensor, torch.Tensor]]] = 
 }
 
 
+def _adam(params) -> torch.optim.Optimizer:
+    """The optimizer pacnet's own loop builds (fused Adam on CPU/CUDA), for every mode."""
+    return make_optimizer(list(params), FitConfig(lr=1e-4))
+
+
 def _stepper(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
     """(step function, context manager factory) for 'plain', 'allocate' or 'calibrate'."""
     from contextlib import nullcontext
 
     loss_fn = nn.functional.mse_loss
     if mode == "plain":
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        opt = _adam(model.parameters())
         context = nullcontext
     else:
         mask = prune(model, 0.8)
         zero_redundant(model, mask)
         if mode == "allocate":
-            opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+            opt = _adam(model.parameters())
 
             def context():
                 return train_only(model, mask, opt)
@@ -72,7 +78,7 @@ def _stepper(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
             tasks.activate(model, "target")
             trainable = tasks.trainable(model)
             params = dict(model.named_parameters())
-            opt = torch.optim.Adam([params[n] for n in trainable], lr=1e-4)
+            opt = _adam([params[n] for n in trainable])
 
             def context():  # λ = 0.01 as a fused gradient term, as pacnet.calibrate does
                 return train_only(model, trainable, opt, others="frozen", l2=0.01)
