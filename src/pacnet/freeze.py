@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from pacnet.errors import PacnetError, check
-from pacnet.mask import Mask
+from pacnet.mask import Mask, _chunks
 
 RESTORE_MODES = ("auto", "always")
 _STILL_AT_ZERO_GRAD = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
@@ -53,11 +53,20 @@ _STILL_AT_ZERO_GRAD = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 are zero (given no weight decay and ``maximize`` off)."""
 
 
+def _keep_dtype(param: nn.Parameter) -> torch.dtype:
+    """0/1 masks in the cheapest exact dtype for ``grad.mul_(keep)``: on CPU bfloat16 (half
+    the memory of float32 for 0.2 ms more per 10 M entries), elsewhere the parameter's own
+    (one batched ``_foreach_mul_``)."""
+    if param.device.type == "cpu" and param.element_size() > 2:
+        return torch.bfloat16
+    return param.dtype
+
+
 @dataclass
 class _Masked:
     name: str
     param: nn.Parameter
-    keep: Tensor  # 1 where trainable, 0 where frozen; the parameter's dtype and device
+    keep: Tensor  # 1 where trainable, 0 where frozen; on the parameter's device
     start: Tensor | None  # w₀ for the l2 term, or None where the trainable entries start at 0
 
 
@@ -90,10 +99,39 @@ def _bits(t: Tensor) -> Tensor:
     )
 
 
+def _frozen_pieces(param: nn.Parameter, keep: Tensor) -> Iterator[Tensor]:
+    """The values at frozen entries, chunk by chunk (memory bounded by a chunk)."""
+    for values, keeps in zip(_chunks(param), _chunks(keep), strict=True):
+        yield values[keeps == 0]
+
+
 def _compact_copy(param: nn.Parameter, keep: Tensor) -> Tensor | None:
     """The values at frozen entries, 1-D; None when they are all +0.0 (nothing to keep)."""
-    values = param.detach()[keep == 0]
-    return values.clone() if bool(_bits(values).any()) else None
+    count, nonzero = 0, False
+    for piece in _frozen_pieces(param, keep):
+        count += piece.numel()
+        nonzero = nonzero or bool(_bits(piece).any())
+    if not nonzero:
+        return None
+    copy = torch.empty(count, dtype=param.dtype, device=param.device)
+    start = 0
+    for piece in _frozen_pieces(param, keep):
+        copy[start : start + piece.numel()] = piece
+        start += piece.numel()
+    return copy
+
+
+def _unchanged(param: nn.Parameter, keep: Tensor, copy: Tensor | None) -> bool:
+    """Whether the frozen entries hold ``copy`` (or +0.0 everywhere), bit for bit."""
+    start = 0
+    for piece in _frozen_pieces(param, keep):
+        if copy is None:
+            if bool(_bits(piece).any()):
+                return False
+        elif not torch.equal(_bits(piece), _bits(copy[start : start + piece.numel()])):
+            return False
+        start += piece.numel()
+    return True
 
 
 def _why_restore(
@@ -163,7 +201,12 @@ class MaskedTraining:
                 if shifted:
                     g, s = zip(*shifted, strict=True)
                     torch._foreach_add_(list(g), list(s), alpha=-alpha)
-            torch._foreach_mul_(grads, [m.keep for m in live])
+            same = [m for m in live if m.keep.dtype == m.param.dtype]
+            if same:
+                torch._foreach_mul_([m.param.grad for m in same], [m.keep for m in same])
+            for m in live:
+                if m.keep.dtype != m.param.dtype:
+                    m.param.grad.mul_(m.keep)
         if self.l2:
             whole = [(p, s) for p, s in self.whole if p.grad is not None]
             if whole:
@@ -175,15 +218,11 @@ class MaskedTraining:
     def _check_frozen(self) -> None:
         """The safety net of the no-write-back path: frozen entries as on entry, or put back."""
         for m, copy in zip(self.masked, self._net, strict=True):
-            frozen = m.keep == 0
-            now = m.param.detach()[frozen]
-            same = (
-                torch.equal(_bits(now), _bits(copy)) if copy is not None else not _bits(now).any()
-            )
-            if not same:
-                m.param.detach().masked_scatter_(
-                    frozen, copy if copy is not None else torch.zeros_like(now)
-                )
+            if not _unchanged(m.param, m.keep, copy):
+                frozen = m.keep == 0
+                if copy is None:
+                    copy = torch.zeros(int(frozen.sum()), dtype=m.param.dtype, device=frozen.device)
+                m.param.detach().masked_scatter_(frozen, copy)
                 self.rescued.append(m.name)
         if self.rescued:
             warnings.warn(
@@ -283,7 +322,7 @@ def train_only(
         if not bool(trainable.any()):
             fully_frozen.append(param)
             continue
-        keep = trainable.to(param.device, param.dtype)
+        keep = trainable.to(param.device, _keep_dtype(param))
         starts_at_zero = not l2 or not bool((param.detach() * keep).any())
         masked.append(
             _Masked(name, param, keep, None if starts_at_zero else param.detach().clone())

@@ -250,23 +250,34 @@ def _kth_key(tensors: list[Tensor], rank: int, dtype: torch.dtype) -> int:
 
 
 def _select(tensors: list[Tensor], n_redundant: int) -> list[Tensor]:
-    """Essential masks for ``tensors`` with exactly ``n_redundant`` smallest entries pruned."""
+    """Essential masks for ``tensors`` with exactly ``n_redundant`` smallest entries pruned.
+
+    Works chunk by chunk: besides the bool masks it returns, memory stays within a chunk.
+    """
     dtype = tensors[0].dtype
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
     if n_redundant == 0:
         return [torch.ones_like(t, dtype=torch.bool) for t in tensors]
     threshold = _kth_key(tensors, n_redundant, dtype)
-    below = [(_keys(t.reshape(-1), dtype) < threshold) for t in tensors]
-    ties_needed = n_redundant - sum(int(b.sum()) for b in below)
     out = []
-    for t, redundant in zip(tensors, below, strict=True):
-        if ties_needed > 0:
-            ties = (_keys(t.reshape(-1), dtype) == threshold).nonzero().flatten()[:ties_needed]
-            redundant[ties] = True
+    below = 0
+    for t in tensors:
+        essential = torch.empty(t.numel(), dtype=torch.bool, device=t.device)
+        for start, chunk in zip(range(0, t.numel(), _CHUNK), _chunks(t), strict=True):
+            part = essential[start : start + chunk.numel()]
+            torch.ge(_keys(chunk, dtype), threshold, out=part)
+            below += part.numel() - int(part.sum())
+        out.append(essential)
+    ties_needed = n_redundant - below  # entries equal to the threshold, earliest first
+    for t, essential in zip(tensors, out, strict=True):
+        for start, chunk in zip(range(0, t.numel(), _CHUNK), _chunks(t), strict=True):
+            if ties_needed <= 0:
+                break
+            ties = (_keys(chunk, dtype) == threshold).nonzero().flatten()[:ties_needed]
+            essential[start + ties] = False
             ties_needed -= ties.numel()
-        out.append((~redundant).reshape(t.shape))
-    return out
+    return [essential.reshape(t.shape) for t, essential in zip(tensors, out, strict=True)]
 
 
 def prune(
@@ -300,7 +311,8 @@ def prune(
             t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64),
             f"parameter {name!r} has dtype {t.dtype}; pruning ranks float16/bfloat16/32/64 weights",
         )
-        check(bool(torch.isfinite(t).all()), f"parameter {name!r} holds NaN or inf; cannot rank it")
+        finite = all(bool(torch.isfinite(chunk).all()) for chunk in _chunks(t))
+        check(finite, f"parameter {name!r} holds NaN or inf; cannot rank it")
     if scope == "global":
         total = sum(t.numel() for t in tensors)
         masks = _select(tensors, round(ratio * total))
