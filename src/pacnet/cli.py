@@ -195,6 +195,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     bch = sub.add_parser("bench", help="time and memory of masked vs plain training, and more")
     bch.add_argument("--quick", action="store_true", help="fewer repeats, skip 100M weights")
     bch.add_argument("--json", action="store_true", help="print the full JSON report")
+    bch.add_argument(
+        "--profile",
+        metavar="MODEL",
+        help="instead: where a step's time goes (torch.profiler), plain/allocate/calibrate; "
+        "MODEL is friedman_mlp, wide_mlp or resnet18",
+    )
     bch.add_argument("--debug", action="store_true", help="show tracebacks")
 
     ins = sub.add_parser("inspect", help="what a pacnet checkpoint holds (checksum verified)")
@@ -415,8 +421,16 @@ def _cmd_tune(args: argparse.Namespace) -> None:
 def _cmd_bench(args: argparse.Namespace) -> None:
     import json
 
-    from pacnet.perf import run_all, summary
+    from pacnet.perf import MODELS, profile_steps, profile_summary, run_all, summary
 
+    if args.profile is not None:
+        check(
+            args.profile in MODELS,
+            f"unknown model {args.profile!r}; choose one of {', '.join(MODELS)}",
+        )
+        report = profile_steps(args.profile, steps=3 if args.quick else 10)
+        print(json.dumps(report, indent=2) if args.json else profile_summary(report))
+        return
     report = run_all(quick=args.quick)
     print(json.dumps(report, indent=2) if args.json else summary(report))
 

@@ -29,7 +29,7 @@ from pacnet.errors import PacnetError, check, check_ratio
 PrunableRule = Iterable[str] | Callable[[str, nn.Parameter], bool] | None
 
 _PRUNABLE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CHUNK = 1 << 20
+_CHUNK = 1 << 18
 _KEY_DTYPES = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 _MASK_FORMAT = "pacnet.mask"
 
@@ -238,7 +238,9 @@ def _kth_key(tensors: list[Tensor], rank: int, dtype: torch.dtype) -> int:
         hist = torch.zeros(1 << 16, dtype=torch.int64, device=tensors[0].device)
         for t in tensors:
             for chunk in _chunks(t):
-                keys = _keys(chunk, dtype).long()
+                keys = _keys(chunk, dtype)  # int32 (int64 for float64): non-negative
+                if keys.dtype == torch.int16:
+                    keys = keys.int()
                 if i:
                     keys = keys[(keys >> (shift + 16)) == prefix]
                 hist += torch.bincount((keys >> shift) & 0xFFFF, minlength=1 << 16).to(hist.device)

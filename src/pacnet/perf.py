@@ -124,6 +124,38 @@ def step_times(name: str, repeats: int, steps: int) -> dict[str, Any]:
     }
 
 
+def profile_steps(name: str, steps: int = 10, top: int = 8) -> dict[str, Any]:
+    """Self CPU time per operator and step (ms) of plain / allocate / calibrate steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out: dict[str, Any] = {"model": name, "steps": steps, "modes": {}}
+    for mode in ("plain", "allocate", "calibrate"):
+        torch.manual_seed(0)
+        model, x, y = MODELS[name]()
+        step, context = _stepper(mode, model, x, y)
+        with context():
+            for _ in range(3):
+                step()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(steps):
+                    step()
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in events) / 1e3 / steps
+        out["modes"][mode] = {
+            "ms_per_step": total,
+            "top": {e.key: e.self_cpu_time_total / 1e3 / steps for e in events[:top]},
+        }
+    return out
+
+
+def profile_summary(report: dict[str, Any]) -> str:
+    lines = [f"where a step's time goes ({report['model']}, self CPU ms per step)"]
+    for mode, r in report["modes"].items():
+        lines.append(f"{mode}: {r['ms_per_step']:.3f} ms")
+        lines += [f"  {ms:8.3f}  {op}" for op, ms in r["top"].items()]
+    return "\n".join(lines)
+
+
 def _child_rss(args: list[str]) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "pacnet.perf", *args], capture_output=True, text=True, check=True
