@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -89,6 +90,31 @@ def test_pack_roundtrip_and_one_bit_per_weight_on_disk(tmp_path):
     assert Mask.load(path) == mask
     header_allowance = 1024
     assert path.stat().st_size <= mask.total / 8 + header_allowance
+    packed_bits = 8 * sum(t.numel() for t in mask.pack()[0].values())
+    assert 8 * path.stat().st_size < 0.9 * packed_bits + 8 * header_allowance  # compressed
+
+
+def test_uncompressed_version_1_mask_files_still_load(tmp_path):
+    from pacnet.io import write_safetensors
+
+    mask = prune(mlp(), 0.8)
+    packed, shapes = mask.pack()
+    path = tmp_path / "old.safetensors"
+    meta = {"format": "pacnet.mask", "version": "1", "shapes": json.dumps(shapes)}
+    write_safetensors(path, packed, meta)
+    assert Mask.load(path) == mask
+
+
+def test_corrupt_compressed_mask_is_a_clear_error(tmp_path):
+    from pacnet.io import read_safetensors, write_safetensors
+
+    mask = prune(mlp(), 0.8)
+    path = tmp_path / "mask.safetensors"
+    mask.save(path)
+    tensors, meta = read_safetensors(path)
+    write_safetensors(path, {n: t[: max(1, t.numel() // 2)] for n, t in tensors.items()}, meta)
+    with pytest.raises(PacnetError, match="corrupt"):
+        Mask.load(path)
 
 
 @pytest.mark.parametrize("ratio", [0.0, 1.0, -0.2, 1.5, float("nan"), "x"])
