@@ -185,21 +185,16 @@ class MaskedTraining:
         scale = getattr(self.optimizer, "grad_scale", None)
         alpha = 2 * self.l2 * (float(scale) if scale is not None else 1.0)
         live = [m for m in self.masked if m.param.grad is not None]
+        if self.l2:  # one batched add over every parameter under the term, one for starts
+            pairs = [(m.param, m.start) for m in live]
+            pairs += [(p, s) for p, s in self.whole if p.grad is not None]
+            if pairs:
+                torch._foreach_add_([p.grad for p, _ in pairs], [p for p, _ in pairs], alpha=alpha)
+            shifted = [(p.grad, s) for p, s in pairs if s is not None]
+            if shifted:
+                torch._foreach_add_([g for g, _ in shifted], [s for _, s in shifted], alpha=-alpha)
         if live:
-            grads = [m.param.grad for m in live]
-            if self.l2:
-                torch._foreach_add_(grads, [m.param for m in live], alpha=alpha)
-                shifted = [(m.param.grad, m.start) for m in live if m.start is not None]
-                if shifted:
-                    g, s = zip(*shifted, strict=True)
-                    torch._foreach_add_(list(g), list(s), alpha=-alpha)
-            torch._foreach_mul_(grads, [m.keep for m in live])
-        if self.l2:
-            whole = [(p, s) for p, s in self.whole if p.grad is not None]
-            if whole:
-                grads = [p.grad for p, _ in whole]
-                torch._foreach_add_(grads, [p for p, _ in whole], alpha=alpha)
-                torch._foreach_add_(grads, [s for _, s in whole], alpha=-alpha)
+            torch._foreach_mul_([m.param.grad for m in live], [m.keep for m in live])
 
     @torch.no_grad()
     def _check_frozen(self) -> None:
