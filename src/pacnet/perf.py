@@ -105,8 +105,10 @@ def step_times(name: str, repeats: int, steps: int) -> dict[str, Any]:
             step()
         runs[mode], contexts[mode] = step, ctx
     times: dict[str, list[float]] = {m: [] for m in runs}
-    for _ in range(repeats):
-        for mode, step in runs.items():
+    order = list(runs)
+    for r in range(repeats):  # rotate the order so no mode always runs first
+        for mode in order[r % 3 :] + order[: r % 3]:
+            step = runs[mode]
             start = time.perf_counter()
             for _ in range(steps):
                 step()
@@ -115,12 +117,20 @@ def step_times(name: str, repeats: int, steps: int) -> dict[str, Any]:
         ctx.__exit__(None, None, None)
     med = {m: statistics.median(t) for m, t in times.items()}
     n_params = sum(p.numel() for p in MODELS[name]()[0].parameters())
+
+    def paired(mode: str) -> list[float]:  # ratios within one repeat: drifts cancel
+        return sorted(a / b for a, b in zip(times[mode], times["plain"], strict=True))
+
     return {
         "parameters": n_params,
         "seconds_per_step": med,
         "spread": {m: [min(t), max(t)] for m, t in times.items()},
-        "calibrate_over_plain": med["calibrate"] / med["plain"],
-        "allocate_over_plain": med["allocate"] / med["plain"],
+        "calibrate_over_plain": statistics.median(paired("calibrate")),
+        "allocate_over_plain": statistics.median(paired("allocate")),
+        "ratio_quartiles": {
+            m: [statistics.quantiles(paired(m), n=4)[i] for i in (0, 2)]
+            for m in ("allocate", "calibrate")
+        },
     }
 
 
@@ -232,7 +242,7 @@ def throughput() -> dict[str, Any]:
 
 
 def run_all(quick: bool = False) -> dict[str, Any]:
-    repeats, steps = (3, 3) if quick else (7, 10)
+    repeats, steps = (5, 3) if quick else (15, 10)
     report: dict[str, Any] = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -253,11 +263,16 @@ def run_all(quick: bool = False) -> dict[str, Any]:
 
 
 def summary(report: dict[str, Any]) -> str:
-    lines = ["model          params  plain s/step  allocate/plain  calibrate/plain"]
+    lines = [
+        "step time, median of paired ratios [quartiles]",
+        "model          params  plain s/step  allocate/plain         calibrate/plain",
+    ]
     for name, r in report["steps"].items():
+        q = r["ratio_quartiles"]
         lines.append(
             f"{name:<13} {r['parameters'] / 1e6:6.1f}M  {r['seconds_per_step']['plain']:12.4f}"
-            f"  {r['allocate_over_plain']:14.3f}  {r['calibrate_over_plain']:15.3f}"
+            f"  {r['allocate_over_plain']:.3f} [{q['allocate'][0]:.3f}-{q['allocate'][1]:.3f}]"
+            f"  {r['calibrate_over_plain']:.3f} [{q['calibrate'][0]:.3f}-{q['calibrate'][1]:.3f}]"
         )
     for name, r in report["memory"].items():
         lines.append(
