@@ -115,7 +115,7 @@ def test_negative_lambda_and_second_target_are_rejected():
     with pytest.raises(PacnetError, match="lam"):
         calibrate(model, mask, mlp_data(1), nn.functional.mse_loss, FIT, lam=-1)
     tasks, _ = calibrate(model, mask, mlp_data(1), nn.functional.mse_loss, FitConfig(steps=1))
-    with pytest.raises(PacnetError, match="already have a target"):
+    with pytest.raises(PacnetError, match="no free weights"):
         calibrate(model, mask, mlp_data(1), nn.functional.mse_loss, FIT, tasks=tasks, task="t2")
     with pytest.raises(PacnetError, match="already exists"):
         tasks.add("target")

@@ -4,6 +4,9 @@ Layout of the tensors:
 
 * ``shared/<name>`` — every parameter and buffer no task owns, as trained (full weights);
 * ``mask/<name>`` — the essential mask, bit-packed (8 entries a byte);
+* ``owner/<bit>/<name>`` — with several targets only: the owning task's index of every
+  masked entry as ``ceil(log2(tasks + 1))`` bit planes, each bit-packed (free entries
+  take the code ``len(tasks)``);
 * ``task/<task>/<name>`` — each task's own tensors (head, biases, norms, BN statistics).
 
 The metadata (JSON strings) holds the format name and version, the pacnet version, the task
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,10 +30,12 @@ from torch import Tensor, nn
 from pacnet.errors import PacnetError, check
 from pacnet.io import read_safetensors, write_safetensors
 from pacnet.mask import Mask
-from pacnet.tasks import Tasks, _slot
+from pacnet.tasks import FREE, Tasks, _slot
 
 FORMAT = "pacnet.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: adds the ownership map of networks with several targets (``owner/<bit>/<name>``);
+version-1 files (one target) read as before."""
 
 
 def tensor_digest(tensors: Mapping[str, Tensor]) -> str:
@@ -69,6 +75,8 @@ def save(
             tensors[f"shared/{n}"] = t
     packed, shapes = tasks.mask.pack()
     tensors.update({f"mask/{n}": t for n, t in packed.items()})
+    if tasks.owner is not None:
+        tensors.update(_owner_planes(tasks))
     for task in tasks.order:
         tensors.update({f"task/{task}/{n}": t for n, t in tasks.tensors[task].items()})
     from pacnet import __version__
@@ -85,6 +93,40 @@ def save(
         "sha256": tensor_digest(tensors),
     }
     write_safetensors(path, tensors, meta)
+
+
+def _owner_planes(tasks: Tasks) -> dict[str, Tensor]:
+    free_code = len(tasks.order)
+    planes = max(1, math.ceil(math.log2(free_code + 1)))
+    codes = {n: torch.where(o == FREE, free_code, o.int()).cpu() for n, o in tasks.owners().items()}
+    out = {}
+    for bit in range(planes):
+        packed, _ = Mask({n: (c >> bit) & 1 == 1 for n, c in codes.items()}).pack()
+        out.update({f"owner/{bit}/{n}": t for n, t in packed.items()})
+    return out
+
+
+def _read_owner(
+    tensors: Mapping[str, Tensor], meta: Mapping[str, Any], device: torch.device
+) -> dict[str, Tensor] | None:
+    """The ownership map stored by :func:`_owner_planes`, or None (one target)."""
+    bits = sorted({int(k.split("/")[1]) for k in tensors if k.startswith("owner/")})
+    if not bits:
+        return None
+    free_code = len(meta["tasks"])
+    codes: dict[str, Tensor] = {}
+    for bit in bits:
+        prefix = f"owner/{bit}/"
+        plane = Mask.unpack(
+            {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)},
+            meta["mask_shapes"],
+        )
+        for n, m in plane.items():
+            codes[n] = codes.get(n, torch.zeros(m.shape, dtype=torch.int32)) | (m.int() << bit)
+    check(all(int(c.max()) <= free_code for c in codes.values()), "ownership map names no task")
+    return {
+        n: torch.where(c == free_code, FREE, c).to(torch.uint8).to(device) for n, c in codes.items()
+    }
 
 
 def _read(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -143,7 +185,12 @@ def load_tasks(path: str | Path, model: nn.Module) -> Tasks:
         for name, value in shared.items():
             state[name].copy_(value)
     mask = Mask.unpack(packed, meta["mask_shapes"])
-    tasks = Tasks(model, mask.to(next(model.parameters()).device), names)
+    device = next(model.parameters()).device
+    tasks = Tasks(model, mask.to(device), names)
+    try:
+        tasks.owner = _read_owner(tensors, meta, device)
+    except PacnetError as exc:
+        raise PacnetError(f"{path}: {exc}") from None
     for task in meta["tasks"]:
         own = {n: tensors.get(f"task/{task}/{n}") for n in names}
         absent = [n for n, v in own.items() if v is None]
@@ -178,6 +225,14 @@ def inspect(path: str | Path) -> dict[str, Any]:
     tensors, meta = _read(path)
     packed = {k.removeprefix("mask/"): v for k, v in tensors.items() if k.startswith("mask/")}
     mask = Mask.unpack(packed, meta["mask_shapes"])
+    owner = _read_owner(tensors, meta, torch.device("cpu"))
+    if owner is None:
+        owned = {"source": mask.essential}
+        owned.update({t: mask.redundant for t in meta["tasks"][1:2]})
+    else:
+        owned = {
+            t: sum(int((o == k).sum()) for o in owner.values()) for k, t in enumerate(meta["tasks"])
+        }
     shared = sum(v.numel() for k, v in tensors.items() if k.startswith("shared/"))
     per_task = {
         task: sum(v.numel() for k, v in tensors.items() if k.startswith(f"task/{task}/"))
@@ -188,6 +243,7 @@ def inspect(path: str | Path) -> dict[str, Any]:
         "essential": mask.essential,
         "redundant": mask.redundant,
         "density": mask.density,
+        "owned": owned,
         "shared_values": shared,
         "per_task_values": per_task,
         "per_task_names": meta["per_task_names"],

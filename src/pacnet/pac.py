@@ -31,12 +31,9 @@ from pacnet.tasks import Tasks
 from pacnet.train import Data, FitConfig, FitResult, LossFn, fit, make_optimizer
 
 
-@torch.no_grad()
 def zero_redundant(model: nn.Module, mask: Mask) -> None:
     """Set every redundant (``False``) entry of the masked weights to +0.0."""
-    params = dict(model.named_parameters())
-    for name, essential in mask.items():
-        params[name].masked_fill_(~essential.to(params[name].device), 0)
+    zero_entries(model, ~mask)
 
 
 def allocate(
@@ -80,13 +77,20 @@ def calibrate(
     init: Mapping[str, Tensor] | None = None,
     val: Data | None = None,
     seed: int = 0,
+    reserve: float = 0.0,
+    retrain: FitConfig | None = None,
 ) -> tuple[Tasks, FitResult]:
-    """Train the redundant weights (from 0) and the target's own tensors on the target task.
+    """Train the free masked entries (from 0) and the new task's own tensors on its data.
+
+    For the first target the free entries are the redundant weights. To serve several
+    targets from one network, give ``reserve > 0``: after training, the task keeps the
+    largest-magnitude ``1 − reserve`` of its entries, gives the rest back as free (+0.0)
+    and retrains on what it kept (PackNet's prune-and-retrain, no penalty), so the next
+    ``calibrate(..., tasks=tasks)`` call trains those. Every earlier task stays bit-exact.
 
     Args:
-        model: the network after :func:`allocate`; its current per-task tensors are the
-            source's (unless ``tasks`` says otherwise).
-        mask: essential entries (``True``), frozen here.
+        model: the network after :func:`allocate` (and earlier calibrations, with ``tasks``).
+        mask: essential entries (``True``) of the source; never trained here.
         train, loss_fn, cfg, val, seed: as in :func:`pacnet.train.fit`.
         lam: strength λ of ``λ‖w − w_alloc‖²`` on the trainable entries (paper: 0.01).
         tasks: an existing :class:`Tasks` (default: a new one with the model's current
@@ -94,25 +98,56 @@ def calibrate(
         task: the new task's name.
         init: fresh values for per-task tensors whose shape differs from the source's
             (e.g. a head with another output size); the rest start as copies.
+        reserve: fraction of the task's trained entries given back for later targets,
+            in [0, 1) (equal shares for T targets: ``1 − 1/(targets left)``).
+        retrain: budget of the retraining after a release (default: ``cfg``).
 
     Returns:
         ``(tasks, fit_result)``; the model is left active as ``task``.
     """
     check(lam >= 0, f"lam (λ) must be >= 0, got {lam}")
+    check(0 <= reserve < 1, f"reserve must lie in [0, 1), got {reserve}")
     mask.check(model)
     tasks = tasks if tasks is not None else Tasks(model, mask)
-    check(
-        tasks.order == ["source"],
-        f"these tasks already have a target ({', '.join(tasks.order[1:])}); a second target would "
-        "retrain its redundant weights: calibrate a copy of the allocated model instead",
-    )
+    check(tasks.mask == mask, "mask differs from the one these tasks were built with")
     tasks.add(task, init)
     tasks.activate(model, task)
-    zero_redundant(model, mask)
+    zero_entries(model, tasks.owned(task))
+    result = _train_newest(model, tasks, train, loss_fn, cfg, lam, val, seed, "calibrate")
+    if reserve:
+        tasks.release(model, task, reserve)
+        retrained = _train_newest(
+            model, tasks, train, loss_fn, retrain or cfg, 0.0, val, seed, "retrain"
+        )
+        result.steps += retrained.steps
+        result.final_loss = retrained.final_loss
+    return tasks, result
+
+
+@torch.no_grad()
+def zero_entries(model: nn.Module, entries: Mapping[str, Tensor]) -> None:
+    """Set the ``True`` entries of the named weights to +0.0."""
+    params = dict(model.named_parameters())
+    for name, where in entries.items():
+        params[name].masked_fill_(where.to(params[name].device), 0)
+
+
+def _train_newest(
+    model: nn.Module,
+    tasks: Tasks,
+    train: Data,
+    loss_fn: LossFn,
+    cfg: FitConfig,
+    lam: float,
+    val: Data | None,
+    seed: int,
+    desc: str,
+) -> FitResult:
+    """Train what the newest task owns (masked entries and own tensors), nothing else."""
     params = dict(model.named_parameters())
     trainable = tasks.trainable(model)
     optimizer = make_optimizer([params[n] for n in trainable], cfg)
-    result = fit(
+    return fit(
         model,
         loss_fn,
         train,
@@ -120,10 +155,9 @@ def calibrate(
         optimizer=optimizer,
         val=val,
         seed=seed,
-        desc="calibrate",
+        desc=desc,
         wrap=lambda opt: train_only(model, trainable, opt, others="frozen", l2=lam),
     )
-    return tasks, result
 
 
 def parameter_report(model: nn.Module, tasks: Tasks) -> dict[str, int]:

@@ -4,6 +4,11 @@ Every parameter and buffer of a PAC-Net model has one of three roles:
 
 * **masked-shared** — prunable weights, covered by the :class:`~pacnet.mask.Mask`. The source
   task sees only its essential entries (redundant entries read as 0); a target sees all.
+  With several targets every entry has an *owner* (PackNet-style): the index of the task
+  in :attr:`Tasks.order` that trained it (0 = source, 1 = first target, …, :data:`FREE` =
+  none yet). A task sees the entries of its own and of earlier tasks; later tasks' entries
+  read as 0 for it. The map is a ``uint8`` tensor per weight, created only when a target
+  gives entries back (:meth:`Tasks.release`); until then it is implied by the mask.
 * **per-task** — tensors each task owns outright: by default the head (output layer), every
   bias, and the affine parameters and running statistics of normalisation layers. A new task
   gets its own copies (or fresh tensors, e.g. a head with a different output size), so
@@ -28,6 +33,8 @@ from pacnet.mask import Mask, find_head
 
 NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 SOURCE = "source"
+FREE = 255
+"""Owner code of a masked-shared entry that no task owns (yet): it reads as +0.0."""
 
 
 def per_task_names(
@@ -86,6 +93,9 @@ class Tasks:
             self.tensors[SOURCE][name] = table[leaf]
         self.active = SOURCE
         self.hiding: str | None = None  # the task whose hidden entries are zeroed right now
+        self.owner: dict[str, Tensor] | None = None
+        """Owner index per masked entry (``uint8``), or None while the mask implies it:
+        essential entries the source's, the rest the first target's (FREE before one)."""
 
     def __repr__(self) -> str:
         return f"Tasks({self.order}, active={self.active!r}, {len(self.names)} per-task tensors)"
@@ -96,6 +106,15 @@ class Tasks:
         """Create ``task``'s per-task tensors: copies of ``copy_from``'s, or ``init[name]``."""
         check(task not in self.tensors, f"task {task!r} already exists")
         check(copy_from in self.tensors, f"unknown task {copy_from!r}")
+        check(len(self.order) < FREE, f"at most {FREE - 1} targets fit in one network")
+        if len(self.order) > 1:
+            check(
+                self.owner is not None
+                and any(bool((o == FREE).any()) for o in self.owner.values()),
+                f"no free weights left for task {task!r}: task {self.order[-1]!r} owns all the "
+                "redundant weights; let it give some back first (calibrate(..., reserve=f) or "
+                "tasks.release(...))",
+            )
         init = dict(init or {})
         unknown = [n for n in init if n not in self.names]
         check(not unknown, f"{unknown[:1]} is not a per-task tensor name")
@@ -108,6 +127,10 @@ class Tasks:
                 fresh[name] = value
         self.tensors[task] = fresh
         self.order.append(task)
+        if self.owner is not None:  # the new task owns what is free
+            index = len(self.order) - 1
+            for o in self.owner.values():
+                o.masked_fill_(o == FREE, index)
 
     def activate(self, model: nn.Module, task: str, record: bool = True) -> None:
         """Put ``task``'s per-task tensors into the model (shared weights are not changed).
@@ -146,23 +169,88 @@ class Tasks:
                     value.data = convert(value.data)
                 else:
                     tensors[name] = convert(value)
+        if device is not None:
+            self.mask = self.mask.to(device)
+            if self.owner is not None:
+                self.owner = {n: o.to(device) for n, o in self.owner.items()}
         return self
+
+    def owners(self) -> dict[str, Tensor]:
+        """The ownership map (task index per masked entry; :data:`FREE` for none), as uint8
+        tensors; built from the mask while it is implied (see :attr:`owner`)."""
+        if self.owner is not None:
+            return self.owner
+        rest = 1 if len(self.order) > 1 else FREE
+        return {n: torch.where(m, 0, rest).to(torch.uint8) for n, m in self.mask.items()}
+
+    def owned(self, task: str) -> Mask:
+        """The masked-shared entries ``task`` owns (``True``)."""
+        index = self.index(task)
+        if self.owner is None:
+            return self.mask if index == 0 else ~self.mask
+        return Mask({n: o == index for n, o in self.owner.items()})
+
+    def index(self, task: str) -> int:
+        """``task``'s position in :attr:`order` (0 = source)."""
+        check(task in self.tensors, f"unknown task {task!r}; known: {', '.join(self.order)}")
+        return self.order.index(task)
 
     def trainable(self, model: nn.Module) -> dict[str, Tensor]:
         """What the active (non-source) task trains, for :func:`~pacnet.train_only`:
-        the redundant entries of the masked weights and all of its own parameters."""
+        the masked entries it owns and all of its own parameters. Only the newest task may
+        train: later tasks read the entries of earlier ones."""
         check(self.active != SOURCE, "the source task's weights are fixed; activate a target")
+        later = self.order[self.index(self.active) + 1 :]
+        check(
+            not later,
+            f"task {self.active!r} is final: {', '.join(later)} build on its weights; only the "
+            "newest task can train",
+        )
         params = dict(model.named_parameters())
         own = {
             n: torch.ones_like(params[n], dtype=torch.bool)
             for n in self.names
             if n in params and params[n].requires_grad
         }
-        return {**~self.mask, **own}
+        return {**self.owned(self.active), **own}
 
     def hidden(self, task: str) -> Mask | None:
-        """Masked-shared entries ``task`` must not see (``True`` = hidden), or None."""
-        return ~self.mask if task == SOURCE else None
+        """Masked-shared entries ``task`` must not see (``True`` = hidden), or None: the
+        entries of later tasks and free ones."""
+        index = self.index(task)
+        if self.owner is None:
+            return ~self.mask if index == 0 else None
+        hidden = Mask({n: o > index for n, o in self.owner.items()})
+        return hidden if hidden.redundant < hidden.total else None
+
+    @torch.no_grad()
+    def release(self, model: nn.Module, task: str, fraction: float) -> int:
+        """Give back the smallest-magnitude ``fraction`` of ``task``'s masked entries: they
+        become free (+0.0) for the next task. ``task`` must be the newest; retrain it on what
+        it keeps afterwards. Returns the number of entries released."""
+        from pacnet.mask import _select
+
+        check(0 <= fraction < 1, f"fraction must lie in [0, 1), got {fraction}")
+        check(task != SOURCE, "the source's essential weights cannot be released")
+        check(task == self.order[-1], f"only the newest task ({self.order[-1]!r}) can release")
+        params = dict(model.named_parameters())
+        if self.owner is None:
+            self.owner = self.owners()
+        index = self.index(task)
+        names = list(self.owner)
+        owned = {n: self.owner[n] == index for n in names}
+        values = [params[n].detach()[owned[n].to(params[n].device)] for n in names]
+        count = sum(v.numel() for v in values)
+        n_release = round(fraction * count)
+        if n_release == 0:
+            return 0
+        keep = _select(values, n_release)
+        for name, kept in zip(names, keep, strict=True):
+            released = torch.zeros_like(owned[name])
+            released[owned[name]] = ~kept.to(released.device)
+            self.owner[name][released] = FREE
+            params[name].masked_fill_(released.to(params[name].device), 0)
+        return n_release
 
     @torch.no_grad()
     def hide(self, model: nn.Module, task: str) -> dict[str, Tensor]:
