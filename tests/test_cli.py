@@ -129,7 +129,31 @@ BAD = [
     (["run", "friedman", "--method", "pacnet", "--threads", "0"], "--threads must be >= 1"),
     (["run", "friedman", "--method", "pacnet", "--bogus", "1"], "unrecognized arguments: --bogus"),
     (["run", "friedman", "--method", "pacnet", "--hidden", "a,b"], "argument --hidden"),
+    (["run", "friedman", "--method", "l2sp", "--targets", "1,2"], "use --method pacnet"),
+    (["run", "friedman", "--method", "pacnet", "--targets", "1,x"], "argument --targets"),
+    (
+        ["run", "friedman", "--method", "pacnet", "--targets", "1,2", "--select", "cv"],
+        "cannot be combined with --select cv",
+    ),
 ]
+
+
+def test_run_with_three_targets_keeps_every_earlier_task(tmp_path, capsys):
+    out = tmp_path / "chain"
+    argv = ["run", "friedman", "--method", "pacnet", "--targets", "1,2,3", "--out", str(out)]
+    assert main([*argv, "--quick", "--target-size", "20", *TINY]) == 0
+    assert "earlier tasks bit-identical: True" in capsys.readouterr().out
+    result = json.loads((out / "result.json").read_text())
+    chain = result["chain"]
+    assert chain["earlier_tasks_bit_identical"] is True
+    assert [s["added"] for s in chain["steps"]] == ["1", "2", "3"]
+    for before, after in zip(chain["steps"], chain["steps"][1:], strict=False):
+        for task, score in before["scores"].items():  # an earlier task scores exactly the same
+            assert after["scores"][task] == score, task
+    assert result["source_test_after"] == chain["steps"][0]["scores"]["source"]
+    shares = [chain["owned"][t] for t in ("1", "2", "3")]
+    assert max(shares) - min(shares) <= 1  # equal shares of the redundant weights
+    assert result["identity"]["targets"] == [1, 2, 3]
 
 
 @pytest.mark.parametrize(("argv", "message"), BAD)

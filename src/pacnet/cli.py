@@ -132,6 +132,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="fixes the target task and its samples")
     run.add_argument("--target-size", type=int, default=50, help="labelled target samples")
     run.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder")
+    run.add_argument(
+        "--targets",
+        type=_ints,
+        default=(),
+        help="pacnet only: serve the targets of these seeds (e.g. 1,2,3) in sequence from one "
+        "network, each earlier task kept bit-exact; --seed still seeds training",
+    )
     _common(run)
 
     rep = sub.add_parser(
@@ -267,6 +274,7 @@ def _run_spec(args: argparse.Namespace) -> Any:
         device=args.device,
         amp=args.amp,
         deterministic=args.deterministic,
+        targets=tuple(getattr(args, "targets", ())),
     )
 
 
@@ -276,6 +284,13 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
     spec = _run_spec(args)
     result = run(spec, args.out, StateCache(args.cache))
+    if spec.targets:
+        for step in result["chain"]["steps"]:
+            scores = ", ".join(f"{t} {v:.4f}" for t, v in step["scores"].items())
+            print(f"after target {step['added']}: {result['metric']} {scores}")
+        exact = result["chain"]["earlier_tasks_bit_identical"]
+        print(f"earlier tasks bit-identical: {exact} -> {args.out / RESULT_FILE}")
+        return
     print(
         f"{result['method']} on {result['benchmark']} (seed {result['seed']}, "
         f"N={result['target_size']}): target {result['metric']} {result['target_test']:.4f}, "

@@ -47,12 +47,23 @@ class RunSpec:
     folds: int = 3
     device: str = "cpu"
     amp: str = "none"
+    targets: tuple[int, ...] = ()  # several targets in one network: their seeds, in order
     threads: int | None = None  # how to run, not what: not part of the run's identity
     deterministic: bool = False  # deterministic kernels (for CUDA; the CPU path already is)
 
     def __post_init__(self) -> None:
         check(self.select in ("none", "cv"), f"select must be 'none' or 'cv', got {self.select!r}")
         check(self.folds >= 2, f"folds must be >= 2, got {self.folds}")
+        self.targets = tuple(self.targets)
+        if self.targets:
+            check(
+                self.method == "pacnet",
+                f"--targets serves several targets from one PAC-Net network; method "
+                f"{self.method!r} cannot (use --method pacnet)",
+            )
+            check(self.select == "none", "--targets cannot be combined with --select cv")
+            check(len(set(self.targets)) == len(self.targets), "--targets repeats a target")
+            check(all(0 <= t < 2**31 for t in self.targets), "--targets must lie in [0, 2**31)")
         check(self.amp in AMP_DTYPES, f"amp must be one of {', '.join(AMP_DTYPES)}")
         try:
             device = torch.device(self.device)
@@ -111,6 +122,8 @@ class RunSpec:
             key["select"] = {"mode": self.select, "folds": self.folds}
         if (self.device, self.amp) != ("cpu", "none"):
             key["device"], key["amp"] = torch.device(self.device).type, self.amp
+        if self.targets:
+            key["targets"] = list(self.targets)
         return key
 
 
@@ -237,6 +250,8 @@ def _run(spec: RunSpec, out: str | Path | None, cache: StateCache | None) -> dic
     bench, source, target = ctx.benchmark, ctx.source, ctx.target
     source_before = bench.score(ctx.source_model, source.test)
     config = spec.config()
+    if spec.targets:
+        return _run_chain(spec, out, ctx, method, source_before, start)
     selection = None
     if spec.select == "cv":
         selection = cross_validate(
@@ -267,6 +282,45 @@ def _run(spec: RunSpec, out: str | Path | None, cache: StateCache | None) -> dic
         "details": transfer.details,
         "benchmark_details": bench.details(),
         "selection": selection,
+        "params_used": to_dict(method.params),
+        "versions": versions(),
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    if out is not None:
+        write_json(Path(out) / RESULT_FILE, result)
+    return result
+
+
+def _run_chain(
+    spec: RunSpec,
+    out: str | Path | None,
+    ctx: TransferContext,
+    method: Method,
+    source_before: float,
+    start: float,
+) -> dict[str, Any]:
+    """Several targets (the targets of seeds ``spec.targets``) in one PAC-Net network."""
+    bench = ctx.benchmark
+    targets = [(str(seed), bench.target(seed, spec.target_size)) for seed in spec.targets]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.seed)
+        chain = method.chain(ctx, targets, bench.score)  # type: ignore[attr-defined]
+    final = chain["steps"][-1]["scores"]
+    result = {
+        "benchmark": spec.benchmark,
+        "method": spec.method,
+        "seed": spec.seed,
+        "target_size": spec.target_size,
+        "metric": bench.metric,
+        "targets": list(spec.targets),
+        "target_test": final[str(spec.targets[-1])],
+        "source_test_before": source_before,
+        "source_test_after": final["source"],
+        "chain": chain,
+        "seconds": round(time.perf_counter() - start, 3),
+        "run_id": spec.run_id(),
+        "identity": spec.identity(),
+        "config": spec.config(),
         "params_used": to_dict(method.params),
         "versions": versions(),
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
+from pacnet.benchmarks.base import Task
 from pacnet.errors import check, check_ratio
-from pacnet.mask import prune
+from pacnet.mask import Mask, prune
 from pacnet.methods.base import Method, Transfer, TransferContext, count
 from pacnet.pac import allocate, calibrate, parameter_report
+from pacnet.tasks import Tasks
+from pacnet.train import Data, device_of
 
 
 @dataclass
@@ -47,7 +52,8 @@ class PacNet(Method):
     )
     Params = PacNetParams
 
-    def transfer(self, ctx: TransferContext) -> Transfer:
+    def allocated(self, ctx: TransferContext) -> tuple[nn.Module, Mask]:
+        """A copy of the source model, pruned and allocated (cached per source and setting)."""
         p: PacNetParams = self.params
         model = copy.deepcopy(ctx.source_model)
         mask = prune(model, p.ratio, p.scope)
@@ -67,6 +73,11 @@ class PacNet(Method):
             "fit": asdict(alloc_fit),
         }
         model.load_state_dict(ctx.memo(key, build))
+        return model, mask
+
+    def transfer(self, ctx: TransferContext) -> Transfer:
+        p: PacNetParams = self.params
+        model, mask = self.allocated(ctx)
         tasks, result = calibrate(
             model,
             mask,
@@ -93,3 +104,72 @@ class PacNet(Method):
                 "per_task": report["per_task"],
             },
         )
+
+    def chain(
+        self,
+        ctx: TransferContext,
+        targets: Sequence[tuple[str, Task]],
+        score: Callable[[nn.Module, Data], float],
+    ) -> dict[str, Any]:
+        """Serve ``targets`` one after another from one network (equal shares of the
+        redundant weights: target i gives back ``1 − 1/(targets left)`` of what it trained).
+
+        After each addition every task so far is scored on its test set, and the outputs
+        of every finished task (on its first 256 test inputs) are compared bit for bit with
+        those it gave when it was finished.
+        """
+        p: PacNetParams = self.params
+        check(len(targets) >= 1, "no targets to chain")
+        names = [name for name, _ in targets]
+        check(len(set(names)) == len(names), f"targets repeat: {', '.join(names)}")
+        check("source" not in names, "'source' is not a target name")
+        model, mask = self.allocated(ctx)
+        tests = {"source": ctx.source.test, **{name: task.test for name, task in targets}}
+        tasks: Tasks | None = None
+        finished: dict[str, Tensor] = {}
+        steps: list[dict[str, Any]] = []
+        exact = True
+
+        def probe(task: str) -> Tensor:
+            assert tasks is not None
+            with tasks.use(model, task):
+                model.eval()
+                out = model(tests[task].x[:256].to(device_of(model))).detach().clone()
+                model.train()
+            return out
+
+        for i, (name, task) in enumerate(targets):
+            tasks, fit = calibrate(
+                model,
+                mask,
+                task.train,
+                ctx.loss_fn,
+                ctx.target_fit,
+                lam=p.lam,
+                tasks=tasks,
+                task=name,
+                val=task.val,
+                seed=ctx.seed,
+                init=ctx.new_head,
+                reserve=1 - 1 / (len(targets) - i),
+            )
+            if i == 0:
+                finished["source"] = probe("source")
+            same = {t: torch.equal(probe(t), out) for t, out in finished.items()}
+            exact = exact and all(same.values())
+            finished[name] = probe(name)
+            scores = {}
+            for t in tasks.order:
+                with tasks.use(model, t):
+                    scores[t] = score(model, tests[t])
+            steps.append(
+                {"added": name, "scores": scores, "earlier_identical": same, "fit": fit.as_dict()}
+            )
+        assert tasks is not None
+        owned = tasks.owned
+        return {
+            "targets": names,
+            "steps": steps,
+            "earlier_tasks_bit_identical": exact,
+            "owned": {t: owned(t).essential for t in tasks.order},
+        }
