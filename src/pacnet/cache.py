@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
+from pacnet import distributed
 from pacnet.config import config_hash
 from pacnet.errors import PacnetError
 from pacnet.io import read_safetensors, write_safetensors
@@ -42,6 +43,12 @@ class StateCache:
         self, key: Mapping[str, Any], build: Callable[[], Mapping[str, Tensor]]
     ) -> Mapping[str, Tensor]:
         path = self.path(key)
+        if distributed.active():  # one decision for all ranks; only rank 0 writes
+            return distributed.shared_state(
+                lambda: self._read(path) if path.exists() else None,
+                lambda: {k: v.detach().clone() for k, v in build().items()},
+                lambda state: self._write(path, key, state),
+            )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             lock = open(path.with_suffix(".lock"), "w")  # noqa: SIM115 (held until built)
@@ -50,10 +57,25 @@ class StateCache:
         with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if path.exists():
-                try:
-                    return read_safetensors(path)[0]
-                except PacnetError:
-                    path.unlink(missing_ok=True)
+                found = self._read(path)
+                if found is not None:
+                    return found
             state = {k: v.detach().clone() for k, v in build().items()}
-            write_safetensors(path, state, {"key": json.dumps(dict(key), sort_keys=True)})
+            self._write(path, key, state)
             return state
+
+    @staticmethod
+    def _read(path: Path) -> Mapping[str, Tensor] | None:
+        """The cached state, or None (a corrupt entry is removed, to be rebuilt)."""
+        try:
+            return read_safetensors(path)[0]
+        except PacnetError:
+            path.unlink(missing_ok=True)
+            return None
+
+    def _write(self, path: Path, key: Mapping[str, Any], state: Mapping[str, Tensor]) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PacnetError(f"cannot use the cache folder {self.root}: {exc.strerror}") from None
+        write_safetensors(path, dict(state), {"key": json.dumps(dict(key), sort_keys=True)})

@@ -279,11 +279,17 @@ def _run_spec(args: argparse.Namespace) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
+    from pacnet import distributed
     from pacnet.cache import StateCache
     from pacnet.experiments.runner import RESULT_FILE, run
 
-    spec = _run_spec(args)
-    result = run(spec, args.out, StateCache(args.cache))
+    with distributed.session(args.device) as device:
+        args.device = device
+        spec = _run_spec(args)
+        result = run(spec, args.out, StateCache(args.cache))
+        main_rank = distributed.is_main()
+    if not main_rank:
+        return
     if spec.targets:
         for step in result["chain"]["steps"]:
             scores = ", ".join(f"{t} {v:.4f}" for t, v in step["scores"].items())
@@ -498,6 +504,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser(argv).parse_args(argv)
+        from pacnet.distributed import launched
+
+        check(
+            not launched() or args.command == "run",
+            f"under torchrun only 'pacnet run' is distributed; run 'pacnet {args.command}' "
+            "as one process",
+        )
         if getattr(args, "threads", None) is not None:
             check(args.threads >= 1, f"--threads must be >= 1, got {args.threads}")
         {

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from pacnet import distributed
+from pacnet.distributed import is_main
 from pacnet.errors import PacnetError, check
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -239,14 +241,18 @@ def fit(
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
     with (
         wrap(optimizer) if wrap else nullcontext() as session,
-        tqdm(total=cfg.steps, desc=desc, disable=None, leave=False) as bar,
+        tqdm(total=cfg.steps, desc=desc, disable=None if is_main() else True, leave=False) as bar,
     ):
+        net = distributed.wrap(model)  # DDP under torchrun (after wrap set requires_grad)
         for step in range(1, cfg.steps + 1):
             x, y = next(batches)
+            x, y, share = distributed.shard(x, y)  # this rank's slice of the global batch
             x, y = to_device(x, device), to_device(y, device)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = loss_fn(model(x), y).float()
+                loss = loss_fn(net(x), y).float()
+            if share != 1.0:  # DDP averages gradients: weight so the average is the global mean
+                loss = loss * share
             for weight, term in penalties:
                 loss = loss + weight * term()
             if not torch.isfinite(loss):
@@ -281,7 +287,7 @@ def fit(
                     stale += 1
                     if cfg.patience is not None and stale >= cfg.patience:
                         break
-        result.final_loss = float(loss.detach()) if cfg.steps else math.nan
+        result.final_loss = distributed.mean(float(loss.detach())) if cfg.steps else math.nan
     if best_state is not None:
         model.load_state_dict(best_state)
     return result

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pacnet import distributed
 from pacnet.benchmarks import Benchmark, get_benchmark
 from pacnet.cache import StateCache
 from pacnet.config import config_hash, make, to_dict
@@ -240,7 +241,7 @@ def prepare(spec: RunSpec, cache: StateCache) -> TransferContext:
 def _run(spec: RunSpec, out: str | Path | None, cache: StateCache | None) -> dict[str, Any]:
     cache = cache or StateCache()
     method = spec.make_method()
-    if out is not None:
+    if out is not None and distributed.is_main():
         try:
             Path(out).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -286,7 +287,23 @@ def _run(spec: RunSpec, out: str | Path | None, cache: StateCache | None) -> dic
         "versions": versions(),
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    if out is not None:
+    return _finish(result, transfer.target_model, out)
+
+
+def _finish(result: dict[str, Any], model: torch.nn.Module, out: str | Path | None) -> dict:
+    """Record the process layout (and, under torchrun, that every rank holds the same
+    weights); only rank 0 writes ``result.json``."""
+    if distributed.active():
+        result["distributed"] = {
+            "world_size": distributed.world_size(),
+            "backend": distributed.backend(),
+            "ranks_agree": distributed.ranks_agree(distributed.model_checksum(model)),
+        }
+        check(
+            result["distributed"]["ranks_agree"],
+            "the ranks ended with different weights (checksum mismatch); nothing written",
+        )
+    if out is not None and distributed.is_main():
         write_json(Path(out) / RESULT_FILE, result)
     return result
 
@@ -325,9 +342,7 @@ def _run_chain(
         "versions": versions(),
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    if out is not None:
-        write_json(Path(out) / RESULT_FILE, result)
-    return result
+    return _finish(result, chain.pop("model"), out)
 
 
 def _seeded_transfer(method: Method, ctx: TransferContext) -> Any:

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from pacnet import distributed
 from pacnet.benchmarks.base import Task
 from pacnet.errors import check, check_ratio
 from pacnet.mask import Mask, prune
@@ -56,7 +57,7 @@ class PacNet(Method):
         """A copy of the source model, pruned and allocated (cached per source and setting)."""
         p: PacNetParams = self.params
         model = copy.deepcopy(ctx.source_model)
-        mask = prune(model, p.ratio, p.scope)
+        mask = distributed.shared_mask(lambda: prune(model, p.ratio, p.scope))  # rank 0's
         alloc_fit = ctx.source_fit
         if p.allocate_steps is not None:
             alloc_fit = replace(alloc_fit, steps=p.allocate_steps)
@@ -172,4 +173,5 @@ class PacNet(Method):
             "steps": steps,
             "earlier_tasks_bit_identical": exact,
             "owned": {t: owned(t).essential for t in tasks.order},
+            "model": model,  # the network (not stored in result.json)
         }
