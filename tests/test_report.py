@@ -65,3 +65,28 @@ def test_report_tables_match_the_stored_rows_and_plots_are_written(tmp_path, cap
 def test_report_without_results_is_a_clear_error(tmp_path, capsys):
     assert main(["report", "--db", str(tmp_path / "none.sqlite")]) == 2
     assert "no results database" in capsys.readouterr().err
+
+
+def test_report_gives_chains_of_targets_a_table_of_their_own(tmp_path, capsys):
+    import json
+
+    results = tmp_path / "results"
+    common = ["--method", "pacnet", "--quick", "--target-size", "20", *TINY]
+    assert main(["run", "friedman", *common, "--targets", "1,2", "--out", str(results / "c")]) == 0
+    for seed in (1, 2):
+        out = str(results / f"s{seed}")
+        assert main(["run", "friedman", *common, "--seed", str(seed), "--out", out]) == 0
+    report = tmp_path / "report"
+    assert main(["report", "--results", str(results), "--out", str(report)]) == 0
+    assert "report of 3 runs" in capsys.readouterr().out
+    text = (report / "report.md").read_text()
+    chain = json.loads((results / "c" / "result.json").read_text())
+    steps = chain["chain"]["steps"]
+    second = next(ln for ln in text.splitlines() if ln.startswith("| T2 | "))
+    expected = [steps[1]["scores"][t] for t in ("source", "1", "2")]
+    assert re.findall(r"([\d.]+) ± 0\.000 \(1\)", second) == [f"{v:.3f}" for v in expected]
+    single = next(ln for ln in text.splitlines() if ln.startswith("| pacnet, one network per"))
+    singles = [json.loads((results / f"s{s}" / "result.json").read_text()) for s in (1, 2)]
+    means = re.findall(r"([\d.]+) ± [\d.]+ \((\d)\)", single)
+    assert means[1:] == [(f"{r['target_test']:.3f}", "1") for r in singles]
+    assert "bit-identical after every addition: 1 of 1 chains" in text

@@ -466,7 +466,8 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
         f"(density {info['density']:.3f}); shared values {info['shared_values']:,}"
     )
     for task, n in info["per_task_values"].items():
-        print(f"  {task}: {n:,} values of its own")
+        owned = info["owned"].get(task, 0)
+        print(f"  {task}: {n:,} values of its own; owns {owned:,} masked weights")
 
 
 def _cmd_report(args: argparse.Namespace) -> None:

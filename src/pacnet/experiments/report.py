@@ -6,7 +6,9 @@ its default, the selection protocol and the device) and, within a setting, into 
 line, mean ± std (n) of the target metric per variant and target size (best in bold), the
 paired difference to fine-tuning, the source error before and after (forgetting) with the
 trainable and stored parameter counts, and two plots: target error against target size
-(log x, one line per variant, ± std) and source retention bars.
+(log x, one line per variant, ± std) and source retention bars. Runs that served several
+targets from one network (``pacnet run --targets``) get a table of their own per setting:
+every task's error after each addition, with one-target runs of the same targets beside it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pacnet.experiments.runner import DETERMINISM_NOTE
-from pacnet.experiments.table import markdown, protocol, summarize
+from pacnet.experiments.table import chain_markdown, markdown, protocol, summarize
 from pacnet.io import write_bytes_atomic
 
 PAPER_NOTE = (
@@ -113,8 +115,12 @@ def report(rows: Sequence[dict[str, Any]], out: str | Path) -> Path:
     """Write ``out/report.md`` and its plots from ``rows``; returns the report's path."""
     out = Path(out)
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    chains: dict[tuple[str, int, int], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        groups[setting_key(row)].append({**row, "method": variant(row)})
+        if "chain" in row:  # several targets in one network: a table of its own
+            chains[(setting_key(row), row["target_size"], len(row["targets"]))].append(row)
+        else:
+            groups[setting_key(row)].append({**row, "method": variant(row)})
     lines = [
         "# pacnet report",
         "",
@@ -138,6 +144,18 @@ def report(rows: Sequence[dict[str, Any]], out: str | Path) -> Path:
         lines.append(markdown(group, metric))
         plots = _plots(group, metric, out / f"setting{index}")
         lines += [""] + [f"![{name}]({name})" for name in plots]
+    start = len(groups) + 1
+    for index, ((key, size, width), chain) in enumerate(sorted(chains.items()), start=start):
+        seconds = sum(r["seconds"] for r in chain)
+        lines += [
+            "",
+            f"## {index}. {_describe(key)} — {width} targets in one network, N={size} each",
+            "",
+            protocol(chain),
+            f"{len(chain)} chains; their run times add up to {seconds / 60:.1f} minutes.",
+            "",
+            chain_markdown(chain, groups.get(key, []), chain[0]["metric"]),
+        ]
     path = out / "report.md"
     text = "\n".join(lines) + "\n"
     write_bytes_atomic(path, lambda tmp: Path(tmp).write_text(text))

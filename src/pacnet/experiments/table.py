@@ -8,6 +8,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pacnet.errors import check
+
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
@@ -151,3 +153,64 @@ def paired_markdown(results: Sequence[dict[str, Any]], reference: str, metric: s
             )
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
+
+
+def chain_markdown(
+    chains: Sequence[dict[str, Any]],
+    singles: Sequence[dict[str, Any]] = (),
+    metric: str = "rmse",
+) -> str:
+    """Several targets in one network (``pacnet run --targets``): test error of every task
+    after each addition, mean ± std (n) over chains with the same number of targets, target
+    columns by position (T1 = each chain's first target). ``singles``: one-target runs of the
+    same setting and size; a run whose seed is a chain's target becomes that target's
+    reference (one network per target) in the rows below."""
+    width = len(chains[0]["targets"])
+    check(all(len(c["targets"]) == width for c in chains), "chains differ in their length")
+    cols = ["source", *(f"T{k + 1}" for k in range(width))]
+    lines = [
+        f"Several targets in one network: test {metric} of every task after each addition "
+        f"(mean ± std (n) over {len(chains)} chains; T1 is each chain's first target).",
+        "",
+        "| after adding | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+
+    def cell(values: Sequence[float]) -> str:
+        if not values:
+            return "–"
+        mean, std = mean_std(values)
+        return f"{mean:.3f} ± {std:.3f} ({len(values)})"
+
+    for k in range(width):
+        cells = [cell([c["chain"]["steps"][k]["scores"]["source"] for c in chains])]
+        for j in range(width):
+            scores = [c["chain"]["steps"][k]["scores"] for c in chains]
+            targets = [str(c["targets"][j]) for c in chains]
+            cells.append(
+                cell([s[t] for s, t in zip(scores, targets, strict=True)]) if j <= k else "–"
+            )
+        lines.append(f"| T{k + 1} | " + " | ".join(cells) + " |")
+    size = chains[0]["target_size"]
+    by_method: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for r in singles:
+        if r["target_size"] == size:
+            by_method[r["method"]][r["seed"]] = r
+    for method, runs in by_method.items():
+        found = [[runs[t] for t in c["targets"] if t in runs] for c in chains]
+        if not any(found):
+            continue
+        source = cell([r["source_test_after"] for rows in found for r in rows])
+        cells = [
+            cell([runs[c["targets"][j]]["target_test"] for c in chains if c["targets"][j] in runs])
+            for j in range(width)
+        ]
+        label = f"{method}, one network per target"
+        lines.append(f"| {label} | {source} | " + " | ".join(cells) + " |")
+    exact = sum(bool(c["chain"]["earlier_tasks_bit_identical"]) for c in chains)
+    lines += [
+        "",
+        f"Earlier tasks bit-identical after every addition: {exact} of {len(chains)} chains. "
+        "Reference rows: source column = source error after that method's transfer.",
+    ]
+    return "\n".join(lines)

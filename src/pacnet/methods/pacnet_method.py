@@ -126,19 +126,19 @@ class PacNet(Method):
         check("source" not in names, "'source' is not a target name")
         model, mask = self.allocated(ctx)
         tests = {"source": ctx.source.test, **{name: task.test for name, task in targets}}
-        tasks: Tasks | None = None
+        tasks = Tasks(model, mask)
         finished: dict[str, Tensor] = {}
         steps: list[dict[str, Any]] = []
         exact = True
 
         def probe(task: str) -> Tensor:
-            assert tasks is not None
             with tasks.use(model, task):
                 model.eval()
                 out = model(tests[task].x[:256].to(device_of(model))).detach().clone()
                 model.train()
             return out
 
+        finished["source"] = probe("source")  # as Allocate left it, before any target
         for i, (name, task) in enumerate(targets):
             tasks, fit = calibrate(
                 model,
@@ -154,8 +154,6 @@ class PacNet(Method):
                 init=ctx.new_head,
                 reserve=1 - 1 / (len(targets) - i),
             )
-            if i == 0:
-                finished["source"] = probe("source")
             same = {t: torch.equal(probe(t), out) for t, out in finished.items()}
             exact = exact and all(same.values())
             finished[name] = probe(name)
@@ -166,7 +164,6 @@ class PacNet(Method):
             steps.append(
                 {"added": name, "scores": scores, "earlier_identical": same, "fit": fit.as_dict()}
             )
-        assert tasks is not None
         owned = tasks.owned
         return {
             "targets": names,
