@@ -90,3 +90,7 @@ def test_report_gives_chains_of_targets_a_table_of_their_own(tmp_path, capsys):
     means = re.findall(r"([\d.]+) ± [\d.]+ \((\d)\)", single)
     assert means[1:] == [(f"{r['target_test']:.3f}", "1") for r in singles]
     assert "bit-identical after every addition: 1 of 1 chains" in text
+    paired = next(ln for ln in text.splitlines() if ln.startswith("| chain − pacnet (paired)"))
+    final = [steps[-1]["scores"][t] for t in ("1", "2")]
+    diffs = [f"{f - r['target_test']:+.3f}" for f, r in zip(final, singles, strict=True)]
+    assert re.findall(r"([+-][\d.]+) ± nan \(1\)", paired) == diffs

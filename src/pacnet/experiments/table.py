@@ -196,21 +196,32 @@ def chain_markdown(
     for r in singles:
         if r["target_size"] == size:
             by_method[r["method"]][r["seed"]] = r
+    diffs = []
     for method, runs in by_method.items():
         found = [[runs[t] for t in c["targets"] if t in runs] for c in chains]
         if not any(found):
             continue
         source = cell([r["source_test_after"] for rows in found for r in rows])
-        cells = [
-            cell([runs[c["targets"][j]]["target_test"] for c in chains if c["targets"][j] in runs])
-            for j in range(width)
-        ]
-        label = f"{method}, one network per target"
-        lines.append(f"| {label} | {source} | " + " | ".join(cells) + " |")
+        cells, deltas = [], []
+        for j in range(width):
+            pairs = [
+                (c["chain"]["steps"][-1]["scores"][str(t)], runs[t]["target_test"])
+                for c in chains
+                if (t := c["targets"][j]) in runs
+            ]
+            cells.append(cell([ref for _, ref in pairs]))
+            d = [ours - ref for ours, ref in pairs]
+            sem = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else math.nan
+            deltas.append(f"{statistics.fmean(d):+.3f} ± {sem:.3f} ({len(d)})" if d else "–")
+        lines.append(f"| {method}, one network per target | {source} | " + " | ".join(cells) + " |")
+        diffs.append(f"| chain − {method} (paired) | – | " + " | ".join(deltas) + " |")
     exact = sum(bool(c["chain"]["earlier_tasks_bit_identical"]) for c in chains)
     lines += [
+        *diffs,
         "",
         f"Earlier tasks bit-identical after every addition: {exact} of {len(chains)} chains. "
-        "Reference rows: source column = source error after that method's transfer.",
+        "Reference rows: source column = source error after that method's transfer; paired "
+        "rows: the chain's final error minus the reference's on the same target, mean ± "
+        "standard error (n); negative = the chain is better.",
     ]
     return "\n".join(lines)
