@@ -34,8 +34,8 @@ from pacnet.tasks import FREE, Tasks, _slot
 
 FORMAT = "pacnet.checkpoint"
 FORMAT_VERSION = 2
-"""2: adds the ownership map of networks with several targets (``owner/<bit>/<name>``);
-version-1 files (one target) read as before."""
+"""2: adds the ownership map of networks with several targets (``owner/<bit>/<name>``).
+Files without one (one target) are still written as version 1, so older pacnet reads them."""
 
 
 def tensor_digest(tensors: Mapping[str, Tensor]) -> str:
@@ -83,7 +83,7 @@ def save(
 
     meta = {
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": str(FORMAT_VERSION if tasks.owner is not None else 1),
         "pacnet_version": __version__,
         "tasks": json.dumps(tasks.order),
         "per_task_names": json.dumps(list(tasks.names)),
