@@ -111,6 +111,19 @@ def _mean(rows: Sequence[dict[str, Any]], method: str, key: str) -> float:
     return statistics.fmean(r[key] for r in rows if r["method"] == method)
 
 
+def _section(title: str, rows: Sequence[dict[str, Any]], noun: str) -> list[str]:
+    """A setting's heading, its protocol and how long its runs took."""
+    seconds = sum(r["seconds"] for r in rows)
+    return [
+        "",
+        title,
+        "",
+        protocol(rows),
+        f"{len(rows)} {noun}; their run times add up to {seconds / 60:.1f} minutes.",
+        "",
+    ]
+
+
 def report(rows: Sequence[dict[str, Any]], out: str | Path) -> Path:
     """Write ``out/report.md`` and its plots from ``rows``; returns the report's path."""
     out = Path(out)
@@ -132,30 +145,15 @@ def report(rows: Sequence[dict[str, Any]], out: str | Path) -> Path:
     ]
     for index, (key, group) in enumerate(sorted(groups.items()), start=1):
         metric = group[0]["metric"]
-        seconds = sum(r["seconds"] for r in group)
-        lines += [
-            "",
-            f"## {index}. {_describe(key)}",
-            "",
-            protocol(group),
-            f"{len(group)} runs; their run times add up to {seconds / 60:.1f} minutes.",
-            "",
-        ]
+        lines += _section(f"## {index}. {_describe(key)}", group, "runs")
         lines.append(markdown(group, metric))
         plots = _plots(group, metric, out / f"setting{index}")
         lines += [""] + [f"![{name}]({name})" for name in plots]
     start = len(groups) + 1
     for index, ((key, size, width), chain) in enumerate(sorted(chains.items()), start=start):
-        seconds = sum(r["seconds"] for r in chain)
-        lines += [
-            "",
-            f"## {index}. {_describe(key)} — {width} targets in one network, N={size} each",
-            "",
-            protocol(chain),
-            f"{len(chain)} chains; their run times add up to {seconds / 60:.1f} minutes.",
-            "",
-            chain_markdown(chain, groups.get(key, []), chain[0]["metric"]),
-        ]
+        title = f"## {index}. {_describe(key)} — {width} targets in one network, N={size} each"
+        lines += _section(title, chain, "chains")
+        lines.append(chain_markdown(chain, groups.get(key, []), chain[0]["metric"]))
     path = out / "report.md"
     text = "\n".join(lines) + "\n"
     write_bytes_atomic(path, lambda tmp: Path(tmp).write_text(text))

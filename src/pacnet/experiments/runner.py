@@ -250,7 +250,6 @@ def _run(spec: RunSpec, out: str | Path | None, cache: StateCache | None) -> dic
     ctx = prepare(spec, cache)
     bench, source, target = ctx.benchmark, ctx.source, ctx.target
     source_before = bench.score(ctx.source_model, source.test)
-    config = spec.config()
     if spec.targets:
         return _run_chain(spec, out, ctx, method, source_before, start)
     selection = None
@@ -262,32 +261,45 @@ def _run(spec: RunSpec, out: str | Path | None, cache: StateCache | None) -> dic
             make(type(method).Params, {**spec.method_params, **selection["chosen"]})
         )
     transfer = _seeded_transfer(method, ctx)
-    result = {
+    result = _record(
+        spec,
+        bench,
+        method,
+        start,
+        target_test=bench.score(transfer.target_model, target.test),
+        source_test_before=source_before,
+        source_test_after=bench.score(transfer.source_model, source.test),
+        trainable_params=transfer.trainable,
+        total_params=transfer.total,
+        stored_params=transfer.stored,
+        fit=transfer.fit.as_dict(),
+        target_metrics=bench.metrics(transfer.target_model, target.test),
+        details=transfer.details,
+        benchmark_details=bench.details(),
+        selection=selection,
+    )
+    return _finish(result, transfer.target_model, out)
+
+
+def _record(
+    spec: RunSpec, bench: Benchmark, method: Method, start: float, **fields: Any
+) -> dict[str, Any]:
+    """A result.json record: what the run was, ``fields``, and how and when it ran."""
+    return {
         "benchmark": spec.benchmark,
         "method": spec.method,
         "seed": spec.seed,
         "target_size": spec.target_size,
         "metric": bench.metric,
-        "target_test": bench.score(transfer.target_model, target.test),
-        "source_test_before": source_before,
-        "source_test_after": bench.score(transfer.source_model, source.test),
-        "trainable_params": transfer.trainable,
-        "total_params": transfer.total,
-        "stored_params": transfer.stored,
+        **fields,
         "seconds": round(time.perf_counter() - start, 3),
         "run_id": spec.run_id(),
         "identity": spec.identity(),
-        "config": config,
-        "fit": transfer.fit.as_dict(),
-        "target_metrics": bench.metrics(transfer.target_model, target.test),
-        "details": transfer.details,
-        "benchmark_details": bench.details(),
-        "selection": selection,
+        "config": spec.config(),
         "params_used": to_dict(method.params),
         "versions": versions(),
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    return _finish(result, transfer.target_model, out)
 
 
 def _finish(result: dict[str, Any], model: torch.nn.Module, out: str | Path | None) -> dict:
@@ -323,26 +335,19 @@ def _run_chain(
         torch.manual_seed(ctx.seed)
         chain = method.chain(ctx, targets, bench.score)  # type: ignore[attr-defined]
     final = chain["steps"][-1]["scores"]
-    result = {
-        "benchmark": spec.benchmark,
-        "method": spec.method,
-        "seed": spec.seed,
-        "target_size": spec.target_size,
-        "metric": bench.metric,
-        "targets": list(spec.targets),
-        "target_test": final[str(spec.targets[-1])],
-        "source_test_before": source_before,
-        "source_test_after": final["source"],
-        "chain": chain,
-        "seconds": round(time.perf_counter() - start, 3),
-        "run_id": spec.run_id(),
-        "identity": spec.identity(),
-        "config": spec.config(),
-        "params_used": to_dict(method.params),
-        "versions": versions(),
-        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-    return _finish(result, chain.pop("model"), out)
+    model = chain.pop("model")
+    result = _record(
+        spec,
+        bench,
+        method,
+        start,
+        targets=list(spec.targets),
+        target_test=final[str(spec.targets[-1])],
+        source_test_before=source_before,
+        source_test_after=final["source"],
+        chain=chain,
+    )
+    return _finish(result, model, out)
 
 
 def _seeded_transfer(method: Method, ctx: TransferContext) -> Any:
