@@ -19,6 +19,7 @@ Outside ``torchrun`` (``WORLD_SIZE`` unset or 1) nothing here does anything. Und
 from __future__ import annotations
 
 import datetime
+import gc
 import hashlib
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -83,6 +84,8 @@ def session(device: str = "cpu") -> Iterator[str]:
         raise PacnetError(f"cannot join the torchrun process group: {exc}") from None
     try:
         yield device
+        gc.collect()  # free DDP wrappers (their reducers hold the group) before it goes
+        dist.barrier()  # nobody tears down while a peer still talks (gloo aborts otherwise)
     finally:
         dist.destroy_process_group()
 
