@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from conftest import mlp
@@ -294,3 +296,112 @@ def test_l2_term_follows_the_scale_a_grad_scaler_hands_a_fused_optimizer():
     for n in runs[0]:
         torch.testing.assert_close(runs[0][n], runs[1][n], rtol=1e-5, atol=1e-6)
     assert not torch.equal(runs[0]["0.weight"], mlp().state_dict()["0.weight"])
+
+
+def calibration_run(restore, others="frozen", l2=0.3, checkpoint_midway=False):
+    """Train the redundant entries (and the last bias) with fused Adam; return the model,
+    the optimizer, the session and the trainable mask."""
+    model = mlp()
+    mask = prune(model, 0.8)
+    from pacnet import zero_redundant
+
+    zero_redundant(model, mask)
+    trainable = {**~mask, "4.bias": torch.ones(1, dtype=torch.bool)}
+    if others == "trainable":  # 4.weight stays outside the mask and the l2 term
+        trainable.pop("4.bias")
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, fused=True)
+    with train_only(model, trainable, optimizer, others=others, l2=l2, restore=restore) as s:
+        train(model, optimizer, steps=20)
+        if checkpoint_midway:  # what a loop that checkpoints and resumes does
+            saved = optimizer.state_dict()
+            assert not any(
+                torch.isinf(v).any() for st in saved["state"].values() for v in st.values()
+            ), "parking leaked into the state dict"
+            assert all(g["weight_decay"] == 0 for g in saved["param_groups"])
+            optimizer.load_state_dict(saved)
+            assert s.parked == []  # parked again from scratch after the next step
+        train(model, optimizer, steps=20, seed=1)
+    return model, optimizer, s, trainable
+
+
+@pytest.mark.parametrize("case", ["term_everywhere", "others_trainable", "checkpoint_midway"])
+def test_parked_adam_trains_like_zeroed_gradients_and_hands_back_clean_state(case):
+    """Parking (Adam's second moment at +inf on frozen entries, the l2 term as the kernel's
+    weight decay) gives what zeroing the frozen gradients and the write-back path give."""
+    others = "trainable" if case == "others_trainable" else "frozen"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a rescue on exit would mean frozen entries moved
+        model, optimizer, session, trainable = calibration_run(
+            "auto", others, checkpoint_midway=case == "checkpoint_midway"
+        )
+    ref_model, ref_optimizer, ref_session, _ = calibration_run("always", others)
+    assert session.parked == [m.name for m in session.masked] != [], session.parked
+    assert ref_session.parked == [] and session.rescued == []
+    before = mlp().state_dict()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p, ref_model.get_parameter(n), rtol=1e-4, atol=1e-6)
+        if n in trainable:
+            assert bits_equal(p.detach()[~trainable[n]], before[n][~trainable[n]]), n
+    assert not torch.equal(model[4].bias, before["4.bias"])  # trained, under the term or not
+    assert all(g["weight_decay"] == 0 for g in optimizer.param_groups)
+    for p, state in optimizer.state.items():
+        ref = ref_optimizer.state[ref_model.get_parameter(_name(model, p))]
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.isfinite(state[key]).all()
+            torch.testing.assert_close(state[key], ref[key], rtol=1e-3, atol=1e-9)
+            name = _name(model, p)
+            if name in trainable:
+                assert torch.count_nonzero(state[key][~trainable[name]]) == 0, (name, key)
+
+
+def _name(model, param):
+    return next(n for n, p in model.named_parameters() if p is param)
+
+
+def test_finish_grads_after_a_step_a_grad_scaler_skipped():
+    """A GradScaler that finds inf skips step(): the next step must still be masked."""
+    model = mlp()
+    mask = prune(model, 0.8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    before = snapshot(model)
+    trainable = mask["2.weight"]
+    gen = torch.Generator().manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with train_only(model, mask, optimizer) as session:
+            for step in range(4):
+                optimizer.zero_grad()
+                loss = ((model(torch.randn(16, 5, generator=gen)) - 1.0) ** 2).mean()
+                scaler.scale(loss).backward()
+                if step == 0:  # an overflow at a trainable entry: this step is skipped
+                    model[2].weight.grad[trainable.nonzero()[0].tolist()] = float("inf")
+                scaler.unscale_(optimizer)
+                session.finish_grads()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                scaler.step(optimizer)
+                scaler.update()
+    assert session.rescued == []
+    for n, m in mask.items():
+        assert bits_equal(model.get_parameter(n).detach()[~m], before[n][~m]), n
+    assert not torch.equal(model[2].weight, before["2.weight"])
+
+
+def test_l2_gradient_keeps_a_small_difference_from_a_large_start():
+    """α·(w − w₀) is formed as a difference first, not as α·w − α·w₀ (cancellation)."""
+    model = mlp()
+    mask = prune(model, 0.5)
+    with torch.no_grad():
+        model[0].weight.fill_(1000.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    lam = 0.3
+    with train_only(model, mask, optimizer, l2=lam) as session:
+        w = model[0].weight
+        with torch.no_grad():
+            w.add_(torch.full_like(w, 1e-3) * mask["0.weight"])  # w − w₀ ≈ 1e-3 (exactly)
+        model.zero_grad()
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        session.finish_grads()
+        expected = 2 * lam * (w.detach().double() - 1000.0) * mask["0.weight"]
+        torch.testing.assert_close(w.grad.double(), expected, rtol=1e-6, atol=0)

@@ -36,6 +36,7 @@ so no optimizer touches them. Everything is undone on exit.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -75,9 +76,7 @@ def _frozen_copy(param: nn.Parameter, keep: Tensor) -> _Frozen:
     values = param.detach()
     trainable = keep.bool()
     at_frozen = values[~trainable]
-    awkward = bool(
-        (~torch.isfinite(at_frozen)).any() or ((at_frozen == 0) & at_frozen.signbit()).any()
-    )
+    awkward = bool((~torch.isfinite(at_frozen)).any()) or _has_negative_zero(at_frozen)
     if awkward:
         return _Frozen(param, values.clone(), trainable)
     frozen = values * (1 - keep)
@@ -97,20 +96,26 @@ def _frozen_pieces(param: nn.Parameter, keep: Tensor) -> Iterator[Tensor]:
         yield values[keeps == 0]
 
 
-def _compact_copy(param: nn.Parameter, keep: Tensor) -> Tensor | None:
-    """The values at frozen entries, 1-D; None when they are all +0.0 (nothing to keep)."""
-    count, nonzero = 0, False
+def _scan_frozen(param: nn.Parameter, keep: Tensor) -> tuple[Tensor | None, bool]:
+    """The values at frozen entries, 1-D (None when they are all +0.0: nothing to keep), and
+    whether an update of ``±0.0`` leaves each of them exactly as it is (finite, not -0.0)."""
+    count, nonzero, plain = 0, False, True
     for piece in _frozen_pieces(param, keep):
         count += piece.numel()
         nonzero = nonzero or bool(_bits(piece).any())
+        plain = plain and bool(torch.isfinite(piece).all()) and not _has_negative_zero(piece)
     if not nonzero:
-        return None
+        return None, plain
     copy = torch.empty(count, dtype=param.dtype, device=param.device)
     start = 0
     for piece in _frozen_pieces(param, keep):
         copy[start : start + piece.numel()] = piece
         start += piece.numel()
-    return copy
+    return copy, plain
+
+
+def _has_negative_zero(t: Tensor) -> bool:
+    return bool(((t == 0) & t.signbit()).any())
 
 
 def _unchanged(param: nn.Parameter, keep: Tensor, copy: Tensor | None) -> bool:
@@ -166,35 +171,158 @@ class MaskedTraining:
         self.restores = reason is not None
         """Whether frozen entries are written back after each step (else provably still)."""
         self.reason = reason
-        ids = {id(p) for p in params}
+        ids = {id(p) for p in params} | {id(p) for p, _ in whole}
         self._groups = [g for g in optimizer.param_groups if any(id(p) in ids for p in g["params"])]
         self._frozen = [_frozen_copy(m.param, m.keep) for m in masked] if self.restores else []
-        self._net = [] if self.restores else [_compact_copy(m.param, m.keep) for m in masked]
+        scans = [] if self.restores else [_scan_frozen(m.param, m.keep) for m in masked]
+        self._net = [copy for copy, _ in scans]
+        adam = type(optimizer) in (torch.optim.Adam, torch.optim.AdamW)
+        self._parkable = {  # Adam's update at an entry whose second moment is +inf is ±0.0
+            id(m.param) for m, (_, ok) in zip(masked, scans, strict=False) if ok and adam
+        }  # (no scans, and nothing to park, on the write-back path)
+        self._pending = list(masked)  # not parked: their frozen gradient entries are zeroed
+        self._parked: list[_Masked] = []
+        self.parked: list[str] = []
+        """Parameters whose frozen entries Adam's state holds still (see the module notes;
+        kept after exit); the others have their frozen gradient entries zeroed every step."""
+        self._folding = False  # whether the l2 term is left to the fused Adam kernel
+        self._decay = 0.0  # the weight decay this context has put into self._groups
         self._ready = False
+        self._grad_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self.rescued: list[str] = []
         """Set on exit: parameters whose frozen entries had moved and were put back."""
 
-    @torch.no_grad()
     def finish_grads(self) -> None:
-        """Add the l2 gradient and zero the frozen gradient entries now (once per step)."""
+        """Add the l2 gradient and zero the frozen gradient entries now, once per step, after
+        the step's last ``backward()`` (e.g. before gradient clipping, so that the norm sees
+        exactly what the optimizer will)."""
+        if not self._grad_hooks:  # a new backward starts a new step, even if the last
+            # step was skipped (a GradScaler that found inf/NaN does not call step())
+            self._grad_hooks = [
+                p.register_post_accumulate_grad_hook(self._new_grads)
+                for p in [m.param for m in self.masked] + [p for p, _ in self.whole]
+            ]
+        self._prepare(everything=True)
+
+    def _new_grads(self, _: Tensor) -> None:
+        self._ready = False
+
+    @torch.no_grad()
+    def _prepare(self, everything: bool) -> None:
+        """This step's gradients: the l2 term added, frozen entries zeroed where needed
+        (``everything``: in every masked parameter, parked or not)."""
         if self._ready:
             return
         self._ready = True
+        fold = self._folding and not everything
+        if self._folding:  # the kernel adds decay·w to every gradient (frozen entries
+            # included, which parking holds still): the l2 term for entries that start at 0
+            self._set_decay(2 * self.l2 if fold else 0.0)
         # A fused optimizer stepped by a GradScaler that did not unscale first sees scaled
         # gradients (it unscales inside its kernel): scale the l2 term alike.
         scale = getattr(self.optimizer, "grad_scale", None)
         alpha = 2 * self.l2 * (float(scale) if scale is not None else 1.0)
         live = [m for m in self.masked if m.param.grad is not None]
-        if self.l2:  # one batched add over every parameter under the term, one for starts
+        if self.l2:  # batched adds: α·w where w₀ = 0, α·(w − w₀) elsewhere
             pairs = [(m.param, m.start) for m in live]
             pairs += [(p, s) for p, s in self.whole if p.grad is not None]
-            if pairs:
-                torch._foreach_add_([p.grad for p, _ in pairs], [p for p, _ in pairs], alpha=alpha)
-            shifted = [(p.grad, s) for p, s in pairs if s is not None]
+            at_zero = [p for p, s in pairs if s is None]
+            if at_zero and not fold:
+                torch._foreach_add_([p.grad for p in at_zero], at_zero, alpha=alpha)
+            shifted = [(p, s) for p, s in pairs if s is not None]
             if shifted:
-                torch._foreach_add_([g for g, _ in shifted], [s for _, s in shifted], alpha=-alpha)
-        if live:
-            torch._foreach_mul_([m.param.grad for m in live], [m.keep for m in live])
+                grads, starts = [p.grad for p, _ in shifted], [s for _, s in shifted]
+                if fold:  # the kernel adds α·w: take α·w₀ off (to within rounding of α·w)
+                    torch._foreach_add_(grads, starts, alpha=-alpha)
+                else:  # w − w₀ first, so a small difference is not lost in α·w
+                    diffs = torch._foreach_sub([p for p, _ in shifted], starts)
+                    torch._foreach_add_(grads, diffs, alpha=alpha)
+        zero = live if everything else [m for m in self._pending if m.param.grad is not None]
+        if zero:
+            torch._foreach_mul_([m.param.grad for m in zero], [m.keep for m in zero])
+
+    def _set_decay(self, value: float) -> None:
+        if value != self._decay:
+            for group in self._groups:
+                group["weight_decay"] = value
+            self._decay = value
+
+    @torch.no_grad()
+    def _park(self) -> None:
+        """Set Adam's second moment to +inf at the frozen entries of every parameter that
+        now has state: its update there is then ``lr·m/inf = ±0.0`` whatever the gradient."""
+        pending = []
+        for m in self._pending:
+            state = self.optimizer.state.get(m.param)
+            if id(m.param) not in self._parkable or not state or "exp_avg_sq" not in state:
+                pending.append(m)
+                continue
+            frozen = m.keep == 0
+            for key in ("exp_avg_sq", "max_exp_avg_sq"):
+                if key in state:
+                    state[key].masked_fill_(frozen, math.inf)
+            self._parked.append(m)
+            self.parked.append(m.name)
+        self._pending = pending
+        self._folding = not pending and self._foldable()
+
+    def _foldable(self) -> bool:
+        """Whether the fused Adam kernel's (coupled) weight decay can add the l2 gradient:
+        it reaches every parameter of the groups, so all of them must be under the term."""
+        if not self.l2:
+            return False
+        under = {id(m.param) for m in self.masked} | {id(p) for p, _ in self.whole}
+        return all(
+            g.get("fused")
+            and not g.get("decoupled_weight_decay", False)
+            and all(id(p) in under or not p.requires_grad for p in g["params"])
+            for g in self._groups
+        )
+
+    @torch.no_grad()
+    def _unpark(self) -> None:
+        """Give the optimizer back the state it would have without parking: zero moments at
+        frozen entries (their gradients would have been zeroed)."""
+        for m in self._parked:
+            state = self.optimizer.state.get(m.param, {})
+            frozen = m.keep == 0
+            for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                if key in state:
+                    state[key].masked_fill_(frozen, 0.0)
+        self._parked, self._pending, self._folding = [], list(self.masked), False
+        self._set_decay(0.0)
+
+    @torch.no_grad()
+    def _clean_state_dict(self, optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
+        """``optimizer.state_dict()`` inside the context: the state without parking."""
+        index: dict[int, int] = {}  # parameter -> its key in the state dict (torch's order)
+        at = 0
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                index.setdefault(id(p), at)
+                at += 1
+        for m in self._parked:
+            key = index.get(id(m.param))
+            if key is None or key not in state_dict["state"]:
+                continue
+            frozen = m.keep == 0
+            state_dict["state"][key] = {
+                k: v.masked_fill(frozen, 0.0)
+                if k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+                else v
+                for k, v in state_dict["state"][key].items()
+            }
+        for group, packed in zip(optimizer.param_groups, state_dict["param_groups"], strict=True):
+            if self._decay and any(group is g for g in self._groups):
+                packed["weight_decay"] = 0.0
+
+    def _state_loaded(self, optimizer: torch.optim.Optimizer) -> None:
+        """After ``optimizer.load_state_dict`` inside the context: park again from scratch."""
+        ids = {id(m.param) for m in self.masked} | {id(p) for p, _ in self.whole}
+        self._groups = [g for g in optimizer.param_groups if any(id(p) in ids for p in g["params"])]
+        self._parked, self._pending, self._folding, self._decay = [], list(self.masked), False, 0.0
+        self.parked = []
+        self._ready = False
 
     @torch.no_grad()
     def _check_frozen(self) -> None:
@@ -217,17 +345,20 @@ class MaskedTraining:
 
     def _before_step(self, *_: object) -> None:
         if not self.restores and any(
-            g.get("weight_decay", 0) or g.get("maximize", False) for g in self._groups
+            g.get("weight_decay", 0) != self._decay or g.get("maximize", False)
+            for g in self._groups
         ):
             raise PacnetError(
                 "train_only: weight decay or maximize was switched on inside the context; "
                 "use restore='always' for optimizers whose settings change"
             )
-        self.finish_grads()
+        self._prepare(everything=False)
 
     @torch.no_grad()
     def _after_step(self, *_: object) -> None:
         self._ready = False
+        if self._parkable and self._pending:
+            self._park()
         if not self.restores:
             return
         fast = [f for f, m in zip(self._frozen, self.masked, strict=True) if f.exact is None]
@@ -243,6 +374,14 @@ class MaskedTraining:
         for f in self._frozen:
             if f.exact is not None:
                 torch.where(f.exact, f.param, f.values, out=f.param)
+
+    def _close(self) -> None:
+        for h in self._grad_hooks:
+            h.remove()
+        self._grad_hooks = []
+        self._unpark()
+        if not self.restores:
+            self._check_frozen()
 
 
 @contextmanager
@@ -324,6 +463,8 @@ def train_only(
     handles = [
         optimizer.register_step_pre_hook(session._before_step),
         optimizer.register_step_post_hook(session._after_step),
+        optimizer.register_state_dict_post_hook(session._clean_state_dict),
+        optimizer.register_load_state_dict_post_hook(session._state_loaded),
     ]
     for p in fully_frozen:
         p.requires_grad_(False)
@@ -333,7 +474,6 @@ def train_only(
     finally:
         for h in handles:
             h.remove()
-        if not session.restores:
-            session._check_frozen()
+        session._close()
         for p in fully_frozen:
             p.requires_grad_(True)
