@@ -2,32 +2,40 @@
 
 Zeroing gradients alone does not freeze a weight in general: momentum, weight decay (SGD's
 coupled decay, AdamW's decoupled decay) and optimizer state from earlier steps move entries
-whose gradient is zero. :func:`train_only` wraps the user's own loop and works in two places:
+whose gradient is zero. :func:`train_only` wraps the user's own loop with optimizer step
+hooks (a pre-hook sees the final gradients: after DDP's all-reduce and GradScaler's
+unscaling) and picks the cheapest of three exact ways to hold the frozen entries:
 
-* **before every** ``optimizer.step()`` (a step pre-hook, so it sees the final gradients:
-  after DDP's all-reduce and GradScaler's unscaling) the frozen entries of the gradients are
-  zeroed with one batched ``torch._foreach_mul_``; with ``l2 > 0`` the gradient of
-  ``l2·‖w − w₀‖²`` over the trainable entries is added first (``w₀``: the values on entry),
-  fused into the same batched pass instead of an autograd term. Call
-  :meth:`MaskedTraining.finish_grads` yourself to get this earlier (e.g. before gradient
-  clipping, so the norm counts only trainable entries).
-* **after every step**, frozen entries are written back bit for bit, unless that is provably
-  unnecessary. It is unnecessary (``restore="auto"``) when the optimizer is SGD, Adam or
-  AdamW (plain, foreach or fused) with no weight decay, ``maximize`` off and no earlier
-  state for the masked parameters: with zero gradients from the first step on, their state
-  at frozen entries stays exactly 0 and the update there is ``w ± 0.0 = w`` for every
-  value ``w``. Only a gradient that is NaN or inf at a frozen entry could break this
-  (``NaN·0`` is NaN), and such a run has diverged anyway; as a safety net a compact copy
-  of the frozen values (none when they are all ``+0.0``, as in Allocate) is checked on
-  exit, and put back with a warning if anything moved them. Any other optimizer, or
-  ``restore="always"``, takes the write-back path: ``w ← w·keep + frozen`` with two
-  batched ``torch._foreach`` calls (``keep``: the mask as 0/1; ``frozen``: entry values at
-  frozen places, 0 elsewhere). ``w·0 + f`` equals ``f`` exactly for every finite ``f``
-  except ``-0.0``; the rare parameter holding a frozen ``-0.0`` (or a non-finite frozen
-  value) takes an exact ``torch.where`` path instead.
+* **Parking** (Adam or AdamW, plain, foreach or fused, with no weight decay, ``maximize``
+  off and no earlier state; frozen values finite and not ``-0.0``). The first step zeroes
+  the frozen gradient entries; then Adam's second moment is set to ``+inf`` there. From
+  then on the update at a frozen entry is ``lr·m/(√inf + eps) = ±0.0`` whatever its
+  gradient, and ``w ∓ 0.0 = w`` bit for bit: no per-step pass over the gradients at all.
+  With ``l2 > 0`` and a fused Adam whose groups hold only parameters under the term, the
+  term's gradient ``2·l2·w`` (trainable entries start at 0) is the kernel's own coupled
+  weight decay, so a Calibrate step costs what a plain one does. On exit the moments at
+  frozen entries are set to 0 (what zeroed gradients would have left) and the weight decay
+  back to 0; ``optimizer.state_dict()`` inside the context returns that clean state too,
+  and ``load_state_dict`` inside the context starts the parking again.
+* **Zeroed gradients** (SGD, or parameters that cannot be parked): before every step the
+  frozen gradient entries are zeroed with one batched ``torch._foreach_mul_``, after the
+  gradient of ``l2·‖w − w₀‖²`` over the trainable entries (``w₀``: the values on entry)
+  is added in one batched pass. SGD/Adam/AdamW with no weight decay, ``maximize`` off and
+  no earlier state then leave a frozen entry exactly where it is (zero gradient, zero
+  state: ``w ± 0.0 = w``).
+* **Write-back** (any other optimizer, or ``restore="always"``): after every step the
+  frozen entries are written back: ``w ← w·keep + frozen`` with two batched
+  ``torch._foreach`` calls (``keep``: the mask as 0/1; ``frozen``: entry values at frozen
+  places, 0 elsewhere). ``w·0 + f`` equals ``f`` exactly for every finite ``f`` except
+  ``-0.0``; the rare parameter holding a frozen ``-0.0`` (or a non-finite frozen value)
+  takes an exact ``torch.where`` path instead.
 
-The hot path is thus two batched passes over the masked gradients (one without ``l2``) and
-no per-step copy of any weight; see ``pacnet bench`` for what it costs.
+Only a NaN or inf gradient at a frozen entry could move it on the first two paths (``NaN·0``
+is NaN, and so is ``inf/inf``), and such a run has diverged anyway; as a safety net a
+compact copy of the frozen values (none when they are all ``+0.0``, as in Allocate) is
+checked on exit, and put back with a warning if anything moved them.
+:meth:`MaskedTraining.finish_grads` applies the term and zeroes every frozen gradient entry
+early, for loops that clip gradients (so the norm counts only trainable entries).
 
 Parameters the mask does not cover follow ``others``: ``"trainable"`` leaves them alone,
 ``"frozen"`` turns off their ``requires_grad`` for the duration (and clears their gradient),
@@ -414,7 +422,7 @@ def train_only(
             weight decay inside the context).
 
     Yields:
-        a :class:`MaskedTraining` handle (``finish_grads()``, ``restores``).
+        a :class:`MaskedTraining` handle (``finish_grads()``, ``restores``, ``parked``).
 
     Example:
         >>> with pacnet.train_only(model, ~mask, opt):
