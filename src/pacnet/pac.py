@@ -12,9 +12,9 @@ Afterwards ``tasks.use(model, "source")`` (or :func:`pacnet.checkpoint.load` wit
 
 The penalty is a plain sum of squares (no ½, no mean) on top of the task loss; its right
 strength depends on how the loss is scaled (see the README on standardised targets). It is
-applied as its gradient ``2λ(w − w_alloc)``, fused into the masked-gradient pass of
-:func:`~pacnet.train_only` (no autograd graph, no copy of the redundant weights' start,
-which is 0), so ``fit``'s reported loss is the task loss alone.
+applied as its gradient ``2λ(w − w_alloc)`` by :func:`~pacnet.train_only` (no autograd
+graph, no copy of the redundant weights' start, which is 0; with fused Adam it is the
+kernel's own weight decay), so ``fit``'s reported loss is the task loss alone.
 """
 
 from __future__ import annotations
