@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -139,22 +140,25 @@ def profile_steps(name: str, steps: int = 10, top: int = 8) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
     out: dict[str, Any] = {"model": name, "steps": steps, "modes": {}}
-    for mode in ("plain", "allocate", "calibrate"):
-        torch.manual_seed(0)
-        model, x, y = MODELS[name]()
-        step, context = _stepper(mode, model, x, y)
-        with context():
+    runs = {}
+    with ExitStack() as stack:
+        for mode in ("plain", "allocate", "calibrate"):  # all warmed up before any is
+            torch.manual_seed(0)  # profiled: the allocator's state then favours none
+            model, x, y = MODELS[name]()
+            step, context = _stepper(mode, model, x, y)
+            stack.enter_context(context())
             for _ in range(3):
                 step()
+            runs[mode] = step
+        for mode, step in runs.items():
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(steps):
                     step()
-        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-        total = sum(e.self_cpu_time_total for e in events) / 1e3 / steps
-        out["modes"][mode] = {
-            "ms_per_step": total,
-            "top": {e.key: e.self_cpu_time_total / 1e3 / steps for e in events[:top]},
-        }
+            events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total)[::-1]
+            out["modes"][mode] = {
+                "ms_per_step": sum(e.self_cpu_time_total for e in events) / 1e3 / steps,
+                "top": {e.key: e.self_cpu_time_total / 1e3 / steps for e in events[:top]},
+            }
     return out
 
 
