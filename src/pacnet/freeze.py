@@ -201,6 +201,7 @@ class MaskedTraining:
             if id(m.param) not in self._parkable:
                 m.multiplies()
         self._pending = list(masked)  # not parked: their frozen gradient entries are zeroed
+        self._to_park = set(self._parkable)  # parkable, not parked yet
         self._parked: list[_Masked] = []
         self.parked: list[str] = []
         """Parameters whose frozen entries Adam's state holds still (see the module notes;
@@ -289,6 +290,7 @@ class MaskedTraining:
                     state[key].masked_fill_(frozen, math.inf)
             self._parked.append(m)
             self.parked.append(m.name)
+            self._to_park.discard(id(m.param))
         self._pending = pending
         self._folding = not pending and self._foldable()
 
@@ -347,7 +349,7 @@ class MaskedTraining:
         ids = {id(m.param) for m in self.masked} | {id(p) for p, _ in self.whole}
         self._groups = [g for g in optimizer.param_groups if any(id(p) in ids for p in g["params"])]
         self._parked, self._pending, self._folding, self._decay = [], list(self.masked), False, 0.0
-        self.parked = []
+        self.parked, self._to_park = [], set(self._parkable)
         self._ready = False
 
     @torch.no_grad()
@@ -383,7 +385,7 @@ class MaskedTraining:
     @torch.no_grad()
     def _after_step(self, *_: object) -> None:
         self._ready = False
-        if self._parkable and self._pending:
+        if self._to_park:
             self._park()
         if not self.restores:
             return
