@@ -208,6 +208,11 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         help="instead: where a step's time goes (torch.profiler), plain/allocate/calibrate; "
         "MODEL is friedman_mlp, wide_mlp or resnet18",
     )
+    bch.add_argument(
+        "--optimizer",
+        default="adam",
+        help="the optimizer of every mode: adam (pacnet's default), adamw or sgd (momentum 0.9)",
+    )
     bch.add_argument("--debug", action="store_true", help="show tracebacks")
 
     ins = sub.add_parser("inspect", help="what a pacnet checkpoint holds (checksum verified)")
@@ -443,16 +448,23 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     import json
 
     from pacnet.perf import MODELS, profile_steps, profile_summary, run_all, summary
+    from pacnet.train import OPTIMIZERS
 
+    check(
+        args.optimizer in OPTIMIZERS,
+        f"unknown optimizer {args.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}",
+    )
     if args.profile is not None:
         check(
             args.profile in MODELS,
             f"unknown model {args.profile!r}; choose one of {', '.join(MODELS)}",
         )
-        report = profile_steps(args.profile, steps=3 if args.quick else 10)
+        report = profile_steps(
+            args.profile, steps=3 if args.quick else 10, optimizer=args.optimizer
+        )
         print(json.dumps(report, indent=2) if args.json else profile_summary(report))
         return
-    report = run_all(quick=args.quick)
+    report = run_all(quick=args.quick, optimizer=args.optimizer)
     print(json.dumps(report, indent=2) if args.json else summary(report))
 
 

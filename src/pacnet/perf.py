@@ -52,24 +52,25 @@ MODELS: dict[str, Callable[[], tuple[nn.Module, torch.Tensor, torch.Tensor]]] = 
 }
 
 
-def _adam(params) -> torch.optim.Optimizer:
-    """The optimizer pacnet's own loop builds (fused Adam on CPU/CUDA), for every mode."""
-    return make_optimizer(list(params), FitConfig(lr=1e-4))
+def _optimizer(params, name: str) -> torch.optim.Optimizer:
+    """The optimizer pacnet's own loop builds (fused on CPU/CUDA), the same for every mode;
+    SGD with momentum 0.9."""
+    return make_optimizer(list(params), FitConfig(lr=1e-4, optimizer=name))
 
 
-def _stepper(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+def _stepper(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: str):
     """(step function, context manager factory) for 'plain', 'allocate' or 'calibrate'."""
     from contextlib import nullcontext
 
     loss_fn = nn.functional.mse_loss
     if mode == "plain":
-        opt = _adam(model.parameters())
+        opt = _optimizer(model.parameters(), optimizer)
         context = nullcontext
     else:
         mask = prune(model, 0.8)
         zero_redundant(model, mask)
         if mode == "allocate":
-            opt = _adam(model.parameters())
+            opt = _optimizer(model.parameters(), optimizer)
 
             def context():
                 return train_only(model, mask, opt)
@@ -79,7 +80,7 @@ def _stepper(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
             tasks.activate(model, "target")
             trainable = tasks.trainable(model)
             params = dict(model.named_parameters())
-            opt = _adam([params[n] for n in trainable])
+            opt = _optimizer([params[n] for n in trainable], optimizer)
 
             def context():  # λ = 0.01 as a fused gradient term, as pacnet.calibrate does
                 return train_only(model, trainable, opt, others="frozen", l2=0.01)
@@ -92,14 +93,14 @@ def _stepper(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
     return step, context
 
 
-def step_times(name: str, repeats: int, steps: int) -> dict[str, Any]:
+def step_times(name: str, repeats: int, steps: int, optimizer: str = "adam") -> dict[str, Any]:
     """Median seconds per step of plain / allocate / calibrate, measured interleaved."""
     runs = {}
     contexts = {}
     for mode in ("plain", "allocate", "calibrate"):
         torch.manual_seed(0)
         model, x, y = MODELS[name]()
-        step, context = _stepper(mode, model, x, y)
+        step, context = _stepper(mode, model, x, y, optimizer)
         ctx = context()
         ctx.__enter__()
         for _ in range(3):  # warm-up
@@ -135,17 +136,19 @@ def step_times(name: str, repeats: int, steps: int) -> dict[str, Any]:
     }
 
 
-def profile_steps(name: str, steps: int = 10, top: int = 8) -> dict[str, Any]:
+def profile_steps(
+    name: str, steps: int = 10, top: int = 8, optimizer: str = "adam"
+) -> dict[str, Any]:
     """Self CPU time per operator and step (ms) of plain / allocate / calibrate steps."""
     from torch.profiler import ProfilerActivity, profile
 
-    out: dict[str, Any] = {"model": name, "steps": steps, "modes": {}}
+    out: dict[str, Any] = {"model": name, "optimizer": optimizer, "steps": steps, "modes": {}}
     runs = {}
     with ExitStack() as stack:
         for mode in ("plain", "allocate", "calibrate"):  # all warmed up before any is
             torch.manual_seed(0)  # profiled: the allocator's state then favours none
             model, x, y = MODELS[name]()
-            step, context = _stepper(mode, model, x, y)
+            step, context = _stepper(mode, model, x, y, optimizer)
             stack.enter_context(context())
             for _ in range(3):
                 step()
@@ -177,10 +180,10 @@ def _child_rss(args: list[str]) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def peak_memory(name: str, steps: int) -> dict[str, Any]:
+def peak_memory(name: str, steps: int, optimizer: str = "adam") -> dict[str, Any]:
     """Max RSS (MiB) of a fresh process that builds the model and runs ``steps`` steps."""
     rss = {
-        mode: _child_rss(["memory", name, mode, str(steps)])["max_rss_mib"]
+        mode: _child_rss(["memory", name, mode, str(steps), optimizer])["max_rss_mib"]
         for mode in ("plain", "allocate", "calibrate")
     }
     return {
@@ -245,19 +248,20 @@ def throughput() -> dict[str, Any]:
     return out
 
 
-def run_all(quick: bool = False) -> dict[str, Any]:
+def run_all(quick: bool = False, optimizer: str = "adam") -> dict[str, Any]:
     repeats, steps = (5, 3) if quick else (15, 10)
     report: dict[str, Any] = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "device": "cpu",
+        "optimizer": optimizer,
         "steps": {},
         "memory": {},
     }
     for name in MODELS:
-        report["steps"][name] = step_times(name, repeats, steps)
+        report["steps"][name] = step_times(name, repeats, steps, optimizer)
     for name in ("wide_mlp", "resnet18"):
-        report["memory"][name] = peak_memory(name, 3 if quick else 10)
+        report["memory"][name] = peak_memory(name, 3 if quick else 10, optimizer)
     report["checkpoint"] = checkpoint_sizes()
     report["global_mask"] = {
         str(w): mask_time(w) for w in ((10_000_000,) if quick else (10_000_000, 100_000_000))
@@ -268,7 +272,7 @@ def run_all(quick: bool = False) -> dict[str, Any]:
 
 def summary(report: dict[str, Any]) -> str:
     lines = [
-        "step time, median of paired ratios [quartiles]",
+        f"step time ({report.get('optimizer', 'adam')}), median of paired ratios [quartiles]",
         "model          params  plain s/step  allocate/plain         calibrate/plain",
     ]
     for name, r in report["steps"].items():
@@ -307,10 +311,10 @@ def _high_water_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _memory_child(name: str, mode: str, steps: int) -> None:
+def _memory_child(name: str, mode: str, steps: int, optimizer: str) -> None:
     torch.manual_seed(0)
     model, x, y = MODELS[name]()
-    step, context = _stepper(mode, model, x, y)
+    step, context = _stepper(mode, model, x, y, optimizer)
     with context():
         for _ in range(steps):
             step()
@@ -340,6 +344,6 @@ def _mask_child(weights: int) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "memory":
-        _memory_child(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        _memory_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
     elif sys.argv[1] == "mask":
         _mask_child(int(sys.argv[2]))

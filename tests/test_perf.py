@@ -1,0 +1,34 @@
+"""`pacnet bench` measures what it says: the masked modes run pacnet's own masking paths."""
+
+import pytest
+
+from pacnet.cli import main
+from pacnet.perf import MODELS, _stepper, step_times
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_bench_modes_run_the_masking_path_the_optimizer_gets(optimizer):
+    model, x, y = MODELS["friedman_mlp"]()
+    step, context = _stepper("calibrate", model, x, y, optimizer)
+    with context() as session:
+        for _ in range(2):
+            step()
+        assert session.l2 > 0 and not session.restores
+        assert bool(session.parked) == (optimizer != "sgd")  # SGD zeroes gradients instead
+        assert session._folding == (optimizer == "adam")  # the kernel's weight decay is λ's
+
+
+def test_step_times_reports_paired_ratios():
+    report = step_times("friedman_mlp", repeats=3, steps=2, optimizer="sgd")
+    assert set(report["seconds_per_step"]) == {"plain", "allocate", "calibrate"}
+    for mode in ("allocate", "calibrate"):
+        low, high = report["ratio_quartiles"][mode]
+        assert 0 < low <= high
+
+
+def test_bench_profile_and_bad_optimizer(capsys):
+    assert main(["bench", "--profile", "friedman_mlp", "--quick", "--optimizer", "sgd"]) == 0
+    out = capsys.readouterr().out
+    assert "calibrate:" in out and "aten::" in out
+    assert main(["bench", "--optimizer", "lion"]) != 0
+    assert "unknown optimizer 'lion'" in capsys.readouterr().err
