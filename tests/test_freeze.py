@@ -410,3 +410,135 @@ def test_l2_gradient_keeps_a_small_difference_from_a_large_start():
         session.finish_grads()
         expected = 2 * lam * (w.detach().double() - 1000.0) * mask["0.weight"]
         torch.testing.assert_close(w.grad.double(), expected, rtol=1e-6, atol=0)
+
+
+def test_a_group_of_fully_trainable_parameters_keeps_its_own_weight_decay():
+    model = mlp()
+    mask = prune(model, 0.8)
+    trainable = {**~mask, "4.bias": torch.ones(1, dtype=torch.bool)}
+    rest = [p for n, p in model.named_parameters() if n != "4.bias"]
+    optimizer = torch.optim.Adam(
+        [{"params": rest}, {"params": [model[4].bias], "weight_decay": 0.01}], lr=0.01, fused=True
+    )
+    with train_only(model, trainable, optimizer, others="frozen", l2=0.1) as session:
+        train(model, optimizer, steps=5)
+        assert not session.restores and session.parked
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0, 0.01]
+
+
+def test_l2_term_reaches_a_parameter_another_optimizer_steps():
+    """Folding the term into one optimizer's weight decay must not skip parameters that
+    optimizer does not hold (here the last bias, stepped by SGD)."""
+    model = mlp()
+    mask = prune(model, 0.8)
+    from pacnet import zero_redundant
+
+    zero_redundant(model, mask)
+    trainable = {**~mask, "4.bias": torch.ones(1, dtype=torch.bool)}
+    adam = torch.optim.Adam(
+        [p for n, p in model.named_parameters() if n != "4.bias"], lr=0.01, fused=True
+    )
+    sgd = torch.optim.SGD([model[4].bias], lr=0.01)
+    start, lam = model[4].bias.detach().clone(), 0.3
+    gen = torch.Generator().manual_seed(0)
+    with train_only(model, trainable, adam, others="frozen", l2=lam):
+        for _ in range(4):
+            adam.zero_grad()
+            sgd.zero_grad()
+            ((model(torch.randn(16, 5, generator=gen)) - 1.0) ** 2).mean().backward()
+            raw, w = model[4].bias.grad.clone(), model[4].bias.detach().clone()
+            adam.step()  # its pre-hook adds the term to every gradient under it
+            torch.testing.assert_close(model[4].bias.grad, raw + 2 * lam * (w - start))
+            sgd.step()
+
+
+def test_adam_without_second_moment_decay_is_not_parked():
+    """β2 = 0 would make β2·inf = NaN: such an Adam takes the zeroed-gradient path."""
+    model = mlp()
+    mask = prune(model, 0.8)
+    before = snapshot(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.9, 0.0), fused=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with train_only(model, mask, optimizer) as session:
+            train(model, optimizer, steps=5)
+            assert session.parked == []
+            assert torch.isfinite(model[0].weight).all()
+    for n, m in mask.items():
+        assert bits_equal(model.get_parameter(n).detach()[~m], before[n][~m]), n
+
+
+def test_loading_optimizer_state_that_moves_frozen_entries_switches_to_write_back():
+    model = mlp()
+    mask = prune(model, 0.8)
+    earlier = torch.optim.Adam(model.parameters(), lr=0.01)
+    train(model, earlier, steps=3)  # an unmasked run: moments at every entry
+    state = earlier.state_dict()
+    model = mlp()
+    before = snapshot(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with train_only(model, mask, optimizer) as session:
+            assert not session.restores
+            optimizer.load_state_dict(state)
+            assert session.restores and "nonzero at frozen entries" in session.reason
+            train(model, optimizer, steps=3)
+            for n, m in mask.items():  # held during training, not only put back on exit
+                assert bits_equal(model.get_parameter(n).detach()[~m], before[n][~m]), n
+    assert session.rescued == []
+
+
+def test_write_back_path_puts_non_finite_frozen_values_back_on_exit():
+    model = mlp()
+    mask = prune(model, 0.8)
+    before = snapshot(model)
+    frozen = ~mask["2.weight"]
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=0.01)
+    with (
+        pytest.warns(RuntimeWarning, match="2.weight"),
+        train_only(model, mask, optimizer) as session,
+    ):
+        assert session.restores
+        hook = model[2].weight.register_hook(lambda g: g.masked_fill(frozen, float("nan")))
+        train(model, optimizer, steps=1)
+        hook.remove()
+        assert torch.isnan(model[2].weight[frozen]).all()  # NaN·0 + f is NaN
+    assert bits_equal(model[2].weight.detach()[frozen], before["2.weight"][frozen])
+
+
+def test_unfused_adam_whose_eps_vanishes_in_float16_writes_frozen_entries_back():
+    model = mlp().half()
+    mask = prune(model, 0.8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)  # eps 1e-8 -> 0
+    with train_only(model, mask, optimizer) as session:
+        assert session.restores and "eps" in session.reason
+
+
+def test_requires_grad_comes_back_even_if_the_exit_warning_is_an_error():
+    model = mlp()
+    mask = prune(model, 0.8)
+    frozen = ~mask["2.weight"]
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with (
+            pytest.raises(RuntimeWarning, match="put back"),
+            train_only(model, mask, optimizer, others="frozen"),
+        ):
+            hook = model[2].weight.register_hook(lambda g: g.masked_fill(frozen, float("inf")))
+            train(model, optimizer, steps=2)
+            hook.remove()
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_parked_parameters_leave_no_gradient_at_frozen_entries():
+    model = mlp()
+    mask = prune(model, 0.8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, fused=True)
+    with train_only(model, mask, optimizer) as session:
+        train(model, optimizer, steps=3)
+        assert session.parked
+        model(torch.randn(4, 5)).sum().backward()  # a gradient nobody steps with
+    for n, m in mask.items():
+        assert torch.count_nonzero(model.get_parameter(n).grad[~m]) == 0, n

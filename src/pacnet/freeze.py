@@ -6,40 +6,48 @@ whose gradient is zero. :func:`train_only` wraps the user's own loop with optimi
 hooks (a pre-hook sees the final gradients: after DDP's all-reduce and GradScaler's
 unscaling) and picks the cheapest of three exact ways to hold the frozen entries:
 
-* **Parking** (Adam or AdamW, plain, foreach or fused, with no weight decay, ``maximize``
-  off and no earlier state; frozen values finite and not ``-0.0``). The first step zeroes
-  the frozen gradient entries; then Adam's second moment is set to ``+inf`` there. From
-  then on the update at a frozen entry is ``lr·m/(√inf + eps) = ±0.0`` whatever its
-  gradient, and ``w ∓ 0.0 = w`` bit for bit: no per-step pass over the gradients at all.
-  With ``l2 > 0`` and a fused Adam whose groups hold only parameters under the term, the
-  term's gradient ``2·l2·w`` (trainable entries start at 0) is the kernel's own coupled
-  weight decay, so a Calibrate step costs what a plain one does. On exit the moments at
-  frozen entries are set to 0 (what zeroed gradients would have left) and the weight decay
-  back to 0; ``optimizer.state_dict()`` inside the context returns that clean state too,
-  and ``load_state_dict`` inside the context starts the parking again.
-* **Zeroed gradients** (SGD, or parameters that cannot be parked): before every step the
-  frozen gradient entries are zeroed with one batched ``torch._foreach_mul_``, after the
-  gradient of ``l2·‖w − w₀‖²`` over the trainable entries (``w₀``: the values on entry)
-  is added in one batched pass. SGD/Adam/AdamW with no weight decay, ``maximize`` off and
-  no earlier state then leave a frozen entry exactly where it is (zero gradient, zero
-  state: ``w ± 0.0 = w``).
+* **Zeroed gradients** (SGD, Adam or AdamW with no weight decay, ``maximize`` off and no
+  earlier state for the masked parameters): before every step the frozen gradient entries
+  are zeroed with one batched ``torch._foreach_mul_``, after the gradient of
+  ``l2·‖w − w₀‖²`` over the trainable entries (``w₀``: the values on entry) is added in one
+  batched pass. A frozen entry then has zero gradient and zero state, and its update is
+  ``w ± 0.0 = w``. (Not for an unfused Adam whose ``eps`` is 0 in the parameter's dtype,
+  e.g. the default 1e-8 in float16: its update at such an entry is ``0/0``.)
+* **Parking** (Adam or AdamW as above with ``β2 > 0``, for parameters whose frozen values
+  are finite and not ``-0.0``). The first step zeroes the frozen gradient entries; then
+  Adam's second moment is set to ``+inf`` there. From then on the update at a frozen entry
+  is ``lr·m/(√inf + eps) = ±0.0`` whatever its gradient, and ``w ∓ 0.0 = w`` bit for bit:
+  no per-step pass over the gradients at all. With ``l2 > 0``, a fused, coupled-decay Adam
+  group whose own weight decay is 0 and whose parameters are all under the term from a
+  zero start (masked weights whose trainable entries start at 0, as in Calibrate) gets the
+  term's gradient ``2·l2·w`` as the kernel's own weight decay, so a Calibrate step costs
+  what a plain one does; other parameters under the term get the explicit pass
+  (:func:`pacnet.calibrate` puts the task's own tensors, which start as copies, in a group
+  of their own for this). On exit the moments at frozen entries are set to 0, the frozen
+  gradient entries too (what zeroed gradients would have left), and the groups' own weight
+  decay is put back; ``optimizer.state_dict()`` inside the context returns that clean
+  state. ``load_state_dict`` inside the context parks again if the loaded state is zero at
+  the frozen entries, and switches to the write-back otherwise.
 * **Write-back** (any other optimizer, or ``restore="always"``): after every step the
   frozen entries are written back: ``w ← w·keep + frozen`` with two batched
   ``torch._foreach`` calls (``keep``: the mask as 0/1; ``frozen``: entry values at frozen
-  places, 0 elsewhere). ``w·0 + f`` equals ``f`` exactly for every finite ``f`` except
-  ``-0.0``; the rare parameter holding a frozen ``-0.0`` (or a non-finite frozen value)
-  takes an exact ``torch.where`` path instead.
+  places, 0 elsewhere). ``w·0 + f`` equals ``f`` exactly for every finite ``w`` and ``f``
+  except ``f = -0.0``; the rare parameter holding a frozen ``-0.0`` (or a non-finite
+  frozen value) takes an exact ``torch.where`` path instead.
 
-Only a NaN or inf gradient at a frozen entry could move it on the first two paths (``NaN·0``
-is NaN, and so is ``inf/inf``), and such a run has diverged anyway; as a safety net a
-compact copy of the frozen values (none when they are all ``+0.0``, as in Allocate) is
-checked on exit, and put back with a warning if anything moved them.
+A non-finite value can still move a frozen entry: a NaN or inf gradient there (``NaN·0`` is
+NaN, and so is ``inf/inf``), or an optimizer step that makes a weight NaN before the
+write-back. Such a run has diverged; as a safety net the frozen entries are checked on exit
+against their values on entry (a compact copy, none when they are all ``+0.0`` as in
+Allocate) and put back with a warning if anything moved them.
 :meth:`MaskedTraining.finish_grads` applies the term and zeroes every frozen gradient entry
 early, for loops that clip gradients (so the norm counts only trainable entries).
 
 Parameters the mask does not cover follow ``others``: ``"trainable"`` leaves them alone,
 ``"frozen"`` turns off their ``requires_grad`` for the duration (and clears their gradient),
-so no optimizer touches them. Everything is undone on exit.
+so no optimizer touches them. Everything is undone on exit. The mask's tensors are used as
+they are, without a copy, where parking holds the entries: do not edit them inside the
+context.
 """
 
 from __future__ import annotations
@@ -153,16 +161,39 @@ def _why_restore(
     if type(optimizer) not in _STILL_AT_ZERO_GRAD:
         return f"{type(optimizer).__name__} is not one of SGD, Adam, AdamW"
     ids = {id(p) for p in params}
-    for group in optimizer.param_groups:
-        if not any(id(p) in ids for p in group["params"]):
-            continue
+    for group in _holding(optimizer, ids):
         if group.get("weight_decay", 0) != 0:
             return "weight decay moves zero-gradient entries"
         if group.get("maximize", False):
             return "maximize can turn a frozen -0.0 into +0.0"
+        if isinstance(optimizer, torch.optim.Adam) and not group.get("fused"):
+            for p in group["params"]:  # the unfused kernels add eps in the parameter's dtype
+                if id(p) in ids and float(torch.tensor(group["eps"], dtype=p.dtype)) == 0:
+                    return f"eps {group['eps']} is 0 in {p.dtype}: 0/0 at zero-gradient entries"
     if fresh and any(optimizer.state.get(p) for p in params):
         return "the optimizer already holds state for masked parameters"
     return None
+
+
+def _holding(optimizer: torch.optim.Optimizer, ids: set[int]) -> list[dict]:
+    """The optimizer's parameter groups that hold any of the parameters ``ids``."""
+    return [g for g in optimizer.param_groups if any(id(p) in ids for p in g["params"])]
+
+
+def _parks(optimizer: torch.optim.Optimizer, groups: list[dict]) -> bool:
+    """Whether +inf in Adam's second moment holds an entry still (``β2·inf`` is NaN at 0)."""
+    adam = type(optimizer) in (torch.optim.Adam, torch.optim.AdamW)
+    return adam and all(float(g["betas"][1]) > 0 for g in groups)
+
+
+def _nonzero_at_frozen(values: Tensor, keep: Tensor) -> bool:
+    for chunk, keeps in zip(_chunks(values), _chunks(keep), strict=True):
+        if bool(chunk[keeps.logical_not()].any()):
+            return True
+    return False
+
+
+_MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 
 class MaskedTraining:
@@ -174,49 +205,55 @@ class MaskedTraining:
         optimizer: torch.optim.Optimizer,
         l2: float,
         restore: str,
-        whole: list[tuple[nn.Parameter, Tensor]],
+        whole: list[tuple[nn.Parameter, Tensor | None]],
     ):
         self.masked = masked
         self.optimizer = optimizer
         self.l2 = l2
-        self.whole = whole  # (param, w₀) of fully trainable parameters under the l2 term
+        self.whole = whole  # (param, w₀ or None for all +0.0): fully trainable, under l2
         params = [m.param for m in masked]
         reason = _why_restore(optimizer, params) if restore == "auto" else "restore='always'"
         self.restores = reason is not None
         """Whether frozen entries are written back after each step (else provably still)."""
         self.reason = reason
-        ids = {id(p) for p in params} | {id(p) for p, _ in whole}
-        self._groups = [g for g in optimizer.param_groups if any(id(p) in ids for p in g["params"])]
-        if self.restores:
-            for m in masked:
-                m.multiplies()
-        self._frozen = [_frozen_copy(m.param, m.keep) for m in masked] if self.restores else []
-        scans = [] if self.restores else [_scan_frozen(m.param, m.keep) for m in masked]
-        self._net = [copy for copy, _ in scans]
-        adam = type(optimizer) in (torch.optim.Adam, torch.optim.AdamW)
-        self._parkable = {  # Adam's update at an entry whose second moment is +inf is ±0.0
-            id(m.param) for m, (_, ok) in zip(masked, scans, strict=False) if ok and adam
-        }  # (no scans, and nothing to park, on the write-back path)
-        for m in masked:
-            if id(m.param) not in self._parkable:
-                m.multiplies()
-        self._pending = list(masked)  # not parked: their frozen gradient entries are zeroed
-        self._to_park = set(self._parkable)  # parkable, not parked yet
-        self._parked: list[_Masked] = []
         self.parked: list[str] = []
         """Parameters whose frozen entries Adam's state holds still (see the module notes;
         kept after exit); the others have their frozen gradient entries zeroed every step."""
-        self._folding = False  # whether the l2 term is left to the fused Adam kernel
-        self._decay = 0.0  # the weight decay this context has put into self._groups
-        self._ready = False
-        self._grad_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self.rescued: list[str] = []
         """Set on exit: parameters whose frozen entries had moved and were put back."""
+        self._groups = _holding(optimizer, {id(p) for p in params})
+        self._frozen: list[_Frozen] = []
+        self._net: list[Tensor | None] = []  # compact copies for the exit check
+        self._checks = not self.restores  # whether _net was taken (on entry)
+        self._parkable: set[int] = set()
+        if self.restores:
+            self._write_back()
+        else:
+            scans = [_scan_frozen(m.param, m.keep) for m in masked]
+            self._net = [copy for copy, _ in scans]
+            held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            if _parks(optimizer, self._groups):
+                self._parkable = {
+                    id(m.param)
+                    for m, (_, ok) in zip(masked, scans, strict=True)
+                    if ok and id(m.param) in held
+                }
+            for m in masked:
+                if id(m.param) not in self._parkable:
+                    m.multiplies()
+        self._to_park = set(self._parkable)  # parkable, not parked yet
+        self._parked: list[_Masked] = []
+        self._pending = list(masked)  # not parked: their frozen gradient entries are zeroed
+        self._decays: dict[int, tuple[dict, float]] = {}  # folding groups: (group, own decay)
+        self._folded: set[int] = set()  # parameters whose l2 term the kernel adds
+        self._folding = False  # whether the folding groups carry the l2 term right now
+        self._ready = False
+        self._grad_hooks: list[torch.utils.hooks.RemovableHandle] = []
 
     def finish_grads(self) -> None:
-        """Add the l2 gradient and zero the frozen gradient entries now, once per step, after
-        the step's last ``backward()`` (e.g. before gradient clipping, so that the norm sees
-        exactly what the optimizer will)."""
+        """Add the l2 gradient and zero every frozen gradient entry now, once per step, after
+        the step's last ``backward()`` (and after ``scaler.unscale_(optimizer)`` with a
+        GradScaler): e.g. before gradient clipping, so the norm sees what the optimizer will."""
         if not self._grad_hooks:  # a new backward starts a new step, even if the last
             # step was skipped (a GradScaler that found inf/NaN does not call step())
             self._grad_hooks = [
@@ -237,10 +274,8 @@ class MaskedTraining:
         if self._ready:
             return
         self._ready = True
-        fold = self._folding and not everything
-        if self._folding:  # the kernel adds decay·w to every gradient (frozen entries
-            # included, which parking holds still): the l2 term for entries that start at 0
-            self._set_decay(2 * self.l2 if fold else 0.0)
+        fold = bool(self._decays) and not everything
+        self._fold(fold)
         # A fused optimizer stepped by a GradScaler that did not unscale first sees scaled
         # gradients (it unscales inside its kernel): scale the l2 term alike.
         scale = getattr(self.optimizer, "grad_scale", None)
@@ -249,17 +284,15 @@ class MaskedTraining:
         if self.l2:  # batched adds: α·w where w₀ = 0, α·(w − w₀) elsewhere
             pairs = [(m.param, m.start) for m in live]
             pairs += [(p, s) for p, s in self.whole if p.grad is not None]
+            if fold:  # the kernel adds these parameters' term itself
+                pairs = [(p, s) for p, s in pairs if id(p) not in self._folded]
             at_zero = [p for p, s in pairs if s is None]
-            if at_zero and not fold:
+            if at_zero:
                 torch._foreach_add_([p.grad for p in at_zero], at_zero, alpha=alpha)
             shifted = [(p, s) for p, s in pairs if s is not None]
-            if shifted:
-                grads, starts = [p.grad for p, _ in shifted], [s for _, s in shifted]
-                if fold:  # the kernel adds α·w: take α·w₀ off (to within rounding of α·w)
-                    torch._foreach_add_(grads, starts, alpha=-alpha)
-                else:  # w − w₀ first, so a small difference is not lost in α·w
-                    diffs = torch._foreach_sub([p for p, _ in shifted], starts)
-                    torch._foreach_add_(grads, diffs, alpha=alpha)
+            if shifted:  # w − w₀ first, so a small difference is not lost in α·w
+                diffs = torch._foreach_sub([p for p, _ in shifted], [s for _, s in shifted])
+                torch._foreach_add_([p.grad for p, _ in shifted], diffs, alpha=alpha)
         zero = live if everything else [m for m in self._pending if m.param.grad is not None]
         fast = [m for m in zero if m.keep.dtype != torch.bool]
         if fast:
@@ -268,11 +301,18 @@ class MaskedTraining:
             if m.keep.dtype == torch.bool:
                 m.param.grad.masked_fill_(m.keep.logical_not(), 0.0)
 
-    def _set_decay(self, value: float) -> None:
-        if value != self._decay:
-            for group in self._groups:
-                group["weight_decay"] = value
-            self._decay = value
+    def _fold(self, on: bool) -> None:
+        """Put the l2 term into the folding groups' weight decay, or their own decay back."""
+        if on != self._folding:
+            for group, own in self._decays.values():
+                group["weight_decay"] = 2 * self.l2 if on else own
+            self._folding = on
+
+    def _expected_decay(self, group: dict) -> float:
+        entry = self._decays.get(id(group))
+        if entry is None:
+            return 0.0
+        return 2 * self.l2 if self._folding else entry[1]
 
     @torch.no_grad()
     def _park(self) -> None:
@@ -281,7 +321,7 @@ class MaskedTraining:
         pending = []
         for m in self._pending:
             state = self.optimizer.state.get(m.param)
-            if id(m.param) not in self._parkable or not state or "exp_avg_sq" not in state:
+            if id(m.param) not in self._to_park or not state or "exp_avg_sq" not in state:
                 pending.append(m)
                 continue
             frozen = m.keep.logical_not()
@@ -292,33 +332,45 @@ class MaskedTraining:
             self.parked.append(m.name)
             self._to_park.discard(id(m.param))
         self._pending = pending
-        self._folding = not pending and self._foldable()
+        if not self._to_park:
+            self._plan_folding()
 
-    def _foldable(self) -> bool:
-        """Whether the fused Adam kernel's (coupled) weight decay can add the l2 gradient:
-        it reaches every parameter of the groups, so all of them must be under the term."""
+    def _plan_folding(self) -> None:
+        """Find the groups whose (coupled, fused) weight decay can be the l2 term: every
+        parameter in them is under the term from a zero start (frozen entries parked), or
+        cannot get a gradient."""
         if not self.l2:
-            return False
-        under = {id(m.param) for m in self.masked} | {id(p) for p, _ in self.whole}
-        return all(
-            g.get("fused")
-            and not g.get("decoupled_weight_decay", False)
-            and all(id(p) in under or not p.requires_grad for p in g["params"])
-            for g in self._groups
-        )
+            return
+        at_zero = {id(m.param) for m in self._parked if m.start is None}
+        at_zero |= {id(p) for p, s in self.whole if s is None}
+        for group in self.optimizer.param_groups:
+            ps = group["params"]
+            if (
+                group.get("fused")
+                and not group.get("decoupled_weight_decay", False)
+                and group.get("weight_decay", 0) == 0
+                and not group.get("maximize", False)
+                and any(id(p) in at_zero for p in ps)
+                and all(id(p) in at_zero or (not p.requires_grad and p.grad is None) for p in ps)
+            ):
+                self._decays[id(group)] = (group, group.get("weight_decay", 0))
+                self._folded |= {id(p) for p in ps if id(p) in at_zero}
 
     @torch.no_grad()
     def _unpark(self) -> None:
-        """Give the optimizer back the state it would have without parking: zero moments at
-        frozen entries (their gradients would have been zeroed)."""
+        """Give the optimizer back the state it would have without parking (zero moments at
+        frozen entries, whose gradients would have been zeroed) and its own weight decay."""
+        self._fold(False)
         for m in self._parked:
             state = self.optimizer.state.get(m.param, {})
             frozen = m.keep.logical_not()
-            for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            for key in _MOMENTS:
                 if key in state:
                     state[key].masked_fill_(frozen, 0.0)
-        self._parked, self._pending, self._folding = [], list(self.masked), False
-        self._set_decay(0.0)
+            if m.param.grad is not None:
+                m.param.grad.masked_fill_(frozen, 0.0)
+        self._parked, self._pending, self._to_park = [], list(self.masked), set()
+        self._decays, self._folded = {}, set()
 
     @torch.no_grad()
     def _clean_state_dict(self, optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
@@ -335,45 +387,87 @@ class MaskedTraining:
                 continue
             frozen = m.keep.logical_not()
             state_dict["state"][key] = {
-                k: v.masked_fill(frozen, 0.0)
-                if k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-                else v
+                k: v.masked_fill(frozen, 0.0) if k in _MOMENTS else v
                 for k, v in state_dict["state"][key].items()
             }
         for group, packed in zip(optimizer.param_groups, state_dict["param_groups"], strict=True):
-            if self._decay and any(group is g for g in self._groups):
-                packed["weight_decay"] = 0.0
+            if id(group) in self._decays:
+                packed["weight_decay"] = self._decays[id(group)][1]
 
+    @torch.no_grad()
     def _state_loaded(self, optimizer: torch.optim.Optimizer) -> None:
-        """After ``optimizer.load_state_dict`` inside the context: park again from scratch."""
-        ids = {id(m.param) for m in self.masked} | {id(p) for p, _ in self.whole}
-        self._groups = [g for g in optimizer.param_groups if any(id(p) in ids for p in g["params"])]
-        self._parked, self._pending, self._folding, self._decay = [], list(self.masked), False, 0.0
-        self.parked, self._to_park = [], set(self._parkable)
-        self._ready = False
+        """After ``optimizer.load_state_dict`` inside the context: park again from scratch if
+        the loaded state is what zeroed gradients leave, else write frozen entries back."""
+        params = [m.param for m in self.masked]
+        self._groups = _holding(optimizer, {id(p) for p in params})
+        self._parked, self._pending, self._ready = [], list(self.masked), False
+        self._decays, self._folded, self._folding = {}, set(), False
+        self.parked = []
+        if self.restores:
+            return
+        reason = _why_restore(optimizer, params, fresh=False)
+        dirty = [
+            key
+            for m in self.masked
+            for key, value in optimizer.state.get(m.param, {}).items()
+            if torch.is_tensor(value)
+            and value.shape == m.param.shape
+            and _nonzero_at_frozen(value, m.keep)
+        ]
+        if reason is None and dirty:
+            reason = f"loaded optimizer state {dirty[0]!r} is nonzero at frozen entries"
+        if reason is not None:
+            self.restores, self.reason = True, reason
+            self._write_back()
+            self._to_park = set()
+            return
+        if not _parks(optimizer, self._groups):
+            self._parkable = set()
+            for m in self.masked:
+                m.multiplies()
+        self._to_park = set(self._parkable)
+
+    def _write_back(self) -> None:
+        """Switch to writing frozen entries back after every step."""
+        for m in self.masked:
+            m.multiplies()
+        self._frozen = [_frozen_copy(m.param, m.keep) for m in self.masked]
+        self._parkable = set()
 
     @torch.no_grad()
     def _check_frozen(self) -> None:
-        """The safety net of the no-write-back path: frozen entries as on entry, or put back."""
-        for m, copy in zip(self.masked, self._net, strict=True):
-            if not _unchanged(m.param, m.keep, copy):
-                frozen = m.keep.logical_not()
-                if copy is None:
-                    copy = torch.zeros(int(frozen.sum()), dtype=m.param.dtype, device=frozen.device)
-                m.param.detach().masked_scatter_(frozen, copy)
-                self.rescued.append(m.name)
+        """On exit: frozen entries as on entry (or as the write-back holds them), else put
+        back with a warning."""
+        if self._checks:
+            for m, copy in zip(self.masked, self._net, strict=True):
+                if not _unchanged(m.param, m.keep, copy):
+                    frozen = m.keep.logical_not()
+                    if copy is None:
+                        copy = torch.zeros(
+                            int(frozen.sum()), dtype=m.param.dtype, device=frozen.device
+                        )
+                    m.param.detach().masked_scatter_(frozen, copy)
+                    self.rescued.append(m.name)
+        else:  # w·0 + f is not f where the optimizer made w non-finite
+            for m, f in zip(self.masked, self._frozen, strict=True):
+                w = m.param.detach()
+                values = f.values if f.values is not None else torch.zeros_like(w)
+                fixed = torch.where(m.keep.bool(), w, values)
+                if not torch.equal(_bits(fixed), _bits(w)):
+                    w.copy_(fixed)
+                    self.rescued.append(m.name)
         if self.rescued:
             warnings.warn(
                 f"train_only: frozen entries of {', '.join(self.rescued)} moved during "
-                "training (non-finite gradients, or gradients edited before the step?) and "
-                "were put back on exit; use restore='always' for such loops",
+                "training (non-finite gradients or weights, or gradients edited before the "
+                "step?) and were put back on exit",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     def _before_step(self, *_: object) -> None:
         if not self.restores and any(
-            g.get("weight_decay", 0) != self._decay or g.get("maximize", False)
+            g.get("weight_decay", 0) != self._expected_decay(g) or g.get("maximize", False)
             for g in self._groups
         ):
             raise PacnetError(
@@ -381,6 +475,7 @@ class MaskedTraining:
                 "use restore='always' for optimizers whose settings change"
             )
         self._prepare(everything=False)
+        self._ready = False  # the step runs now (even if it raises, the next one is new)
 
     @torch.no_grad()
     def _after_step(self, *_: object) -> None:
@@ -408,8 +503,7 @@ class MaskedTraining:
             h.remove()
         self._grad_hooks = []
         self._unpark()
-        if not self.restores:
-            self._check_frozen()
+        self._check_frozen()
 
 
 @contextmanager
@@ -460,13 +554,14 @@ def train_only(
         Mask(mask).check(model)
     params = dict(model.named_parameters())
     masked: list[_Masked] = []
-    whole: list[tuple[nn.Parameter, Tensor]] = []
+    whole: list[tuple[nn.Parameter, Tensor | None]] = []
     fully_frozen = []
     for name, trainable in mask.items():
         param = params[name]
         if bool(trainable.all()):
-            if l2 and param.requires_grad:
-                whole.append((param, param.detach().clone()))
+            if l2 and param.requires_grad:  # no copy of a start that is all +0.0
+                start = param.detach().clone() if bool(_bits(param.detach()).any()) else None
+                whole.append((param, start))
             continue
         if not bool(trainable.any()):
             fully_frozen.append(param)
@@ -502,6 +597,6 @@ def train_only(
     finally:
         for h in handles:
             h.remove()
-        session._close()
         for p in fully_frozen:
             p.requires_grad_(True)
+        session._close()

@@ -144,9 +144,8 @@ def _train_newest(
     desc: str,
 ) -> FitResult:
     """Train what the newest task owns (masked entries and own tensors), nothing else."""
-    params = dict(model.named_parameters())
     trainable = tasks.trainable(model)
-    optimizer = make_optimizer([params[n] for n in trainable], cfg)
+    optimizer = make_optimizer(trainable_groups(model, tasks, trainable), cfg)
     return fit(
         model,
         loss_fn,
@@ -158,6 +157,19 @@ def _train_newest(
         desc=desc,
         wrap=lambda opt: train_only(model, trainable, opt, others="frozen", l2=lam),
     )
+
+
+def trainable_groups(
+    model: nn.Module, tasks: Tasks, trainable: Mapping[str, Tensor]
+) -> list[list[nn.Parameter]]:
+    """The parameters ``trainable`` names as two optimizer groups: the masked-shared weights
+    (their trainable entries start at 0) and the task's own tensors (which start as copies).
+    Apart, the first group's λ term can be fused Adam's own weight decay (see
+    :func:`~pacnet.train_only`); together it could not."""
+    params = dict(model.named_parameters())
+    shared = [params[n] for n in trainable if n not in tasks.names]
+    own = [params[n] for n in trainable if n in tasks.names]
+    return [g for g in (shared, own) if g]
 
 
 def parameter_report(model: nn.Module, tasks: Tasks) -> dict[str, int]:

@@ -32,7 +32,7 @@ from torch import nn
 from pacnet.freeze import train_only
 from pacnet.mask import prune
 from pacnet.models import MLP
-from pacnet.pac import zero_redundant
+from pacnet.pac import trainable_groups, zero_redundant
 from pacnet.resnet import resnet18
 from pacnet.tasks import Tasks
 from pacnet.train import FitConfig, make_optimizer
@@ -78,9 +78,8 @@ def _stepper(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, opti
             tasks = Tasks(model, mask)
             tasks.add("target")
             tasks.activate(model, "target")
-            trainable = tasks.trainable(model)
-            params = dict(model.named_parameters())
-            opt = _optimizer([params[n] for n in trainable], optimizer)
+            trainable = tasks.trainable(model)  # optimizer groups as pacnet.calibrate's
+            opt = _optimizer(trainable_groups(model, tasks, trainable), optimizer)
 
             def context():  # λ = 0.01 as a fused gradient term, as pacnet.calibrate does
                 return train_only(model, trainable, opt, others="frozen", l2=0.01)
