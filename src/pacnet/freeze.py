@@ -286,13 +286,16 @@ class MaskedTraining:
             pairs += [(p, s) for p, s in self.whole if p.grad is not None]
             if fold:  # the kernel adds these parameters' term itself
                 pairs = [(p, s) for p, s in pairs if id(p) not in self._folded]
-            at_zero = [p for p, s in pairs if s is None]
-            if at_zero:
-                torch._foreach_add_([p.grad for p in at_zero], at_zero, alpha=alpha)
             shifted = [(p, s) for p, s in pairs if s is not None]
-            if shifted:  # w − w₀ first, so a small difference is not lost in α·w
-                diffs = torch._foreach_sub([p for p, _ in shifted], [s for _, s in shifted])
-                torch._foreach_add_([p.grad for p, _ in shifted], diffs, alpha=alpha)
+            diffs = (  # w − w₀ first, so a small difference is not lost in α·w
+                torch._foreach_sub([p for p, _ in shifted], [s for _, s in shifted])
+                if shifted
+                else []
+            )
+            terms = [p for p, s in pairs if s is None] + list(diffs)
+            if terms:
+                grads = [p.grad for p, s in pairs if s is None] + [p.grad for p, _ in shifted]
+                torch._foreach_add_(grads, terms, alpha=alpha)
         zero = live if everything else [m for m in self._pending if m.param.grad is not None]
         fast = [m for m in zero if m.keep.dtype != torch.bool]
         if fast:
