@@ -542,3 +542,26 @@ def test_parked_parameters_leave_no_gradient_at_frozen_entries():
         model(torch.randn(4, 5)).sum().backward()  # a gradient nobody steps with
     for n, m in mask.items():
         assert torch.count_nonzero(model.get_parameter(n).grad[~m]) == 0, n
+
+
+def test_a_context_left_open_does_not_abort_the_interpreter_at_exit(tmp_path):
+    """Closing the context while torch tears its tensors down used to abort the process."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "left_open.py"
+    script.write_text(
+        "import torch\n"
+        "from torch import nn\n"
+        "from pacnet import prune, train_only\n"
+        "model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 1))\n"
+        "optimizer = torch.optim.Adam(model.parameters(), lr=0.01)\n"
+        "context = train_only(model, prune(model, 0.5), optimizer)\n"
+        "context.__enter__()\n"
+        "model(torch.randn(4, 5)).sum().backward()\n"
+        "optimizer.step()\n"
+        "print('trained')\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout.strip() == "trained"

@@ -53,6 +53,7 @@ context.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -598,8 +599,11 @@ def train_only(
     try:
         yield session
     finally:
-        for h in handles:
-            h.remove()
-        for p in fully_frozen:
-            p.requires_grad_(True)
-        session._close()
+        # A context still open when the interpreter exits is closed while torch tears its
+        # tensors down: touching them then aborts the process, and nobody needs them back.
+        if not sys.is_finalizing():
+            for h in handles:
+                h.remove()
+            for p in fully_frozen:
+                p.requires_grad_(True)
+            session._close()
