@@ -48,6 +48,12 @@ def bits_equal(a, b):
     return torch.equal(a.view(torch.int32), b.view(torch.int32))
 
 
+def assert_frozen_unchanged(model, trainable, before):
+    """Every entry ``trainable`` marks False holds its value from ``before``, bit for bit."""
+    for n, t in trainable.items():
+        assert bits_equal(model.get_parameter(n).detach()[~t], before[n][~t]), n
+
+
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 @pytest.mark.parametrize("side", ["essential", "redundant"])
 def test_frozen_entries_are_bit_identical_after_100_steps(name, side):
@@ -261,8 +267,7 @@ def test_frozen_entries_moved_by_nonfinite_gradients_are_put_back_on_exit(side):
         handle.remove()
         assert not torch.isfinite(model[2].weight[frozen]).all()  # moved during training
     assert "2.weight" in session.rescued  # (the inf spreads to earlier layers too)
-    for n, t in trainable.items():
-        assert bits_equal(model.get_parameter(n).detach()[~t], before[n][~t]), n
+    assert_frozen_unchanged(model, trainable, before)
 
 
 def test_weight_decay_switched_on_inside_the_context_is_refused():
@@ -275,8 +280,7 @@ def test_weight_decay_switched_on_inside_the_context_is_refused():
         optimizer.param_groups[0]["weight_decay"] = 0.1
         with pytest.raises(PacnetError, match="weight decay"):
             train(model, optimizer, steps=1)
-    for n, m in mask.items():
-        assert bits_equal(model.get_parameter(n).detach()[~m], before[n][~m])
+    assert_frozen_unchanged(model, mask, before)
 
 
 def test_l2_term_follows_the_scale_a_grad_scaler_hands_a_fused_optimizer():
@@ -387,8 +391,7 @@ def test_finish_grads_after_a_step_a_grad_scaler_skipped():
                 scaler.step(optimizer)
                 scaler.update()
     assert session.rescued == []
-    for n, m in mask.items():
-        assert bits_equal(model.get_parameter(n).detach()[~m], before[n][~m]), n
+    assert_frozen_unchanged(model, mask, before)
     assert not torch.equal(model[2].weight, before["2.weight"])
 
 
@@ -464,8 +467,7 @@ def test_adam_without_second_moment_decay_is_not_parked():
             train(model, optimizer, steps=5)
             assert session.parked == []
             assert torch.isfinite(model[0].weight).all()
-    for n, m in mask.items():
-        assert bits_equal(model.get_parameter(n).detach()[~m], before[n][~m]), n
+    assert_frozen_unchanged(model, mask, before)
 
 
 def test_loading_optimizer_state_that_moves_frozen_entries_switches_to_write_back():
@@ -484,8 +486,7 @@ def test_loading_optimizer_state_that_moves_frozen_entries_switches_to_write_bac
             optimizer.load_state_dict(state)
             assert session.restores and "nonzero at frozen entries" in session.reason
             train(model, optimizer, steps=3)
-            for n, m in mask.items():  # held during training, not only put back on exit
-                assert bits_equal(model.get_parameter(n).detach()[~m], before[n][~m]), n
+            assert_frozen_unchanged(model, mask, before)  # held during training too
     assert session.rescued == []
 
 
