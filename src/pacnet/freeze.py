@@ -66,7 +66,8 @@ from pacnet.errors import PacnetError, check
 from pacnet.mask import Mask, _chunks
 
 RESTORE_MODES = ("auto", "always")
-_STILL_AT_ZERO_GRAD = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+_ADAM = (torch.optim.Adam, torch.optim.AdamW)
+_STILL_AT_ZERO_GRAD = (torch.optim.SGD, *_ADAM)
 """Optimizers whose update leaves an entry exactly unchanged while its gradient and state
 are zero (given no weight decay and ``maximize`` off)."""
 
@@ -78,12 +79,11 @@ class _Masked:
     keep: Tensor  # 1 where trainable, 0 where frozen, on the parameter's device: bool
     # (1 byte per weight) where parking holds the frozen entries; the parameter's dtype
     # where a multiply runs every step (a bool multiply is ~4x slower on CPU)
+    start: Tensor | None  # w₀ for the l2 term, or None where the trainable entries start at 0
 
     def multiplies(self) -> None:
         """Make ``keep`` the parameter's dtype, for a fast multiply every step."""
         self.keep = self.keep.to(self.param.dtype)
-
-    start: Tensor | None  # w₀ for the l2 term, or None where the trainable entries start at 0
 
 
 @dataclass
@@ -183,8 +183,7 @@ def _holding(optimizer: torch.optim.Optimizer, ids: set[int]) -> list[dict]:
 
 def _parks(optimizer: torch.optim.Optimizer, groups: list[dict]) -> bool:
     """Whether +inf in Adam's second moment holds an entry still (``β2·inf`` is NaN at 0)."""
-    adam = type(optimizer) in (torch.optim.Adam, torch.optim.AdamW)
-    return adam and all(float(g["betas"][1]) > 0 for g in groups)
+    return type(optimizer) in _ADAM and all(float(g["betas"][1]) > 0 for g in groups)
 
 
 def _nonzero_at_frozen(values: Tensor, keep: Tensor) -> bool:

@@ -92,30 +92,34 @@ def _stepper(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, opti
     return step, context
 
 
-def step_times(name: str, repeats: int, steps: int, optimizer: str = "adam") -> dict[str, Any]:
-    """Median seconds per step of plain / allocate / calibrate, measured interleaved."""
+def _warmed_up(name: str, optimizer: str, stack: ExitStack) -> dict[str, Callable[[], None]]:
+    """Step functions of plain / allocate / calibrate, each inside its context (entered on
+    ``stack``) and warmed up, all before any is measured: the allocator then favours none."""
     runs = {}
-    contexts = {}
     for mode in ("plain", "allocate", "calibrate"):
         torch.manual_seed(0)
         model, x, y = MODELS[name]()
         step, context = _stepper(mode, model, x, y, optimizer)
-        ctx = context()
-        ctx.__enter__()
-        for _ in range(3):  # warm-up
+        stack.enter_context(context())
+        for _ in range(3):
             step()
-        runs[mode], contexts[mode] = step, ctx
-    times: dict[str, list[float]] = {m: [] for m in runs}
-    order = list(runs)
-    for r in range(repeats):  # rotate the order so no mode always runs first
-        for mode in order[r % 3 :] + order[: r % 3]:
-            step = runs[mode]
-            start = time.perf_counter()
-            for _ in range(steps):
-                step()
-            times[mode].append((time.perf_counter() - start) / steps)
-    for ctx in contexts.values():
-        ctx.__exit__(None, None, None)
+        runs[mode] = step
+    return runs
+
+
+def step_times(name: str, repeats: int, steps: int, optimizer: str = "adam") -> dict[str, Any]:
+    """Median seconds per step of plain / allocate / calibrate, measured interleaved."""
+    with ExitStack() as stack:
+        runs = _warmed_up(name, optimizer, stack)
+        times: dict[str, list[float]] = {m: [] for m in runs}
+        order = list(runs)
+        for r in range(repeats):  # rotate the order so no mode always runs first
+            for mode in order[r % 3 :] + order[: r % 3]:
+                step = runs[mode]
+                start = time.perf_counter()
+                for _ in range(steps):
+                    step()
+                times[mode].append((time.perf_counter() - start) / steps)
     med = {m: statistics.median(t) for m, t in times.items()}
     n_params = sum(p.numel() for p in MODELS[name]()[0].parameters())
 
@@ -142,17 +146,8 @@ def profile_steps(
     from torch.profiler import ProfilerActivity, profile
 
     out: dict[str, Any] = {"model": name, "optimizer": optimizer, "steps": steps, "modes": {}}
-    runs = {}
     with ExitStack() as stack:
-        for mode in ("plain", "allocate", "calibrate"):  # all warmed up before any is
-            torch.manual_seed(0)  # profiled: the allocator's state then favours none
-            model, x, y = MODELS[name]()
-            step, context = _stepper(mode, model, x, y, optimizer)
-            stack.enter_context(context())
-            for _ in range(3):
-                step()
-            runs[mode] = step
-        for mode, step in runs.items():
+        for mode, step in _warmed_up(name, optimizer, stack).items():
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(steps):
                     step()
