@@ -10,9 +10,11 @@ Layout of the tensors:
 * ``task/<task>/<name>`` — each task's own tensors (head, biases, norms, BN statistics).
 
 The metadata (JSON strings) holds the format name and version, the pacnet version, the task
-order, the per-task names, the mask shapes, free-form ``extra`` and a SHA-256 over all
-tensors, checked on load. Two tasks cost one set of shared weights plus a 1-bit mask plus
-the small per-task tensors: about half of two dense models.
+order, the per-task names, the mask shapes, the plan (head, tied names: see
+:mod:`pacnet.roles`), free-form ``extra`` and a SHA-256 over all tensors, checked on load.
+A tied tensor is stored once; loading needs a model tied the same way and keeps the tie.
+Two tasks cost one set of shared weights plus a 1-bit mask plus the small per-task tensors:
+about half of two dense models.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 from pacnet.errors import PacnetError, check
 from pacnet.io import read_safetensors, write_safetensors
 from pacnet.mask import Mask
+from pacnet.roles import Plan, aliases
 from pacnet.tasks import FREE, Tasks, _slot
 
 FORMAT = "pacnet.checkpoint"
@@ -60,7 +63,7 @@ def save(
         "cannot save inside tasks.use(): the hidden weights are zeroed; save outside it",
     )
     tasks.activate(model, tasks.active)  # record the model's current per-task tensors
-    owned = set(tasks.names)
+    owned = {slot for slots in tasks.slots.values() for slot in slots}
     tensors: dict[str, Tensor] = {}
     aliases: dict[str, str] = {}
     seen: dict[tuple[int, int, tuple[int, ...], torch.dtype], str] = {}
@@ -90,6 +93,7 @@ def save(
         "mask_shapes": json.dumps(shapes),
         "extra": json.dumps(dict(extra or {})),
         "aliases": json.dumps(aliases),
+        "plan": tasks.plan.to_json(),
         "sha256": tensor_digest(tensors),
     }
     write_safetensors(path, tensors, meta)
@@ -141,6 +145,7 @@ def _read(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
             k: json.loads(meta[k]) for k in ("tasks", "per_task_names", "mask_shapes", "extra")
         }
         parsed["aliases"] = json.loads(meta.get("aliases", "{}"))
+        parsed["plan"] = Plan.from_json(meta["plan"]) if "plan" in meta else None
     except (KeyError, ValueError):
         raise PacnetError(f"{path}: checkpoint metadata is incomplete or malformed") from None
     check(
@@ -167,8 +172,13 @@ def load_tasks(path: str | Path, model: nn.Module) -> Tasks:
     for alias, canonical in meta["aliases"].items():
         check(canonical in shared, f"{path}: alias {alias!r} names a missing tensor")
         shared[alias] = shared[canonical]
+    plan: Plan | None = meta["plan"]
+    if plan is not None:
+        _check_ties(path, plan.aliases, aliases(model))
+    links = plan.aliases if plan is not None else {}
+    own_slots = set(names) | {a for a, c in links.items() if c in set(names)}
     state = model.state_dict()
-    expected = {n for n in state if n not in set(names)}
+    expected = {n for n in state if n not in own_slots}
     missing, unexpected = expected - shared.keys(), shared.keys() - expected
     check(
         not missing and not unexpected,
@@ -184,7 +194,7 @@ def load_tasks(path: str | Path, model: nn.Module) -> Tasks:
     with torch.no_grad():
         for name, value in shared.items():
             state[name].copy_(value)
-    mask = Mask.unpack(packed, meta["mask_shapes"])
+    mask = Mask.unpack(packed, meta["mask_shapes"], plan)
     device = next(model.parameters()).device
     tasks = Tasks(model, mask.to(device), names)
     try:
@@ -205,6 +215,22 @@ def load_tasks(path: str | Path, model: nn.Module) -> Tasks:
             tasks.order.append(task)
     tasks.activate(model, tasks.order[-1], record=False)  # the model's own tensors are stale
     return tasks
+
+
+def _check_ties(path: str | Path, saved: Mapping[str, str], built: Mapping[str, str]) -> None:
+    """The model must tie the tensors the saved network tied, and no others."""
+    for alias, canonical in saved.items():
+        check(
+            built.get(alias) == canonical,
+            f"{path}: the saved network ties {alias!r} to {canonical!r} but the model does not; "
+            "build it with the same tie (e.g. a Hugging Face config's tie_word_embeddings=True)",
+        )
+    for alias, canonical in built.items():
+        check(
+            saved.get(alias) == canonical,
+            f"{path}: the model ties {alias!r} to {canonical!r} but the saved network kept them "
+            "apart; build it without that tie",
+        )
 
 
 def load(path: str | Path, model: nn.Module, task: str = "target") -> nn.Module:
@@ -247,5 +273,7 @@ def inspect(path: str | Path) -> dict[str, Any]:
         "shared_values": shared,
         "per_task_values": per_task,
         "per_task_names": meta["per_task_names"],
+        "head": meta["plan"].head if meta["plan"] is not None else None,
+        "coverage": meta["plan"].describe() if meta["plan"] is not None else None,
         "extra": meta["extra"],
     }

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pacnet.errors import PacnetError, check
+from pacnet.errors import PacnetError, check, first_line
 
 DEFAULT_SIZES = "10,20,50,100,200,500"
 
@@ -477,6 +477,8 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
         f"essential {info['essential']:,} / redundant {info['redundant']:,} "
         f"(density {info['density']:.3f}); shared values {info['shared_values']:,}"
     )
+    if info["coverage"]:
+        print(info["coverage"])
     for task, n in info["per_task_values"].items():
         owned = info["owned"].get(task, 0)
         print(f"  {task}: {n:,} values of its own; owns {owned:,} masked weights")
@@ -554,7 +556,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug or an unforeseen input: one line, the rest on --debug
         if debug:
             raise
-        first = str(exc).splitlines()[0] if str(exc) else ""
+        first = first_line(exc)
         print(
             f"pacnet: error: {type(exc).__name__}: {first} (run with --debug for the traceback)",
             file=sys.stderr,

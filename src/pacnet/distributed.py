@@ -126,15 +126,17 @@ def model_checksum(model: nn.Module) -> str:
 def shared_mask(compute: Callable[[], Any]) -> Any:
     """A :class:`~pacnet.mask.Mask` computed on rank 0, broadcast, verified on every rank."""
     from pacnet.mask import Mask
+    from pacnet.roles import Plan
 
     if not active():
         return compute()
-    packed = shapes = None
+    packed = shapes = plan = None
     if is_main():
         mask = compute()
         packed, shapes = mask.pack()
-    packed, shapes = broadcast_object((packed, shapes))
-    mask = Mask.unpack(packed, shapes)
+        plan = mask.plan.to_json() if mask.plan is not None else None
+    packed, shapes, plan = broadcast_object((packed, shapes, plan))
+    mask = Mask.unpack(packed, shapes, Plan.from_json(plan) if plan is not None else None)
     check(
         ranks_agree(checksum(mask.pack()[0])),
         "the pruning mask differs between ranks after broadcasting it (checksum mismatch)",

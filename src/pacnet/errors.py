@@ -26,3 +26,12 @@ def check_ratio(ratio: float, what: str = "ratio") -> float:
         raise PacnetError(f"{what} must be a number in (0, 1), got {ratio!r}") from None
     check(0.0 < value < 1.0, f"{what} must lie strictly between 0 and 1, got {value}")
     return value
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (libraries such as safetensors
+    start theirs with a newline), or its type name when it has no text."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from pacnet.errors import PacnetError
+from pacnet.errors import PacnetError, first_line
 
 
 def _atomic_target(path: str | Path) -> tuple[Path, str]:
@@ -71,7 +71,7 @@ def write_safetensors(
         try:
             save_file(tensors, tmp, metadata=dict(metadata))
         except (SafetensorError, RuntimeError, ValueError) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            first = first_line(exc)
             raise PacnetError(f"cannot write {path}: {first}") from None
 
     write_bytes_atomic(path, write)
@@ -89,6 +89,6 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str
             metadata = dict(f.metadata() or {})
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise PacnetError(f"{path}: not a readable safetensors file ({first})") from None
     return tensors, metadata

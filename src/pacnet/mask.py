@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -26,62 +27,48 @@ import torch
 from torch import Tensor, nn
 
 from pacnet.errors import PacnetError, check, check_ratio
+from pacnet.roles import (
+    MASKED,
+    Plan,
+    PrunableRule,
+    default_roles,
+    find_head,
+    large_frozen,
+    make_plan,
+)
 
-PrunableRule = Iterable[str] | Callable[[str, nn.Parameter], bool] | None
+__all__ = ["Mask", "PrunableRule", "find_head", "prunable_names", "prune"]
 
-_PRUNABLE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CHUNK = 1 << 18
 _KEY_DTYPES = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 _MASK_FORMAT = "pacnet.mask"
 
 
-def find_head(model: nn.Module) -> str | None:
-    """Name of the model's output layer: its last Linear/Conv module in registration order."""
-    head = None
-    for name, module in model.named_modules():
-        if isinstance(module, _PRUNABLE_MODULES):
-            head = name
-    return head
-
-
 def prunable_names(
-    model: nn.Module, prunable: PrunableRule = None, head: str | None = "auto"
+    model: nn.Module,
+    prunable: PrunableRule = None,
+    head: str | None = "auto",
+    embeddings: bool = True,
 ) -> list[str]:
     """Names of the parameters a mask covers, in the model's parameter order.
 
-    ``prunable`` is ``None`` (default rule: the ``weight`` of every Linear/Conv module except
-    the head), an iterable of parameter names, or a predicate ``(name, parameter) -> bool``.
-    ``head`` is the module excluded by the default rule; ``"auto"`` means :func:`find_head`.
+    ``prunable`` is ``None`` (the default rule of :mod:`pacnet.roles`: every weight that
+    multiplies activations, except the head's), an iterable of parameter names, or a
+    predicate ``(name, parameter) -> bool``. ``head`` is the head module (``"auto"``:
+    :func:`~pacnet.roles.find_head`); ``embeddings=False`` leaves embedding tables out.
     """
-    params = dict(model.named_parameters())
-    if prunable is None:
-        head_name = find_head(model) if head == "auto" else head
-        names = {
-            f"{name}.weight" if name else "weight"
-            for name, module in model.named_modules()
-            if isinstance(module, _PRUNABLE_MODULES) and name != head_name
-        }
-        chosen = [n for n in params if n in names]
-    elif callable(prunable):
-        chosen = [n for n, p in params.items() if prunable(n, p)]
-    else:
-        wanted = list(prunable)
-        unknown = [n for n in wanted if n not in params]
-        check(not unknown, f"prunable names not in the model: {', '.join(unknown[:5])}")
-        wanted_set = set(wanted)
-        chosen = [n for n in params if n in wanted_set]
-    check(
-        chosen,
-        "no prunable parameters: the model has no Linear/Conv weight besides its head "
-        "(pass prunable=[names] to choose them)",
-    )
-    return chosen
+    return list(make_plan(model, prunable, head, embeddings).masked)
 
 
 class Mask(Mapping[str, Tensor]):
-    """Essential (``True``) / redundant (``False``) entries per parameter name."""
+    """Essential (``True``) / redundant (``False``) entries per parameter name.
 
-    def __init__(self, tensors: Mapping[str, Tensor]):
+    ``plan`` (set by :func:`prune`) records the roles of the model's tensors (the head, the
+    per-task tensors, tied names) so that everything after pruning uses the same choice.
+    """
+
+    def __init__(self, tensors: Mapping[str, Tensor], plan: Plan | None = None):
+        self.plan = plan
         self._tensors: dict[str, Tensor] = {}
         for name, value in tensors.items():
             check(
@@ -102,7 +89,7 @@ class Mask(Mapping[str, Tensor]):
 
     def __invert__(self) -> Mask:
         """The complement: redundant entries become ``True``."""
-        return Mask({n: ~m for n, m in self._tensors.items()})
+        return Mask({n: ~m for n, m in self._tensors.items()}, self.plan)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Mask):
@@ -148,6 +135,8 @@ class Mask(Mapping[str, Tensor]):
         lines.append(
             f"{'all':<{width}}  {self.essential:>10}  {self.total:>10}  {self.density:.3f}"
         )
+        if self.plan is not None:
+            lines.append(self.plan.describe())
         return "\n".join(lines)
 
     # ---- model checks -----------------------------------------------------------------
@@ -167,7 +156,7 @@ class Mask(Mapping[str, Tensor]):
                 )
 
     def to(self, device: torch.device | str) -> Mask:
-        return Mask({n: m.to(device) for n, m in self._tensors.items()})
+        return Mask({n: m.to(device) for n, m in self._tensors.items()}, self.plan)
 
     # ---- compact storage --------------------------------------------------------------
     def pack(self) -> tuple[dict[str, Tensor], dict[str, list[int]]]:
@@ -179,7 +168,12 @@ class Mask(Mapping[str, Tensor]):
         return packed, {n: list(m.shape) for n, m in self._tensors.items()}
 
     @classmethod
-    def unpack(cls, packed: Mapping[str, Tensor], shapes: Mapping[str, Iterable[int]]) -> Mask:
+    def unpack(
+        cls,
+        packed: Mapping[str, Tensor],
+        shapes: Mapping[str, Iterable[int]],
+        plan: Plan | None = None,
+    ) -> Mask:
         """Inverse of :meth:`pack`."""
         check(packed.keys() == shapes.keys(), "packed mask names and shapes do not match")
         out = {}
@@ -193,7 +187,7 @@ class Mask(Mapping[str, Tensor]):
             )
             bits = np.unpackbits(data.numpy(), count=numel, bitorder="little")
             out[name] = torch.from_numpy(bits.astype(bool)).reshape(shape)
-        return cls(out)
+        return cls(out, plan)
 
     def save(self, path: str | Path) -> None:
         """Write the mask to a safetensors file: bit-packed, then zlib-compressed per entry
@@ -211,6 +205,8 @@ class Mask(Mapping[str, Tensor]):
             "encoding": "zlib",
             "shapes": json.dumps(shapes),
         }
+        if self.plan is not None:
+            meta["plan"] = self.plan.to_json()
         write_safetensors(path, compressed, meta)
 
     @classmethod
@@ -234,7 +230,11 @@ class Mask(Mapping[str, Tensor]):
                 }
             except zlib.error:
                 raise PacnetError(f"{path}: mask file is corrupt (cannot decompress)") from None
-        return cls.unpack(tensors, shapes)
+        try:
+            plan = Plan.from_json(meta["plan"]) if "plan" in meta else None
+        except PacnetError as exc:
+            raise PacnetError(f"{path}: {exc}") from None
+        return cls.unpack(tensors, shapes, plan)
 
 
 # ---- selection by magnitude ---------------------------------------------------------------
@@ -308,6 +308,9 @@ def prune(
     scope: str = "global",
     prunable: PrunableRule = None,
     head: str | None = "auto",
+    *,
+    embeddings: bool = True,
+    warn: bool = True,
 ) -> Mask:
     """Magnitude pruning: the ``ratio`` smallest-|w| prunable weights become redundant.
 
@@ -316,17 +319,25 @@ def prune(
         ratio: fraction of prunable weights that is redundant, in (0, 1); paper: 0.8.
         scope: ``"global"`` (one threshold over all prunable weights, as in the paper) or
             ``"layer"`` (the same ratio within every parameter).
-        prunable: which parameters to cover (see :func:`prunable_names`).
-        head: the output module left out by the default rule (``"auto"``: the last
-            Linear/Conv).
+        prunable: which parameters to cover (default: every weight that multiplies
+            activations, see :mod:`pacnet.roles`), names, or a predicate.
+        head: the output module, whose tensors are per-task (``"auto"``:
+            :func:`~pacnet.roles.find_head`; None: no head).
+        embeddings: cover embedding tables (default) or leave them frozen.
+        warn: warn about frozen weights (two or more dimensions) that hold more than 1 % of
+            the model's parameters, and about weights left without any essential entry,
+            naming them.
 
     Returns:
-        A :class:`Mask` with ``True`` on essential weights.
+        A :class:`Mask` with ``True`` on essential weights; ``mask.plan`` holds the roles
+        of every tensor (head, per-task, tied names) for everything that follows, and
+        ``mask.summary()`` / ``mask.plan.describe()`` report the coverage.
     """
     ratio = check_ratio(ratio)
     check(scope in ("global", "layer"), f"scope must be 'global' or 'layer', got {scope!r}")
+    plan = make_plan(model, prunable, head, embeddings)
     params = dict(model.named_parameters())
-    names = prunable_names(model, prunable, head)
+    names = list(plan.masked)
     tensors = [params[n].detach() for n in names]
     for name, t in zip(names, tensors, strict=True):
         check(
@@ -335,9 +346,37 @@ def prune(
         )
         finite = all(bool(torch.isfinite(chunk).all()) for chunk in _chunks(t))
         check(finite, f"parameter {name!r} holds NaN or inf; cannot rank it")
+    if warn:
+        _warn_uncovered(model, plan, embeddings)
     if scope == "global":
         total = sum(t.numel() for t in tensors)
         masks = _select(tensors, round(ratio * total))
     else:
         masks = [_select([t], round(ratio * t.numel()))[0] for t in tensors]
-    return Mask(dict(zip(names, masks, strict=True)))
+    empty = [n for n, m in zip(names, masks, strict=True) if m.numel() and not bool(m.any())]
+    if warn and empty:
+        warnings.warn(
+            f"prune: {', '.join(empty[:5])}{', …' if len(empty) > 5 else ''} keep no essential "
+            "weight (their magnitudes are small next to the rest under one global threshold), "
+            "so the source loses those layers; consider scope='layer'",
+            UserWarning,
+            stacklevel=2,
+        )
+    return Mask(dict(zip(names, masks, strict=True)), plan)
+
+
+def _warn_uncovered(model: nn.Module, plan: Plan, embeddings: bool) -> None:
+    """Name the large weights the mask leaves frozen (not those ``embeddings=False`` chose)."""
+    explicit: set[str] = set()
+    if not embeddings:
+        with_tables = default_roles(model, plan.head, embeddings=True)
+        explicit = {n for n in plan.frozen if with_tables.get(n) == MASKED}
+    large = large_frozen(plan, model, explicit)
+    if large:
+        share = sum(plan.sizes[n] for n in large) / sum(plan.sizes.values())
+        warnings.warn(
+            f"prune: {', '.join(large)} ({share:.1%} of the parameters) are not covered by "
+            "the mask and stay frozen for every target; pass prunable= to include them",
+            UserWarning,
+            stacklevel=3,
+        )

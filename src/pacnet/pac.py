@@ -203,9 +203,11 @@ def print_trainable_parameters(model: nn.Module, tasks: Tasks) -> str:
     """One line like PEFT's: what each task trains and what the network stores."""
     r = parameter_report(model, tasks)
     target_trainable = r["redundant"] + r["per_task"]
+    masked = r["essential"] + r["redundant"]
     line = (
         f"essential {r['essential']:,} | redundant {r['redundant']:,} "
-        f"({r['redundant'] / (r['essential'] + r['redundant']):.1%} of prunable) | "
+        f"({r['redundant'] / masked:.1%} of the {masked:,} masked, which are "
+        f"{masked / r['total']:.1%} of the model; head {tasks.plan.head or 'none'}) | "
         f"per-task {r['per_task']:,} x {r['tasks']} tasks | frozen-shared {r['frozen_shared']:,} | "
         f"target trains {target_trainable:,} of {r['total']:,} "
         f"({target_trainable / r['total']:.2%})"

@@ -10,14 +10,17 @@ Every parameter and buffer of a PAC-Net model has one of three roles:
   read as 0 for it. The map is a ``uint8`` tensor per weight, created only when a target
   gives entries back (:meth:`Tasks.release`); until then it is implied by the mask.
 * **per-task** — tensors each task owns outright: by default the head (output layer), every
-  bias, and the affine parameters and running statistics of normalisation layers. A new task
-  gets its own copies (or fresh tensors, e.g. a head with a different output size), so
-  training it never touches another task's copy.
+  bias-like tensor, the affine parameters of normalisation layers and every persistent
+  buffer (see :mod:`pacnet.roles`). A new task gets its own copies (or fresh tensors, e.g.
+  a head with a different output size), so training it never touches another task's copy.
 * **frozen-shared** — every other parameter: trained with the source, frozen afterwards.
 
 :class:`Tasks` holds the per-task tensors of every task and swaps a task's tensors into the
 model by name (the model's ``_parameters`` / ``_buffers`` entries are replaced, not copied,
-so the other tasks' tensors are not in the model at all while it trains).
+so the other tasks' tensors are not in the model at all while it trains). A tied tensor
+(one tensor under several names) is swapped under all its names, so it stays tied.
+:meth:`Tasks.use` is a read-only view: the task's buffers (BatchNorm statistics) are put
+back as they were on exit even if the model ran in train mode inside it.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ import torch
 from torch import Tensor, nn
 
 from pacnet.errors import PacnetError, check
-from pacnet.mask import Mask, find_head
+from pacnet.mask import Mask
+from pacnet.roles import NORMS, Plan, is_norm, make_plan
 
-NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+__all__ = ["FREE", "NORMS", "SOURCE", "Tasks", "per_task_names"]
+
 SOURCE = "source"
 FREE = 255
 """Owner code of a masked-shared entry that no task owns (yet): it reads as +0.0."""
@@ -40,19 +45,26 @@ FREE = 255
 def per_task_names(
     model: nn.Module, head: str | None = "auto", biases: bool = True, norms: bool = True
 ) -> list[str]:
-    """Default per-task names: the head's tensors, biases, and norm parameters and buffers."""
-    head_name = find_head(model) if head == "auto" else head
-    names: list[str] = []
-    for mod_name, module in model.named_modules():
-        prefix = f"{mod_name}." if mod_name else ""
-        is_head = head_name is not None and mod_name == head_name
-        is_norm = norms and isinstance(module, NORMS)
-        for leaf, value in module._parameters.items():
-            if value is not None and (is_head or is_norm or (biases and leaf == "bias")):
-                names.append(prefix + leaf)
-        if is_head or is_norm:
-            names += [prefix + leaf for leaf, b in module._buffers.items() if b is not None]
-    return list(dict.fromkeys(names))
+    """Default per-task names (:mod:`pacnet.roles`): the head's tensors, bias-like tensors
+    (``biases``), normalisation layers' parameters (``norms``) and every persistent buffer.
+    With ``biases=False`` or ``norms=False`` those parameters are frozen-shared instead."""
+    plan = make_plan(model, head=head)
+    names = []
+    for name in plan.per_task:
+        module, _, is_param = _slot(model, name)
+        in_head = plan.head is not None and (plan.head == "" or name.startswith(plan.head + "."))
+        if is_param and not in_head and not (norms if is_norm(module) else biases):
+            continue
+        names.append(name)
+    return names
+
+
+def _put(model: nn.Module, name: str, value: Tensor) -> None:
+    """Place ``value`` in the model under ``name`` (parameter or buffer slot)."""
+    module, leaf, is_param = _slot(model, name)
+    (module._parameters if is_param else module._buffers)[leaf] = value
+    if isinstance(module, nn.RNNBase):  # RNNs run on a cached list of their weights
+        module._init_flat_weights()
 
 
 def _slot(model: nn.Module, name: str) -> tuple[nn.Module, str, bool]:
@@ -82,9 +94,27 @@ class Tasks:
     def __init__(self, model: nn.Module, mask: Mask, names: Iterable[str] | None = None):
         mask.check(model)
         self.mask = mask
-        self.names: tuple[str, ...] = tuple(per_task_names(model) if names is None else names)
+        self.plan: Plan = mask.plan if mask.plan is not None else make_plan(model, list(mask))
+        """The roles of the model's tensors: the mask's (decided by :func:`pacnet.prune`), or
+        for a mask made without one, the default roles with the mask's names masked."""
+        links = self.plan.aliases
+        if names is None:
+            chosen = list(self.plan.per_task)
+        else:
+            names = list(names)
+            for given in names:
+                canonical = links.get(given, given)
+                check(
+                    canonical not in mask or canonical == given,
+                    f"{given!r} is tied to {canonical!r}, which the mask covers: one tensor "
+                    "cannot be both masked and per-task",
+                )
+            chosen = list(dict.fromkeys(links.get(n, n) for n in names))
+        self.names: tuple[str, ...] = tuple(chosen)
         overlap = [n for n in self.names if n in mask]
         check(not overlap, f"{overlap[:1]} cannot be both masked and per-task")
+        self.slots: dict[str, list[str]] = {n: self.plan.names_of(n) for n in self.names}
+        """Every name (canonical first, then aliases) of each per-task tensor."""
         self.order: list[str] = [SOURCE]
         self.tensors: dict[str, dict[str, Tensor]] = {SOURCE: {}}
         for name in self.names:
@@ -115,9 +145,11 @@ class Tasks:
                 "redundant weights; let it give some back first (calibrate(..., reserve=f) or "
                 "tasks.release(...))",
             )
-        init = dict(init or {})
-        unknown = [n for n in init if n not in self.names]
-        check(not unknown, f"{unknown[:1]} is not a per-task tensor name")
+        links = self.plan.aliases
+        init = {links.get(n, n): t for n, t in (init or {}).items()}
+        for given in init:
+            if given not in self.names:
+                raise PacnetError(self._not_per_task(given))
         fresh: dict[str, Tensor] = {}
         for name, old in self.tensors[copy_from].items():
             value = init.get(name, old).detach().clone().to(old.device)
@@ -131,6 +163,18 @@ class Tasks:
             index = len(self.order) - 1
             for o in self.owner.values():
                 o.masked_fill_(o == FREE, index)
+
+    def _not_per_task(self, name: str) -> str:
+        """Why ``name`` cannot get a task's own value."""
+        canonical = self.plan.aliases.get(name, name)
+        role = "the mask covers it" if canonical in self.mask else "it is frozen-shared"
+        if canonical != name:
+            return (
+                f"{name!r} is tied to {canonical!r} and {role}, so a task cannot replace it "
+                "alone: untie them before pruning (e.g. a Hugging Face config's "
+                "tie_word_embeddings=False) to give the target a head of its own"
+            )
+        return f"{name!r} is not a per-task tensor ({role})"
 
     def activate(self, model: nn.Module, task: str, record: bool = True) -> None:
         """Put ``task``'s per-task tensors into the model (shared weights are not changed).
@@ -152,7 +196,8 @@ class Tasks:
                         f"model uses {current.dtype} on {current.device}; call tasks.to(...) "
                         "after model.to(...)"
                     )
-            table[leaf] = value
+            for slot in self.slots[name]:  # every name of a tied tensor: it stays tied
+                _put(model, slot, value)
         self.active = task
 
     def to(self, *args: object, **kwargs: object) -> Tasks:
@@ -275,11 +320,16 @@ class Tasks:
     def use(self, model: nn.Module, task: str) -> Iterator[nn.Module]:
         """Run the model as ``task``: its per-task tensors in, entries it must not see zeroed.
 
-        On exit the previous task and the hidden weight values are put back bit for bit.
+        A read-only view: on exit the previous task, the hidden weight values and the task's
+        own buffers (which a forward pass in train mode updates, e.g. BatchNorm statistics)
+        are put back bit for bit, whatever mode the model ran in. Train a task with
+        :func:`~pacnet.calibrate` or :meth:`activate`, not inside this.
         """
         check(self.hiding is None, "tasks.use() cannot be nested")
         previous = self.active
         self.activate(model, task)
+        own = dict(self.tensors[task])
+        buffers = {n: t.clone() for n, t in own.items() if not isinstance(t, nn.Parameter)}
         saved = self.hide(model, task)
         self.hiding = task if saved else None
         try:
@@ -287,7 +337,11 @@ class Tasks:
         finally:
             self.unhide(model, task, saved)
             self.hiding = None
-            self.activate(model, previous)
+            with torch.no_grad():  # the task's buffers as they were (a forward pass in
+                for name, value in buffers.items():  # train mode updates them in place)
+                    own[name].copy_(value)
+            self.tensors[task].update(own)  # and the same objects, if one was replaced
+            self.activate(model, previous, record=False)
 
     def export(self, model: nn.Module, task: str) -> nn.Module:
         """A standalone copy of the model as ``task`` (for serving or evaluation)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,6 +192,17 @@ def evaluate(model: nn.Module, data: Data, loss_fn: LossFn, batch_size: int = 40
     return total / count
 
 
+@contextmanager
+def modes_kept(model: nn.Module) -> Iterator[None]:
+    """Put every module's train/eval mode back on exit, as it was on entry."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def finish_grads(session: Any) -> None:
     """Let a masking context (e.g. :func:`~pacnet.train_only`) finish this step's gradients
     before they are clipped, so the clipping norm sees what the optimizer will see."""
@@ -212,7 +223,8 @@ def fit(
     desc: str = "train",
     wrap: Callable[[torch.optim.Optimizer], Any] | None = None,
 ) -> FitResult:
-    """Train ``model`` for ``cfg.steps`` steps (fewer with early stopping).
+    """Train ``model`` for ``cfg.steps`` steps (fewer with early stopping), in train mode;
+    afterwards every module is in the train/eval mode the caller left it in.
 
     Args:
         model: the module; trained in place.
@@ -238,16 +250,17 @@ def fit(
     result = FitResult()
     best_state: dict[str, Tensor] | None = None
     stale = 0
-    model.train()
     batches = train.batches(cfg.batch_size, generator)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     device = device_of(model)
     amp_dtype = AMP_DTYPES[cfg.amp]
     scaler = torch.amp.GradScaler(device.type) if cfg.amp == "fp16" else None
     with (
+        modes_kept(model),
         wrap(optimizer) if wrap else nullcontext() as session,
         tqdm(total=cfg.steps, desc=desc, disable=None if is_main() else True, leave=False) as bar,
     ):
+        model.train()
         net = distributed.wrap(model)  # DDP under torchrun (after wrap set requires_grad)
         for step in range(1, cfg.steps + 1):
             x, y = next(batches)

@@ -14,7 +14,7 @@ from typing import Any
 
 from pacnet.cache import StateCache
 from pacnet.config import make
-from pacnet.errors import PacnetError, check
+from pacnet.errors import PacnetError, check, first_line
 from pacnet.experiments.runner import RunSpec, _seeded_transfer, prepare, using_threads
 from pacnet.experiments.select import cv_score, cv_splits
 
@@ -56,7 +56,7 @@ def tune(
             sampler=optuna.samplers.TPESampler(seed=spec.seed),
         )
     except Exception as exc:  # SQLAlchemy and drivers raise many kinds; all mean the same here
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first_line(exc)
         raise PacnetError(f"cannot open the Optuna storage {storage!r}: {first}") from None
     cache = cache or StateCache()
     with using_threads(spec):

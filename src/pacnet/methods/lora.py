@@ -1,10 +1,11 @@
 """LoRA (Hu et al. 2021) through Hugging Face's ``peft``: low-rank adapters on the frozen body.
 
-``peft.get_peft_model`` wraps our own modules: adapters on every prunable Linear/Conv module
-(the same rule as pruning), and trainable copies of the head and of every normalisation
-layer (``modules_to_save``: the target gets its own BatchNorm statistics, as under PAC-Net;
-otherwise training would move the source's running statistics). The base weights do not
-change, so the source model is the wrapped model with its adapters disabled.
+``peft.get_peft_model`` wraps our own modules: adapters on every weight layer whose weight
+the default mask covers (the same rule as pruning), and trainable copies of the head and of
+every normalisation layer (``modules_to_save``: the target gets its own BatchNorm
+statistics, as under PAC-Net; otherwise training would move the source's running
+statistics). The base weights do not change, so the source model is the wrapped model with
+its adapters disabled.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from pacnet.errors import check
-from pacnet.mask import prunable_names
 from pacnet.methods.base import Method, Transfer, TransferContext, count, install
 from pacnet.methods.baselines import head_of
-from pacnet.tasks import NORMS
+from pacnet.roles import covered_layers, is_norm
 
 
 @dataclass
@@ -60,8 +60,8 @@ class LoRA(Method):
         p: LoRAParams = self.params
         base = copy.deepcopy(ctx.source_model)
         head_name, _ = head_of(base)
-        targets = [n.removesuffix(".weight") for n in prunable_names(base)]
-        norms = [n for n, m in base.named_modules() if isinstance(m, NORMS)]
+        targets = covered_layers(base)
+        norms = [n for n, m in base.named_modules() if is_norm(m)]
         config = LoraConfig(
             r=p.rank,
             lora_alpha=p.alpha if p.alpha is not None else p.rank,

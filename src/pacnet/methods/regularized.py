@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 from torch import nn
 
 from pacnet.errors import check
-from pacnet.mask import prunable_names
 from pacnet.methods.base import (
     Method,
     Transfer,
@@ -32,17 +31,18 @@ from pacnet.regularizers import (
     StartingPoint,
     channel_attention,
 )
+from pacnet.roles import covered_layers
 from pacnet.train import Data
 
 
 def default_layers(model: nn.Module) -> list[str]:
     """DELTA's layers: the four stages of a ResNet (``layer1``..``layer4``), otherwise the
-    output of every prunable Linear/Conv module."""
+    output of every weight layer the default mask covers."""
     stages = [f"layer{i}" for i in range(1, 5)]
     names = dict(model.named_children())
     if all(s in names for s in stages):
         return stages
-    return [n.removesuffix(".weight") for n in prunable_names(model)]
+    return covered_layers(model)
 
 
 def head_term(model: nn.Module, head_name: str, ctx: TransferContext) -> nn.Module:

@@ -1,0 +1,426 @@
+"""Roles of a model's tensors, decided once per model: a :class:`Plan`.
+
+PAC-Net gives every parameter and buffer one of three roles:
+
+* **masked** — weights that multiply activations: the :class:`~pacnet.mask.Mask` covers
+  them; the source keeps their essential entries, targets train the redundant ones;
+* **per-task** — tensors every task owns a copy of: the head, every bias-like tensor, the
+  affine parameters of normalisation layers, and every persistent buffer (BatchNorm's
+  running statistics, spectral norm's power-iteration vectors, …);
+* **frozen** — everything else: trained with the source, frozen for every target.
+
+The rule is by role, not by name:
+
+* Weights of known layers are masked: ``nn.Linear``, every convolution and transposed
+  convolution, ``nn.Bilinear``, the input and hidden weights of ``nn.RNN``/``LSTM``/``GRU``
+  (``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*``), ``nn.MultiheadAttention``'s
+  projections (packed ``in_proj_weight`` or ``q/k/v_proj_weight``; ``out_proj`` is a
+  Linear), and ``nn.Embedding``/``nn.EmbeddingBag`` tables (``embeddings=False`` makes
+  embeddings frozen instead).
+* A parameter of any other module (a ``Conv1D`` of GPT-2, a custom layer, a free-standing
+  position-embedding table, a matrix used as ``x @ self.W``) is masked when at least two of
+  its dimensions exceed 1; a *vector-like* one (every dimension but one is 1: a bias, a
+  norm scale, a LayerScale, a ``(1, 1, d)`` class token) is per-task.
+* Normalisation layers (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm, and
+  modules named like them) own per-task parameters, whatever their shape.
+* Parametrised weights (``torch.nn.utils.parametrizations.weight_norm``,
+  ``spectral_norm``, any ``parametrize.register_parametrization``, and the older hook
+  versions ``weight_norm``/``spectral_norm``): the tensor holding the direction (``v``,
+  ``original``, ``weight_orig``) takes the weight's role; a weight norm's magnitude ``g``
+  is per-task.
+* The head — the module that produces the output (see :func:`find_head`) — is per-task
+  as a whole. A head whose weight is tied to another tensor (a language-model head tied to
+  the input embedding) stays tied: the tied tensor keeps the role of its other name (the
+  embedding's), so source and targets read it through both names alike.
+
+Tied or shared tensors (one tensor under several names) are handled once, under the name
+``model.named_parameters()`` gives them (their *canonical* name); the plan lists the other
+names as aliases.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from pacnet.errors import PacnetError, check
+
+PrunableRule = Iterable[str] | Callable[[str, nn.Parameter], bool] | None
+
+MASKED, PER_TASK, FROZEN = "masked", "per_task", "frozen"
+
+NORMS: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,  # BatchNorm, InstanceNorm, SyncBatchNorm
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+)
+_NORM_NAME = re.compile(r"(Norm|Normalization)(\dd)?$")
+_LINEAR_LIKE = (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear)
+_EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+_MHA_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+_RNN_WEIGHT = re.compile(r"weight_(ih|hh|hr)_l\d+(_reverse)?$")
+HEAD_NAMES = ("lm_head", "head", "classifier", "fc", "score", "qa_outputs", "output", "out")
+"""Names of a model's direct children that :func:`find_head` takes for its output head."""
+SHARE_WARNING = 0.01
+"""Frozen weights holding more than this share of a model's parameters are named in a
+warning by :func:`pacnet.prune`."""
+
+
+def is_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is a normalisation layer (torch's, or one named like one, such as
+    Hugging Face's ``LlamaRMSNorm``)."""
+    return isinstance(module, NORMS) or bool(_NORM_NAME.search(type(module).__name__))
+
+
+def vector_like(t: Tensor) -> bool:
+    """At most one dimension exceeds 1: a bias, a scale, a ``(1, 1, d)`` token."""
+    return t.dim() < 2 or sum(s > 1 for s in t.shape) <= 1
+
+
+def _weight(module: nn.Module) -> Tensor | None:
+    """The module's weight matrix, also under a parametrisation or the older hook versions
+    of weight and spectral norm (without computing it)."""
+    if parametrize.is_parametrized(module, "weight"):
+        plist = module.parametrizations["weight"]
+        return plist.original1 if _weight_normed(plist) else getattr(plist, "original", None)
+    for name in ("weight", "weight_v", "weight_orig"):
+        value = module._parameters.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+def _weight_normed(plist: nn.Module) -> bool:
+    """Whether a parametrisation list is torch's weight norm (originals ``g``, ``v``)."""
+    return any(type(p).__name__ == "_WeightNorm" for p in plist)
+
+
+def is_weight_layer(module: nn.Module) -> bool:
+    """A layer that multiplies its input by a weight matrix and may serve as an output head:
+    Linear, convolutions, Bilinear, or any other leaf module with a weight of at least two
+    non-unit dimensions (e.g. Hugging Face's ``Conv1D``). Not an embedding, a norm or an RNN."""
+    if isinstance(module, (*_EMBEDDINGS, nn.RNNBase, nn.MultiheadAttention)) or is_norm(module):
+        return False
+    weight = _weight(module)
+    if weight is None:
+        return False
+    if isinstance(module, _LINEAR_LIKE):
+        return True
+    leaf = not any(n != "parametrizations" for n, _ in module.named_children())
+    return leaf and not vector_like(weight)
+
+
+def weight_layers(model: nn.Module) -> list[str]:
+    """Names of the model's weight layers (:func:`is_weight_layer`), in registration order."""
+    return [n for n, m in model.named_modules() if is_weight_layer(m)]
+
+
+def covered_layers(model: nn.Module) -> list[str]:
+    """The weight layers (:func:`is_weight_layer`) whose ``weight`` the default mask covers:
+    where LoRA puts adapters and DELTA reads features."""
+    masked = set(make_plan(model).masked)
+    return [n for n in weight_layers(model) if (f"{n}.weight" if n else "weight") in masked]
+
+
+def find_head(model: nn.Module) -> str | None:
+    """The module that produces the model's output (its parameters are per-task):
+
+    1. a Hugging Face model's ``get_output_embeddings()`` (its language-model head);
+    2. else the last direct child named ``lm_head``, ``head``, ``classifier``, ``fc``,
+       ``score``, ``qa_outputs``, ``output`` or ``out`` that holds a weight layer (its last
+       weight layer when it holds several, e.g. a ``classifier`` Sequential);
+    3. else the last weight layer in registration order (:func:`is_weight_layer`).
+
+    None for a model without weight layers. Pass ``head=`` to :func:`pacnet.prune` where
+    this guesses wrong; the choice is then kept in the mask's :class:`Plan`.
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    getter = getattr(model, "get_output_embeddings", None)
+    if callable(getter):
+        try:
+            out = getter()
+        except (NotImplementedError, AttributeError, TypeError):
+            out = None
+        if isinstance(out, nn.Module) and names.get(id(out)):
+            return names[id(out)]
+    for child_name, child in reversed(list(model.named_children())):
+        if child_name in HEAD_NAMES:
+            inside = weight_layers(child)
+            if inside:
+                return f"{child_name}.{inside[-1]}" if inside[-1] else child_name
+    layers = weight_layers(model)
+    return layers[-1] if layers else None
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One name under which a tensor sits in the model."""
+
+    name: str
+    module: str  # the owning module's name ("" for the root)
+    leaf: str
+    is_param: bool
+
+
+def slots(model: nn.Module) -> Iterator[tuple[Slot, nn.Module, Tensor]]:
+    """Every name of every parameter and persistent buffer, tied and shared ones included,
+    with its module and tensor, in registration order. Non-persistent buffers are derived
+    state (not saved by ``state_dict``) and are left out."""
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        prefix = f"{mod_name}." if mod_name else ""
+        for leaf, value in module._parameters.items():
+            if value is not None:
+                yield Slot(prefix + leaf, mod_name, leaf, True), module, value
+        for leaf, value in module._buffers.items():
+            if value is not None and leaf not in module._non_persistent_buffers_set:
+                yield Slot(prefix + leaf, mod_name, leaf, False), module, value
+
+
+def aliases(model: nn.Module) -> dict[str, str]:
+    """Every other name of a tied or shared tensor -> its canonical name (the name
+    ``named_parameters()`` / ``named_buffers()`` gives it)."""
+    canonical = {id(t): n for n, t in model.named_parameters()}
+    canonical.update({id(t): n for n, t in model.named_buffers() if id(t) not in canonical})
+    out = {}
+    for slot, _, value in slots(model):
+        name = canonical.get(id(value))
+        if name is not None and name != slot.name:
+            out[slot.name] = name
+    return out
+
+
+def _owner(model: nn.Module, slot: Slot) -> tuple[str, nn.Module, str]:
+    """(layer name, layer, tensor name) a parameter belongs to; for a parametrisation's
+    ``original*`` the parametrised layer and tensor (e.g. ``("conv", conv, "weight")``)."""
+    match = re.fullmatch(r"(?:(.*)\.)?parametrizations\.([^.]+)", slot.module)
+    if match:
+        layer = match.group(1) or ""
+        return layer, model.get_submodule(layer), match.group(2)
+    return slot.module, model.get_submodule(slot.module), slot.leaf
+
+
+def _param_role(model: nn.Module, slot: Slot, value: Tensor, embeddings: bool) -> str:
+    """The role of a parameter slot outside the head."""
+    layer_name, layer, tensor = _owner(model, slot)
+    if is_norm(layer):
+        return PER_TASK
+    if slot.module != layer_name:  # a parametrisation's original
+        if slot.leaf == "original0" and _weight_normed(layer.parametrizations[tensor]):
+            return PER_TASK  # weight norm's magnitude g
+        weight_role = _known_weight(layer, tensor, embeddings)
+        if weight_role is not None:
+            return weight_role
+        return PER_TASK if vector_like(value) else MASKED
+    if tensor == "weight_g":  # the older hook-based weight norm's magnitude
+        return PER_TASK
+    weight_role = _known_weight(layer, tensor, embeddings)
+    if weight_role is not None:
+        return weight_role
+    return PER_TASK if vector_like(value) else MASKED
+
+
+def _known_weight(layer: nn.Module, tensor: str, embeddings: bool) -> str | None:
+    """The role of ``layer``'s tensor ``tensor`` when it is a known layer's weight."""
+    weights = ("weight", "weight_v", "weight_orig")
+    if isinstance(layer, _EMBEDDINGS) and tensor in weights:
+        return MASKED if embeddings else FROZEN
+    if isinstance(layer, _LINEAR_LIKE) and tensor in weights:
+        return MASKED
+    if isinstance(layer, nn.RNNBase) and _RNN_WEIGHT.match(tensor):
+        return MASKED
+    if isinstance(layer, nn.MultiheadAttention) and tensor in _MHA_WEIGHTS:
+        return MASKED
+    return None
+
+
+def _in(module_name: str, subtree: str | None) -> bool:
+    if subtree is None:
+        return False
+    return subtree == "" or module_name == subtree or module_name.startswith(subtree + ".")
+
+
+def default_roles(model: nn.Module, head: str | None, embeddings: bool = True) -> dict[str, str]:
+    """Role of every canonical parameter and persistent-buffer name (see the module notes);
+    ``head`` is the head module's name (None: no head)."""
+    canonical = {id(t): n for n, t in model.named_parameters()}
+    canonical.update({id(t): n for n, t in model.named_buffers() if id(t) not in canonical})
+    head_only: dict[str, str] = {}
+    roles: dict[str, str] = {}
+    for slot, _, value in slots(model):
+        name = canonical.get(id(value), slot.name)
+        if not slot.is_param:
+            roles.setdefault(name, PER_TASK)
+        elif _in(slot.module, head):
+            head_only.setdefault(name, PER_TASK)
+        elif name not in roles:
+            roles[name] = _param_role(model, slot, value, embeddings)
+    for name, role in head_only.items():  # a tensor of the head alone; tied ones keep
+        roles.setdefault(name, role)  # the role of their other name
+    order = {n: i for i, n in enumerate(canonical.values())}
+    return dict(sorted(roles.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The roles of one model's tensors, decided once (by :func:`pacnet.prune`) and carried
+    by the mask to :class:`~pacnet.Tasks`, :func:`~pacnet.calibrate`, :func:`~pacnet.save`
+    and :func:`~pacnet.load`, so nothing guesses the head twice.
+
+    Attributes:
+        head: the head module's name (None: no head).
+        masked: canonical names of the masked weights, in parameter order.
+        per_task: canonical names of the per-task parameters and buffers.
+        aliases: every other name of a tied or shared tensor -> its canonical name.
+        embeddings: whether embedding tables are masked (else frozen).
+        sizes: number of entries of every canonical parameter (for coverage reports).
+        frozen: canonical names of the frozen parameters.
+    """
+
+    head: str | None
+    masked: tuple[str, ...]
+    per_task: tuple[str, ...]
+    aliases: dict[str, str] = field(default_factory=dict)
+    embeddings: bool = True
+    sizes: dict[str, int] = field(default_factory=dict)
+    frozen: tuple[str, ...] = ()
+
+    def names_of(self, canonical: str) -> list[str]:
+        """The canonical name and every alias of it."""
+        return [canonical] + [a for a, c in self.aliases.items() if c == canonical]
+
+    def coverage(self) -> dict[str, Any]:
+        """What the mask covers: tensors and parameters, against the whole model."""
+        total = sum(self.sizes.values())
+        covered = sum(self.sizes.get(n, 0) for n in self.masked)
+        return {
+            "masked_tensors": len(self.masked),
+            "parameter_tensors": len(self.sizes),
+            "masked_parameters": covered,
+            "parameters": total,
+            "share": covered / total if total else 0.0,
+            "head": self.head,
+            "per_task_parameters": sum(self.sizes.get(n, 0) for n in self.per_task),
+            "frozen_parameters": sum(self.sizes.get(n, 0) for n in self.frozen),
+        }
+
+    def describe(self) -> str:
+        """One line: coverage, head, and what stays frozen."""
+        c = self.coverage()
+        line = (
+            f"mask covers {c['masked_tensors']} of {c['parameter_tensors']} parameter tensors, "
+            f"{c['masked_parameters']:,} of {c['parameters']:,} parameters ({c['share']:.1%}); "
+            f"head: {self.head or 'none'}; per-task {c['per_task_parameters']:,}; "
+            f"frozen {c['frozen_parameters']:,}"
+        )
+        if self.frozen:
+            line += f" ({', '.join(self.frozen[:3])}{', …' if len(self.frozen) > 3 else ''})"
+        return line
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "head": self.head,
+                "masked": list(self.masked),
+                "per_task": list(self.per_task),
+                "aliases": self.aliases,
+                "embeddings": self.embeddings,
+                "sizes": self.sizes,
+                "frozen": list(self.frozen),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        try:
+            d = json.loads(text)
+            return cls(
+                head=d["head"],
+                masked=tuple(d["masked"]),
+                per_task=tuple(d["per_task"]),
+                aliases=dict(d.get("aliases", {})),
+                embeddings=bool(d.get("embeddings", True)),
+                sizes={k: int(v) for k, v in d.get("sizes", {}).items()},
+                frozen=tuple(d.get("frozen", ())),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise PacnetError("the stored plan (roles of the tensors) is malformed") from None
+
+
+def make_plan(
+    model: nn.Module,
+    prunable: PrunableRule = None,
+    head: str | None = "auto",
+    embeddings: bool = True,
+    per_task: Iterable[str] | None = None,
+) -> Plan:
+    """Decide the role of every tensor of ``model`` (see the module notes).
+
+    Args:
+        model: any module.
+        prunable: which parameters the mask covers: ``None`` (the default rule), names, or
+            a predicate ``(name, parameter) -> bool``. Names may be aliases of tied tensors.
+        head: the head module's name, ``"auto"`` (:func:`find_head`) or None (no head).
+        embeddings: mask embedding tables (default) or freeze them.
+        per_task: the per-task names instead of the default rule.
+    """
+    head_name = find_head(model) if head == "auto" else head
+    if head_name is not None:
+        try:
+            model.get_submodule(head_name)
+        except AttributeError:
+            raise PacnetError(f"head {head_name!r} is not a module of the model") from None
+    roles = default_roles(model, head_name, embeddings)
+    params = dict(model.named_parameters())
+    links = aliases(model)
+    if prunable is None:
+        masked = [n for n in params if roles.get(n) == MASKED and params[n].is_floating_point()]
+    elif callable(prunable):
+        masked = [n for n, p in params.items() if prunable(n, p)]
+    else:
+        wanted = [links.get(n, n) for n in prunable]
+        unknown = [n for n in wanted if n not in params]
+        check(not unknown, f"prunable names not in the model: {', '.join(unknown[:5])}")
+        chosen = set(wanted)
+        masked = [n for n in params if n in chosen]
+    check(
+        masked,
+        "no prunable parameters: the model has no weight outside its head "
+        f"({head_name or 'none'}); pass prunable=[names] or head=None to choose them",
+    )
+    masked_set = set(masked)
+    if per_task is None:
+        own = [n for n, r in roles.items() if r == PER_TASK and n not in masked_set]
+    else:
+        own = [links.get(n, n) for n in per_task]
+        clash = [n for n in own if n in masked_set]
+        check(not clash, f"{clash[:1]} cannot be both masked and per-task")
+    own_set = set(own)
+    frozen = [n for n in params if n not in masked_set and n not in own_set]
+    return Plan(
+        head=head_name,
+        masked=tuple(masked),
+        per_task=tuple(dict.fromkeys(own)),
+        aliases=links,
+        embeddings=embeddings,
+        sizes={n: p.numel() for n, p in params.items()},
+        frozen=tuple(frozen),
+    )
+
+
+def large_frozen(plan: Plan, model: nn.Module, explicit: set[str] = frozenset()) -> list[str]:
+    """Frozen parameters of two or more dimensions that hold more than
+    :data:`SHARE_WARNING` of the model (``explicit``: frozen by the caller's choice)."""
+    total = sum(plan.sizes.values())
+    params = dict(model.named_parameters())
+    return [
+        n
+        for n in plan.frozen
+        if n not in explicit and params[n].dim() >= 2 and plan.sizes[n] > SHARE_WARNING * total
+    ]
