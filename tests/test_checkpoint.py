@@ -124,7 +124,7 @@ class Tied(nn.Module):
 def test_tied_weights_are_stored_once_and_load_tied(tmp_path):
     torch.manual_seed(0)
     model = Tied()
-    mask = prune(model, 0.5, prunable=["mid.weight"])
+    mask = prune(model, 0.5, prunable=["mid.weight"], warn=False)
     tasks = pacnet.Tasks(model, mask, names=["out.bias"])
     tasks.add("target")
     path = tmp_path / "tied.safetensors"
@@ -154,3 +154,27 @@ def test_dtype_change_needs_tasks_to(trained):
     tasks.to(torch.float32)
     with tasks.use(model, "source"):
         assert torch.equal(model(x), source_out)
+
+
+def test_a_library_error_keeps_its_text(tmp_path):
+    """safetensors starts its messages with a newline; the reason must still show."""
+    from pacnet.io import write_safetensors
+
+    shared = torch.zeros(4)
+    with pytest.raises(PacnetError) as err:
+        write_safetensors(tmp_path / "t.safetensors", {"a": shared, "b": shared}, {})
+    reason = str(err.value).split(": ", 1)[1]
+    assert reason.strip() and "\n" not in str(err.value)
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_model_tied_otherwise_than_the_checkpoint_is_refused(tmp_path):
+    torch.manual_seed(0)
+    model = Tied()
+    tasks = pacnet.Tasks(model, prune(model, 0.5, prunable=["mid.weight"], warn=False))
+    path = tmp_path / "tied.safetensors"
+    pacnet.save(path, model, tasks)
+    untied = Tied()
+    untied.out.weight = nn.Parameter(untied.embed.weight.detach().clone())
+    with pytest.raises(PacnetError, match=r"ties 'out\.weight' to 'embed\.weight' but the model"):
+        pacnet.load(path, untied)

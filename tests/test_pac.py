@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from conftest import mlp, small_cnn
@@ -171,3 +173,33 @@ def test_source_stays_exact_under_mixed_precision(amp):
     assert not torch.equal(model(source.x), reference)
     with tasks.use(model, "source"):
         assert torch.equal(model(source.x), reference)
+
+
+def test_the_documented_flow_keeps_a_batchnorm_source_exact_in_train_mode(tmp_path):
+    """Running the source view while the model is in train mode (as ``fit`` used to leave
+    it) must not move the source's BatchNorm statistics, in memory or in the checkpoint."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+        nn.Linear(16, 1),
+    )  # fmt: skip
+    xs, ys, xt, yt = torch.randn(64, 4), torch.randn(64, 1), torch.randn(16, 4), torch.randn(16, 1)
+    x = torch.randn(8, 4)
+    mse = nn.functional.mse_loss
+    mask = pacnet.prune(model, ratio=0.8)
+    model.eval()
+    pacnet.allocate(model, mask, Data(xs, ys), mse, FitConfig(steps=20, batch_size=32))
+    assert not model.training  # fit puts the caller's mode back
+    y_alloc = model(x)
+    model.train()
+    tasks, _ = pacnet.calibrate(model, mask, Data(xt, yt), mse, FitConfig(steps=20, batch_size=8))
+    assert model.training
+    with torch.no_grad(), tasks.use(model, "source"):
+        model(x)  # train mode: would update the source's running statistics
+    model.eval()
+    with tasks.use(model, "source"):
+        assert torch.equal(model(x), y_alloc)
+    path = tmp_path / "net.safetensors"
+    pacnet.save(path, model, tasks)
+    source = pacnet.load(path, copy.deepcopy(model), task="source").eval()
+    assert torch.equal(source(x), y_alloc)

@@ -56,3 +56,17 @@ def test_bad_inputs():
     big = Data(torch.full((4, 5), 1e3), torch.full((4, 1), 1e3))
     with pytest.raises(PacnetError, match="loss became"):
         fit(mlp(), nn.functional.mse_loss, big, diverging)
+
+
+def test_fit_puts_back_every_modules_mode():
+    model = nn.Sequential(nn.Linear(5, 8), nn.Dropout(0.5), nn.Linear(8, 1))
+    model.eval()
+    model[1].train()  # a mixed state, as a frozen body with a training head leaves
+    data = Data(torch.randn(16, 5), torch.randn(16, 1))
+    fit(model, nn.functional.mse_loss, data, FitConfig(steps=2, batch_size=4))
+    assert [m.training for m in model.modules()] == [False, False, True, False]
+    model.train()
+    with pytest.raises(PacnetError, match="loss became"):  # also when training fails
+        bad = Data(torch.randn(16, 5), torch.full((16, 1), 1e30))
+        fit(model, lambda o, y: (o - y).square().mean() * 1e30, bad, FitConfig(steps=2))
+    assert all(m.training for m in model.modules())

@@ -146,10 +146,10 @@ class Tasks:
                 "tasks.release(...))",
             )
         links = self.plan.aliases
-        init = {links.get(n, n): t for n, t in (init or {}).items()}
-        for given in init:
-            if given not in self.names:
+        for given in init or {}:
+            if links.get(given, given) not in self.names:
                 raise PacnetError(self._not_per_task(given))
+        init = {links.get(n, n): t for n, t in (init or {}).items()}
         fresh: dict[str, Tensor] = {}
         for name, old in self.tensors[copy_from].items():
             value = init.get(name, old).detach().clone().to(old.device)

@@ -1,0 +1,216 @@
+"""The roles of a model's tensors (pacnet.roles): masked, per-task or frozen, decided once."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations
+from zoo import Bag, Recurrent, bert_mlm, gpt2_lm
+
+import pacnet
+from pacnet import Data, FitConfig, PacnetError, Tasks, allocate, calibrate, prune
+from pacnet.roles import FROZEN, MASKED, PER_TASK, default_roles, find_head, make_plan
+
+
+class Conv1D(nn.Module):
+    """A layer pacnet does not know by type (GPT-2's: weight stored (in, out))."""
+
+    def __init__(self, nf: int, nx: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.1)
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight)
+
+
+class Zoo(nn.Module):
+    """One of everything, with a head at the end."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(10, 6)
+        self.bag = nn.EmbeddingBag(10, 6)
+        self.pos = nn.Parameter(torch.randn(5, 6) * 0.1)  # a free-standing table
+        self.token = nn.Parameter(torch.zeros(1, 1, 6))  # a (1, 1, d) token: vector-like
+        self.mix = nn.Parameter(torch.randn(6, 6) * 0.1)  # used as x @ self.mix
+        self.conv1d = Conv1D(6, 6)
+        self.attn = nn.MultiheadAttention(6, 2, add_bias_kv=True, kdim=4, vdim=4)
+        self.packed = nn.MultiheadAttention(6, 2)
+        self.lstm = nn.LSTM(6, 6, bidirectional=True, proj_size=3)
+        self.convt = nn.ConvTranspose1d(6, 6, 1)
+        self.bilinear = nn.Bilinear(6, 6, 6)
+        self.ln = nn.LayerNorm((5, 6))  # a norm with two-dimensional affine parameters
+        self.rms = nn.RMSNorm(6)
+        self.bn = nn.BatchNorm1d(6)
+        self.wn = parametrizations.weight_norm(nn.Linear(6, 6))
+        self.sn = parametrizations.spectral_norm(nn.Linear(6, 6))
+        self.old_wn = torch.nn.utils.weight_norm(nn.Linear(6, 6))
+        self.register_buffer("scratch", torch.zeros(3), persistent=False)
+        self.head = nn.Linear(6, 2)
+
+
+def test_every_tensor_gets_its_role_by_what_it_does():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the older weight_norm is deprecated
+        model = Zoo()
+    roles = default_roles(model, head="head")
+    masked = {n for n, r in roles.items() if r == MASKED}
+    assert masked == {
+        "embed.weight",
+        "bag.weight",
+        "pos",
+        "mix",
+        "conv1d.weight",
+        "attn.q_proj_weight",
+        "attn.k_proj_weight",
+        "attn.v_proj_weight",
+        "attn.out_proj.weight",
+        "packed.in_proj_weight",
+        "packed.out_proj.weight",
+        *(f"lstm.weight_{k}_l0{d}" for k in ("ih", "hh", "hr") for d in ("", "_reverse")),
+        "convt.weight",
+        "bilinear.weight",
+        "wn.parametrizations.weight.original1",  # weight norm's direction v
+        "sn.parametrizations.weight.original",
+        "old_wn.weight_v",
+    }
+    per_task = {n for n, r in roles.items() if r == PER_TASK}
+    for name in (
+        "token", "conv1d.bias", "attn.in_proj_bias", "attn.bias_k", "attn.bias_v",
+        "packed.in_proj_bias", "lstm.bias_ih_l0", "lstm.bias_hh_l0_reverse", "ln.weight",
+        "ln.bias", "rms.weight", "bn.weight", "bn.running_mean", "bn.num_batches_tracked",
+        "wn.parametrizations.weight.original0", "old_wn.weight_g",
+        "sn.parametrizations.weight.0._u", "head.weight", "head.bias",
+    ):  # fmt: skip
+        assert name in per_task, name
+    assert "scratch" not in roles  # non-persistent buffers are derived state
+    assert not [n for n, r in roles.items() if r == FROZEN]
+    frozen_tables = default_roles(model, head="head", embeddings=False)
+    assert {n for n, r in frozen_tables.items() if r == FROZEN} == {"embed.weight", "bag.weight"}
+
+
+class ReadoutFirst(nn.Module):
+    """Registers its output layer first, under a name no rule knows."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.readout = nn.Linear(8, 2)
+        self.body = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh())
+
+    def forward(self, x):
+        return self.readout(self.body(x))
+
+
+def test_find_head():
+    assert find_head(bert_mlm()) == "cls.predictions.decoder"  # the output embeddings
+    assert find_head(gpt2_lm()) == "lm_head"
+    mlp = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    assert find_head(mlp) == "2"
+    vgg_like = nn.Module()
+    vgg_like.features = nn.Conv2d(1, 2, 3)
+    vgg_like.classifier = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3))
+    assert find_head(vgg_like) == "classifier.2"  # the last layer of a named head block
+    assert find_head(ReadoutFirst()) == "body.2"  # a guess; prune(head=...) overrides it
+    assert find_head(Recurrent(nn.LSTM)) == "head"
+
+
+def test_the_head_chosen_at_prune_time_is_the_one_calibrate_uses(tmp_path):
+    model = ReadoutFirst()
+    mask = prune(model, 0.5, head="readout")
+    assert "body.2.weight" in mask and "readout.weight" not in mask
+    x, y = torch.randn(32, 3), torch.randn(32, 2)
+    cfg = FitConfig(steps=5, batch_size=8)
+    mse = nn.functional.mse_loss
+    allocate(model, mask, Data(x, y), mse, cfg)
+    new_head = {"readout.weight": torch.zeros(3, 8), "readout.bias": torch.zeros(3)}
+    tasks, _ = calibrate(model, mask, Data(x, torch.randn(32, 3)), mse, cfg, init=new_head)
+    assert tasks.plan.head == "readout" and "readout.weight" in tasks.names
+    path = tmp_path / "net.safetensors"
+    pacnet.save(path, model, tasks)
+    assert pacnet.load_tasks(path, ReadoutFirst()).plan.head == "readout"
+    mask.save(tmp_path / "mask.safetensors")
+    assert pacnet.Mask.load(tmp_path / "mask.safetensors").plan == mask.plan
+
+
+def test_a_hand_made_mask_gets_default_roles_around_its_names():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    mask = pacnet.Mask({"0.weight": torch.ones(4, 3, dtype=torch.bool)})
+    tasks = Tasks(model, mask)
+    assert tasks.plan.frozen == ("2.weight",)
+    assert set(tasks.names) == {"0.bias", "2.bias", "4.weight", "4.bias"}
+
+
+def test_tied_head_stays_tied_and_is_listed_once():
+    model = gpt2_lm()
+    mask = prune(model, 0.8)
+    assert "transformer.wte.weight" in mask  # embedding and LM head: one masked tensor
+    assert mask.plan.aliases["lm_head.weight"] == "transformer.wte.weight"
+    tasks = Tasks(model, mask)
+    assert not [n for n in tasks.names if n in mask.plan.aliases]
+    bert = bert_mlm()
+    tasks = Tasks(bert, prune(bert, 0.8))
+    assert "cls.predictions.bias" in tasks.names  # the decoder's bias, tied: listed once
+    assert tasks.slots["cls.predictions.bias"] == [
+        "cls.predictions.bias",
+        "cls.predictions.decoder.bias",
+    ]
+    tasks.add("target")
+    tasks.activate(bert, "target")
+    decoder = bert.cls.predictions.decoder
+    assert decoder.bias is bert.cls.predictions.bias  # swapped under both names
+    assert decoder.weight is bert.bert.embeddings.word_embeddings.weight
+    frozen = prune(gpt2_lm(), 0.8, embeddings=False).plan
+    assert "transformer.wte.weight" in frozen.frozen  # tied, and frozen with the tables
+
+
+def test_a_tied_head_cannot_get_a_head_of_its_own():
+    model = gpt2_lm()
+    tasks = Tasks(model, prune(model, 0.8))
+    with pytest.raises(PacnetError, match=r"'lm_head.weight' is tied to 'transformer.wte.weight'"):
+        tasks.add("target", {"lm_head.weight": torch.zeros(3, 32)})
+    with pytest.raises(PacnetError, match=r"tied to 'transformer\.wte\.weight'"):
+        Tasks(model, prune(model, 0.8), names=["lm_head.weight"])
+
+
+def test_rnn_runs_on_the_active_tasks_biases():
+    model = Recurrent(nn.LSTM)
+    tasks = Tasks(model, prune(model, 0.8))
+    tasks.add("target", {"rnn.bias_ih_l0": torch.full((64,), 3.0)})
+    x = torch.randn(2, 5, 4)
+    with tasks.use(model, "source"):
+        source = model(x)
+    with tasks.use(model, "target"):
+        target = model(x)
+        reference = nn.LSTM(4, 16, num_layers=2, batch_first=True)
+        reference.load_state_dict(model.rnn.state_dict())
+        assert torch.equal(model.head(reference(x)[0][:, -1]), target)
+    assert not torch.equal(source, target)
+
+
+def test_prune_names_large_frozen_weights_and_empty_layers():
+    model = Bag()
+    with pytest.warns(UserWarning, match=r"embed.weight \(.*%.*\) are not covered"):
+        prune(model, 0.8, prunable=["hidden.weight"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the caller chose to freeze the tables: no warning
+        mask = prune(model, 0.8, embeddings=False, scope="layer")
+    assert list(mask) == ["hidden.weight"]
+    with pytest.warns(UserWarning, match=r"hidden.weight keep no essential weight"):
+        prune(model, 0.8)  # N(0, 1) embeddings outweigh the small Linear weights
+    line = prune(model, 0.8, scope="layer").plan.describe()
+    assert line.startswith("mask covers 2 of 7 parameter tensors") and "head: out" in line
+
+
+def test_plan_errors_are_one_line():
+    model = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(PacnetError, match="no prunable parameters"):
+        prune(model, 0.8)
+    with pytest.raises(PacnetError, match="head 'nope' is not a module"):
+        make_plan(model, head="nope")
+    assert list(prune(model, 0.8, head=None)) == ["0.weight"]
