@@ -279,3 +279,82 @@ MORE_CASES = [
 ]  # fmt: skip
 """Further architectures (Llama with RMSNorm and tied head, a head registered first,
 transposed and spectral-normed convolutions, attention with kdim/vdim, LSTM projections)."""
+
+
+def _small(**kw: object) -> dict:
+    return {"vocab_size": VOCAB, **kw}
+
+
+def bart() -> nn.Module:
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    return BartForConditionalGeneration(BartConfig(**_small(
+        d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        max_position_embeddings=40,
+    )))  # fmt: skip
+
+
+def t5() -> nn.Module:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    return T5ForConditionalGeneration(
+        T5Config(**_small(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2))
+    )
+
+
+def albert() -> nn.Module:
+    from transformers import AlbertConfig, AlbertForMaskedLM
+
+    return AlbertForMaskedLM(AlbertConfig(**_small(
+        embedding_size=16, num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
+        intermediate_size=64,
+    )))  # fmt: skip
+
+
+def whisper() -> nn.Module:
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    return WhisperForConditionalGeneration(WhisperConfig(**_small(
+        d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=8,
+        max_source_positions=16, max_target_positions=16, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2, decoder_start_token_id=1,
+    )))  # fmt: skip
+
+
+def convnext() -> nn.Module:
+    from transformers import ConvNextConfig, ConvNextForImageClassification
+
+    cfg = ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=3)
+    return ConvNextForImageClassification(cfg)
+
+
+def swin() -> nn.Module:
+    from transformers import SwinConfig, SwinForImageClassification
+
+    cfg = SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+        window_size=4, num_labels=3,
+    )  # fmt: skip
+    return SwinForImageClassification(cfg)
+
+
+def _seq2seq(g: torch.Generator) -> dict[str, Tensor]:
+    ids = torch.randint(3, VOCAB, (2, 8), generator=g)
+    return {"input_ids": ids, "decoder_input_ids": ids}
+
+
+KEYWORD_CASES = {
+    "bart_tied_thrice": (_hf(bart), _seq2seq),
+    "t5": (_hf(t5), _seq2seq),
+    "albert_shared_layers": (_hf(albert), lambda g: {"input_ids": _tokens(2, 8)(g)}),
+    "whisper": (_hf(whisper), lambda g: {
+        "input_features": torch.randn(2, 8, 32, generator=g),
+        "decoder_input_ids": torch.randint(3, VOCAB, (2, 6), generator=g),
+    }),
+    "convnext": (_hf(convnext), lambda g: {"pixel_values": torch.randn(2, 3, 32, 32, generator=g)}),
+    "swin": (_hf(swin), lambda g: {"pixel_values": torch.randn(2, 3, 32, 32, generator=g)}),
+}  # fmt: skip
+"""Models called with keyword inputs (encoder-decoders, shared layers, images): checked
+through the masking, task switching and checkpoints directly, without pacnet's loop."""

@@ -37,6 +37,14 @@ class LoRAParams:
         check(0 <= self.dropout < 1, f"dropout must lie in [0, 1), got {self.dropout}")
 
 
+_PEFT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _adaptable(module: nn.Module) -> bool:
+    """Whether peft's LoRA can wrap ``module`` (Linear, convolutions, GPT-2's ``Conv1D``)."""
+    return isinstance(module, _PEFT_LAYERS) or type(module).__name__ == "Conv1D"
+
+
 class AdaptersOff(nn.Module):
     """The base model inside a peft model: runs it with every adapter disabled."""
 
@@ -60,7 +68,7 @@ class LoRA(Method):
         p: LoRAParams = self.params
         base = copy.deepcopy(ctx.source_model)
         head_name, _ = head_of(base)
-        targets = covered_layers(base)
+        targets = [n for n in covered_layers(base) if _adaptable(base.get_submodule(n))]
         norms = [n for n, m in base.named_modules() if is_norm(m)]
         config = LoraConfig(
             r=p.rank,
