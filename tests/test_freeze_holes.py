@@ -444,21 +444,23 @@ def test_state_replaced_with_values_at_frozen_entries_switches_to_write_back(opt
     watch.trained("2.weight")
 
 
-def test_state_checks_run_only_when_something_changed(monkeypatch):
-    """The per-step checks compare identities; a steady loop never reviews or rescans."""
-    model = mlp()
-    mask = prune(model, 0.8)
-    zero_redundant(model, mask)
-    trainable = {**~mask, "4.bias": torch.ones(1, dtype=torch.bool)}
-    optimizer = torch.optim.Adam(_split(model), lr=0.01, fused=True)
-    watch = Watch(model, trainable)
-    with train_only(model, trainable, optimizer, others="frozen", l2=0.1) as session:
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("mode", ["allocate", "calibrate"])
+def test_a_steady_loop_never_reviews_or_rescans(monkeypatch, mode, optimizer):
+    """The per-step checks compare identities only: the loops `pacnet bench` times never
+    re-derive the path or look at the optimizer's state again."""
+    from pacnet.perf import MODELS, _stepper
+
+    model, x, y = MODELS["friedman_mlp"]()
+    step, context = _stepper(mode, model, x, y, optimizer)
+    with context() as session:
         calls = []
         monkeypatch.setattr(session, "_review", lambda: calls.append("review"))
         monkeypatch.setattr(session, "_restate", lambda: calls.append("restate"))
-        run(model, optimizer, watch, 6)
+        for _ in range(6):
+            step()
         assert calls == []
-        assert session.parked and session._folding and not session.restores
+        assert not session.restores and bool(session.parked) == (optimizer == "adam")
 
 
 # eps = 0 -----------------------------------------------------------------------------------

@@ -373,10 +373,11 @@ class MaskedTraining:
         self._ready = False
 
     def _settings(self) -> list[tuple]:
-        """What decides the way frozen entries are held, per group holding masked ones."""
+        """What decides the way frozen entries are held, per group holding masked ones (and
+        per group whose weight decay carries the l2 term)."""
         return [
             (g.get("weight_decay"), g.get("maximize"), g.get("eps"), g.get("betas"), g.get("fused"))
-            for g in self._groups
+            for g in self._groups + [group for group, _ in self._decays.values()]
         ]
 
     @torch.no_grad()
@@ -553,6 +554,7 @@ class MaskedTraining:
                 self._decays[id(group)] = (group, group.get("weight_decay", 0))
                 self._folded |= {id(p) for p in ps if id(p) in at_zero}
                 self._idle += [p for p in ps if id(p) not in outside]
+        self._seen = self._settings()
 
     def _unpark_one(self, m: _Masked) -> None:
         """Zero the moments and the gradient at ``m``'s frozen entries (what zeroed gradients
@@ -601,7 +603,6 @@ class MaskedTraining:
                 self.restores = True
                 self.reason = f"optimizer state {key!r} of {m.name} was replaced inside the context"
                 self._stop_folding()
-                self._to_park = set()
                 self._write_back()
                 return
 
@@ -754,6 +755,8 @@ class MaskedTraining:
         for h in self._grad_hooks:
             h.remove()
         self._grad_hooks = []
+        for m in self.masked:  # no hold on the optimizer's state after exit
+            m.seen = None
         self._unpark()
         self._check_frozen()
 
