@@ -219,6 +219,60 @@ def test_parameters_frozen_whole_stay_frozen_when_unfrozen_inside(optimizer_name
     watch.trained("0.weight")
 
 
+def test_lbfgs_cannot_move_parameters_frozen_whole_when_unfrozen_inside():
+    """LBFGS evaluates with every parameter of its group, gradient or not: those frozen whole
+    that get gradients again lose them at each evaluation."""
+    model = tanh_mlp()
+    mask = prune(model, 0.8)
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
+    x = torch.randn(32, 5, generator=torch.Generator().manual_seed(0))
+    watch = Watch(model, mask, whole=["0.bias", "2.bias", "4.weight", "4.bias"])
+
+    def closure():
+        optimizer.zero_grad()
+        loss = ((model(x) - 1.0) ** 2).mean()
+        loss.backward()
+        return loss
+
+    with train_only(model, mask, optimizer, others="frozen") as session:
+        optimizer.step(closure)
+        watch.check()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        for _ in range(3):
+            optimizer.step(closure)
+            watch.check()
+        assert session.restores
+    watch.trained("2.weight")
+
+
+class ShrinkAll(torch.optim.Optimizer):
+    """SGD that also shrinks every parameter it holds, with a gradient or not."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.mul_(0.99)
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-group["lr"])
+
+
+def test_an_optimizer_that_moves_parameters_without_gradients_cannot_move_frozen_ones():
+    model = mlp()
+    mask = dict(prune(model, 0.8))
+    mask["2.bias"] = torch.zeros(16, dtype=torch.bool)
+    optimizer = ShrinkAll(model.parameters(), lr=0.05)
+    watch = Watch(model, mask, whole=["2.bias", "4.weight", "4.bias"])
+    with train_only(model, mask, optimizer, others="frozen") as session:
+        run(model, optimizer, watch, 4)
+        assert session.restores
+    watch.trained("0.weight")
+
+
 @pytest.mark.parametrize("optimizer_name", ["sgd", "adam", "adam_fused"])
 @pytest.mark.parametrize("others", ["trainable", "frozen"])
 def test_masked_parameter_without_requires_grad_on_entry_is_held_when_unfrozen(
