@@ -8,11 +8,12 @@ unscaling; with ``optimizer.step(closure)`` they are prepared after each call of
 closure, e.g. every evaluation LBFGS makes) and picks the cheapest of three exact ways to
 hold the frozen entries:
 
-* **Zeroed gradients** (SGD, Adam or AdamW with no weight decay, ``maximize`` off and no
-  earlier state for the masked parameters): before every step the frozen gradient entries
-  are zeroed with one batched ``torch._foreach_mul_`` (a ``masked_fill_``, which gives
-  +0.0, where a frozen value is -0.0), after the gradient of ``l2·‖w − w₀‖²`` over the
-  trainable entries (``w₀``: the values on entry) is added in one batched pass. A frozen
+* **Zeroed gradients** (SGD, Adam or AdamW with no weight decay, ``maximize`` off, an
+  ``eps`` that is not 0 and no earlier state for the masked parameters): before every
+  step the frozen gradient entries are zeroed with one batched ``torch._foreach_mul_`` (a
+  ``masked_fill_``, which gives +0.0, where a frozen value is -0.0), after the gradient of
+  ``l2·‖w − w₀‖²`` over the trainable entries (``w₀``: the values on entry) is added in
+  one batched pass. A frozen
   entry then has zero gradient and zero state, and its update is ``w ± 0.0 = w``. Sparse
   gradients (``nn.Embedding(sparse=True)``) are coalesced and their values masked; with
   ``l2 > 0`` they are made dense first, as the term is.
@@ -49,7 +50,8 @@ tensor unless one of them changed):
   no longer provably still, the frozen values are captured at that moment (nothing has
   moved them yet) and the write-back takes over (``handle.restores``, ``handle.reason``).
   A weight decay set on a group whose decay carries the l2 term is the user's: it stays,
-  and the term is added explicitly;
+  and the term is added explicitly. A ``β2`` set to 0 unparks the group's parameters
+  (their moments at frozen entries are zeroed, their frozen gradient entries again);
 * optimizer state cleared or replaced (``optimizer.state.clear()``, ``del
   optimizer.state[p]``, a new state tensor) is parked again (state with a second moment),
   goes back to zeroed gradients until the next step parks it (cleared state), or switches
