@@ -13,10 +13,9 @@ hold the frozen entries:
   step the frozen gradient entries are zeroed with one batched ``torch._foreach_mul_`` (a
   ``masked_fill_``, which gives +0.0, where a frozen value is -0.0), after the gradient of
   ``l2·‖w − w₀‖²`` over the trainable entries (``w₀``: the values on entry) is added in
-  one batched pass. A frozen
-  entry then has zero gradient and zero state, and its update is ``w ± 0.0 = w``. Sparse
-  gradients (``nn.Embedding(sparse=True)``) are coalesced and their values masked; with
-  ``l2 > 0`` they are made dense first, as the term is.
+  one batched pass. A frozen entry then has zero gradient and zero state, and its update
+  is ``w ± 0.0 = w``. Sparse gradients (``nn.Embedding(sparse=True)``) are coalesced and
+  their values masked; with ``l2 > 0`` they are made dense first, as the term is.
 * **Parking** (Adam or AdamW as above with ``β2 > 0``, for parameters whose frozen values
   are finite and not ``-0.0``). The first step zeroes the frozen gradient entries; then
   Adam's second moment is set to ``+inf`` there. From then on the update at a frozen entry
