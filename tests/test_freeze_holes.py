@@ -476,25 +476,34 @@ def test_parked_adam_whose_state_is_cleared_or_replaced_parks_again(change, fuse
         watch.trained(n)
 
 
-@pytest.mark.parametrize("optimizer_name", ["sgd", "adam"])
-def test_state_replaced_with_values_at_frozen_entries_switches_to_write_back(optimizer_name):
+REPLACED_STATE = {  # optimizer, the state key given random values at every entry
+    "sgd": (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), "momentum_buffer"),
+    "adam_unparked": (lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.9, 0.0)), "exp_avg"),
+    "adam_parked": (lambda p: torch.optim.Adam(p, lr=0.01), "exp_avg"),
+}
+
+
+@pytest.mark.parametrize("case", list(REPLACED_STATE))
+def test_state_replaced_with_values_at_frozen_entries_keeps_frozen_entries(case):
+    """Zeroed gradients need zero state at frozen entries: state replaced with other values
+    switches to the write-back; a parked parameter's new state is parked again at once."""
     model = mlp()
     mask = prune(model, 0.8)
-    optimizer = CLOSURE_OPTIMIZERS[optimizer_name](model.parameters())
+    make, key = REPLACED_STATE[case]
+    optimizer = make(model.parameters())
     watch = Watch(model, mask)
-    key = "momentum_buffer" if optimizer_name == "sgd" else "exp_avg"
     with train_only(model, mask, optimizer) as session:
         run(model, optimizer, watch, 3)
-        state = optimizer.state[model[2].weight]
-        if optimizer_name == "adam":  # state of its own, not parked
-            optimizer.state[model[2].weight] = state = {
-                k: v.clone() for k, v in state.items() if k != "exp_avg_sq"
-            }
-            state["exp_avg_sq"] = torch.ones_like(model[2].weight)
+        assert ("2.weight" in session.parked) == (case == "adam_parked")
+        state = optimizer.state[model[2].weight] = dict(optimizer.state[model[2].weight])
         state[key] = torch.randn_like(model[2].weight)
+        if case == "adam_parked":
+            state["exp_avg_sq"] = torch.ones_like(model[2].weight)
         run(model, optimizer, watch, 4, seed=1)
-    if optimizer_name == "sgd":
-        assert session.restores and key in session.reason
+        if case == "adam_parked":
+            assert not session.restores and "2.weight" in session.parked
+        else:
+            assert session.restores and key in session.reason
     watch.trained("2.weight")
 
 
