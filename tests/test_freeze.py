@@ -270,16 +270,19 @@ def test_frozen_entries_moved_by_nonfinite_gradients_are_put_back_on_exit(side):
     assert_frozen_unchanged(model, trainable, before)
 
 
-def test_weight_decay_switched_on_inside_the_context_is_refused():
+def test_weight_decay_switched_on_inside_the_context_switches_to_write_back():
     model = mlp()
     mask = prune(model, 0.8)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     before = snapshot(model)
-    with train_only(model, mask, optimizer):
+    with train_only(model, mask, optimizer) as session:
         train(model, optimizer, steps=2)
+        assert session.parked and not session.restores
         optimizer.param_groups[0]["weight_decay"] = 0.1
-        with pytest.raises(PacnetError, match="weight decay"):
-            train(model, optimizer, steps=1)
+        train(model, optimizer, steps=3)
+        assert session.restores and "weight decay" in session.reason
+        assert_frozen_unchanged(model, mask, before)
+    assert session.rescued == []
     assert_frozen_unchanged(model, mask, before)
 
 

@@ -28,7 +28,15 @@ from pacnet.errors import check
 from pacnet.freeze import train_only
 from pacnet.mask import Mask
 from pacnet.tasks import Tasks
-from pacnet.train import Data, FitConfig, FitResult, LossFn, fit, make_optimizer
+from pacnet.train import (
+    Data,
+    FitConfig,
+    FitResult,
+    LossFn,
+    fit,
+    make_optimizer,
+    sparse_grad_params,
+)
 
 
 def zero_redundant(model: nn.Module, mask: Mask) -> None:
@@ -50,7 +58,7 @@ def allocate(
     mask.check(model)
     zero_redundant(model, mask)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(trainable, cfg)
+    optimizer = make_optimizer(trainable, cfg, sparse=sparse_grad_params(model))
     return fit(
         model,
         loss_fn,
@@ -145,7 +153,8 @@ def _train_newest(
 ) -> FitResult:
     """Train what the newest task owns (masked entries and own tensors), nothing else."""
     trainable = tasks.trainable(model)
-    optimizer = make_optimizer(trainable_groups(model, tasks, trainable), cfg)
+    groups = trainable_groups(model, tasks, trainable)
+    optimizer = make_optimizer(groups, cfg, sparse=sparse_grad_params(model))
     return fit(
         model,
         loss_fn,

@@ -9,7 +9,7 @@ to the loss with their weight. Seeded: the same seed gives the same batches.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,8 +123,22 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 FUSED_DEVICES = ("cpu", "cuda")
 
 
+def sparse_grad_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters of ``model`` that get sparse gradients, by name: the weights of its
+    ``nn.Embedding`` and ``nn.EmbeddingBag`` modules built with ``sparse=True`` (for
+    :func:`make_optimizer`'s ``sparse``)."""
+    return {
+        f"{name}.weight" if name else "weight": module.weight
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Embedding | nn.EmbeddingBag) and module.sparse
+    }
+
+
 def make_optimizer(
-    params: Sequence[nn.Parameter] | Sequence[Sequence[nn.Parameter]], cfg: FitConfig
+    params: Sequence[nn.Parameter] | Sequence[Sequence[nn.Parameter]],
+    cfg: FitConfig,
+    *,
+    sparse: Mapping[str, nn.Parameter] | None = None,
 ) -> torch.optim.Optimizer:
     """The optimizer ``cfg`` names, over ``params`` (parameters, or lists of parameters that
     become parameter groups with the same settings).
@@ -132,12 +146,29 @@ def make_optimizer(
     It uses PyTorch's fused kernel where every parameter allows it (floating point, on CPU
     or CUDA): on CPU a fused Adam step over 10 M weights takes about a tenth of the default
     per-tensor implementation, whose ``sqrt`` also slows down several-fold on the zero
-    optimizer state that frozen entries have.
+    optimizer state that frozen entries have. ``sparse`` names the parameters that get
+    sparse gradients (:func:`sparse_grad_params` of the model): among
+    ``params`` they need SGD without weight decay, unfused.
     """
     groups = [list(g) for g in params] if params and not torch.is_tensor(params[0]) else None
     flat = [p for g in groups for p in g] if groups is not None else list(params)
     check(flat, "nothing to train: no parameter is trainable")
-    fused = all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in flat)
+    ids = {id(p) for p in flat}
+    named = [name for name, p in (sparse or {}).items() if id(p) in ids]
+    if named:
+        gets = f"parameter {named[0]!r} gets sparse gradients (nn.Embedding(sparse=True))"
+        check(
+            cfg.optimizer == "sgd",
+            f"{gets}; optimizer {cfg.optimizer!r} cannot use them: use optimizer='sgd' or "
+            "sparse=False",
+        )
+        check(
+            cfg.weight_decay == 0,
+            f"{gets}; weight decay cannot use them: use weight_decay=0 or sparse=False",
+        )
+    fused = not named and all(
+        p.is_floating_point() and p.device.type in FUSED_DEVICES for p in flat
+    )
     arg = [{"params": g} for g in groups if g] if groups is not None else flat
     return OPTIMIZERS[cfg.optimizer](arg, cfg, fused or None)
 
@@ -245,7 +276,11 @@ def fit(
         cfg.patience is None or val is not None, "early stopping (patience) needs a validation set"
     )
     if optimizer is None:
-        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+        optimizer = make_optimizer(
+            [p for p in model.parameters() if p.requires_grad],
+            cfg,
+            sparse=sparse_grad_params(model),
+        )
     generator = torch.Generator().manual_seed(seed)
     result = FitResult()
     best_state: dict[str, Tensor] | None = None

@@ -20,7 +20,15 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from pacnet.benchmarks.base import Benchmark, Task
-from pacnet.train import FitConfig, FitResult, LossFn, Penalty, fit, make_optimizer
+from pacnet.train import (
+    FitConfig,
+    FitResult,
+    LossFn,
+    Penalty,
+    fit,
+    make_optimizer,
+    sparse_grad_params,
+)
 
 SEARCH_BUDGET = 6
 """Candidates every method gets when its main strength is chosen on validation data."""
@@ -154,7 +162,8 @@ class Method(ABC):
         """Train ``model`` on the target with the benchmark's budget (``lr`` overrides its
         learning rate; ``params`` limits what the optimizer updates)."""
         cfg = ctx.target_fit if lr is None else replace(ctx.target_fit, lr=lr)
-        optimizer = make_optimizer(params, cfg) if params is not None else None
+        sparse = sparse_grad_params(model)
+        optimizer = make_optimizer(params, cfg, sparse=sparse) if params is not None else None
         return fit(
             model,
             ctx.loss_fn,
