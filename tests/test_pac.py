@@ -203,3 +203,22 @@ def test_the_documented_flow_keeps_a_batchnorm_source_exact_in_train_mode(tmp_pa
     pacnet.save(path, model, tasks)
     source = pacnet.load(path, copy.deepcopy(model), task="source").eval()
     assert torch.equal(source(x), y_alloc)
+
+
+def test_allocate_and_calibrate_train_a_sparse_embedding_with_sgd():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.EmbeddingBag(30, 8, sparse=True), nn.Linear(8, 8), nn.Linear(8, 2))
+    x = torch.randint(0, 30, (64, 5))
+    source, target = Data(x, torch.randn(64, 2)), Data(x[:16], torch.randn(16, 2))
+    mse = nn.functional.mse_loss
+    cfg = FitConfig(steps=10, batch_size=8, optimizer="sgd", lr=0.05)
+    mask = prune(model, 0.8, scope="layer")
+    allocate(model, mask, source, mse, cfg)
+    model.eval()
+    reference = model(x).detach().clone()
+    tasks, _ = calibrate(model, mask, target, mse, cfg, lam=0.01)
+    with tasks.use(model, "source"):
+        assert torch.equal(model(x), reference)
+    assert not torch.equal(model(x), reference)
+    with pytest.raises(PacnetError, match=r"'0\.weight' gets sparse gradients.*optimizer='sgd'"):
+        allocate(model, mask, source, mse, FitConfig(steps=1, optimizer="adam"))
