@@ -118,17 +118,22 @@ def calibrate(
     mask.check(model)
     tasks = tasks if tasks is not None else Tasks(model, mask)
     check(tasks.mask == mask, "mask differs from the one these tasks were built with")
+    previous = tasks.active
     tasks.add(task, init)
-    tasks.activate(model, task)
-    zero_entries(model, tasks.owned(task))
-    result = _train_newest(model, tasks, train, loss_fn, cfg, lam, val, seed, "calibrate")
-    if reserve:
-        tasks.release(model, task, reserve)
-        retrained = _train_newest(
-            model, tasks, train, loss_fn, retrain or cfg, 0.0, val, seed, "retrain"
-        )
-        result.steps += retrained.steps
-        result.final_loss = retrained.final_loss
+    try:
+        tasks.activate(model, task)
+        zero_entries(model, tasks.owned(task))
+        result = _train_newest(model, tasks, train, loss_fn, cfg, lam, val, seed, "calibrate")
+        if reserve:
+            tasks.release(model, task, reserve)
+            retrained = _train_newest(
+                model, tasks, train, loss_fn, retrain or cfg, 0.0, val, seed, "retrain"
+            )
+            result.steps += retrained.steps
+            result.final_loss = retrained.final_loss
+    except BaseException:  # a failed or interrupted calibration leaves no half-made task:
+        tasks.drop(model, task, then=previous)  # the model is as it was, the source intact
+        raise
     return tasks, result
 
 

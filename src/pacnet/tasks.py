@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from pacnet.errors import PacnetError, check
 from pacnet.mask import Mask
-from pacnet.roles import NORMS, Plan, is_norm, make_plan
+from pacnet.roles import NORMS, Plan, aliases, is_norm, make_plan
 
 __all__ = ["FREE", "NORMS", "SOURCE", "Tasks", "per_task_names"]
 
@@ -98,6 +98,15 @@ class Tasks:
         """The roles of the model's tensors: the mask's (decided by :func:`pacnet.prune`), or
         for a mask made without one, the default roles with the mask's names masked."""
         links = self.plan.aliases
+        if mask.plan is not None:
+            built = aliases(model)
+            odd = sorted(set(links.items()) ^ set(built.items()))
+            if odd:
+                raise PacnetError(
+                    f"the mask's plan and the model tie tensors differently ({odd[0][0]!r} -> "
+                    f"{odd[0][1]!r} in one of them only): build the model as the one the mask "
+                    "was pruned from (e.g. the same tie_word_embeddings)"
+                )
         if names is None:
             chosen = list(self.plan.per_task)
         else:
@@ -164,6 +173,26 @@ class Tasks:
             for o in self.owner.values():
                 o.masked_fill_(o == FREE, index)
 
+    @torch.no_grad()
+    def drop(self, model: nn.Module, task: str, then: str = SOURCE) -> None:
+        """Undo :meth:`add` of the newest ``task`` (e.g. after its training failed): its
+        masked entries become free (+0.0) again, its own tensors are forgotten and ``then``
+        is put back into the model (without recording the model's tensors as ``task``'s)."""
+        check(task != SOURCE, "the source task cannot be dropped")
+        check(task == self.order[-1], f"only the newest task ({self.order[-1]!r}) can be dropped")
+        check(then in self.tensors and then != task, f"unknown task {then!r}")
+        params = dict(model.named_parameters())
+        for name, where in self.owned(task).items():
+            params[name].masked_fill_(where.to(params[name].device), 0)
+        if self.owner is not None:
+            index = self.index(task)
+            for o in self.owner.values():
+                o.masked_fill_(o == index, FREE)
+        if self.active == task:
+            self.activate(model, then, record=False)
+        del self.tensors[task]
+        self.order.pop()
+
     def _not_per_task(self, name: str) -> str:
         """Why ``name`` cannot get a task's own value."""
         canonical = self.plan.aliases.get(name, name)
@@ -183,19 +212,25 @@ class Tasks:
         active task's, so a ``model.to(...)`` that replaced a buffer is not lost.
         """
         check(task in self.tensors, f"unknown task {task!r}; known: {', '.join(self.order)}")
-        outgoing = self.tensors[self.active]
-        for name, value in self.tensors[task].items():
-            module, leaf, is_param = _slot(model, name)
-            table = module._parameters if is_param else module._buffers
-            current = table[leaf]
-            if current is not None and record:
-                outgoing[name] = current
-                if (current.dtype, current.device) != (value.dtype, value.device):
+        incoming = dict(self.tensors[task])  # before recording: ``task`` may be the active one
+        if record:
+            current = {}
+            for name, value in incoming.items():  # check everything before changing anything
+                module, leaf, is_param = _slot(model, name)
+                now = (module._parameters if is_param else module._buffers)[leaf]
+                if now is None:
+                    continue
+                if (now.dtype, now.device) != (value.dtype, value.device):
                     raise PacnetError(
                         f"task {task!r} holds {name!r} as {value.dtype} on {value.device} but the "
-                        f"model uses {current.dtype} on {current.device}; call tasks.to(...) "
+                        f"model uses {now.dtype} on {now.device}; call tasks.to(...) "
                         "after model.to(...)"
                     )
+                current[name] = now
+            self.tensors[self.active].update(current)
+            if task == self.active:  # the model's tensors are the task's own, newest ones
+                incoming.update(current)
+        for name, value in incoming.items():
             for slot in self.slots[name]:  # every name of a tied tensor: it stays tied
                 _put(model, slot, value)
         self.active = task
@@ -348,4 +383,14 @@ class Tasks:
         import copy
 
         with self.use(model, task):
-            return copy.deepcopy(model)
+            try:
+                return copy.deepcopy(model)
+            except RuntimeError as exc:
+                if "deepcopy" not in str(exc):
+                    raise
+                raise PacnetError(
+                    "cannot copy this model: a hook-based torch.nn.utils.weight_norm, "
+                    "spectral_norm or prune keeps a computed weight that deepcopy refuses; use "
+                    "torch.nn.utils.parametrizations instead, or pacnet.save then "
+                    "pacnet.load(..., task=...)"
+                ) from None
