@@ -207,9 +207,12 @@ def load_tasks(path: str | Path, model: nn.Module) -> Tasks:
         check(not absent, f"{path}: task {task!r} lacks its tensor {absent[:1]}")
         loaded: dict[str, Tensor] = {}
         for name, value in own.items():
-            _, _, is_param = _slot(model, name)
+            module, leaf, is_param = _slot(model, name)
             value = value.to(device=state[name].device, dtype=state[name].dtype)
-            loaded[name] = nn.Parameter(value) if is_param else value
+            if is_param:  # as trainable as the model's own (never an integer tensor)
+                grad = module._parameters[leaf].requires_grad
+                value = nn.Parameter(value, requires_grad=grad)
+            loaded[name] = value
         tasks.tensors[task] = loaded
         if task not in tasks.order:
             tasks.order.append(task)
