@@ -395,6 +395,19 @@ def make_plan(
         f"({head_name or 'none'}); pass prunable=[names] or head=None to choose them",
     )
     masked_set = set(masked)
+    renorm = [
+        slot.name
+        for slot, module, _ in slots(model)
+        if isinstance(module, _EMBEDDINGS)
+        and module.max_norm is not None
+        and links.get(slot.name, slot.name) in masked_set
+    ]
+    if renorm:
+        raise PacnetError(
+            f"{renorm[0]!r} belongs to an embedding with max_norm, which rescales its rows in "
+            "place at every lookup (also in the source's view): it cannot be masked; pass "
+            "embeddings=False or leave it out of prunable="
+        )
     if per_task is None:
         own = [n for n, r in roles.items() if r == PER_TASK and n not in masked_set]
     else:
