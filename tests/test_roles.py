@@ -63,8 +63,6 @@ def test_every_tensor_gets_its_role_by_what_it_does():
     assert masked == {
         "embed.weight",
         "bag.weight",
-        "pos",
-        "mix",
         "conv1d.weight",
         "attn.q_proj_weight",
         "attn.k_proj_weight",
@@ -85,13 +83,14 @@ def test_every_tensor_gets_its_role_by_what_it_does():
         "packed.in_proj_bias", "lstm.bias_ih_l0", "lstm.bias_hh_l0_reverse", "ln.weight",
         "ln.bias", "rms.weight", "bn.weight", "bn.running_mean", "bn.num_batches_tracked",
         "wn.parametrizations.weight.original0", "old_wn.weight_g",
-        "sn.parametrizations.weight.0._u", "head.weight", "head.bias",
+        "sn.parametrizations.weight.0._u", "head.weight", "head.bias", "scratch",
     ):  # fmt: skip
         assert name in per_task, name
-    assert "scratch" not in roles  # non-persistent buffers are derived state
-    assert not [n for n, r in roles.items() if r == FROZEN]
+    # free-standing tensors: what they do (and whether 0 means "off") is unknown
+    assert {n for n, r in roles.items() if r == FROZEN} == {"pos", "mix"}
     frozen_tables = default_roles(model, head="head", embeddings=False)
-    assert {n for n, r in frozen_tables.items() if r == FROZEN} == {"embed.weight", "bag.weight"}
+    frozen = {n for n, r in frozen_tables.items() if r == FROZEN}
+    assert frozen == {"embed.weight", "bag.weight", "pos", "mix"}
 
 
 class ReadoutFirst(nn.Module):
@@ -214,3 +213,103 @@ def test_plan_errors_are_one_line():
     with pytest.raises(PacnetError, match="head 'nope' is not a module"):
         make_plan(model, head="nope")
     assert list(prune(model, 0.8, head=None)) == ["0.weight"]
+
+
+class RunningMean(nn.Module):
+    """Keeps a statistic in a non-persistent buffer that its forward pass updates."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Linear(4, 8)
+        self.fc = nn.Linear(8, 2)
+        self.register_buffer("ema", torch.zeros(8), persistent=False)
+
+    def forward(self, x):
+        h = self.body(x)
+        if self.training:
+            self.ema.mul_(0.9).add_(0.1 * h.detach().mean(0))
+        return self.fc(h - self.ema)
+
+
+def test_every_buffer_is_per_task_even_one_the_state_dict_leaves_out(tmp_path):
+    model = RunningMean()
+    x, y = torch.randn(32, 4), torch.randn(32, 2)
+    cfg = FitConfig(steps=5, batch_size=8)
+    mask = prune(model, 0.5)
+    allocate(model, mask, Data(x, y), nn.functional.mse_loss, cfg)
+    model.eval()
+    source = model(x)
+    tasks, _ = calibrate(model, mask, Data(x, y + 1), nn.functional.mse_loss, cfg)
+    assert "ema" in tasks.names
+    with tasks.use(model, "source"):
+        assert torch.equal(model(x), source)
+        model.train()
+        model(x)
+    model.eval()
+    with tasks.use(model, "source"):
+        assert torch.equal(model(x), source)
+    pacnet.save(tmp_path / "n.safetensors", model, tasks)
+    loaded = pacnet.load(tmp_path / "n.safetensors", RunningMean(), "source").eval()
+    assert torch.equal(loaded(x), source)
+
+
+def test_compiled_and_wrapped_models_use_the_plain_names(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    compiled = torch.compile(model, backend="eager")
+    mask = prune(compiled, 0.5)
+    assert list(mask) == ["0.weight"]
+    x, y = torch.randn(32, 4), torch.randn(32, 2)
+    cfg = FitConfig(steps=3, batch_size=8)
+    allocate(compiled, mask, Data(x, y), nn.functional.mse_loss, cfg)
+    model.eval()
+    source = model(x)
+    tasks, _ = calibrate(compiled, mask, Data(x, y + 1), nn.functional.mse_loss, cfg)
+    pacnet.save(tmp_path / "n.safetensors", nn.DataParallel(model), tasks)
+    plain = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    assert torch.equal(pacnet.load(tmp_path / "n.safetensors", plain, "source").eval()(x), source)
+
+
+def test_models_no_plan_can_serve_are_refused_in_one_line():
+    lazy = nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(PacnetError, match=r"'0\.weight' is not initialised yet"):
+        prune(lazy, 0.5)
+    from peft import LoraConfig, get_peft_model
+
+    base = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    wrapped = get_peft_model(base, LoraConfig(r=2, target_modules=["0"]))
+    with pytest.raises(PacnetError, match="peft-wrapped model"):
+        prune(wrapped, 0.5)
+
+
+def test_a_head_that_is_only_a_guess_is_named_in_a_warning():
+    from transformers import GPT2Config, GPT2Model
+
+    backbone = GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20, n_positions=8))
+    with pytest.warns(UserWarning, match=r"automatic head 'h\.0\.mlp\.c_proj' is not where"):
+        prune(backbone, 0.8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert prune(backbone, 0.8, head=None).plan.head is None
+        prune(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), 0.5)  # ends in it
+
+
+def test_init_is_checked_in_one_line():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    tasks = Tasks(model, prune(model, 0.5))
+    with pytest.raises(PacnetError, match=r"init\['2\.weight'\] must be a tensor"):
+        tasks.add("a", {"2.weight": [[0.0] * 4] * 2})
+    with pytest.raises(PacnetError, match=r"new shape \(5, 4\) but not '2\.bias'"):
+        tasks.add("a", {"2.weight": torch.zeros(5, 4)})
+    tasks.add("a", {"2.weight": torch.zeros(5, 4, dtype=torch.float64), "2.bias": torch.ones(5)})
+    assert tasks.tensors["a"]["2.weight"].dtype == torch.float32  # as the model holds it
+    tasks.activate(model, "a")
+    assert model(torch.randn(2, 3)).shape == (2, 5)
+
+
+def test_names_and_heads_given_in_other_forms():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    assert list(prune(model, 0.5, prunable="0.weight")) == ["0.weight"]  # one name
+    whole = prune(model, 0.5, prunable=["0.weight"], head="")
+    assert "head: the whole model" in whole.plan.describe()
+    assert "0.bias" in pacnet.per_task_names(model, head="")  # needs no mask

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from pacnet.errors import PacnetError, check
 from pacnet.io import read_safetensors, write_safetensors
 from pacnet.mask import Mask
-from pacnet.roles import Plan, aliases
+from pacnet.roles import Plan, aliases, unwrap
 from pacnet.tasks import FREE, Tasks, _slot
 
 FORMAT = "pacnet.checkpoint"
@@ -58,6 +58,7 @@ def save(
 
     Tensors that share storage (tied weights) are stored once; the metadata names the aliases.
     """
+    model = unwrap(model)
     check(
         tasks.hiding is None,
         "cannot save inside tasks.use(): the hidden weights are zeroed; save outside it",
@@ -165,6 +166,7 @@ def load_tasks(path: str | Path, model: nn.Module) -> Tasks:
 
     The model is left active as the last task, with full shared weights.
     """
+    model = unwrap(model)
     tensors, meta = _read(path)
     shared = {k.removeprefix("shared/"): v for k, v in tensors.items() if k.startswith("shared/")}
     packed = {k.removeprefix("mask/"): v for k, v in tensors.items() if k.startswith("mask/")}
@@ -208,10 +210,10 @@ def load_tasks(path: str | Path, model: nn.Module) -> Tasks:
         loaded: dict[str, Tensor] = {}
         for name, value in own.items():
             module, leaf, is_param = _slot(model, name)
-            value = value.to(device=state[name].device, dtype=state[name].dtype)
+            own_tensor = (module._parameters if is_param else module._buffers)[leaf]
+            value = value.to(device=own_tensor.device, dtype=own_tensor.dtype)
             if is_param:  # as trainable as the model's own (never an integer tensor)
-                grad = module._parameters[leaf].requires_grad
-                value = nn.Parameter(value, requires_grad=grad)
+                value = nn.Parameter(value, requires_grad=own_tensor.requires_grad)
             loaded[name] = value
         tasks.tensors[task] = loaded
         if task not in tasks.order:

@@ -92,6 +92,7 @@ from torch import Tensor, nn
 
 from pacnet.errors import check
 from pacnet.mask import Mask, _chunks
+from pacnet.roles import unwrap
 
 RESTORE_MODES = ("auto", "always")
 _ADAM = (torch.optim.Adam, torch.optim.AdamW)
@@ -799,6 +800,7 @@ def train_only(
         ...     for x, y in loader:
         ...         opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
     """
+    model = unwrap(model)
     check(
         others in ("trainable", "frozen"), f"others must be 'trainable' or 'frozen', got {others!r}"
     )

@@ -31,10 +31,14 @@ from pacnet.roles import (
     MASKED,
     Plan,
     PrunableRule,
+    check_model,
     default_roles,
     find_head,
+    guess_head,
+    head_doubt,
     large_frozen,
     make_plan,
+    unwrap,
 )
 
 __all__ = ["Mask", "PrunableRule", "find_head", "prunable_names", "prune"]
@@ -142,7 +146,7 @@ class Mask(Mapping[str, Tensor]):
     # ---- model checks -----------------------------------------------------------------
     def check(self, model: nn.Module) -> None:
         """Fail with one line unless every mask name is a parameter of the same shape."""
-        params = dict(model.named_parameters())
+        params = dict(unwrap(model).named_parameters())
         for name, m in self._tensors.items():
             if name not in params:
                 raise PacnetError(
@@ -325,8 +329,9 @@ def prune(
             :func:`~pacnet.roles.find_head`; None: no head).
         embeddings: cover embedding tables (default) or leave them frozen.
         warn: warn about frozen weights (two or more dimensions) that hold more than 1 % of
-            the model's parameters, and about weights left without any essential entry,
-            naming them.
+            the model's parameters, about weights left without any essential entry, and
+            about an automatic head that is only a guess (the last weight layer, where the
+            model ends in something else), naming them.
 
     Returns:
         A :class:`Mask` with ``True`` on essential weights; ``mask.plan`` holds the roles
@@ -335,6 +340,12 @@ def prune(
     """
     ratio = check_ratio(ratio)
     check(scope in ("global", "layer"), f"scope must be 'global' or 'layer', got {scope!r}")
+    model = unwrap(model)
+    doubt = None
+    if head == "auto":
+        check_model(model)
+        head, guessed = guess_head(model)
+        doubt = head_doubt(model, head) if guessed else None
     plan = make_plan(model, prunable, head, embeddings)
     params = dict(model.named_parameters())
     names = list(plan.masked)
@@ -348,6 +359,8 @@ def prune(
         check(finite, f"parameter {name!r} holds NaN or inf; cannot rank it")
     if warn:
         _warn_uncovered(model, plan, embeddings)
+        if doubt:
+            warnings.warn(f"prune: {doubt}", UserWarning, stacklevel=2)
     if scope == "global":
         total = sum(t.numel() for t in tensors)
         masks = _select(tensors, round(ratio * total))

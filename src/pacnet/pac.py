@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from pacnet.errors import check
 from pacnet.freeze import train_only
 from pacnet.mask import Mask
+from pacnet.roles import unwrap
 from pacnet.tasks import Tasks
 from pacnet.train import (
     Data,
@@ -140,6 +141,7 @@ def calibrate(
 @torch.no_grad()
 def zero_entries(model: nn.Module, entries: Mapping[str, Tensor]) -> None:
     """Set the ``True`` entries of the named weights to +0.0."""
+    model = unwrap(model)
     params = dict(model.named_parameters())
     for name, where in entries.items():
         params[name].masked_fill_(where.to(params[name].device), 0)
@@ -187,6 +189,7 @@ def trainable_groups(
     masked-shared weights (their trainable entries start at 0) and the task's own tensors
     (which start as copies), so that the first group's λ term can be fused Adam's own weight
     decay (see :func:`~pacnet.train_only`); one group below :data:`SPLIT_FROM` weights."""
+    model = unwrap(model)
     params = dict(model.named_parameters())
     shared = [params[n] for n in trainable if n not in tasks.names]
     own = [params[n] for n in trainable if n in tasks.names]
@@ -197,6 +200,7 @@ def trainable_groups(
 
 def parameter_report(model: nn.Module, tasks: Tasks) -> dict[str, int]:
     """Counts: essential, redundant, per-task (each task), frozen-shared, total per task."""
+    model = unwrap(model)
     params = dict(model.named_parameters())
     per_task = sum(params[n].numel() for n in tasks.names if n in params)
     masked = tasks.mask.total

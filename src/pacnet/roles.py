@@ -5,8 +5,9 @@ PAC-Net gives every parameter and buffer one of three roles:
 * **masked** — weights that multiply activations: the :class:`~pacnet.mask.Mask` covers
   them; the source keeps their essential entries, targets train the redundant ones;
 * **per-task** — tensors every task owns a copy of: the head, every bias-like tensor, the
-  affine parameters of normalisation layers, and every persistent buffer (BatchNorm's
-  running statistics, spectral norm's power-iteration vectors, …);
+  affine parameters of normalisation layers, and every buffer (BatchNorm's running
+  statistics, spectral norm's power-iteration vectors, a rotary embedding's frequencies
+  that a forward pass may update, …);
 * **frozen** — everything else: trained with the source, frozen for every target.
 
 The rule is by role, not by name:
@@ -17,10 +18,13 @@ The rule is by role, not by name:
   projections (packed ``in_proj_weight`` or ``q/k/v_proj_weight``; ``out_proj`` is a
   Linear), and ``nn.Embedding``/``nn.EmbeddingBag`` tables (``embeddings=False`` makes
   embeddings frozen instead).
-* A parameter of any other module (a ``Conv1D`` of GPT-2, a custom layer, a free-standing
-  position-embedding table, a matrix used as ``x @ self.W``) is masked when at least two of
-  its dimensions exceed 1; a *vector-like* one (every dimension but one is 1: a bias, a
-  norm scale, a LayerScale, a ``(1, 1, d)`` class token) is per-task.
+* The ``weight`` of any other layer without child modules (GPT-2's ``Conv1D``, a custom
+  linear layer) is masked when at least two of its dimensions exceed 1. A *vector-like*
+  parameter anywhere (every dimension but one is 1: a bias, a norm scale, a LayerScale, a
+  ``(1, 1, d)`` class token) is per-task. Any other parameter (a free-standing position
+  table, Mamba's ``A_log``, a matrix used as ``x @ self.W``) is frozen: what it does, and
+  whether 0 means "off" for it, is unknown; :func:`pacnet.prune` names such tensors when
+  they are large, and ``prunable=`` takes them in.
 * Normalisation layers (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm, and
   modules named like them) own per-task parameters, whatever their shape.
 * Parametrised weights (``torch.nn.utils.parametrizations.weight_norm``,
@@ -64,6 +68,7 @@ NORMS: tuple[type[nn.Module], ...] = (
 _NORM_NAME = re.compile(r"(Norm|Normalization)(\dd)?$")
 _LINEAR_LIKE = (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear)
 _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+_WEIGHT_NAMES = ("weight", "weight_v", "weight_orig")  # also under the older norm hooks
 _MHA_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 _RNN_WEIGHT = re.compile(r"weight_(ih|hh|hr)_l\d+(_reverse)?$")
 HEAD_NAMES = ("lm_head", "head", "classifier", "fc", "score", "qa_outputs", "output", "out")
@@ -113,8 +118,12 @@ def is_weight_layer(module: nn.Module) -> bool:
         return False
     if isinstance(module, _LINEAR_LIKE):
         return True
-    leaf = not any(n != "parametrizations" for n, _ in module.named_children())
-    return leaf and not vector_like(weight)
+    return _is_leaf(module) and not vector_like(weight)
+
+
+def _is_leaf(module: nn.Module) -> bool:
+    """No child modules but its parametrisations."""
+    return not any(n != "parametrizations" for n, _ in module.named_children())
 
 
 def weight_layers(model: nn.Module) -> list[str]:
@@ -141,6 +150,12 @@ def find_head(model: nn.Module) -> str | None:
     None for a model without weight layers. Pass ``head=`` to :func:`pacnet.prune` where
     this guesses wrong; the choice is then kept in the mask's :class:`Plan`.
     """
+    return guess_head(model)[0]
+
+
+def guess_head(model: nn.Module) -> tuple[str | None, bool]:
+    """:func:`find_head`'s answer, and whether it is only the last weight layer (step 3)."""
+    model = unwrap(model)
     names = {id(m): n for n, m in model.named_modules()}
     getter = getattr(model, "get_output_embeddings", None)
     if callable(getter):
@@ -149,14 +164,14 @@ def find_head(model: nn.Module) -> str | None:
         except (NotImplementedError, AttributeError, TypeError):
             out = None
         if isinstance(out, nn.Module) and names.get(id(out)):
-            return names[id(out)]
+            return names[id(out)], False
     for child_name, child in reversed(list(model.named_children())):
         if child_name in HEAD_NAMES:
             inside = weight_layers(child)
             if inside:
-                return f"{child_name}.{inside[-1]}" if inside[-1] else child_name
+                return (f"{child_name}.{inside[-1]}" if inside[-1] else child_name), False
     layers = weight_layers(model)
-    return layers[-1] if layers else None
+    return (layers[-1] if layers else None), True
 
 
 @dataclass(frozen=True)
@@ -170,16 +185,15 @@ class Slot:
 
 
 def slots(model: nn.Module) -> Iterator[tuple[Slot, nn.Module, Tensor]]:
-    """Every name of every parameter and persistent buffer, tied and shared ones included,
-    with its module and tensor, in registration order. Non-persistent buffers are derived
-    state (not saved by ``state_dict``) and are left out."""
+    """Every name of every parameter and buffer, tied and shared ones included, with its
+    module and tensor, in registration order."""
     for mod_name, module in model.named_modules(remove_duplicate=False):
         prefix = f"{mod_name}." if mod_name else ""
         for leaf, value in module._parameters.items():
             if value is not None:
                 yield Slot(prefix + leaf, mod_name, leaf, True), module, value
         for leaf, value in module._buffers.items():
-            if value is not None and leaf not in module._non_persistent_buffers_set:
+            if value is not None:
                 yield Slot(prefix + leaf, mod_name, leaf, False), module, value
 
 
@@ -211,27 +225,28 @@ def _param_role(model: nn.Module, slot: Slot, value: Tensor, embeddings: bool) -
     layer_name, layer, tensor = _owner(model, slot)
     if is_norm(layer):
         return PER_TASK
-    if slot.module != layer_name:  # a parametrisation's original
-        if slot.leaf == "original0" and _weight_normed(layer.parametrizations[tensor]):
-            return PER_TASK  # weight norm's magnitude g
-        weight_role = _known_weight(layer, tensor, embeddings)
-        if weight_role is not None:
-            return weight_role
-        return PER_TASK if vector_like(value) else MASKED
-    if tensor == "weight_g":  # the older hook-based weight norm's magnitude
+    g_of_weight_norm = (  # weight norm's magnitude, as a parametrisation or the older hook
+        slot.module != layer_name
+        and slot.leaf == "original0"
+        and _weight_normed(layer.parametrizations[tensor])
+    ) or tensor == "weight_g"
+    if g_of_weight_norm:
         return PER_TASK
     weight_role = _known_weight(layer, tensor, embeddings)
     if weight_role is not None:
         return weight_role
-    return PER_TASK if vector_like(value) else MASKED
+    if vector_like(value):
+        return PER_TASK
+    if tensor in _WEIGHT_NAMES and _is_leaf(layer):
+        return MASKED  # the weight of a layer pacnet does not know by type, e.g. Conv1D
+    return FROZEN  # a free-standing table or matrix: what it does is unknown
 
 
 def _known_weight(layer: nn.Module, tensor: str, embeddings: bool) -> str | None:
     """The role of ``layer``'s tensor ``tensor`` when it is a known layer's weight."""
-    weights = ("weight", "weight_v", "weight_orig")
-    if isinstance(layer, _EMBEDDINGS) and tensor in weights:
+    if isinstance(layer, _EMBEDDINGS) and tensor in _WEIGHT_NAMES:
         return MASKED if embeddings else FROZEN
-    if isinstance(layer, _LINEAR_LIKE) and tensor in weights:
+    if isinstance(layer, _LINEAR_LIKE) and tensor in _WEIGHT_NAMES:
         return MASKED
     if isinstance(layer, nn.RNNBase) and _RNN_WEIGHT.match(tensor):
         return MASKED
@@ -316,7 +331,7 @@ class Plan:
         line = (
             f"mask covers {c['masked_tensors']} of {c['parameter_tensors']} parameter tensors, "
             f"{c['masked_parameters']:,} of {c['parameters']:,} parameters ({c['share']:.1%}); "
-            f"head: {self.head or 'none'}; per-task {c['per_task_parameters']:,}; "
+            f"head: {_head_label(self.head)}; per-task {c['per_task_parameters']:,}; "
             f"frozen {c['frozen_parameters']:,}"
         )
         if self.frozen:
@@ -353,6 +368,57 @@ class Plan:
             raise PacnetError("the stored plan (roles of the tensors) is malformed") from None
 
 
+def _head_label(head: str | None) -> str:
+    return "none" if head is None else head or "the whole model"
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module that holds the parameters under their plain names: ``torch.compile``'s
+    wrapper and (Distributed)DataParallel are looked through, so masks, plans and
+    checkpoints made on a wrapped model fit the plain one."""
+    while True:
+        if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
+            model = model._orig_mod
+        else:
+            return model
+
+
+def check_model(model: nn.Module) -> None:
+    """Refuse, in one line, what no plan can serve: parameters that do not exist yet (lazy
+    modules) and peft-wrapped models (adapters and base weights would be masked alike)."""
+    check(
+        not hasattr(model, "peft_config"),
+        "this is a peft-wrapped model: its adapters and base weights would be masked alike; "
+        "prune the base model (before get_peft_model, or after merge_and_unload())",
+    )
+    for name, p in model.named_parameters():
+        check(
+            not isinstance(p, nn.parameter.UninitializedParameter),
+            f"parameter {name!r} is not initialised yet (a lazy module): run one forward "
+            "pass before pruning",
+        )
+
+
+def head_doubt(model: nn.Module, head: str | None) -> str | None:
+    """Why the automatic head ``head`` may be wrong, or None: the model's last module with
+    parameters is neither the head nor inside it (a backbone without an output layer, such
+    as Hugging Face's ``GPT2Model``, ends in a norm)."""
+    if head is None or head == "":
+        return None
+    last = None
+    for name, module in model.named_modules():
+        if module._parameters and any(p is not None for p in module._parameters.values()):
+            last = name
+    if last is None or last == head or last.startswith(head + "."):
+        return None
+    return (
+        f"the automatic head {head!r} is not where the model ends ({last!r}); pass head=None "
+        "for a backbone without an output layer, or head='name'"
+    )
+
+
 def make_plan(
     model: nn.Module,
     prunable: PrunableRule = None,
@@ -370,6 +436,8 @@ def make_plan(
         embeddings: mask embedding tables (default) or freeze them.
         per_task: the per-task names instead of the default rule.
     """
+    model = unwrap(model)
+    check_model(model)
     head_name = find_head(model) if head == "auto" else head
     if head_name is not None:
         try:
@@ -384,7 +452,7 @@ def make_plan(
     elif callable(prunable):
         masked = [n for n, p in params.items() if prunable(n, p)]
     else:
-        wanted = [links.get(n, n) for n in prunable]
+        wanted = [links.get(n, n) for n in ([prunable] if isinstance(prunable, str) else prunable)]
         unknown = [n for n in wanted if n not in params]
         check(not unknown, f"prunable names not in the model: {', '.join(unknown[:5])}")
         chosen = set(wanted)
@@ -392,7 +460,7 @@ def make_plan(
     check(
         masked,
         "no prunable parameters: the model has no weight outside its head "
-        f"({head_name or 'none'}); pass prunable=[names] or head=None to choose them",
+        f"({_head_label(head_name)}); pass prunable=[names] or head=None to choose them",
     )
     masked_set = set(masked)
     renorm = [

@@ -33,7 +33,17 @@ from torch import Tensor, nn
 
 from pacnet.errors import PacnetError, check
 from pacnet.mask import Mask
-from pacnet.roles import NORMS, Plan, aliases, is_norm, make_plan
+from pacnet.roles import (
+    NORMS,
+    PER_TASK,
+    Plan,
+    aliases,
+    default_roles,
+    find_head,
+    is_norm,
+    make_plan,
+    unwrap,
+)
 
 __all__ = ["FREE", "NORMS", "SOURCE", "Tasks", "per_task_names"]
 
@@ -46,13 +56,16 @@ def per_task_names(
     model: nn.Module, head: str | None = "auto", biases: bool = True, norms: bool = True
 ) -> list[str]:
     """Default per-task names (:mod:`pacnet.roles`): the head's tensors, bias-like tensors
-    (``biases``), normalisation layers' parameters (``norms``) and every persistent buffer.
-    With ``biases=False`` or ``norms=False`` those parameters are frozen-shared instead."""
-    plan = make_plan(model, head=head)
+    (``biases``), normalisation layers' parameters (``norms``) and every buffer. With
+    ``biases=False`` or ``norms=False`` those parameters are frozen-shared instead."""
+    model = unwrap(model)
+    head_name = find_head(model) if head == "auto" else head
     names = []
-    for name in plan.per_task:
+    for name, role in default_roles(model, head_name).items():
+        if role != PER_TASK:
+            continue
         module, _, is_param = _slot(model, name)
-        in_head = plan.head is not None and (plan.head == "" or name.startswith(plan.head + "."))
+        in_head = head_name is not None and (head_name == "" or name.startswith(head_name + "."))
         if is_param and not in_head and not (norms if is_norm(module) else biases):
             continue
         names.append(name)
@@ -92,6 +105,7 @@ class Tasks:
     """
 
     def __init__(self, model: nn.Module, mask: Mask, names: Iterable[str] | None = None):
+        model = unwrap(model)
         mask.check(model)
         self.mask = mask
         self.plan: Plan = mask.plan if mask.plan is not None else make_plan(model, list(mask))
@@ -154,14 +168,10 @@ class Tasks:
                 "redundant weights; let it give some back first (calibrate(..., reserve=f) or "
                 "tasks.release(...))",
             )
-        links = self.plan.aliases
-        for given in init or {}:
-            if links.get(given, given) not in self.names:
-                raise PacnetError(self._not_per_task(given))
-        init = {links.get(n, n): t for n, t in (init or {}).items()}
+        init = self._checked_init(init or {}, self.tensors[copy_from])
         fresh: dict[str, Tensor] = {}
         for name, old in self.tensors[copy_from].items():
-            value = init.get(name, old).detach().clone().to(old.device)
+            value = init.get(name, old).detach().clone().to(old.device, old.dtype)
             if isinstance(old, nn.Parameter):
                 fresh[name] = nn.Parameter(value, requires_grad=old.requires_grad)
             else:
@@ -173,11 +183,45 @@ class Tasks:
             for o in self.owner.values():
                 o.masked_fill_(o == FREE, index)
 
+    def _checked_init(
+        self, init: Mapping[str, Tensor], base: Mapping[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """``init`` by canonical name, after one-line checks: per-task names only, tensors of
+        the same kind (a float64 tensor from NumPy becomes the model's float dtype), and a
+        layer whose tensor changes shape (a new head) gets all its tensors."""
+        links = self.plan.aliases
+        out: dict[str, Tensor] = {}
+        for given, value in init.items():
+            name = links.get(given, given)
+            if name not in self.names:
+                raise PacnetError(self._not_per_task(given))
+            check(
+                isinstance(value, Tensor),
+                f"init[{given!r}] must be a tensor, got {type(value).__name__}",
+            )
+            check(
+                value.is_floating_point() == base[name].is_floating_point(),
+                f"init[{given!r}] is {value.dtype} but the model holds {base[name].dtype}",
+            )
+            out[name] = value
+        for name, value in out.items():
+            if tuple(value.shape) == tuple(base[name].shape):
+                continue
+            layer = name.rpartition(".")[0]
+            rest = [n for n in base if n.rpartition(".")[0] == layer and n not in out]
+            if rest:
+                raise PacnetError(
+                    f"init gives {name!r} a new shape {tuple(value.shape)} but not {rest[0]!r} "
+                    f"(shape {tuple(base[rest[0]].shape)}): give every tensor of the new layer"
+                )
+        return out
+
     @torch.no_grad()
     def drop(self, model: nn.Module, task: str, then: str = SOURCE) -> None:
         """Undo :meth:`add` of the newest ``task`` (e.g. after its training failed): its
         masked entries become free (+0.0) again, its own tensors are forgotten and ``then``
         is put back into the model (without recording the model's tensors as ``task``'s)."""
+        model = unwrap(model)
         check(task != SOURCE, "the source task cannot be dropped")
         check(task == self.order[-1], f"only the newest task ({self.order[-1]!r}) can be dropped")
         check(then in self.tensors and then != task, f"unknown task {then!r}")
@@ -211,6 +255,7 @@ class Tasks:
         With ``record`` the model's current per-task tensors are first recorded as the
         active task's, so a ``model.to(...)`` that replaced a buffer is not lost.
         """
+        model = unwrap(model)
         check(task in self.tensors, f"unknown task {task!r}; known: {', '.join(self.order)}")
         incoming = dict(self.tensors[task])  # before recording: ``task`` may be the active one
         if record:
@@ -279,6 +324,7 @@ class Tasks:
         """What the active (non-source) task trains, for :func:`~pacnet.train_only`:
         the masked entries it owns and all of its own parameters. Only the newest task may
         train: later tasks read the entries of earlier ones."""
+        model = unwrap(model)
         check(self.active != SOURCE, "the source task's weights are fixed; activate a target")
         later = self.order[self.index(self.active) + 1 :]
         check(
@@ -308,6 +354,7 @@ class Tasks:
         """Give back the smallest-magnitude ``fraction`` of ``task``'s masked entries: they
         become free (+0.0) for the next task. ``task`` must be the newest; retrain it on what
         it keeps afterwards. Returns the number of entries released."""
+        model = unwrap(model)
         from pacnet.mask import _select
 
         check(0 <= fraction < 1, f"fraction must lie in [0, 1), got {fraction}")
@@ -335,6 +382,7 @@ class Tasks:
     @torch.no_grad()
     def hide(self, model: nn.Module, task: str) -> dict[str, Tensor]:
         """Zero the entries ``task`` must not see; returns their values (for :meth:`unhide`)."""
+        model = unwrap(model)
         params = dict(model.named_parameters())
         saved = {}
         for name, hide in (self.hidden(task) or {}).items():
@@ -346,6 +394,7 @@ class Tasks:
     @torch.no_grad()
     def unhide(self, model: nn.Module, task: str, saved: Mapping[str, Tensor]) -> None:
         """Put back the values :meth:`hide` took out, bit for bit."""
+        model = unwrap(model)
         params = dict(model.named_parameters())
         hidden = self.hidden(task) or {}
         for name, values in saved.items():
@@ -374,6 +423,8 @@ class Tasks:
             self.hiding = None
             with torch.no_grad():  # the task's buffers as they were (a forward pass in
                 for name, value in buffers.items():  # train mode updates them in place)
+                    if own[name].shape != value.shape:  # one that sized itself on first use
+                        own[name].resize_(value.shape)
                     own[name].copy_(value)
             self.tensors[task].update(own)  # and the same objects, if one was replaced
             self.activate(model, previous, record=False)
