@@ -59,7 +59,9 @@ def test_shards_weight_the_mean_loss_to_the_global_mean(monkeypatch):
     pieces, weighted = [], 0.0
     for r in range(world):
         monkeypatch.setattr(distributed, "rank", lambda r=r: r)
-        xs, _, share = distributed.shard(x, y)
+        (xs, _), share = distributed.shard((x, y))
+        mine, _ = distributed.shard({"input_ids": x, "labels": y, "note": "kept"})
+        assert torch.equal(mine["input_ids"], xs) and mine["note"] == "kept"  # dict batches
         pieces.append(xs)
         weighted += share * float(xs.square().mean())
     assert torch.equal(torch.cat(pieces), x)  # contiguous, disjoint, complete
@@ -67,7 +69,7 @@ def test_shards_weight_the_mean_loss_to_the_global_mean(monkeypatch):
     assert weighted / world == pytest.approx(float(x.square().mean()))  # DDP's average
     monkeypatch.setattr(distributed, "world_size", lambda: 12)
     with pytest.raises(Exception, match="cannot be split over 12 processes"):
-        distributed.shard(x, y)
+        distributed.shard((x, y))
 
 
 def test_outside_torchrun_everything_is_one_process():

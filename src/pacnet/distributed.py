@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from pacnet.batches import size_of
 from pacnet.errors import PacnetError, check
 
 TIMEOUT = datetime.timedelta(minutes=10)
@@ -168,14 +169,26 @@ def shared_state(
     return state
 
 
-def shard(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, float]:
-    """This rank's contiguous slice of a global batch and the weight of its mean loss."""
-    n, world = len(x), world_size()
+def shard(batch: Any) -> tuple[Any, float]:
+    """This rank's contiguous slice of a global batch (every tensor of an ``(inputs,
+    labels)`` or dict batch, along its first dimension) and the weight of its mean loss."""
+    world = world_size()
     if world == 1:
-        return x, y, 1.0
+        return batch, 1.0
+    n = size_of(batch)
     check(n >= world, f"batch of {n} samples cannot be split over {world} processes")
     index = torch.tensor_split(torch.arange(n), world)[rank()]
-    return x[index], y[index], world * len(index) / n
+
+    def part(value: Any) -> Any:
+        if isinstance(value, Tensor) and value.dim() > 0 and len(value) == n:
+            return value[index]
+        if isinstance(value, Mapping):
+            return {k: part(v) for k, v in value.items()}
+        if isinstance(value, tuple | list):
+            return type(value)(part(v) for v in value)
+        return value
+
+    return part(batch), world * len(index) / n
 
 
 def wrap(model: nn.Module) -> nn.Module:

@@ -48,14 +48,18 @@ def zero_redundant(model: nn.Module, mask: Mask) -> None:
 def allocate(
     model: nn.Module,
     mask: Mask,
-    train: Data,
-    loss_fn: LossFn,
+    train: Data | object,
+    loss_fn: LossFn | None,
     cfg: FitConfig,
     *,
-    val: Data | None = None,
+    val: Data | object | None = None,
     seed: int = 0,
 ) -> FitResult:
-    """Retrain the essential weights on the source task with redundant weights held at 0."""
+    """Retrain the essential weights on the source task with redundant weights held at 0.
+
+    ``train`` and ``loss_fn`` take every shape :func:`pacnet.fit` takes: :class:`Data`, a
+    Dataset, a DataLoader or batches; ``(inputs, labels)`` or dict batches; ``loss_fn=None``
+    for the model's own ``.loss``."""
     mask.check(model)
     zero_redundant(model, mask)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -76,15 +80,15 @@ def allocate(
 def calibrate(
     model: nn.Module,
     mask: Mask,
-    train: Data,
-    loss_fn: LossFn,
+    train: Data | object,
+    loss_fn: LossFn | None,
     cfg: FitConfig,
     *,
     lam: float = 0.01,
     tasks: Tasks | None = None,
     task: str = "target",
     init: Mapping[str, Tensor] | None = None,
-    val: Data | None = None,
+    val: Data | object | None = None,
     seed: int = 0,
     reserve: float = 0.0,
     retrain: FitConfig | None = None,
@@ -100,7 +104,8 @@ def calibrate(
     Args:
         model: the network after :func:`allocate` (and earlier calibrations, with ``tasks``).
         mask: essential entries (``True``) of the source; never trained here.
-        train, loss_fn, cfg, val, seed: as in :func:`pacnet.train.fit`.
+        train, loss_fn, cfg, val, seed: as in :func:`pacnet.fit` (any data shape it takes;
+            ``loss_fn=None`` uses the model's own ``.loss``).
         lam: strength λ of ``λ‖w − w_alloc‖²`` on the trainable entries (paper: 0.01).
         tasks: an existing :class:`Tasks` (default: a new one with the model's current
             per-task tensors as the source's).
@@ -150,11 +155,11 @@ def zero_entries(model: nn.Module, entries: Mapping[str, Tensor]) -> None:
 def _train_newest(
     model: nn.Module,
     tasks: Tasks,
-    train: Data,
-    loss_fn: LossFn,
+    train: Data | object,
+    loss_fn: LossFn | None,
     cfg: FitConfig,
     lam: float,
-    val: Data | None,
+    val: Data | object | None,
     seed: int,
     desc: str,
 ) -> FitResult:

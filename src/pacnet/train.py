@@ -19,58 +19,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pacnet import distributed
+from pacnet.batches import Batch, BatchSource, Data, LossFn, as_source, loss_of, size_of, to_device
 from pacnet.distributed import is_main
 from pacnet.errors import PacnetError, check
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
+__all__ = ["Batch", "BatchSource", "Data", "FitConfig", "FitResult", "LossFn", "evaluate", "fit"]
+
 Penalty = tuple[float, Callable[[], Tensor]]
-
-
-@dataclass(frozen=True)
-class Data:
-    """Inputs and labels held in memory (the fast path for small tabular and PDE data).
-
-    ``groups`` (optional) gives each sample the id of the unit it belongs to (e.g. its
-    trajectory), so cross-validation holds out whole units.
-    """
-
-    x: Tensor
-    y: Tensor
-    groups: Tensor | None = None
-
-    def __post_init__(self) -> None:
-        check(len(self.x) > 0, "empty data set: nothing to train or evaluate on")
-        check(
-            len(self.x) == len(self.y),
-            f"inputs and labels differ in length ({len(self.x)} vs {len(self.y)})",
-        )
-        check(self.groups is None or len(self.groups) == len(self.x), "one group id per sample")
-        for name, t in (("inputs", self.x), ("labels", self.y)):
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise PacnetError(f"the {name} hold NaN or inf values; clean the data first")
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def batches(
-        self, batch_size: int, generator: torch.Generator
-    ) -> Iterator[tuple[Tensor, Tensor]]:
-        """Endless shuffled minibatches, epoch after epoch."""
-        n = len(self)
-        size = min(batch_size, n)
-        while True:
-            order = torch.randperm(n, generator=generator).to(self.x.device)
-            for start in range(0, n - size + 1, size):
-                idx = order[start : start + size]
-                yield self.x[idx], self.y[idx]
-
-    def chunks(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """The data in order, in chunks (for evaluation)."""
-        for start in range(0, len(self), batch_size):
-            yield self.x[start : start + batch_size], self.y[start : start + batch_size]
-
-    def to(self, device: torch.device | str) -> Data:
-        return Data(self.x.to(device), self.y.to(device), self.groups)
 
 
 @dataclass
@@ -198,28 +153,23 @@ def device_of(model: nn.Module) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-def to_device(t: Tensor, device: torch.device) -> Tensor:
-    """Move a batch to ``device``; 4-D image batches go channels-last on CUDA."""
-    if t.device == device:
-        return t
-    t = t.to(device, non_blocking=True)
-    if device.type == "cuda" and t.dim() == 4:
-        t = t.contiguous(memory_format=torch.channels_last)
-    return t
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Data, loss_fn: LossFn, batch_size: int = 4096) -> float:
-    """Mean of ``loss_fn`` over ``data`` (weighted by chunk size), in eval mode, full precision."""
-    was_training = model.training
-    model.eval()
+def evaluate(
+    model: nn.Module, data: Data | object, loss_fn: LossFn | None, batch_size: int = 4096
+) -> float:
+    """Mean loss over ``data`` (any shape :mod:`pacnet.batches` accepts; weighted by batch
+    size), in eval mode, full precision; every module's mode is put back afterwards."""
+    source = as_source(data, "the evaluation data")
     device = device_of(model)
     total, count = 0.0, 0
-    for x, y in data.chunks(batch_size):
-        x, y = to_device(x, device), to_device(y, device)
-        total += float(loss_fn(model(x), y)) * len(x)
-        count += len(x)
-    model.train(was_training)
+    with modes_kept(model):
+        model.eval()
+        for batch in source.chunks(batch_size):
+            batch = to_device(batch, device)
+            n = size_of(batch)
+            total += float(loss_of(model, batch, loss_fn)) * n
+            count += n
+    check(count, "the evaluation data yields no batch")
     return total / count
 
 
@@ -243,12 +193,12 @@ def finish_grads(session: Any) -> None:
 
 def fit(
     model: nn.Module,
-    loss_fn: LossFn,
-    train: Data,
+    loss_fn: LossFn | None,
+    train: Data | object,
     cfg: FitConfig,
     *,
     optimizer: torch.optim.Optimizer | None = None,
-    val: Data | None = None,
+    val: Data | object | None = None,
     penalties: Sequence[Penalty] = (),
     seed: int = 0,
     desc: str = "train",
@@ -259,9 +209,13 @@ def fit(
 
     Args:
         model: the module; trained in place.
-        loss_fn: ``loss_fn(output, y) -> scalar``.
-        train: training data.
-        cfg: budget and optimiser.
+        loss_fn: ``loss_fn(output, labels)`` for ``(inputs, labels)`` batches,
+            ``loss_fn(output, batch)`` for dict batches, or None to use the output's own
+            ``.loss`` (dict batches with ``labels``).
+        train: training data: :class:`Data`, a map-style Dataset (batches of
+            ``cfg.batch_size``), a DataLoader (as built) or a re-iterable of batches.
+        cfg: budget and optimiser (``cfg.batch_size`` does not apply to a DataLoader or
+            to ready-made batches).
         optimizer: an optimizer to use; default: ``cfg.optimizer`` over trainable parameters.
         val: validation data for early stopping (needed when ``cfg.patience`` is set).
         penalties: ``(weight, term)`` pairs; ``term()`` is added to the loss with ``weight``
@@ -285,7 +239,7 @@ def fit(
     result = FitResult()
     best_state: dict[str, Tensor] | None = None
     stale = 0
-    batches = train.batches(cfg.batch_size, generator)
+    batches = as_source(train, "the training data").batches(cfg.batch_size, generator)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     device = device_of(model)
     amp_dtype = AMP_DTYPES[cfg.amp]
@@ -298,12 +252,11 @@ def fit(
         model.train()
         net = distributed.wrap(model)  # DDP under torchrun (after wrap set requires_grad)
         for step in range(1, cfg.steps + 1):
-            x, y = next(batches)
-            x, y, share = distributed.shard(x, y)  # this rank's slice of the global batch
-            x, y = to_device(x, device), to_device(y, device)
+            batch, share = distributed.shard(next(batches))  # this rank's slice of it
+            batch = to_device(batch, device)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = loss_fn(net(x), y).float()
+                loss = loss_of(net, batch, loss_fn).float()
             if share != 1.0:  # DDP averages gradients: weight so the average is the global mean
                 loss = loss * share
             for weight, term in penalties:

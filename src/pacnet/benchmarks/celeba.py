@@ -23,8 +23,9 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from pacnet.batches import DatasetSource
 from pacnet.benchmarks.base import Task
 from pacnet.benchmarks.images import ImageBenchmark, ImageConfig
 from pacnet.cache import StateCache
@@ -117,33 +118,8 @@ class CelebAImages(Dataset):
         return x, self.labels[i].float()
 
 
-class StreamingImages:
-    """Images read from disk batch by batch (the training loop's data protocol)."""
-
-    def __init__(self, images: CelebAImages, workers: int):
-        self.images, self.workers = images, workers
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def _loader(self, order: list[int], batch_size: int, drop_last: bool) -> DataLoader:
-        return DataLoader(
-            torch.utils.data.Subset(self.images, order),
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=self.workers,
-            drop_last=drop_last,
-            persistent_workers=False,
-        )
-
-    def batches(self, batch_size: int, generator: torch.Generator):
-        size = min(batch_size, len(self))
-        while True:
-            order = torch.randperm(len(self), generator=generator).tolist()
-            yield from self._loader(order, size, drop_last=True)
-
-    def chunks(self, batch_size: int):
-        yield from self._loader(list(range(len(self))), batch_size, drop_last=False)
+class StreamingImages(DatasetSource):
+    """Images read from disk batch by batch, by ``workers`` loader processes."""
 
     def load(self) -> Data:
         """All images decoded into memory (for the small target sets)."""

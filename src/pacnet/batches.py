@@ -1,0 +1,238 @@
+"""Training data in the shapes users hold it, and one way to run a model on a batch.
+
+``fit``, ``evaluate``, ``allocate`` and ``calibrate`` take any of:
+
+* :class:`pacnet.Data` — tensors in memory (the benchmarks' fast path);
+* a map-style ``torch.utils.data.Dataset`` — pacnet draws seeded, shuffled batches of the
+  configured size and collates them with ``default_collate``;
+* a ``torch.utils.data.DataLoader`` — used as built (its batch size, workers, collate
+  function and sampler; seed its sampler yourself for repeatable runs);
+* any re-iterable of batches (a list of dicts, say) — iterated again for every epoch.
+
+A batch is ``(inputs, labels)`` — the model is called as ``model(inputs)`` and the loss is
+``loss_fn(output, labels)`` — or a dict in the Hugging Face style — ``model(**batch)``, and
+the loss is ``loss_fn(output, batch)``, or the output's own ``.loss`` when ``loss_fn`` is
+None (give the batch its ``labels``). Anything else fails with one line saying what was
+expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from pacnet.errors import PacnetError, check
+
+Batch = Any
+LossFn = Callable[[Any, Any], Tensor]
+"""``loss_fn(output, labels)`` for ``(inputs, labels)`` batches, ``loss_fn(output, batch)``
+for dict batches."""
+
+
+@dataclass(frozen=True)
+class Data:
+    """Inputs and labels held in memory (the fast path for small tabular and PDE data).
+
+    ``groups`` (optional) gives each sample the id of the unit it belongs to (e.g. its
+    trajectory), so cross-validation holds out whole units.
+    """
+
+    x: Tensor
+    y: Tensor
+    groups: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        check(len(self.x) > 0, "empty data set: nothing to train or evaluate on")
+        check(
+            len(self.x) == len(self.y),
+            f"inputs and labels differ in length ({len(self.x)} vs {len(self.y)})",
+        )
+        check(self.groups is None or len(self.groups) == len(self.x), "one group id per sample")
+        for name, t in (("inputs", self.x), ("labels", self.y)):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise PacnetError(f"the {name} hold NaN or inf values; clean the data first")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Endless shuffled minibatches, epoch after epoch."""
+        n = len(self)
+        size = min(batch_size, n)
+        while True:
+            order = torch.randperm(n, generator=generator).to(self.x.device)
+            for start in range(0, n - size + 1, size):
+                idx = order[start : start + size]
+                yield self.x[idx], self.y[idx]
+
+    def chunks(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """The data in order, in chunks (for evaluation)."""
+        for start in range(0, len(self), batch_size):
+            yield self.x[start : start + batch_size], self.y[start : start + batch_size]
+
+    def to(self, device: torch.device | str) -> Data:
+        return Data(self.x.to(device), self.y.to(device), self.groups)
+
+
+class BatchSource(Protocol):
+    """What the training loop reads: endless seeded batches, and one ordered pass."""
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]: ...
+
+    def chunks(self, batch_size: int) -> Iterator[Batch]: ...
+
+
+class DatasetSource:
+    """A map-style dataset: seeded shuffled batches (full ones only, as :class:`~pacnet.Data`
+    gives), collated with ``default_collate``; ``workers`` loader processes decode them."""
+
+    def __init__(self, dataset: Dataset, workers: int = 0):
+        check(len(dataset) > 0, "empty data set: nothing to train or evaluate on")
+        self.dataset, self.workers = dataset, workers
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _loader(self, order: list[int], batch_size: int, drop_last: bool) -> DataLoader:
+        return DataLoader(
+            torch.utils.data.Subset(self.dataset, order),
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=self.workers,
+            drop_last=drop_last,
+            collate_fn=_collate,
+        )
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        size = min(batch_size, len(self))
+        while True:
+            order = torch.randperm(len(self), generator=generator).tolist()
+            yield from self._loader(order, size, drop_last=True)
+
+    def chunks(self, batch_size: int) -> Iterator[Batch]:
+        yield from self._loader(list(range(len(self))), batch_size, drop_last=False)
+
+
+class IterableSource:
+    """A DataLoader as built, or any re-iterable of batches: epoch after epoch."""
+
+    def __init__(self, batches: Iterable[Batch], what: str):
+        check(
+            iter(batches) is not batches,
+            f"{what} is a one-shot iterator, which cannot be repeated for several epochs: "
+            "pass a list, a Dataset or a DataLoader",
+        )
+        self.source, self.what = batches, what
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        while True:
+            empty = True
+            for batch in self.source:
+                empty = False
+                yield batch
+            check(not empty, f"{self.what} yields no batch")
+
+    def chunks(self, batch_size: int) -> Iterator[Batch]:
+        yield from self.source
+
+
+def as_source(data: object, what: str = "the data") -> BatchSource:
+    """``data`` as a :class:`BatchSource` (see the module notes); one line if it is none of
+    the accepted shapes."""
+    if hasattr(data, "batches") and hasattr(data, "chunks"):
+        return data  # pacnet.Data and other sources
+    if isinstance(data, DataLoader):
+        return IterableSource(data, f"{what} (a DataLoader)")
+    if isinstance(data, Tensor | str | bytes | Mapping):
+        raise PacnetError(_expected(what, data))
+    if isinstance(data, torch.utils.data.IterableDataset):
+        raise PacnetError(
+            f"{what} is an IterableDataset, which yields samples: wrap it in a "
+            "DataLoader to make batches"
+        )
+    if isinstance(data, list | tuple):
+        return IterableSource(data, what)  # batches
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        return DatasetSource(data)  # samples: a torch or Hugging Face dataset
+    if isinstance(data, Iterable):
+        return IterableSource(data, what)
+    raise PacnetError(_expected(what, data))
+
+
+def _expected(what: str, data: object) -> str:
+    return (
+        f"{what} must be pacnet.Data, a map-style Dataset, a DataLoader or a re-iterable of "
+        f"batches, got {type(data).__name__}"
+    )
+
+
+def _collate(items: list[Any]) -> Batch:
+    try:
+        return default_collate(items)
+    except (TypeError, RuntimeError) as exc:
+        raise PacnetError(f"cannot batch the dataset's items: {str(exc).splitlines()[0]}") from None
+
+
+def size_of(batch: Batch) -> int:
+    """Number of samples in ``batch`` (the length of its first tensor)."""
+    values = batch.values() if isinstance(batch, Mapping) else batch
+    for value in values:
+        if isinstance(value, Tensor) and value.dim() > 0:
+            return len(value)
+    raise PacnetError("a batch holds no tensor with a batch dimension")
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """Move every tensor of ``batch`` to ``device``; 4-D image batches go channels-last on
+    CUDA."""
+    if isinstance(batch, Tensor):
+        if batch.device == device:
+            return batch
+        batch = batch.to(device, non_blocking=True)
+        if device.type == "cuda" and batch.dim() == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple | list):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def loss_of(net: nn.Module, batch: Batch, loss_fn: LossFn | None) -> Tensor:
+    """Run ``net`` on ``batch`` and return the scalar loss (see the module notes)."""
+    if isinstance(batch, Mapping):
+        output = net(**batch)
+        if loss_fn is not None:
+            return loss_fn(output, batch)
+        loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+        check(
+            isinstance(loss, Tensor),
+            "the model's output has no loss: a dict batch without 'labels' needs a "
+            "loss_fn(output, batch)",
+        )
+        return loss
+    check(
+        isinstance(batch, tuple | list) and len(batch) == 2,
+        f"a batch must be (inputs, labels) or a dict of model inputs, got {_shape(batch)}",
+    )
+    check(
+        loss_fn is not None,
+        "an (inputs, labels) batch needs a loss_fn(output, labels); loss_fn=None takes the "
+        "loss from the model's output, which needs dict batches with 'labels'",
+    )
+    x, y = batch
+    return loss_fn(net(x), y)
+
+
+def _shape(batch: Batch) -> str:
+    if isinstance(batch, tuple | list):
+        return f"a {type(batch).__name__} of {len(batch)}"
+    return type(batch).__name__
