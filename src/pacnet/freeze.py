@@ -85,6 +85,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -340,6 +341,7 @@ class MaskedTraining:
         self._idle: list[nn.Parameter] = []  # in folding groups, outside the term, no grad
         self._ready = False
         self._grad_hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._backward_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._state = optimizer.state
         self._layout: list[int] = []
         self._seen: list[tuple] = []  # the settings of _groups as last checked
@@ -362,6 +364,21 @@ class MaskedTraining:
 
     def _new_grads(self, _: Tensor) -> None:
         self._ready = False
+
+    def mask_each_backward(self) -> None:
+        """Zero the frozen gradient entries as each backward accumulates them, for trainers
+        that clip gradients with no place for :meth:`finish_grads` in between (the Hugging
+        Face Trainer): the clipping norm then counts only trainable entries. The l2 term is
+        still added just before the step, after clipping (like weight decay)."""
+        if self._backward_hooks:
+            return
+        for m in self.masked:
+            if not m.param.requires_grad:
+                continue
+            frozen = m.keep.logical_not() if m.keep.dtype == torch.bool else m.keep == 0
+            self._backward_hooks.append(
+                m.param.register_post_accumulate_grad_hook(partial(_zero_frozen, frozen=frozen))
+            )
 
     def _settings(self) -> list[tuple]:
         """What decides the way frozen entries are held, per group holding masked ones (and
@@ -743,13 +760,24 @@ class MaskedTraining:
             p.copy_(values)
 
     def _close(self) -> None:
-        for h in self._grad_hooks:
+        for h in self._grad_hooks + self._backward_hooks:
             h.remove()
-        self._grad_hooks = []
+        self._grad_hooks, self._backward_hooks = [], []
         for m in self.masked:  # no hold on the optimizer's state after exit
             m.seen = None
         self._unpark()
         self._check_frozen()
+
+
+@torch.no_grad()
+def _zero_frozen(param: nn.Parameter, frozen: Tensor) -> None:
+    """+0.0 at the frozen entries of ``param``'s gradient (dense or sparse)."""
+    if param.grad is None:
+        return
+    if param.grad.is_sparse:
+        param.grad = _masked_sparse(param.grad, frozen.logical_not())
+    else:
+        param.grad.masked_fill_(frozen, 0.0)
 
 
 def _fill_moments(

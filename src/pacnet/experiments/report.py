@@ -25,8 +25,9 @@ from pacnet.experiments.table import chain_markdown, markdown, protocol, summari
 from pacnet.io import write_bytes_atomic
 
 PAPER_NOTE = (
-    "Paper numbers: the PAC-Net paper's tables could not be read here (see shared/PAPER.md), "
-    "so no paper column is shown; its qualitative claim is that PAC-Net beats fine-tuning, "
+    "Paper numbers: the PAC-Net paper's numeric tables are not available to this project "
+    "(see docs/paper.md), so no paper column is shown; its qualitative claim is that PAC-Net "
+    "beats fine-tuning, "
     "L2-SP and DELTA by a large margin, most of all with few target samples, while keeping "
     "the source task intact."
 )

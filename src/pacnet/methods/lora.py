@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from pacnet.errors import check
+from pacnet.errors import PacnetError, check
 from pacnet.methods.base import Method, Transfer, TransferContext, count, install
 from pacnet.methods.baselines import head_of
 from pacnet.roles import covered_layers, is_norm
@@ -63,7 +63,12 @@ class LoRA(Method):
     Params = LoRAParams
 
     def transfer(self, ctx: TransferContext) -> Transfer:
-        from peft import LoraConfig, get_peft_model
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise PacnetError(
+                "method 'lora' needs Hugging Face peft: pip install 'pacnet[hf]'"
+            ) from None
 
         p: LoRAParams = self.params
         base = copy.deepcopy(ctx.source_model)

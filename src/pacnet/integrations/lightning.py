@@ -1,0 +1,75 @@
+"""PAC-Net inside ``lightning.Trainer``.
+
+``Trainer(..., callbacks=[PacNetCallback(module, trainable, l2=λ)])`` makes Lightning's own
+training exact masked training (:func:`pacnet.train_only`): its automatic optimisation,
+``accumulate_grad_batches``, ``gradient_clip_val`` and precision plugins stay Lightning's.
+The λ term and the zeroed frozen gradient entries are applied in
+``on_before_optimizer_step``, before Lightning clips, so the clipping norm sees what the
+optimizer will. ``module`` is the network the mask was made for (the LightningModule, or
+the ``nn.Module`` inside it that was pruned); ``trainable`` is the mask for Allocate,
+``tasks.trainable(module)`` for Calibrate.
+
+This module needs ``lightning`` (``pip install pacnet[lightning]``); ``import pacnet``
+does not import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+from torch import Tensor, nn
+
+from pacnet.errors import check
+from pacnet.freeze import MaskedTraining
+from pacnet.integrations._session import Session
+
+
+class PacNetCallback(pl.Callback):
+    """Exact masked training inside ``lightning.Trainer`` (one optimizer).
+
+    Args:
+        module: the pruned network (the LightningModule or a module inside it).
+        trainable: ``True`` = may change: the :class:`~pacnet.Mask` for Allocate,
+            ``tasks.trainable(module)`` for Calibrate.
+        l2: λ of ``λ‖w − w₀‖²`` on the trainable entries (Calibrate; the paper's 0.01).
+        others: parameters ``trainable`` does not name: ``"trainable"`` or ``"frozen"``
+            (default: trainable for a Mask, frozen otherwise).
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        trainable: Mapping[str, Tensor],
+        l2: float = 0.0,
+        others: str | None = None,
+    ):
+        self.session = Session(module, trainable, l2, others)
+
+    @property
+    def handle(self) -> MaskedTraining | None:
+        """The :func:`~pacnet.train_only` handle while Lightning trains (else None)."""
+        return self.session.handle
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        check(
+            len(trainer.optimizers) == 1,
+            f"PacNetCallback supports one optimizer; the module configures "
+            f"{len(trainer.optimizers)}",
+        )
+        self.session.open(trainer.optimizers[0])
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        if self.session.handle is not None:
+            self.session.handle.finish_grads()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.session.close()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self.session.close()
