@@ -2,8 +2,8 @@
 
 import pytest
 
-from pacnet.cache import StateCache
 from pacnet.experiments.runner import RunSpec, run
+from pacnet.training.cache import StateCache
 
 TINY = {
     "source_samples": 400,

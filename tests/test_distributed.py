@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import TINY_FLAGS
 
-from pacnet import distributed
 from pacnet.cli import main
+from pacnet.training import distributed
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 

@@ -644,7 +644,7 @@ def test_fit_trains_a_sparse_embedding_with_sgd_and_keeps_frozen_entries():
 
 
 def test_make_optimizer_refuses_adam_for_sparse_gradients_in_one_line():
-    from pacnet.train import make_optimizer, sparse_grad_params
+    from pacnet.training.train import make_optimizer, sparse_grad_params
 
     model = Bag()
     sparse = sparse_grad_params(model)

@@ -11,9 +11,9 @@ import pacnet
 from pacnet import PacnetError
 from pacnet.benchmarks.celeba import CelebA, CelebAConfig
 from pacnet.benchmarks.fashion import Fashion, FashionConfig, read_idx
-from pacnet.cache import StateCache
 from pacnet.cli import main
 from pacnet.experiments.runner import RunSpec, run
+from pacnet.training.cache import StateCache
 
 NAMES = ["Smiling", "Young", "Bangs", "Male", "Eyeglasses", "Blond_Hair"]
 

@@ -95,18 +95,18 @@ def test_pack_roundtrip_and_one_bit_per_weight_on_disk(tmp_path):
 
 
 def test_uncompressed_version_1_mask_files_still_load(tmp_path):
-    from pacnet.io import write_safetensors
+    from pacnet.core.io import write_safetensors
 
     mask = prune(mlp(), 0.8)
     packed, shapes = mask.pack()
     path = tmp_path / "old.safetensors"
-    meta = {"format": "pacnet.mask", "version": "1", "shapes": json.dumps(shapes)}
+    meta = {"format": "pacnet.core.mask", "version": "1", "shapes": json.dumps(shapes)}
     write_safetensors(path, packed, meta)
     assert Mask.load(path) == mask
 
 
 def test_corrupt_compressed_mask_is_a_clear_error(tmp_path):
-    from pacnet.io import read_safetensors, write_safetensors
+    from pacnet.core.io import read_safetensors, write_safetensors
 
     mask = prune(mlp(), 0.8)
     path = tmp_path / "mask.safetensors"

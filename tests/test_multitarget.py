@@ -7,7 +7,7 @@ from torch import nn
 
 import pacnet
 from pacnet import Data, FitConfig, PacnetError, allocate, calibrate, prune
-from pacnet.tasks import FREE
+from pacnet.core.tasks import FREE
 
 FIT = FitConfig(steps=30, batch_size=16, lr=1e-2)
 MSE = nn.functional.mse_loss
@@ -96,7 +96,7 @@ def test_checkpoint_round_trip_keeps_every_task(tmp_path):
     model, _, tasks, probe, reference = chain(small_cnn, cnn_data)
     path = tmp_path / "multi.safetensors"
     pacnet.save(path, model, tasks)
-    info = pacnet.checkpoint.inspect(path)
+    info = pacnet.core.checkpoint.inspect(path)
     assert info["tasks"] == ["source", "A", "B", "C"]
     assert info["owned"] == {
         t: sum(int((o == k).sum()) for o in tasks.owners().values())
@@ -235,7 +235,7 @@ def test_one_target_checkpoints_keep_one_bit_per_weight_and_read_as_version_1(tm
         with torch.no_grad():
             expected = outputs(model, tasks, task, x)
             assert torch.equal(pacnet.load(old, mlp(seed=4), task=task)(x), expected), task
-    assert pacnet.checkpoint.inspect(old)["owned"] == {
+    assert pacnet.core.checkpoint.inspect(old)["owned"] == {
         "source": mask.essential,
         "target": mask.redundant,
     }
@@ -250,7 +250,7 @@ def test_pacnet_inspect_prints_what_each_task_owns(tmp_path, capsys):
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
     assert "tasks source, A, B, C" in out
-    owned = pacnet.checkpoint.inspect(path)["owned"]
+    owned = pacnet.core.checkpoint.inspect(path)["owned"]
     assert owned["source"] == mask.essential
     assert sum(owned[t] for t in "ABC") == mask.redundant
     for task in ("source", "A", "B", "C"):

@@ -7,7 +7,7 @@ from torch import nn
 
 import pacnet
 from pacnet import Data, FitConfig, PacnetError, Tasks, allocate, calibrate, prune
-from pacnet.pac import parameter_report
+from pacnet.core.pac import parameter_report
 
 FIT = FitConfig(steps=40, batch_size=16, lr=1e-2)
 

@@ -3,7 +3,7 @@
 import pytest
 
 from pacnet.cli import main
-from pacnet.pac import SPLIT_FROM
+from pacnet.core.pac import SPLIT_FROM
 from pacnet.perf import MODELS, _stepper, step_times
 
 

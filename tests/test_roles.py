@@ -1,4 +1,4 @@
-"""The roles of a model's tensors (pacnet.roles): masked, per-task or frozen, decided once."""
+"""The roles of a model's tensors (pacnet.core.roles): masked, per-task or frozen, decided once."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from zoo import Bag, Recurrent, bert_mlm, gpt2_lm
 
 import pacnet
 from pacnet import Data, FitConfig, PacnetError, Tasks, allocate, calibrate, prune
-from pacnet.roles import FROZEN, MASKED, PER_TASK, default_roles, find_head, make_plan
+from pacnet.core.roles import FROZEN, MASKED, PER_TASK, default_roles, find_head, make_plan
 
 
 class Conv1D(nn.Module):

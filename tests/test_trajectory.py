@@ -3,9 +3,9 @@ import torch
 
 from pacnet.benchmarks.ode import ODE, ODEConfig
 from pacnet.benchmarks.pde import PDE, PDEConfig
-from pacnet.cache import StateCache
 from pacnet.experiments.runner import RunSpec, run
 from pacnet.methods import METHODS
+from pacnet.training.cache import StateCache
 
 SMALL = {
     "ode": {

@@ -22,7 +22,7 @@ from zoo import CASES, KEYWORD_CASES, MORE_CASES, Case, loss_fn
 
 import pacnet
 from pacnet import Data, FitConfig, Tasks, allocate, calibrate, prune, train_only, zero_redundant
-from pacnet.roles import aliases
+from pacnet.core.roles import aliases
 
 ALL = CASES + MORE_CASES
 pytestmark = [  # random-init layers of small magnitude; LSTM projections on oneDNN

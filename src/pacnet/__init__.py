@@ -7,21 +7,21 @@ bit (:meth:`Tasks.use`, :func:`load`). :func:`train_only` makes exact masked tra
 available inside your own training loop.
 """
 
-from pacnet.checkpoint import load, load_tasks, save
-from pacnet.errors import PacnetError
-from pacnet.freeze import train_only
-from pacnet.mask import Mask, prunable_names, prune
-from pacnet.pac import (
+from pacnet.core.checkpoint import load, load_tasks, save
+from pacnet.core.freeze import train_only
+from pacnet.core.mask import Mask, prunable_names, prune
+from pacnet.core.pac import (
     allocate,
     calibrate,
     parameter_report,
     print_trainable_parameters,
     zero_redundant,
 )
-from pacnet.tasks import Tasks, per_task_names
-from pacnet.train import Data, FitConfig, evaluate, fit
+from pacnet.core.tasks import Tasks, per_task_names
+from pacnet.errors import PacnetError, pacnet_version
+from pacnet.training.train import Data, FitConfig, evaluate, fit
 
-__version__ = "0.1.0"
+__version__ = pacnet_version()
 
 __all__ = [
     "Data",

@@ -284,9 +284,9 @@ def _run_spec(args: argparse.Namespace) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
-    from pacnet import distributed
-    from pacnet.cache import StateCache
     from pacnet.experiments.runner import RESULT_FILE, run
+    from pacnet.training import distributed
+    from pacnet.training.cache import StateCache
 
     with distributed.session(args.device) as device:
         args.device = device
@@ -364,13 +364,13 @@ def _grid_config(args: argparse.Namespace) -> dict:
 
 def _cmd_reproduce(args: argparse.Namespace) -> None:
     from pacnet.benchmarks import get_benchmark
-    from pacnet.cache import StateCache
+    from pacnet.core.io import write_bytes_atomic
     from pacnet.experiments.runner import RunSpec
     from pacnet.experiments.store import DEFAULT_DB, Store
     from pacnet.experiments.sweep import plan, sweep
     from pacnet.experiments.table import markdown, protocol
-    from pacnet.io import write_bytes_atomic
     from pacnet.methods import get_method
+    from pacnet.training.cache import StateCache
 
     bench_cls = get_benchmark(args.benchmark)
     grid = _grid_config(args)
@@ -423,9 +423,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
 
 def _cmd_tune(args: argparse.Namespace) -> None:
     from pacnet.benchmarks import get_benchmark
-    from pacnet.cache import StateCache
     from pacnet.experiments.store import DEFAULT_DB
     from pacnet.experiments.tune import tune
+    from pacnet.training.cache import StateCache
 
     bench_cls = get_benchmark(args.benchmark)
     spec = _run_spec(args)
@@ -448,7 +448,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     import json
 
     from pacnet.perf import MODELS, profile_steps, profile_summary, run_all, summary
-    from pacnet.train import OPTIMIZERS
+    from pacnet.training.train import OPTIMIZERS
 
     check(
         args.optimizer in OPTIMIZERS,
@@ -469,7 +469,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> None:
-    from pacnet.checkpoint import inspect
+    from pacnet.core.checkpoint import inspect
 
     info = inspect(args.checkpoint)
     print(f"{args.checkpoint}: checksum ok; tasks {', '.join(info['tasks'])}")
@@ -485,9 +485,9 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
+    from pacnet.core.io import read_json
     from pacnet.experiments.report import report
     from pacnet.experiments.store import DEFAULT_DB, Store
-    from pacnet.io import read_json
 
     if args.results is not None:
         check(args.results.is_dir(), f"{args.results}: no such folder")
@@ -519,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser(argv).parse_args(argv)
-        from pacnet.distributed import launched
+        from pacnet.training.distributed import launched
 
         check(
             not launched() or args.command == "run",

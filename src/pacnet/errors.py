@@ -35,3 +35,14 @@ def first_line(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
+
+
+def pacnet_version() -> str:
+    """The installed pacnet's version (read from the package metadata, so nothing low in the
+    package imports its top), or ``"unknown"`` when run from a source tree not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pacnet")
+    except PackageNotFoundError:
+        return "unknown"

@@ -29,13 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from pacnet.freeze import train_only
-from pacnet.mask import prune
+from pacnet.core.freeze import train_only
+from pacnet.core.mask import prune
+from pacnet.core.pac import trainable_groups, zero_redundant
+from pacnet.core.tasks import Tasks
 from pacnet.models import MLP
-from pacnet.pac import trainable_groups, zero_redundant
 from pacnet.resnet import resnet18
-from pacnet.tasks import Tasks
-from pacnet.train import FitConfig, make_optimizer
+from pacnet.training.train import FitConfig, make_optimizer
 
 MODELS: dict[str, Callable[[], tuple[nn.Module, torch.Tensor, torch.Tensor]]] = {
     "friedman_mlp": lambda: (MLP(10, (128, 128), 1), torch.randn(32, 10), torch.randn(32, 1)),
@@ -191,7 +191,7 @@ def checkpoint_sizes() -> dict[str, Any]:
     """pacnet file for source + target vs two dense safetensors files (ResNet-18)."""
     from safetensors.torch import save_file
 
-    from pacnet.checkpoint import save
+    from pacnet.core.checkpoint import save
 
     torch.manual_seed(0)
     model = resnet18(10, 3, 1.0, "small")

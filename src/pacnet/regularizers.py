@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from pacnet.errors import check
-from pacnet.train import Data, LossFn
+from pacnet.training.train import Data, LossFn
 
 
 class L2(nn.Module):

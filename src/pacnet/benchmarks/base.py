@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from pacnet.cache import StateCache
 from pacnet.errors import check
-from pacnet.train import Data, FitConfig, LossFn
+from pacnet.training.cache import StateCache
+from pacnet.training.train import Data, FitConfig, LossFn
 
 
 @dataclass

@@ -25,12 +25,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from pacnet.batches import DatasetSource
 from pacnet.benchmarks.base import Task
 from pacnet.benchmarks.images import ImageBenchmark, ImageConfig
-from pacnet.cache import StateCache
 from pacnet.errors import PacnetError, check
-from pacnet.train import Data, LossFn
+from pacnet.training.batches import DatasetSource
+from pacnet.training.cache import StateCache
+from pacnet.training.train import Data, LossFn
 
 ATTRIBUTES = "list_attr_celeba.txt"
 PARTITION = "list_eval_partition.txt"

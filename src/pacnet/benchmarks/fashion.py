@@ -23,9 +23,9 @@ from torch import Tensor, nn
 
 from pacnet.benchmarks.base import Task
 from pacnet.benchmarks.images import ImageBenchmark, ImageConfig
-from pacnet.cache import StateCache
 from pacnet.errors import PacnetError, check
-from pacnet.train import Data, LossFn
+from pacnet.training.cache import StateCache
+from pacnet.training.train import Data, LossFn
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 CLASSES = (

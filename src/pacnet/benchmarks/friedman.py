@@ -26,10 +26,10 @@ import torch
 from torch import Tensor, nn
 
 from pacnet.benchmarks.base import Benchmark, BudgetConfig, Task
-from pacnet.cache import StateCache
 from pacnet.errors import check
 from pacnet.models import MLP
-from pacnet.train import Data, LossFn, evaluate
+from pacnet.training.cache import StateCache
+from pacnet.training.train import Data, LossFn, evaluate
 
 FEATURES = 10
 

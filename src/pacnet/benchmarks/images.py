@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pacnet.batches import to_device
 from pacnet.benchmarks.base import Benchmark, BudgetConfig
 from pacnet.errors import check
 from pacnet.resnet import resnet18
-from pacnet.train import Data, device_of
+from pacnet.training.batches import to_device
+from pacnet.training.train import Data, device_of
 
 
 @dataclass

@@ -29,11 +29,11 @@ import torch
 from torch import Tensor, nn
 
 from pacnet.benchmarks.base import Benchmark, BudgetConfig, Task
-from pacnet.cache import StateCache
 from pacnet.config import to_dict
 from pacnet.errors import check
 from pacnet.models import MLP
-from pacnet.train import Data, LossFn
+from pacnet.training.cache import StateCache
+from pacnet.training.train import Data, LossFn
 
 DATA_VERSION = 1
 

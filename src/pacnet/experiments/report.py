@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pacnet.core.io import write_bytes_atomic
 from pacnet.experiments.runner import DETERMINISM_NOTE
 from pacnet.experiments.table import chain_markdown, markdown, protocol, summarize
-from pacnet.io import write_bytes_atomic
 
 PAPER_NOTE = (
     "Paper numbers: the PAC-Net paper's numeric tables are not available to this project "

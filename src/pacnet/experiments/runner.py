@@ -20,15 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from pacnet import distributed
 from pacnet.benchmarks import Benchmark, get_benchmark
-from pacnet.cache import StateCache
 from pacnet.config import config_hash, make, to_dict
-from pacnet.errors import PacnetError, check
+from pacnet.core.io import write_json
+from pacnet.errors import PacnetError, check, pacnet_version
 from pacnet.experiments.select import cross_validate
-from pacnet.io import write_json
 from pacnet.methods import Method, TransferContext, get_method
-from pacnet.train import AMP_DTYPES, fit
+from pacnet.training import distributed
+from pacnet.training.cache import StateCache
+from pacnet.training.train import AMP_DTYPES, fit
 
 RESULT_FILE = "result.json"
 
@@ -139,10 +139,8 @@ def non_default(obj: Any) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    from pacnet import __version__
-
     return {
-        "pacnet": __version__,
+        "pacnet": pacnet_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": sys.version.split()[0],

@@ -21,7 +21,7 @@ from pacnet.benchmarks.base import Benchmark, Task
 from pacnet.config import make
 from pacnet.errors import check
 from pacnet.methods.base import Method, TransferContext, candidates
-from pacnet.train import Data
+from pacnet.training.train import Data
 
 
 def folds_of(data: Data, k: int) -> list[tuple[Data, Data]]:

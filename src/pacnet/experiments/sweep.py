@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from pacnet.cache import StateCache
 from pacnet.experiments.runner import RunSpec, run, source_model, using_threads
 from pacnet.experiments.store import Store
+from pacnet.training.cache import StateCache
 
 
 def _worker_init() -> None:

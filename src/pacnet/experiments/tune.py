@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pacnet.cache import StateCache
 from pacnet.config import make
 from pacnet.errors import PacnetError, check, first_line
 from pacnet.experiments.runner import RunSpec, _seeded_transfer, prepare, using_threads
 from pacnet.experiments.select import cv_score, cv_splits
+from pacnet.training.cache import StateCache
 
 
 def suggest(trial: Any, name: str, kind: str, low: float, high: float) -> Any:

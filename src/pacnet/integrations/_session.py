@@ -9,9 +9,9 @@ from contextlib import AbstractContextManager
 import torch
 from torch import Tensor, nn
 
+from pacnet.core.freeze import MaskedTraining, train_only
+from pacnet.core.mask import Mask
 from pacnet.errors import check
-from pacnet.freeze import MaskedTraining, train_only
-from pacnet.mask import Mask
 
 
 class Session:

@@ -21,8 +21,8 @@ from typing import Any
 import lightning.pytorch as pl
 from torch import Tensor, nn
 
+from pacnet.core.freeze import MaskedTraining
 from pacnet.errors import check
-from pacnet.freeze import MaskedTraining
 from pacnet.integrations._session import Session
 
 

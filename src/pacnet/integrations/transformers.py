@@ -36,11 +36,11 @@ from torch import Tensor, nn
 from transformers import PretrainedConfig, TrainerCallback
 
 import pacnet
+from pacnet.core.freeze import MaskedTraining
+from pacnet.core.io import write_json
+from pacnet.core.tasks import Tasks
 from pacnet.errors import PacnetError, check
-from pacnet.freeze import MaskedTraining
 from pacnet.integrations._session import Session
-from pacnet.io import write_json
-from pacnet.tasks import Tasks
 
 WEIGHTS = "pacnet.safetensors"
 CONFIG = "config.json"

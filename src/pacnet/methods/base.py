@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from pacnet.benchmarks.base import Benchmark, Task
-from pacnet.train import (
+from pacnet.training.train import (
     FitConfig,
     FitResult,
     LossFn,

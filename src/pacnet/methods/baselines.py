@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from pacnet.core.mask import find_head
 from pacnet.errors import check
-from pacnet.mask import find_head
 from pacnet.methods.base import (
     Method,
     Transfer,

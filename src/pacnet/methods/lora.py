@@ -16,10 +16,10 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from pacnet.core.roles import covered_layers, is_norm
 from pacnet.errors import PacnetError, check
 from pacnet.methods.base import Method, Transfer, TransferContext, count, install
 from pacnet.methods.baselines import head_of
-from pacnet.roles import covered_layers, is_norm
 
 
 @dataclass

@@ -10,14 +10,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from pacnet import distributed
 from pacnet.benchmarks.base import Task
+from pacnet.core.mask import Mask, prune
+from pacnet.core.pac import allocate, calibrate, parameter_report
+from pacnet.core.tasks import Tasks
 from pacnet.errors import check, check_ratio
-from pacnet.mask import Mask, prune
 from pacnet.methods.base import Method, Transfer, TransferContext, count
-from pacnet.pac import allocate, calibrate, parameter_report
-from pacnet.tasks import Tasks
-from pacnet.train import Data, device_of
+from pacnet.training import distributed
+from pacnet.training.train import Data, device_of
 
 
 @dataclass

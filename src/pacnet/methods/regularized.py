@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from pacnet.core.roles import covered_layers
 from pacnet.errors import check
 from pacnet.methods.base import (
     Method,
@@ -31,8 +32,7 @@ from pacnet.regularizers import (
     StartingPoint,
     channel_attention,
 )
-from pacnet.roles import covered_layers
-from pacnet.train import Data
+from pacnet.training.train import Data
 
 
 def default_layers(model: nn.Module) -> list[str]:

@@ -4,7 +4,7 @@ Outside ``torchrun`` (``WORLD_SIZE`` unset or 1) nothing here does anything. Und
 
 * :func:`session` joins the process group (gloo on CPU, NCCL on CUDA with the device of
   ``LOCAL_RANK``) and leaves it at the end;
-* :func:`pacnet.train.fit` wraps the model in ``DistributedDataParallel``; every rank draws
+* :func:`pacnet.training.train.fit` wraps the model in ``DistributedDataParallel``; every rank draws
   the same global minibatch (same seeded generator) and trains on its own contiguous slice,
   its mean loss weighted by ``world · slice / batch`` so that DDP's gradient average is the
   gradient of the global batch mean: one process with the same batch takes the same steps
@@ -30,8 +30,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from pacnet.batches import size_of
 from pacnet.errors import PacnetError, check
+from pacnet.training.batches import size_of
 
 TIMEOUT = datetime.timedelta(minutes=10)
 """How long a rank waits for the others in a collective before failing (not hanging)."""
@@ -106,7 +106,7 @@ def broadcast_object(value: Any) -> Any:
 
 def checksum(tensors: Mapping[str, Tensor]) -> str:
     """SHA-256 over names, dtypes, shapes and bytes (in name order)."""
-    from pacnet.checkpoint import tensor_digest
+    from pacnet.core.checkpoint import tensor_digest
 
     return tensor_digest(tensors)
 
@@ -125,9 +125,9 @@ def model_checksum(model: nn.Module) -> str:
 
 
 def shared_mask(compute: Callable[[], Any]) -> Any:
-    """A :class:`~pacnet.mask.Mask` computed on rank 0, broadcast, verified on every rank."""
-    from pacnet.mask import Mask
-    from pacnet.roles import Plan
+    """A :class:`~pacnet.core.mask.Mask` computed on rank 0, broadcast, verified on every rank."""
+    from pacnet.core.mask import Mask
+    from pacnet.core.roles import Plan
 
     if not active():
         return compute()

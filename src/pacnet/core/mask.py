@@ -26,8 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pacnet.errors import PacnetError, check, check_ratio
-from pacnet.roles import (
+from pacnet.core.roles import (
     MASKED,
     Plan,
     PrunableRule,
@@ -40,12 +39,13 @@ from pacnet.roles import (
     make_plan,
     unwrap,
 )
+from pacnet.errors import PacnetError, check, check_ratio
 
 __all__ = ["Mask", "PrunableRule", "find_head", "prunable_names", "prune"]
 
 _CHUNK = 1 << 18
 _KEY_DTYPES = {2: torch.int16, 4: torch.int32, 8: torch.int64}
-_MASK_FORMAT = "pacnet.mask"
+_MASK_FORMAT = "pacnet.core.mask"
 
 
 def prunable_names(
@@ -56,10 +56,10 @@ def prunable_names(
 ) -> list[str]:
     """Names of the parameters a mask covers, in the model's parameter order.
 
-    ``prunable`` is ``None`` (the default rule of :mod:`pacnet.roles`: every weight that
+    ``prunable`` is ``None`` (the default rule of :mod:`pacnet.core.roles`: every weight that
     multiplies activations, except the head's), an iterable of parameter names, or a
     predicate ``(name, parameter) -> bool``. ``head`` is the head module (``"auto"``:
-    :func:`~pacnet.roles.find_head`); ``embeddings=False`` leaves embedding tables out.
+    :func:`~pacnet.core.roles.find_head`); ``embeddings=False`` leaves embedding tables out.
     """
     return list(make_plan(model, prunable, head, embeddings).masked)
 
@@ -196,7 +196,7 @@ class Mask(Mapping[str, Tensor]):
     def save(self, path: str | Path) -> None:
         """Write the mask to a safetensors file: bit-packed, then zlib-compressed per entry
         (a 20 %-dense magnitude mask takes about 0.74 bits per weight, header included)."""
-        from pacnet.io import write_safetensors
+        from pacnet.core.io import write_safetensors
 
         packed, shapes = self.pack()
         compressed = {
@@ -216,7 +216,7 @@ class Mask(Mapping[str, Tensor]):
     @classmethod
     def load(cls, path: str | Path) -> Mask:
         """Read a mask written by :meth:`save` (also the uncompressed version-1 files)."""
-        from pacnet.io import read_safetensors
+        from pacnet.core.io import read_safetensors
 
         tensors, meta = read_safetensors(path)
         check(meta.get("format") == _MASK_FORMAT, f"{path}: not a pacnet mask file")
@@ -324,9 +324,9 @@ def prune(
         scope: ``"global"`` (one threshold over all prunable weights, as in the paper) or
             ``"layer"`` (the same ratio within every parameter).
         prunable: which parameters to cover (default: every weight that multiplies
-            activations, see :mod:`pacnet.roles`), names, or a predicate.
+            activations, see :mod:`pacnet.core.roles`), names, or a predicate.
         head: the output module, whose tensors are per-task (``"auto"``:
-            :func:`~pacnet.roles.find_head`; None: no head).
+            :func:`~pacnet.core.roles.find_head`; None: no head).
         embeddings: cover embedding tables (default) or leave them frozen.
         warn: warn about frozen weights (two or more dimensions) that hold more than 1 % of
             the model's parameters, about weights left without any essential entry, and

@@ -11,7 +11,7 @@ Layout of the tensors:
 
 The metadata (JSON strings) holds the format name and version, the pacnet version, the task
 order, the per-task names, the mask shapes, the plan (head, tied names: see
-:mod:`pacnet.roles`), free-form ``extra`` and a SHA-256 over all tensors, checked on load.
+:mod:`pacnet.core.roles`), free-form ``extra`` and a SHA-256 over all tensors, checked on load.
 A tied tensor is stored once; loading needs a model tied the same way and keeps the tie.
 Two tasks cost one set of shared weights plus a 1-bit mask plus the small per-task tensors:
 about half of two dense models.
@@ -29,13 +29,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pacnet.errors import PacnetError, check
-from pacnet.io import read_safetensors, write_safetensors
-from pacnet.mask import Mask
-from pacnet.roles import Plan, aliases, unwrap
-from pacnet.tasks import FREE, Tasks, _slot
+from pacnet.core.io import read_safetensors, write_safetensors
+from pacnet.core.mask import Mask
+from pacnet.core.roles import Plan, aliases, unwrap
+from pacnet.core.tasks import FREE, Tasks, _slot
+from pacnet.errors import PacnetError, check, pacnet_version
 
-FORMAT = "pacnet.checkpoint"
+FORMAT = "pacnet.core.checkpoint"
 FORMAT_VERSION = 2
 """2: adds the ownership map of networks with several targets (``owner/<bit>/<name>``).
 Files without one (one target) are still written as version 1, so older pacnet reads them."""
@@ -83,12 +83,10 @@ def save(
         tensors.update(_owner_planes(tasks))
     for task in tasks.order:
         tensors.update({f"task/{task}/{n}": t for n, t in tasks.tensors[task].items()})
-    from pacnet import __version__
-
     meta = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION if tasks.owner is not None else 1),
-        "pacnet_version": __version__,
+        "pacnet_version": pacnet_version(),
         "tasks": json.dumps(tasks.order),
         "per_task_names": json.dumps(list(tasks.names)),
         "mask_shapes": json.dumps(shapes),

@@ -18,10 +18,19 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pacnet import distributed
-from pacnet.batches import Batch, BatchSource, Data, LossFn, as_source, loss_of, size_of, to_device
-from pacnet.distributed import is_main
 from pacnet.errors import PacnetError, check
+from pacnet.training import distributed
+from pacnet.training.batches import (
+    Batch,
+    BatchSource,
+    Data,
+    LossFn,
+    as_source,
+    loss_of,
+    size_of,
+    to_device,
+)
+from pacnet.training.distributed import is_main
 
 __all__ = ["Batch", "BatchSource", "Data", "FitConfig", "FitResult", "LossFn", "evaluate", "fit"]
 
@@ -157,7 +166,7 @@ def device_of(model: nn.Module) -> torch.device:
 def evaluate(
     model: nn.Module, data: Data | object, loss_fn: LossFn | None, batch_size: int = 4096
 ) -> float:
-    """Mean loss over ``data`` (any shape :mod:`pacnet.batches` accepts; weighted by batch
+    """Mean loss over ``data`` (any shape :mod:`pacnet.training.batches` accepts; weighted by batch
     size), in eval mode, full precision; every module's mode is put back afterwards."""
     source = as_source(data, "the evaluation data")
     device = device_of(model)

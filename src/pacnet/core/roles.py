@@ -2,7 +2,7 @@
 
 PAC-Net gives every parameter and buffer one of three roles:
 
-* **masked** — weights that multiply activations: the :class:`~pacnet.mask.Mask` covers
+* **masked** — weights that multiply activations: the :class:`~pacnet.core.mask.Mask` covers
   them; the source keeps their essential entries, targets train the redundant ones;
 * **per-task** — tensors every task owns a copy of: the head, every bias-like tensor, the
   affine parameters of normalisation layers, and every buffer (BatchNorm's running

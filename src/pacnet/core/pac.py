@@ -1,4 +1,4 @@
-"""PAC-Net's three steps as plain functions: Prune (see :mod:`pacnet.mask`), Allocate, Calibrate.
+"""PAC-Net's three steps as plain functions: Prune (:mod:`pacnet.core.mask`), Allocate, Calibrate.
 
 * :func:`allocate` — redundant weights are set to exactly 0 and held there; the essential
   weights (and the source's own per-task and other parameters) retrain on the source task.
@@ -7,7 +7,7 @@
   ``λ·‖w − w_alloc‖²`` over the trainable entries; essential weights and frozen-shared
   parameters do not change, bit for bit.
 
-Afterwards ``tasks.use(model, "source")`` (or :func:`pacnet.checkpoint.load` with
+Afterwards ``tasks.use(model, "source")`` (or :func:`pacnet.core.checkpoint.load` with
 ``task="source"``) gives the model exactly as it was after Allocate.
 
 The penalty is a plain sum of squares (no ½, no mean) on top of the task loss; its right
@@ -24,12 +24,12 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from pacnet.core.freeze import train_only
+from pacnet.core.mask import Mask
+from pacnet.core.roles import unwrap
+from pacnet.core.tasks import Tasks
 from pacnet.errors import check
-from pacnet.freeze import train_only
-from pacnet.mask import Mask
-from pacnet.roles import unwrap
-from pacnet.tasks import Tasks
-from pacnet.train import (
+from pacnet.training.train import (
     Data,
     FitConfig,
     FitResult,

@@ -91,9 +91,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pacnet.core.mask import Mask, _chunks
+from pacnet.core.roles import unwrap
 from pacnet.errors import check
-from pacnet.mask import Mask, _chunks
-from pacnet.roles import unwrap
 
 RESTORE_MODES = ("auto", "always")
 _ADAM = (torch.optim.Adam, torch.optim.AdamW)

@@ -2,7 +2,7 @@
 
 Every parameter and buffer of a PAC-Net model has one of three roles:
 
-* **masked-shared** — prunable weights, covered by the :class:`~pacnet.mask.Mask`. The source
+* **masked-shared** — prunable weights, covered by the :class:`~pacnet.core.mask.Mask`. The source
   task sees only its essential entries (redundant entries read as 0); a target sees all.
   With several targets every entry has an *owner* (PackNet-style): the index of the task
   in :attr:`Tasks.order` that trained it (0 = source, 1 = first target, …, :data:`FREE` =
@@ -11,7 +11,7 @@ Every parameter and buffer of a PAC-Net model has one of three roles:
   gives entries back (:meth:`Tasks.release`); until then it is implied by the mask.
 * **per-task** — tensors each task owns outright: by default the head (output layer), every
   bias-like tensor, the affine parameters of normalisation layers and every persistent
-  buffer (see :mod:`pacnet.roles`). A new task gets its own copies (or fresh tensors, e.g.
+  buffer (see :mod:`pacnet.core.roles`). A new task gets its own copies (or fresh tensors, e.g.
   a head with a different output size), so training it never touches another task's copy.
 * **frozen-shared** — every other parameter: trained with the source, frozen afterwards.
 
@@ -31,9 +31,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from pacnet.errors import PacnetError, check
-from pacnet.mask import Mask
-from pacnet.roles import (
+from pacnet.core.mask import Mask
+from pacnet.core.roles import (
     NORMS,
     PER_TASK,
     Plan,
@@ -44,6 +43,7 @@ from pacnet.roles import (
     make_plan,
     unwrap,
 )
+from pacnet.errors import PacnetError, check
 
 __all__ = ["FREE", "NORMS", "SOURCE", "Tasks", "per_task_names"]
 
@@ -55,7 +55,7 @@ FREE = 255
 def per_task_names(
     model: nn.Module, head: str | None = "auto", biases: bool = True, norms: bool = True
 ) -> list[str]:
-    """Default per-task names (:mod:`pacnet.roles`): the head's tensors, bias-like tensors
+    """Default per-task names (:mod:`pacnet.core.roles`): the head's tensors, bias-like tensors
     (``biases``), normalisation layers' parameters (``norms``) and every buffer. With
     ``biases=False`` or ``norms=False`` those parameters are frozen-shared instead."""
     model = unwrap(model)
@@ -355,7 +355,7 @@ class Tasks:
         become free (+0.0) for the next task. ``task`` must be the newest; retrain it on what
         it keeps afterwards. Returns the number of entries released."""
         model = unwrap(model)
-        from pacnet.mask import _select
+        from pacnet.core.mask import _select
 
         check(0 <= fraction < 1, f"fraction must lie in [0, 1), got {fraction}")
         check(task != SOURCE, "the source's essential weights cannot be released")
