@@ -138,3 +138,42 @@ def test_what_does_not_fit_says_what_was_expected():
     for data, loss, message in cases:
         with pytest.raises(PacnetError, match=message):
             fit(model, loss, data, cfg)
+
+
+class TokenLists:
+    """Like a Hugging Face ``datasets.Dataset`` without ``set_format``: dict samples of
+    Python ints and lists."""
+
+    def __init__(self, n, ragged=False):
+        self.n, self.ragged = n, ragged
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        length = 3 + i % 4 if self.ragged else 5
+        return {"input_ids": [(i + j) % 30 for j in range(length)], "labels": i % 2}
+
+
+class Bag(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.fc = nn.Embedding(30, 8), nn.Linear(8, 2)
+
+    def forward(self, input_ids, labels=None):
+        logits = self.fc(self.emb(input_ids).mean(1))
+        return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+
+def test_dict_samples_of_python_lists_batch_as_hugging_face_collates_them():
+    cfg = FitConfig(steps=3, batch_size=8)
+    weights = []
+    for _ in range(2):
+        model = Bag()
+        fit(model, None, TokenLists(32), cfg, seed=1)
+        weights.append(model.fc.weight.detach().clone())
+    assert torch.equal(*weights)
+    assert evaluate(model, TokenLists(32), None) > 0
+    with pytest.raises(PacnetError, match="'input_ids' has sequences of different lengths"):
+        fit(Bag(), None, TokenLists(32, ragged=True), cfg)

@@ -130,6 +130,9 @@ class IterableSource:
             "pass a list, a Dataset or a DataLoader",
         )
         self.source, self.what = batches, what
+        self.per_rank = _per_rank(batches)
+        """Whether the batches are already this process's own (a DistributedSampler):
+        under torchrun they are not split again."""
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         while True:
@@ -166,6 +169,13 @@ def as_source(data: object, what: str = "the data") -> BatchSource:
     raise PacnetError(_expected(what, data))
 
 
+def _per_rank(data: object) -> bool:
+    if not isinstance(data, DataLoader):
+        return False
+    samplers = (data.sampler, getattr(data.batch_sampler, "sampler", None))
+    return any(isinstance(s, torch.utils.data.DistributedSampler) for s in samplers)
+
+
 def _expected(what: str, data: object) -> str:
     return (
         f"{what} must be pacnet.Data, a map-style Dataset, a DataLoader or a re-iterable of "
@@ -175,9 +185,36 @@ def _expected(what: str, data: object) -> str:
 
 def _collate(items: list[Any]) -> Batch:
     try:
+        if items and isinstance(items[0], Mapping):
+            return {key: _column(key, [item[key] for item in items]) for key in items[0]}
         return default_collate(items)
-    except (TypeError, RuntimeError) as exc:
+    except (TypeError, RuntimeError, ValueError, KeyError) as exc:
         raise PacnetError(f"cannot batch the dataset's items: {str(exc).splitlines()[0]}") from None
+
+
+def _column(key: str, values: list[Any]) -> Any:
+    """One field of dict samples as a batch, as Hugging Face's ``default_data_collator``
+    does: Python numbers and (equal-length) lists of them become one tensor (floats as
+    float32), not ``default_collate``'s list of per-position tensors."""
+    first = values[0]
+    if _numbers(first):
+        lengths = {len(v) for v in values} if isinstance(first, list | tuple) else set()
+        if len(lengths) > 1:
+            raise ValueError(
+                f"field {key!r} has sequences of different lengths ({min(lengths)} to "
+                f"{max(lengths)}): pad them, e.g. a DataLoader with collate_fn="
+                "DataCollatorWithPadding(tokenizer)"
+            )
+        tensor = torch.tensor(values)
+        return tensor.float() if tensor.is_floating_point() else tensor
+    return default_collate(values)
+
+
+def _numbers(value: Any) -> bool:
+    """A Python number (not a bool) or a non-empty list of them (nested lists too)."""
+    if isinstance(value, list | tuple):
+        return bool(value) and all(_numbers(v) for v in value[:8])
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def size_of(batch: Batch) -> int:
