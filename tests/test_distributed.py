@@ -84,3 +84,41 @@ def test_only_run_is_distributed(monkeypatch, tmp_path, capsys):
     assert main(["report", "--results", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "only 'pacnet run' is distributed" in err
+
+
+SAMPLER_SCRIPT = """
+import torch, pacnet
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from pacnet.training import distributed
+seen = []
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(1, 1)
+    def forward(self, x):
+        seen.extend(x[:, 0].long().tolist())
+        return self.linear(x)
+with distributed.session("cpu"):
+    data = TensorDataset(torch.arange(64.0).unsqueeze(1), torch.zeros(64, 1))
+    loader = DataLoader(data, batch_size=8, sampler=DistributedSampler(data, shuffle=False))
+    model = Model()
+    pacnet.fit(model, nn.functional.mse_loss, loader, pacnet.FitConfig(steps=4))
+    trained = len(set(seen))
+    loss = pacnet.evaluate(model, loader, nn.functional.mse_loss)
+    with torch.no_grad():
+        full = float(nn.functional.mse_loss(model(data.tensors[0]), data.tensors[1]))
+    assert abs(loss - full) < 1e-4 * full, (loss, full)
+    print(f"[trained on {trained}]", flush=True)
+"""
+
+
+def test_a_distributed_samplers_batches_are_not_split_again(tmp_path):
+    script = tmp_path / "sampler.py"
+    script.write_text(SAMPLER_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [*TORCHRUN, str(script)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("[trained on 32]") == 2  # 4 batches of 8 per rank, every sample

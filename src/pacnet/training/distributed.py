@@ -202,10 +202,15 @@ def wrap(model: nn.Module) -> nn.Module:
 
 def mean(value: float) -> float:
     """The mean of ``value`` over ranks."""
+    return total(value) / world_size()
+
+
+def total(value: float) -> float:
+    """The sum of ``value`` over ranks."""
     if not active():
         return value
     t = torch.tensor([value], dtype=torch.float64)
     if backend() == "nccl":
         t = t.cuda()
     dist.all_reduce(t)
-    return float(t.item()) / world_size()
+    return float(t.item())

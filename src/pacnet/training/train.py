@@ -178,6 +178,8 @@ def evaluate(
             n = size_of(batch)
             total += float(loss_of(model, batch, loss_fn)) * n
             count += n
+    if getattr(source, "per_rank", False) and distributed.active():  # each rank its share:
+        total, count = distributed.total(total), int(distributed.total(count))  # all ranks'
     check(count, "the evaluation data yields no batch")
     return total / count
 
@@ -248,7 +250,9 @@ def fit(
     result = FitResult()
     best_state: dict[str, Tensor] | None = None
     stale = 0
-    batches = as_source(train, "the training data").batches(cfg.batch_size, generator)
+    source = as_source(train, "the training data")
+    per_rank = getattr(source, "per_rank", False)  # a DistributedSampler's: not split again
+    batches = source.batches(cfg.batch_size, generator)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     device = device_of(model)
     amp_dtype = AMP_DTYPES[cfg.amp]
@@ -261,7 +265,7 @@ def fit(
         model.train()
         net = distributed.wrap(model)  # DDP under torchrun (after wrap set requires_grad)
         for step in range(1, cfg.steps + 1):
-            batch, share = distributed.shard(next(batches))  # this rank's slice of it
+            batch, share = (next(batches), 1.0) if per_rank else distributed.shard(next(batches))
             batch = to_device(batch, device)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
