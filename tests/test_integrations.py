@@ -236,3 +236,122 @@ def test_import_pacnet_imports_no_optional_library():
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- review: what the callbacks refuse or repair -------------------------------------------
+def hf_args(tmp_path, **kw):
+    from transformers import TrainingArguments
+
+    base = dict(
+        output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=4,
+        learning_rate=1e-2, use_cpu=True, report_to=[], save_strategy="no",
+        logging_strategy="no", disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    return TrainingArguments(**{**base, **kw})
+
+
+def test_a_run_stopped_by_an_exception_does_not_mask_the_next_one(tmp_path):
+    from transformers import Trainer, TrainerCallback
+
+    from pacnet.integrations.transformers import PacNetCallback
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise KeyboardInterrupt
+
+    model = tiny_bert()
+    mask = pacnet.prune(model, 0.8)
+    pacnet.zero_redundant(model, mask)
+    stopped = PacNetCallback(model, mask)
+    trainer = Trainer(model=model, args=hf_args(tmp_path), train_dataset=TokenTask(32, 0, 0),
+                      callbacks=[stopped, Stop()])  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()  # no close(): its hooks would zero the redundant entries' gradients
+    tasks = pacnet.Tasks(model, mask)
+    tasks.add("target")
+    tasks.activate(model, "target")
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    weight, free = dict(model.named_parameters())[name], ~mask[name]
+    before = weight.detach()[free].clone()
+    callback = PacNetCallback(model, tasks.trainable(model), l2=0.01)
+    trainer = Trainer(model=model, args=hf_args(tmp_path), train_dataset=TokenTask(32, 1, 1),
+                      callbacks=[callback])  # fmt: skip
+    with pytest.warns(RuntimeWarning, match="still masking this model"):
+        trainer.train()
+    assert stopped.handle is None
+    assert bool((weight.detach()[free] != before).all())  # the redundant entries trained
+
+
+def test_a_trainer_made_before_activate_is_refused(tmp_path):
+    from transformers import Trainer
+
+    from pacnet.integrations.transformers import PacNetCallback
+
+    model = tiny_bert()
+    mask = pacnet.prune(model, 0.8)
+    pacnet.zero_redundant(model, mask)
+    trainer = Trainer(model=model, args=hf_args(tmp_path), train_dataset=TokenTask(32, 0, 0),
+                      callbacks=[PacNetCallback(model, mask)])  # fmt: skip
+    trainer.train()
+    tasks = pacnet.Tasks(model, mask)
+    tasks.add("target")
+    tasks.activate(model, "target")
+    trainer.remove_callback(PacNetCallback)  # the same Trainer: its optimizer is the old one
+    trainer.add_callback(PacNetCallback(model, tasks.trainable(model), l2=0.01))
+    with pytest.raises(pacnet.PacnetError, match=r"build the Trainer .* after tasks\.activate"):
+        trainer.train()
+
+
+def test_directories_of_compiled_and_bfloat16_models_reload_bit_for_bit(tmp_path):
+    from pacnet.integrations.transformers import from_pretrained, save_pretrained
+
+    model = tiny_bert()
+    mask = pacnet.prune(model, 0.8)
+    ids, labels = TokenTask(8, 0, 0).ids, TokenTask(8, 0, 0).labels
+    cfg = pacnet.FitConfig(steps=2, batch_size=8)
+    pacnet.allocate(model, mask, [{"input_ids": ids, "labels": labels}], None, cfg)
+    tasks, _ = pacnet.calibrate(model, mask, [{"input_ids": ids, "labels": 1 - labels}], None, cfg)
+    save_pretrained(tmp_path / "compiled", torch.compile(model), tasks)
+    assert type(from_pretrained(tmp_path / "compiled", "source")) is type(model)
+    model.to(torch.bfloat16)
+    tasks.to(torch.bfloat16)
+    model.eval()
+    with tasks.use(model, "source"):
+        source = model(ids).logits
+    save_pretrained(tmp_path / "bf16", model, tasks)
+    loaded = from_pretrained(tmp_path / "bf16", "source")
+    assert loaded.classifier.weight.dtype == torch.bfloat16
+    assert torch.equal(loaded(ids).logits, source)
+
+
+def test_a_mask_other_than_prunes_is_not_sent_to_zero_redundant():
+    from pacnet.integrations.transformers import PacNetCallback
+
+    model = tiny_bert()
+    mask = pacnet.prune(model, 0.8)
+    pacnet.zero_redundant(model, mask)
+    with pytest.raises(pacnet.PacnetError, match=r"plain dict, dict\(~mask\)"):
+        PacNetCallback(model, ~mask)
+    PacNetCallback(model, dict(~mask), l2=0.01)  # trains the redundant entries
+
+
+def test_lightning_true_half_precision_that_would_round_the_source_is_refused():
+    from pacnet.integrations.lightning import PacNetCallback
+
+    module = Images()
+    net = module.net
+    mask = pacnet.prune(net, 0.8)
+    pacnet.zero_redundant(net, mask)
+    tasks = pacnet.Tasks(net, mask)
+    tasks.add("target")
+    tasks.activate(net, "target")
+    before = state(net)
+    trainer = lightning.Trainer(
+        max_steps=2, precision="bf16-true", accelerator="cpu", devices=1, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[PacNetCallback(net, tasks.trainable(net), l2=0.01)],
+    )  # fmt: skip
+    with pytest.raises(pacnet.PacnetError, match="rounds the source's frozen weights"):
+        trainer.fit(module, images(16, 1, 1))
+    assert_same(state(net), before)  # refused before Lightning converted anything

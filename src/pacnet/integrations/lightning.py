@@ -19,11 +19,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch import Tensor, nn
 
 from pacnet.core.freeze import MaskedTraining
+from pacnet.core.mask import Mask
+from pacnet.core.roles import unwrap
 from pacnet.errors import check
 from pacnet.integrations._session import Session
+
+TRUE_PRECISIONS = {"bf16-true": torch.bfloat16, "16-true": torch.float16, "64-true": torch.float64}
+"""Lightning precisions that convert the network's weights when ``fit`` starts."""
 
 
 class PacNetCallback(pl.Callback):
@@ -51,6 +57,25 @@ class PacNetCallback(pl.Callback):
     def handle(self) -> MaskedTraining | None:
         """The :func:`~pacnet.train_only` handle while Lightning trains (else None)."""
         return self.session.handle
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Before Lightning converts the weights (true half precision): refuse a conversion
+        that would round the source's frozen weights in Calibrate."""
+        dtype = TRUE_PRECISIONS.get(str(trainer.precision))
+        if stage != "fit" or dtype is None or isinstance(self.session.trainable, Mask):
+            return
+        changed = [
+            name
+            for name, p in unwrap(self.session.model).named_parameters()
+            if p.is_floating_point() and p.dtype != dtype
+        ]
+        check(
+            not changed,
+            f"precision={trainer.precision!r} converts {changed[:1]} and the rest to {dtype} "
+            "when fit starts, which rounds the source's frozen weights (it would no longer be "
+            "exactly as after Allocate): use the mixed precision, or run Allocate in this "
+            "precision too",
+        )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         check(

@@ -32,12 +32,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from transformers import PretrainedConfig, TrainerCallback
 
 import pacnet
 from pacnet.core.freeze import MaskedTraining
 from pacnet.core.io import write_json
+from pacnet.core.roles import unwrap
 from pacnet.core.tasks import Tasks
 from pacnet.errors import PacnetError, check
 from pacnet.integrations._session import Session
@@ -93,6 +95,7 @@ def save_pretrained(directory: str | Path, model: nn.Module, tasks: Tasks) -> Pa
     """Write a Hugging Face-style directory: the model's ``config.json``, every task in
     ``pacnet.safetensors`` (:func:`pacnet.save`) and ``pacnet.json`` (tasks, head)."""
     directory = Path(directory)
+    model = unwrap(model)  # torch.compile's and DDP's wrappers: the architecture inside
     config = getattr(model, "config", None)
     check(
         isinstance(config, PretrainedConfig),
@@ -103,7 +106,11 @@ def save_pretrained(directory: str | Path, model: nn.Module, tasks: Tasks) -> Pa
     settings["architectures"] = [type(model).__name__]  # what build() constructs
     write_json(directory / CONFIG, settings)
     pacnet.save(directory / WEIGHTS, model, tasks)
-    write_json(directory / CARD, {"tasks": tasks.order, "head": tasks.plan.head})
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    card = {"tasks": tasks.order, "head": tasks.plan.head}
+    if dtype is not None:  # from_pretrained builds in it (a config alone builds float32)
+        card["dtype"] = str(dtype).removeprefix("torch.")
+    write_json(directory / CARD, card)
     return directory
 
 
@@ -122,7 +129,16 @@ def build(directory: str | Path) -> nn.Module:
     check(names, f"{path}: the config names no architecture ('architectures' is empty)")
     cls = getattr(transformers, names[0], None)
     check(cls is not None, f"{path}: transformers has no model class {names[0]!r}")
-    return cls(config)
+    model = cls(config)
+    card = Path(directory) / CARD
+    dtype = json.loads(card.read_text()).get("dtype") if card.is_file() else None
+    if dtype is not None:
+        check(
+            isinstance(getattr(torch, dtype, None), torch.dtype),
+            f"{card}: unknown dtype {dtype!r}",
+        )
+        model.to(getattr(torch, dtype))
+    return model
 
 
 def tasks_from_pretrained(directory: str | Path) -> tuple[nn.Module, Tasks]:
