@@ -138,6 +138,10 @@ def test_what_does_not_fit_says_what_was_expected():
     for data, loss, message in cases:
         with pytest.raises(PacnetError, match=message):
             fit(model, loss, data, cfg)
+    tuples = nn.Sequential(nn.Linear(4, 1))
+    tuples.forward = lambda inputs, labels=None: (tuples[0](inputs),)  # no .loss to use
+    with pytest.raises(PacnetError, match=r"output \(tuple\) has no loss although the batch"):
+        fit(tuples, None, [{"inputs": xs, "labels": ys}], cfg)
 
 
 class TokenLists:

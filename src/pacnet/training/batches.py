@@ -250,11 +250,14 @@ def loss_of(net: nn.Module, batch: Batch, loss_fn: LossFn | None) -> Tensor:
         if loss_fn is not None:
             return loss_fn(output, batch)
         loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
-        check(
-            isinstance(loss, Tensor),
-            "the model's output has no loss: a dict batch without 'labels' needs a "
-            "loss_fn(output, batch)",
-        )
+        if not isinstance(loss, Tensor):
+            raise PacnetError(
+                f"the model's output ({type(output).__name__}) has no loss although the batch "
+                "has 'labels': pass a loss_fn(output, batch)"
+                if "labels" in batch
+                else "the model's output has no loss: a dict batch without 'labels' needs a "
+                "loss_fn(output, batch)"
+            )
         return loss
     check(
         isinstance(batch, tuple | list) and len(batch) == 2,
