@@ -62,19 +62,9 @@ def allocate(
     for the model's own ``.loss``."""
     mask.check(model)
     zero_redundant(model, mask)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(trainable, cfg, sparse=sparse_grad_params(model))
-    return fit(
-        model,
-        loss_fn,
-        train,
-        cfg,
-        optimizer=optimizer,
-        val=val,
-        seed=seed,
-        desc="allocate",
-        wrap=lambda opt: train_only(model, mask, opt, others="trainable"),
-    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    fitting = (train, loss_fn, cfg, val, seed, "allocate")
+    return _masked_fit(model, params, mask, "trainable", 0.0, *fitting)
 
 
 def calibrate(
@@ -166,7 +156,25 @@ def _train_newest(
     """Train what the newest task owns (masked entries and own tensors), nothing else."""
     trainable = tasks.trainable(model)
     groups = trainable_groups(model, tasks, trainable)
-    optimizer = make_optimizer(groups, cfg, sparse=sparse_grad_params(model))
+    fitting = (train, loss_fn, cfg, val, seed, desc)
+    return _masked_fit(model, groups, trainable, "frozen", lam, *fitting)
+
+
+def _masked_fit(
+    model: nn.Module,
+    params: list[nn.Parameter] | list[list[nn.Parameter]],
+    trainable: Mapping[str, Tensor],
+    others: str,
+    l2: float,
+    train: Data | object,
+    loss_fn: LossFn | None,
+    cfg: FitConfig,
+    val: Data | object | None,
+    seed: int,
+    desc: str,
+) -> FitResult:
+    """pacnet's loop over ``params`` (or groups of them) inside :func:`train_only`."""
+    optimizer = make_optimizer(params, cfg, sparse=sparse_grad_params(model))
     return fit(
         model,
         loss_fn,
@@ -176,7 +184,7 @@ def _train_newest(
         val=val,
         seed=seed,
         desc=desc,
-        wrap=lambda opt: train_only(model, trainable, opt, others="frozen", l2=lam),
+        wrap=lambda opt: train_only(model, trainable, opt, others=others, l2=l2),
     )
 
 
