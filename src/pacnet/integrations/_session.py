@@ -39,7 +39,8 @@ class Session:
         self.model, self.trainable, self.l2 = model, trainable, l2
         self.others = others or ("trainable" if isinstance(trainable, Mask) else "frozen")
         if isinstance(trainable, Mask):  # Allocate: the redundant weights must start at 0
-            params = dict(model.named_parameters())
+            trainable.check(model)
+            params = dict(unwrap(model).named_parameters())
             nonzero = [n for n, m in trainable.items() if bool(params[n].detach()[~m].any())]
             check(
                 not nonzero,
