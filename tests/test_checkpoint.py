@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,3 +179,28 @@ def test_a_model_tied_otherwise_than_the_checkpoint_is_refused(tmp_path):
     untied.out.weight = nn.Parameter(untied.embed.weight.detach().clone())
     with pytest.raises(PacnetError, match=r"ties 'out\.weight' to 'embed\.weight' but the model"):
         pacnet.load(path, untied)
+
+
+def test_files_written_by_earlier_pacnet_still_load(tmp_path):
+    """tests/data holds a checkpoint and a mask written by pacnet before plans existed
+    (Sequential: Linear(3, 4), BatchNorm1d(4), ReLU, Linear(4, 2); source and target)."""
+    data = Path(__file__).parent / "data"
+
+    def build():
+        return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+
+    mask = pacnet.Mask.load(data / "old_mask.safetensors")
+    assert mask.plan is None and list(mask) == ["0.weight"]
+    model = build()
+    tasks = pacnet.load_tasks(data / "old_checkpoint.safetensors", model)
+    assert tasks.order == ["source", "target"] and tasks.mask == mask
+    x = torch.randn(5, 3)
+    model.eval()
+    with tasks.use(model, "source"):
+        assert not model[0].weight.detach()[~mask["0.weight"]].any()  # redundant read as 0
+        source = model(x)
+    target = model(x)
+    assert not torch.equal(source, target)
+    pacnet.save(tmp_path / "again.safetensors", model, tasks)  # and on through the new format
+    again = pacnet.load(tmp_path / "again.safetensors", build(), task="source").eval()
+    assert torch.equal(again(x), source)

@@ -100,7 +100,7 @@ def test_uncompressed_version_1_mask_files_still_load(tmp_path):
     mask = prune(mlp(), 0.8)
     packed, shapes = mask.pack()
     path = tmp_path / "old.safetensors"
-    meta = {"format": "pacnet.core.mask", "version": "1", "shapes": json.dumps(shapes)}
+    meta = {"format": "pacnet.mask", "version": "1", "shapes": json.dumps(shapes)}
     write_safetensors(path, packed, meta)
     assert Mask.load(path) == mask
 

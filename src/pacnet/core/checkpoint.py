@@ -35,7 +35,7 @@ from pacnet.core.roles import Plan, aliases, unwrap
 from pacnet.core.tasks import FREE, Tasks, _slot
 from pacnet.errors import PacnetError, check, pacnet_version
 
-FORMAT = "pacnet.core.checkpoint"
+FORMAT = "pacnet.checkpoint"
 FORMAT_VERSION = 2
 """2: adds the ownership map of networks with several targets (``owner/<bit>/<name>``).
 Files without one (one target) are still written as version 1, so older pacnet reads them."""

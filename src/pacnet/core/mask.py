@@ -45,7 +45,7 @@ __all__ = ["Mask", "PrunableRule", "find_head", "prunable_names", "prune"]
 
 _CHUNK = 1 << 18
 _KEY_DTYPES = {2: torch.int16, 4: torch.int32, 8: torch.int64}
-_MASK_FORMAT = "pacnet.core.mask"
+_MASK_FORMAT = "pacnet.mask"
 
 
 def prunable_names(
