@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from pacnet.core.io import read_safetensors, write_safetensors
 from pacnet.core.mask import Mask
-from pacnet.core.roles import Plan, aliases, unwrap
+from pacnet.core.roles import Plan, aliases, tie_mismatch, unwrap
 from pacnet.core.tasks import FREE, Tasks, _slot
 from pacnet.errors import PacnetError, check, pacnet_version
 
@@ -174,7 +174,8 @@ def load_tasks(path: str | Path, model: nn.Module) -> Tasks:
         shared[alias] = shared[canonical]
     plan: Plan | None = meta["plan"]
     if plan is not None:
-        _check_ties(path, plan.aliases, aliases(model))
+        odd = tie_mismatch(plan.aliases, aliases(model))
+        check(odd is None, f"{path}: {odd}")
     links = plan.aliases if plan is not None else {}
     own_slots = set(names) | {a for a, c in links.items() if c in set(names)}
     state = model.state_dict()
@@ -218,22 +219,6 @@ def load_tasks(path: str | Path, model: nn.Module) -> Tasks:
             tasks.order.append(task)
     tasks.activate(model, tasks.order[-1], record=False)  # the model's own tensors are stale
     return tasks
-
-
-def _check_ties(path: str | Path, saved: Mapping[str, str], built: Mapping[str, str]) -> None:
-    """The model must tie the tensors the saved network tied, and no others."""
-    for alias, canonical in saved.items():
-        check(
-            built.get(alias) == canonical,
-            f"{path}: the saved network ties {alias!r} to {canonical!r} but the model does not; "
-            "build it with the same tie (e.g. a Hugging Face config's tie_word_embeddings=True)",
-        )
-    for alias, canonical in built.items():
-        check(
-            saved.get(alias) == canonical,
-            f"{path}: the model ties {alias!r} to {canonical!r} but the saved network kept them "
-            "apart; build it without that tie",
-        )
 
 
 def load(path: str | Path, model: nn.Module, task: str = "target") -> nn.Module:

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,7 +95,7 @@ def _weight(module: nn.Module) -> Tensor | None:
     if parametrize.is_parametrized(module, "weight"):
         plist = module.parametrizations["weight"]
         return plist.original1 if _weight_normed(plist) else getattr(plist, "original", None)
-    for name in ("weight", "weight_v", "weight_orig"):
+    for name in _WEIGHT_NAMES:
         value = module._parameters.get(name)
         if value is not None:
             return value
@@ -197,17 +197,40 @@ def slots(model: nn.Module) -> Iterator[tuple[Slot, nn.Module, Tensor]]:
                 yield Slot(prefix + leaf, mod_name, leaf, False), module, value
 
 
-def aliases(model: nn.Module) -> dict[str, str]:
-    """Every other name of a tied or shared tensor -> its canonical name (the name
-    ``named_parameters()`` / ``named_buffers()`` gives it)."""
+def _canonical(model: nn.Module) -> dict[int, str]:
+    """Each tensor's canonical name (the one ``named_parameters()`` / ``named_buffers()``
+    gives it), by tensor identity, in registration order."""
     canonical = {id(t): n for n, t in model.named_parameters()}
     canonical.update({id(t): n for n, t in model.named_buffers() if id(t) not in canonical})
+    return canonical
+
+
+def aliases(model: nn.Module) -> dict[str, str]:
+    """Every other name of a tied or shared tensor -> its canonical name."""
+    canonical = _canonical(model)
     out = {}
     for slot, _, value in slots(model):
         name = canonical.get(id(value))
         if name is not None and name != slot.name:
             out[slot.name] = name
     return out
+
+
+def tie_mismatch(saved: Mapping[str, str], built: Mapping[str, str]) -> str | None:
+    """How two alias maps (:func:`aliases`) tie tensors differently, or None."""
+    for alias, canonical in saved.items():
+        if built.get(alias) != canonical:
+            return (
+                f"the saved network ties {alias!r} to {canonical!r} but the model does not; "
+                "build it with the same tie (e.g. a Hugging Face config's tie_word_embeddings)"
+            )
+    for alias, canonical in built.items():
+        if saved.get(alias) != canonical:
+            return (
+                f"the model ties {alias!r} to {canonical!r} but the saved network kept them "
+                "apart; build it without that tie"
+            )
+    return None
 
 
 def _owner(model: nn.Module, slot: Slot) -> tuple[str, nn.Module, str]:
@@ -255,24 +278,25 @@ def _known_weight(layer: nn.Module, tensor: str, embeddings: bool) -> str | None
     return None
 
 
-def _in(module_name: str, subtree: str | None) -> bool:
+def inside(module_name: str, subtree: str | None) -> bool:
+    """Whether ``module_name`` (or a dotted tensor name) lies in the module ``subtree``
+    (``""``: the whole model; None: no module)."""
     if subtree is None:
         return False
     return subtree == "" or module_name == subtree or module_name.startswith(subtree + ".")
 
 
 def default_roles(model: nn.Module, head: str | None, embeddings: bool = True) -> dict[str, str]:
-    """Role of every canonical parameter and persistent-buffer name (see the module notes);
-    ``head`` is the head module's name (None: no head)."""
-    canonical = {id(t): n for n, t in model.named_parameters()}
-    canonical.update({id(t): n for n, t in model.named_buffers() if id(t) not in canonical})
+    """Role of every canonical parameter and buffer name (see the module notes); ``head``
+    is the head module's name (None: no head)."""
+    canonical = _canonical(model)
     head_only: dict[str, str] = {}
     roles: dict[str, str] = {}
     for slot, _, value in slots(model):
         name = canonical.get(id(value), slot.name)
         if not slot.is_param:
             roles.setdefault(name, PER_TASK)
-        elif _in(slot.module, head):
+        elif inside(slot.module, head):
             head_only.setdefault(name, PER_TASK)
         elif name not in roles:
             roles[name] = _param_role(model, slot, value, embeddings)
@@ -424,7 +448,6 @@ def make_plan(
     prunable: PrunableRule = None,
     head: str | None = "auto",
     embeddings: bool = True,
-    per_task: Iterable[str] | None = None,
 ) -> Plan:
     """Decide the role of every tensor of ``model`` (see the module notes).
 
@@ -434,7 +457,6 @@ def make_plan(
             a predicate ``(name, parameter) -> bool``. Names may be aliases of tied tensors.
         head: the head module's name, ``"auto"`` (:func:`find_head`) or None (no head).
         embeddings: mask embedding tables (default) or freeze them.
-        per_task: the per-task names instead of the default rule.
     """
     model = unwrap(model)
     check_model(model)
@@ -476,18 +498,13 @@ def make_plan(
             "place at every lookup (also in the source's view): it cannot be masked; pass "
             "embeddings=False or leave it out of prunable="
         )
-    if per_task is None:
-        own = [n for n, r in roles.items() if r == PER_TASK and n not in masked_set]
-    else:
-        own = [links.get(n, n) for n in per_task]
-        clash = [n for n in own if n in masked_set]
-        check(not clash, f"{clash[:1]} cannot be both masked and per-task")
+    own = [n for n, r in roles.items() if r == PER_TASK and n not in masked_set]
     own_set = set(own)
     frozen = [n for n in params if n not in masked_set and n not in own_set]
     return Plan(
         head=head_name,
         masked=tuple(masked),
-        per_task=tuple(dict.fromkeys(own)),
+        per_task=tuple(own),
         aliases=links,
         embeddings=embeddings,
         sizes={n: p.numel() for n, p in params.items()},

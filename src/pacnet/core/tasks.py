@@ -10,8 +10,8 @@ Every parameter and buffer of a PAC-Net model has one of three roles:
   read as 0 for it. The map is a ``uint8`` tensor per weight, created only when a target
   gives entries back (:meth:`Tasks.release`); until then it is implied by the mask.
 * **per-task** — tensors each task owns outright: by default the head (output layer), every
-  bias-like tensor, the affine parameters of normalisation layers and every persistent
-  buffer (see :mod:`pacnet.core.roles`). A new task gets its own copies (or fresh tensors, e.g.
+  bias-like tensor, the affine parameters of normalisation layers and every buffer
+  (see :mod:`pacnet.core.roles`). A new task gets its own copies (or fresh tensors, e.g.
   a head with a different output size), so training it never touches another task's copy.
 * **frozen-shared** — every other parameter: trained with the source, frozen afterwards.
 
@@ -39,8 +39,10 @@ from pacnet.core.roles import (
     aliases,
     default_roles,
     find_head,
+    inside,
     is_norm,
     make_plan,
+    tie_mismatch,
     unwrap,
 )
 from pacnet.errors import PacnetError, check
@@ -65,8 +67,7 @@ def per_task_names(
         if role != PER_TASK:
             continue
         module, _, is_param = _slot(model, name)
-        in_head = head_name is not None and (head_name == "" or name.startswith(head_name + "."))
-        if is_param and not in_head and not (norms if is_norm(module) else biases):
+        if is_param and not inside(name, head_name) and not (norms if is_norm(module) else biases):
             continue
         names.append(name)
     return names
@@ -113,14 +114,8 @@ class Tasks:
         for a mask made without one, the default roles with the mask's names masked."""
         links = self.plan.aliases
         if mask.plan is not None:
-            built = aliases(model)
-            odd = sorted(set(links.items()) ^ set(built.items()))
-            if odd:
-                raise PacnetError(
-                    f"the mask's plan and the model tie tensors differently ({odd[0][0]!r} -> "
-                    f"{odd[0][1]!r} in one of them only): build the model as the one the mask "
-                    "was pruned from (e.g. the same tie_word_embeddings)"
-                )
+            odd = tie_mismatch(links, aliases(model))
+            check(odd is None, f"the mask was pruned from another model: {odd}")
         if names is None:
             chosen = list(self.plan.per_task)
         else:
