@@ -119,6 +119,9 @@ class RunSpec:
             "settings": non_default(bench_config),
             "params": non_default(params),
         }
+        revision = get_method(self.method).revision
+        if revision:
+            key["revision"] = revision
         if self.select != "none":
             key["select"] = {"mode": self.select, "folds": self.folds}
         if (self.device, self.amp) != ("cpu", "none"):

@@ -142,6 +142,9 @@ class Method(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     Params: ClassVar[type] = NoParams
+    revision: ClassVar[int] = 0
+    """Raised when a method's defaults or behaviour change, so runs stored before the change
+    (whose ids name only non-default settings) are not taken for new ones."""
 
     def __init__(self, params: Any = None):
         self.params = params if params is not None else self.Params()
