@@ -62,11 +62,21 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--select",
-        choices=("none", "cv"),
+        choices=("none", "cv", "holdout"),
         default=None,
-        help="choose each method's main strength by K-fold CV on the target training samples",
+        help="choose each method's main strength on the target training samples: K-fold "
+        "cross-validation (cv) or one held-out fold (holdout, K times cheaper)",
     )
-    parser.add_argument("--folds", type=int, default=3, help="folds for --select cv")
+    parser.add_argument(
+        "--folds", type=int, default=3, help="folds for --select (holdout holds out 1/K)"
+    )
+    parser.add_argument(
+        "--source-compute",
+        default=None,
+        metavar="standard|equal",
+        help="equal: the baselines start from a source model trained as many more steps as "
+        "PAC-Net's Allocate (equal source compute); reproduce takes standard,equal for both",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     parser.add_argument(
         "--deterministic",
@@ -275,6 +285,7 @@ def _run_spec(args: argparse.Namespace) -> Any:
         _settings(args, method_cls.Params),
         select=args.select or "none",
         folds=args.folds,
+        source_compute=args.source_compute or "standard",
         threads=args.threads,
         device=args.device,
         amp=args.amp,
@@ -326,6 +337,8 @@ def _grid_config(args: argparse.Namespace) -> dict:
         "jobs": 1,
         "settings": {},
         "params": {},
+        "search": {},
+        "source_compute": ["standard"],
     }
     path = args.config
     if path is not None:
@@ -354,12 +367,39 @@ def _grid_config(args: argparse.Namespace) -> dict:
                 f"--seeds-at needs SIZE=COUNT pairs, got {item!r}",
             )
             grid["seeds_at"][size.strip()] = int(count)
-    for key in ("select", "jobs"):
+    for key in ("select", "jobs", "source_compute"):
         if getattr(args, key) is not None:
             grid[key] = getattr(args, key)
+    if isinstance(grid["source_compute"], str):
+        grid["source_compute"] = [v.strip() for v in grid["source_compute"].split(",")]
     if args.folds != 3:
         grid["folds"] = args.folds
     return grid
+
+
+def _search_grids(search: dict, methods: Sequence[str]) -> dict[str, list[dict]]:
+    """Per method, the candidates a TOML ``[search.METHOD]`` table names: a table of lists
+    (their product) or ``candidates = [{...}, ...]`` (an explicit list)."""
+    import itertools
+
+    grids: dict[str, list[dict]] = {}
+    for method, spec in search.items():
+        check(method in methods, f"[search.{method}]: method {method!r} is not in this sweep")
+        check(isinstance(spec, dict), f"[search.{method}] must be a table")
+        if "candidates" in spec:
+            check(len(spec) == 1, f"[search.{method}]: candidates stands alone")
+            listed = spec["candidates"]
+            check(
+                isinstance(listed, list) and listed and all(isinstance(c, dict) for c in listed),
+                f"[search.{method}].candidates must be a list of tables",
+            )
+            grids[method] = [dict(c) for c in listed]
+        else:
+            values = {k: v if isinstance(v, list) else [v] for k, v in spec.items()}
+            check(values and all(values.values()), f"[search.{method}] names no values")
+            combos = itertools.product(*values.values())
+            grids[method] = [dict(zip(values, c, strict=True)) for c in combos]
+    return grids
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> None:
@@ -404,8 +444,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
         amp=args.amp,
         deterministic=args.deterministic,
     )
-    specs = plan(base, methods, sizes, seeds, params)
-    for spec in specs[:1]:
+    search = _search_grids(grid["search"], methods)
+    specs = plan(base, methods, sizes, seeds, params, search, grid["source_compute"])
+    for spec in {s.method: s for s in specs}.values():
         spec.resolved()  # bad settings fail before anything runs
     out = args.out or Path("runs", args.benchmark)
     with Store(args.db or DEFAULT_DB) as store:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from pacnet.benchmarks.base import Benchmark, Task
 from pacnet.benchmarks.celeba import CelebA
+from pacnet.benchmarks.digits import Digits
 from pacnet.benchmarks.fashion import Fashion
 from pacnet.benchmarks.friedman import Friedman
 from pacnet.benchmarks.ode import ODE
 from pacnet.benchmarks.pde import PDE
 from pacnet.errors import PacnetError
 
-BENCHMARKS: dict[str, type[Benchmark]] = {b.name: b for b in (Friedman, ODE, PDE, Fashion, CelebA)}
+BENCHMARKS: dict[str, type[Benchmark]] = {
+    b.name: b for b in (Friedman, ODE, PDE, Fashion, Digits, CelebA)
+}
 
 
 def get_benchmark(name: str) -> type[Benchmark]:

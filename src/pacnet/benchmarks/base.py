@@ -103,6 +103,9 @@ class Benchmark(ABC):
     """Torch CPU threads a run uses unless told otherwise (None: torch's default). Small
     models run faster on one thread, and parallel processes beat threads for them."""
     source_fields: ClassVar[tuple[str, ...]] = ()
+    source_name: ClassVar[str | None] = None
+    """Benchmarks with the same ``source_name`` and source settings share one source model
+    (None: the benchmark's own name)."""
 
     def __init__(self, config: Any, cache: StateCache | None = None):
         self.config = config

@@ -82,22 +82,34 @@ def _find(folder: Path, stem: str) -> Path:
 
 
 @dataclass
-class FashionConfig(ImageConfig):
-    """Fashion-MNIST transfer settings."""
+class FashionSourceConfig(ImageConfig):
+    """Settings of the Fashion-MNIST source task."""
 
     source_classes: tuple[int, ...] = (0, 1, 2, 3, 4)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_classes("source_classes", self.source_classes)
+
+
+def check_classes(name: str, values: tuple[int, ...]) -> None:
+    """Class numbers 0..9, at least two, none repeated."""
+    check(
+        len(values) >= 2 and len(set(values)) == len(values), f"{name} needs >= 2 distinct classes"
+    )
+    check(all(0 <= v < 10 for v in values), f"{name} must be class numbers 0..9")
+
+
+@dataclass
+class FashionConfig(FashionSourceConfig):
+    """Fashion-MNIST transfer settings."""
+
     target_classes: tuple[int, ...] = (5, 6, 7, 8, 9)
     target_pool: int = 500
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("source_classes", "target_classes"):
-            values = getattr(self, name)
-            check(
-                len(values) >= 2 and len(set(values)) == len(values),
-                f"{name} needs >= 2 distinct classes",
-            )
-            check(all(0 <= v < 10 for v in values), f"{name} must be class numbers 0..9")
+        check_classes("target_classes", self.target_classes)
         check(
             not set(self.source_classes) & set(self.target_classes),
             "source_classes and target_classes must not overlap",
@@ -105,15 +117,16 @@ class FashionConfig(ImageConfig):
         check(self.target_pool >= 1, "target_pool must be >= 1")
 
 
-class Fashion(ImageBenchmark):
-    name = "fashion"
+class FashionSource(ImageBenchmark):
+    """The Fashion-MNIST source task, images and scoring; subclasses bring the target."""
+
     metric = "error"
-    summary = "Fashion-MNIST, 5 source classes -> 5 target classes, ResNet-18 (offline), error"
-    Config = FashionConfig
     quick: ClassVar[dict[str, Any]] = {
-        "source_steps": 200,
-        "target_steps": 60,
-        "target_test": 1000,
+        "source_steps": 60,
+        "source_batch": 64,
+        "target_steps": 30,
+        "target_batch": 32,
+        "target_test": 500,
         "source_val": 500,
     }
     source_fields = (
@@ -127,8 +140,9 @@ class Fashion(ImageBenchmark):
         "source_lr",
         "source_batch",
     )
+    source_name = "fashion"  # every benchmark on this source shares its source model
 
-    def __init__(self, config: FashionConfig, cache: StateCache | None = None):
+    def __init__(self, config: FashionSourceConfig, cache: StateCache | None = None):
         super().__init__(config, cache)
         folder = Path(config.data_dir or DEFAULT_DIR)
         check(
@@ -142,7 +156,6 @@ class Fashion(ImageBenchmark):
             check(len(x) == len(y), f"{folder}: {split} images and labels differ in number")
             self._raw[split] = (x, y.long())
         self.source_outputs = len(config.source_classes)
-        self.target_outputs = len(config.target_classes)
         x = self._resize(self._select("train", config.source_classes)[0][:2000])
         self.mean, self.std = float(x.mean()), float(x.std())
         self._source: Task | None = None
@@ -180,6 +193,46 @@ class Fashion(ImageBenchmark):
             )
         return self._source
 
+    def loss_fn(self) -> LossFn:
+        return nn.functional.cross_entropy
+
+    def score(self, model: nn.Module, data: Data) -> float:
+        logits, labels = self.predictions(model, data)
+        return float((logits.argmax(1) != labels).float().mean())
+
+    def labelled_images(
+        self, x: Tensor, y: Tensor, classes: int, seed: int, size: int, test: Data
+    ) -> Task:
+        """The target task of ``seed``: ``size`` images per class from ``(x, y)`` (a seed
+        picks them; the classes interleave, so a smaller size is a prefix)."""
+        gen = torch.Generator().manual_seed(7919 * (seed + 1))
+        picked = []
+        for label in range(classes):
+            members = (y == label).nonzero().flatten()
+            picked.append(members[torch.randperm(len(members), generator=gen)[:size]])
+        index = torch.stack(picked, dim=1).flatten()  # interleaved: class 0, 1, ..., 0, 1, ...
+        return self.labelled(
+            len(index), "images", lambda s: self._data(x[index[s]], y[index[s]]), test
+        )
+
+    def test_subset(self, x: Tensor, y: Tensor) -> Data:
+        """The target test images, the first ``target_test`` of a fixed shuffle if set."""
+        if self.config.target_test:
+            keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(5))
+            keep = keep[: self.config.target_test]
+            x, y = x[keep], y[keep]
+        return self._data(x, y)
+
+
+class Fashion(FashionSource):
+    name = "fashion"
+    summary = "Fashion-MNIST, 5 source classes -> 5 target classes, ResNet-18 (offline), error"
+    Config = FashionConfig
+
+    def __init__(self, config: FashionConfig, cache: StateCache | None = None):
+        super().__init__(config, cache)
+        self.target_outputs = len(config.target_classes)
+
     @property
     def max_target_size(self) -> int:
         return self.config.target_pool
@@ -191,26 +244,5 @@ class Fashion(ImageBenchmark):
             f"target size {size} (per class) must lie in 1..{c.target_pool}",
         )
         x, y = self._select("train", c.target_classes)
-        gen = torch.Generator().manual_seed(7919 * (seed + 1))
-        picked = []
-        for label in range(len(c.target_classes)):
-            members = (y == label).nonzero().flatten()
-            picked.append(members[torch.randperm(len(members), generator=gen)[:size]])
-        index = torch.stack(picked, dim=1).flatten()  # interleaved: class 0, 1, ..., 0, 1, ...
-        tx, ty = self._select("test", c.target_classes)
-        if c.target_test:
-            keep = torch.randperm(len(tx), generator=torch.Generator().manual_seed(5))[
-                : c.target_test
-            ]
-            tx, ty = tx[keep], ty[keep]
-        test = self._data(tx, ty)
-        return self.labelled(
-            len(index), "images", lambda s: self._data(x[index[s]], y[index[s]]), test
-        )
-
-    def loss_fn(self) -> LossFn:
-        return nn.functional.cross_entropy
-
-    def score(self, model: nn.Module, data: Data) -> float:
-        logits, labels = self.predictions(model, data)
-        return float((logits.argmax(1) != labels).float().mean())
+        test = self.test_subset(*self._select("test", c.target_classes))
+        return self.labelled_images(x, y, len(c.target_classes), seed, size, test)

@@ -26,11 +26,14 @@ from pacnet.core.io import write_json
 from pacnet.errors import PacnetError, check, pacnet_version
 from pacnet.experiments.select import cross_validate
 from pacnet.methods import Method, TransferContext, get_method
+from pacnet.methods.base import candidates
 from pacnet.training import distributed
 from pacnet.training.cache import StateCache
 from pacnet.training.train import AMP_DTYPES, fit
 
 RESULT_FILE = "result.json"
+SELECT_MODES = ("none", "cv", "holdout")
+SOURCE_COMPUTE = ("standard", "equal")
 
 
 @dataclass
@@ -46,6 +49,8 @@ class RunSpec:
     method_params: dict[str, Any] = field(default_factory=dict)
     select: str = "none"
     folds: int = 3
+    candidates: tuple[dict[str, Any], ...] | None = None  # selection grid (None: Params.search)
+    source_compute: str = "standard"  # "equal": baselines' source trained as long as PAC-Net's
     device: str = "cpu"
     amp: str = "none"
     targets: tuple[int, ...] = ()  # several targets in one network: their seeds, in order
@@ -53,8 +58,22 @@ class RunSpec:
     deterministic: bool = False  # deterministic kernels (for CUDA; the CPU path already is)
 
     def __post_init__(self) -> None:
-        check(self.select in ("none", "cv"), f"select must be 'none' or 'cv', got {self.select!r}")
+        check(
+            self.select in SELECT_MODES,
+            f"select must be one of {', '.join(SELECT_MODES)}, got {self.select!r}",
+        )
         check(self.folds >= 2, f"folds must be >= 2, got {self.folds}")
+        check(
+            self.source_compute in SOURCE_COMPUTE,
+            f"source_compute must be one of {', '.join(SOURCE_COMPUTE)}, "
+            f"got {self.source_compute!r}",
+        )
+        if self.method == "pacnet":  # its source training + Allocate is the reference
+            self.source_compute = "standard"
+        if self.candidates is not None:
+            self.candidates = tuple(dict(c) for c in self.candidates)
+            check(self.candidates, "the candidate grid is empty")
+            check(self.select != "none", "a candidate grid needs --select cv or holdout")
         self.targets = tuple(self.targets)
         if self.targets:
             check(
@@ -62,7 +81,9 @@ class RunSpec:
                 f"--targets serves several targets from one PAC-Net network; method "
                 f"{self.method!r} cannot (use --method pacnet)",
             )
-            check(self.select == "none", "--targets cannot be combined with --select cv")
+            check(
+                self.select == "none", f"--targets cannot be combined with --select {self.select}"
+            )
             check(len(set(self.targets)) == len(self.targets), "--targets repeats a target")
             check(all(0 <= t < 2**31 for t in self.targets), "--targets must lie in [0, 2**31)")
         check(self.amp in AMP_DTYPES, f"amp must be one of {', '.join(AMP_DTYPES)}")
@@ -79,7 +100,18 @@ class RunSpec:
         """(benchmark settings, method hyperparameters) as validated dataclasses."""
         bench_cls, method_cls = get_benchmark(self.benchmark), get_method(self.method)
         settings = {**(bench_cls.quick if self.quick else {}), **self.bench_settings}
-        return make(bench_cls.Config, settings), make(method_cls.Params, self.method_params)
+        params = make(method_cls.Params, self.method_params)
+        for candidate in self.grid():
+            make(method_cls.Params, {**self.method_params, **candidate})  # fails early if bad
+        return make(bench_cls.Config, settings), params
+
+    def grid(self) -> list[dict[str, Any]]:
+        """The candidates a selection tries (empty without selection)."""
+        if self.select == "none":
+            return []
+        if self.candidates is not None:
+            return [dict(c) for c in self.candidates]
+        return candidates(get_method(self.method).Params)
 
     def make_benchmark(self, cache: StateCache | None = None) -> Benchmark:
         return get_benchmark(self.benchmark)(self.resolved()[0], cache)
@@ -98,10 +130,16 @@ class RunSpec:
             "target_fit": to_dict(bench_config.target_fit()),
         }
         if self.select != "none":
-            config["select"] = {"mode": self.select, "folds": self.folds}
+            config["select"] = self.selection()
         if (self.device, self.amp) != ("cpu", "none"):
             config["device"], config["amp"] = self.device, self.amp
+        if self.source_compute != "standard":
+            config["source_compute"] = self.source_compute
         return config
+
+    def selection(self) -> dict[str, Any]:
+        """How hyperparameters are chosen: mode, folds and the candidates tried."""
+        return {"mode": self.select, "folds": self.folds, "candidates": self.grid()}
 
     def run_id(self) -> str:
         """The run's identity: the hash of :meth:`identity`."""
@@ -123,9 +161,11 @@ class RunSpec:
         if revision:
             key["revision"] = revision
         if self.select != "none":
-            key["select"] = {"mode": self.select, "folds": self.folds}
+            key["select"] = self.selection()
         if (self.device, self.amp) != ("cpu", "none"):
             key["device"], key["amp"] = torch.device(self.device).type, self.amp
+        if self.source_compute != "standard":
+            key["source_compute"] = self.source_compute
         if self.targets:
             key["targets"] = list(self.targets)
         return key
@@ -152,12 +192,22 @@ def versions() -> dict[str, str]:
 
 
 def source_model(
-    bench: Benchmark, cache: StateCache, device: str = "cpu", amp: str = "none"
+    bench: Benchmark,
+    cache: StateCache,
+    device: str = "cpu",
+    amp: str = "none",
+    extra_steps: int = 0,
 ) -> tuple[torch.nn.Module, str]:
-    """The benchmark's trained source model (cached, on ``device``) and its cache key hash."""
+    """The benchmark's trained source model (cached, on ``device``) and its cache key hash.
+
+    ``extra_steps > 0`` continues training every weight of it for that many more steps with
+    a fresh optimizer and the source budget otherwise unchanged, as PAC-Net's Allocate
+    continues training the essential weights: the baselines' start under equal source
+    compute.
+    """
     key: dict[str, Any] = {
         "step": "source",
-        "benchmark": bench.name,
+        "benchmark": bench.source_name or bench.name,
         "config": bench.source_settings(),
     }
     if (device, amp) != ("cpu", "none"):
@@ -166,14 +216,36 @@ def source_model(
     if torch.device(device).type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     source = bench.source()
+    cfg = replace(bench.source_fit(), amp=amp)
 
     def build() -> dict:
-        cfg = replace(bench.source_fit(), amp=amp)
         fit(model, bench.loss_fn(), source.train, cfg, val=source.val, seed=0, desc="source")
         return model.state_dict()
 
     model.load_state_dict(cache(key, build))
+    if extra_steps:
+        key = {**key, "continued": extra_steps}
+
+        def more() -> dict:
+            fit(
+                model,
+                bench.loss_fn(),
+                source.train,
+                replace(cfg, steps=extra_steps),
+                val=source.val,
+                seed=0,
+                desc="source, continued",
+            )
+            return model.state_dict()
+
+        model.load_state_dict(cache(key, more))
     return model, config_hash(key)
+
+
+def extra_source_steps(spec: RunSpec, bench: Benchmark) -> int:
+    """Source steps a baseline's start gets on top of the source model's: PAC-Net's
+    Allocate budget under equal source compute, else none."""
+    return bench.source_fit().steps if spec.source_compute == "equal" else 0
 
 
 def run(
@@ -232,7 +304,8 @@ def prepare(spec: RunSpec, cache: StateCache) -> TransferContext:
         f"target size {spec.target_size} exceeds the pool of "
         f"{bench.max_target_size} target samples",
     )
-    model, source_key = source_model(bench, cache, spec.device, spec.amp)
+    extra = extra_source_steps(spec, bench)
+    model, source_key = source_model(bench, cache, spec.device, spec.amp, extra)
     target = bench.target(spec.seed, spec.target_size)
     return TransferContext(
         bench, model, bench.source(), target, spec.seed, source_key, cache, spec.amp
@@ -254,9 +327,16 @@ def _run(spec: RunSpec, out: str | Path | None, cache: StateCache | None) -> dic
     if spec.targets:
         return _run_chain(spec, out, ctx, method, source_before, start)
     selection = None
-    if spec.select == "cv":
+    if spec.select != "none":
         selection = cross_validate(
-            type(method), spec.method_params, ctx, bench, spec.folds, _seeded_transfer
+            type(method),
+            spec.method_params,
+            ctx,
+            bench,
+            spec.folds,
+            _seeded_transfer,
+            mode=spec.select,
+            grid=spec.grid(),
         )
         method = type(method)(
             make(type(method).Params, {**spec.method_params, **selection["chosen"]})

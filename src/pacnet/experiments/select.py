@@ -1,17 +1,23 @@
-"""Choosing a method's main strength on target validation data, with K-fold cross-validation.
+"""Choosing a method's main strength on target validation data.
 
-Every method gets the same budget: its ``Params.search`` grid (``SEARCH_BUDGET``
-candidates) times ``folds`` trainings. The N labelled target samples are split into
-``folds`` folds by position (sample i goes to fold i mod K); each candidate trains on K−1
-folds and is scored on the held-out one with the benchmark's metric; the candidate with the
-lowest mean validation score wins (ties: the earlier candidate). The test split is never
-looked at.
+Every method gets the same budget: its candidates (``Params.search``, ``SEARCH_BUDGET`` of
+them, or a grid the run names) times the trainings of the protocol. The N labelled target
+samples are split into K folds by position (sample i goes to fold i mod K; the image
+benchmarks interleave their classes, so every fold holds every class):
+
+* ``cv``: each candidate trains on K−1 folds and is scored on the held-out one, for each of
+  the K folds; the score is the mean;
+* ``holdout``: one split only, fold 0 held out (1/K of the samples); K times cheaper, for
+  models where K-fold cross-validation is too slow.
+
+Scores use the benchmark's metric; the lowest wins (ties: the earlier candidate), and the
+run then trains the winner on all N samples. The test split is never looked at.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -41,15 +47,17 @@ def folds_of(data: Data, k: int) -> list[tuple[Data, Data]]:
     return splits
 
 
-def cv_splits(data: Data, folds: int) -> list[tuple[Data, Data]]:
-    """The cross-validation splits of ``data``: ``folds`` of them, fewer for tiny data."""
+def cv_splits(data: Data, folds: int, mode: str = "cv") -> list[tuple[Data, Data]]:
+    """The validation splits of ``data``: ``folds`` of them (fewer for tiny data) for
+    ``cv``, the first of them for ``holdout``."""
     units = len(torch.unique(data.groups)) if data.groups is not None else len(data)
     k = min(folds, units)
     check(
         k >= 2,
-        f"choosing hyperparameters by cross-validation needs >= 2 target samples, got {units}",
+        f"choosing hyperparameters on validation data needs >= 2 target samples, got {units}",
     )
-    return folds_of(data, k)
+    splits = folds_of(data, k)
+    return splits[:1] if mode == "holdout" else splits
 
 
 def cv_score(
@@ -75,18 +83,29 @@ def cross_validate(
     bench: Benchmark,
     folds: int,
     run_one: Callable[[Method, TransferContext], Any],
+    mode: str = "cv",
+    grid: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Score every candidate by K-fold CV on ``ctx.target.train``; return the record."""
-    splits = cv_splits(ctx.target.train, folds)
-    k = len(splits)
+    """Score every candidate (``grid``, default the method's ``Params.search``) on
+    validation splits of ``ctx.target.train`` (``mode`` ``cv`` or ``holdout``); return the
+    record."""
+    splits = cv_splits(ctx.target.train, folds, mode)
     tried = []
-    for candidate in candidates(method_cls.Params):
+    for candidate in grid if grid is not None else candidates(method_cls.Params):
         method = method_cls(make(method_cls.Params, {**fixed, **candidate}))
         tried.append({"params": candidate, "val": cv_score(method, ctx, bench, splits, run_one)})
+    check(tried, f"{method_cls.__name__}: no candidates to choose from")
     best = min(range(len(tried)), key=lambda i: tried[i]["val"])
+    whole = " (whole trajectories held out)" if ctx.target.train.groups is not None else ""
+    train = ctx.target.train
+    k = min(folds, len(torch.unique(train.groups)) if train.groups is not None else len(train))
+    if mode == "holdout":
+        text = f"one held-out validation fold (1/{k} of the target training samples)"
+    else:
+        text = f"{k}-fold cross-validation on the target training samples"
     return {
-        "protocol": f"{k}-fold cross-validation on the target training samples"
-        + (" (whole trajectories held out)" if ctx.target.train.groups is not None else ""),
+        "protocol": text + whole,
+        "mode": mode,
         "folds": k,
         "candidates": tried,
         "chosen": tried[best]["params"],

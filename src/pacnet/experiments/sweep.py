@@ -17,7 +17,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from pacnet.experiments.runner import RunSpec, run, source_model, using_threads
+from pacnet.experiments.runner import (
+    RunSpec,
+    extra_source_steps,
+    run,
+    source_model,
+    using_threads,
+)
 from pacnet.experiments.store import Store
 from pacnet.training.cache import StateCache
 
@@ -36,16 +42,31 @@ def plan(
     sizes: Sequence[int],
     seeds: Sequence[int] | Mapping[int, Sequence[int]],
     method_params: Mapping[str, Mapping[str, Any]] | None = None,
+    search: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    source_compute: Sequence[str] = ("standard",),
 ) -> list[RunSpec]:
-    """Every (method, size, seed) run of a grid; ``seeds`` is one list or size -> seeds."""
-    method_params = method_params or {}
+    """Every (method, source compute, size, seed) run of a grid; ``seeds`` is one list or
+    size -> seeds; ``search`` gives some methods their own candidate grids. PAC-Net runs
+    once whatever ``source_compute`` says (its own source compute is the reference)."""
+    method_params, search = method_params or {}, search or {}
     seeds_for = seeds if isinstance(seeds, Mapping) else dict.fromkeys(sizes, seeds)
-    return [
-        replace(base, method=m, target_size=n, seed=s, method_params=dict(method_params.get(m, {})))
-        for m in methods
-        for n in sizes
-        for s in seeds_for[n]
-    ]
+    specs: dict[str, RunSpec] = {}
+    for m in methods:
+        grid = search.get(m)
+        for compute in source_compute:
+            for n in sizes:
+                for s in seeds_for[n]:
+                    spec = replace(
+                        base,
+                        method=m,
+                        target_size=n,
+                        seed=s,
+                        method_params=dict(method_params.get(m, {})),
+                        candidates=None if grid is None else tuple(dict(c) for c in grid),
+                        source_compute=compute,
+                    )
+                    specs.setdefault(spec.run_id(), spec)
+    return list(specs.values())
 
 
 def sweep(
@@ -66,10 +87,13 @@ def sweep(
     done = store.ids()
     todo = [spec for spec, run_id in zip(specs, ids, strict=True) if run_id not in done]
     for base in {
-        (s.benchmark, json.dumps(s.identity()["settings"], sort_keys=True)): s for s in todo
+        (s.benchmark, s.source_compute, json.dumps(s.identity()["settings"], sort_keys=True)): s
+        for s in todo
     }.values():
         with using_threads(base):  # the source model, once per benchmark setting
-            source_model(base.make_benchmark(cache), cache, base.device, base.amp)
+            bench = base.make_benchmark(cache)
+            extra = extra_source_steps(base, bench)
+            source_model(bench, cache, base.device, base.amp, extra)
 
     def finished(result: dict[str, Any]) -> None:
         store.add(result)

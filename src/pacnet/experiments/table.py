@@ -36,16 +36,35 @@ def protocol(results: Sequence[dict[str, Any]]) -> str:
         )
     select = config.get("select")
     if select:
-        from pacnet.methods.base import SEARCH_BUDGET
-
-        choice = (
-            f"each method's main strength chosen per run by {select['folds']}-fold "
-            f"cross-validation on the target training samples ({SEARCH_BUDGET} candidates "
-            "per method; the test split is never used)"
-        )
+        choice = selection_text(results)
     else:
         choice = "hyperparameters fixed at the values in each run's config"
     return f"Protocol: {training}; {choice}."
+
+
+def selection_text(results: Sequence[dict[str, Any]]) -> str:
+    """How the runs in ``results`` chose their main strength: protocol and candidates."""
+    from pacnet.methods.base import SEARCH_BUDGET
+
+    select = results[0]["config"]["select"]
+    mode, folds = select.get("mode", "cv"), select["folds"]
+    counts: dict[str, int] = {}
+    for r in results:
+        grid = r["config"].get("select", {}).get("candidates")
+        counts.setdefault(r["method"], SEARCH_BUDGET if grid is None else len(grid))
+    if len(set(counts.values())) == 1:
+        many = f"{next(iter(counts.values()))} candidates per method"
+    else:
+        many = "candidates: " + ", ".join(f"{m} {n}" for m, n in counts.items())
+    how = (
+        f"{folds}-fold cross-validation"
+        if mode == "cv"
+        else f"one held-out validation fold (1/{folds} of the samples)"
+    )
+    return (
+        f"each method's main strength chosen per run by {how} on the target training "
+        f"samples ({many}; the winner then trains on all of them; the test split is never used)"
+    )
 
 
 def summarize(results: Iterable[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
