@@ -78,6 +78,25 @@ def test_celeba_source_training_then_pacnet_keeps_the_source_exact(tmp_path):
     assert 0.0 <= bench.score(model, target.test) <= 1.0
 
 
+def test_celeba_too_few_training_images_for_source_val_says_how_many_and_the_flag(tmp_path, capsys):
+    root = make_celeba(tmp_path / "celeba", n=12)  # paper split: 6 training images
+    settings = {**TINY_IMAGES, "source_val": 200}  # what --quick sets
+    message = (
+        r"the paper split has 6 training images, source_val=200 needs at least 201 .*"
+        r"lower it with --source-val N \(--quick sets 200\)$"
+    )
+    with pytest.raises(PacnetError, match=message):
+        CelebA(CelebAConfig(data_dir=str(root), **settings))
+    CelebA(CelebAConfig(data_dir=str(root), **{**settings, "source_val": 5}))  # 5 + 1 fit
+    with pytest.raises(PacnetError, match="needs at least 7"):
+        CelebA(CelebAConfig(data_dir=str(root), **{**settings, "source_val": 6}))
+    common = ["run", "celeba", "--method", "finetune", "--quick", "--data-dir", str(root)]
+    common += ["--target-attributes", "Smiling,Bangs"]
+    assert main([*common, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has 6 training images" in err and "--source-val N" in err
+
+
 def test_celeba_split_and_paired_targets(tmp_path):
     root = make_celeba(tmp_path / "celeba")
     paper = CelebA(CelebAConfig(data_dir=str(root), **TINY_IMAGES))

@@ -123,7 +123,7 @@ def test_channel_attention_ranks_the_channel_that_matters():
         deltas = torch.tensor(
             [((model[1].weight[0, c] * h[:, c]) ** 2).mean() for c in range(3)], dtype=torch.float64
         )
-    z = (deltas - deltas.mean()) / deltas.std()
+    z = (deltas - deltas.mean()) / deltas.std(correction=0)  # NumPy's std, as TLlib
     assert torch.allclose(attention, torch.softmax(z / 5.0, 0).float(), atol=1e-5)
     assert attention[1] < attention[2] < attention[0]  # channel 1 is unused by the head
     assert math.isclose(float(attention.sum()), 1.0, rel_tol=1e-6)

@@ -1,8 +1,9 @@
 """Typed dataclasses as the one source of truth for settings: CLI flags, parsing, hashing.
 
 ``add_flags`` turns every field of a settings dataclass into a ``--flag`` (``ratio`` ->
-``--ratio``, ``allocate_steps`` -> ``--allocate-steps``); ``build`` makes the dataclass
-from parsed flags over a base; ``config_hash`` names a resolved configuration.
+``--ratio``, ``allocate_steps`` -> ``--allocate-steps``; a field's ``metadata["shown"]``
+words a default that is resolved later, for the help); ``build`` makes the dataclass from
+parsed flags over a base; ``config_hash`` names a resolved configuration.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
     for f in dataclasses.fields(cls):
         convert, meta = _parser_for(hints[f.name], f.name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = f.metadata.get("shown", default)  # a default resolved later, in words
         group.add_argument(
             _flag(f.name),
             dest=f"{cls.__name__}.{f.name}",

@@ -2,7 +2,9 @@
 
 The training loop adds each term with its weight (``pacnet.fit(..., penalties=[(w, term)])``).
 Definitions (TLlib's conventions, except that feature terms average over the batch instead
-of summing, so a weight does not depend on the batch size):
+of summing, so a weight does not depend on the batch size; TLlib's weight ``t`` on a
+batch-summed term is ``α = t · B`` on ours, B the batch size, which is how DELTA's default
+α is set in :mod:`pacnet.methods.regularized`):
 
 * :class:`L2` — ``½ Σ ‖w‖²`` (the new head's penalty in L2-SP and DELTA).
 * :class:`StartingPoint` — L2-SP (Li et al. 2018): ``½ Σ ‖w − w⁰‖²`` toward the source
@@ -11,7 +13,10 @@ of summing, so a weight does not depend on the batch size):
   being trained and ``S`` those of the frozen source model on the same batch,
   ``½ · mean_b Σ_l Σ_c C_l·a_{l,c} · ‖F_{b,l,c} − S_{b,l,c}‖² / (H·W)``; ``a`` is the channel
   attention (a softmax over the channels of each layer, see :func:`channel_attention`),
-  and ``C_l·a_{l,c} = 1`` without attention.
+  and ``C_l·a_{l,c} = 1`` without attention. TLlib's ``AttentionBehavioralRegularization``
+  is the same with ``Σ_b`` for ``mean_b``; its attention-free
+  ``BehavioralRegularization`` is ``½ Σ_b Σ_l ‖F_{b,l} − S_{b,l}‖²``, without the
+  ``/(H·W)`` that ours keeps without attention.
 * :class:`SpectralShrinkage` — BSS (Chen et al. 2019): ``Σ_{i<k} σ_{(i)}²``, the k smallest
   singular values of the (batch × features) matrix entering the head, squared.
 """
@@ -146,7 +151,10 @@ def channel_attention(
 
     For each layer and output channel ``c``, the channel's output is set to zero (a forward
     hook) and the loss increase ``Δ_c`` over ``data`` is measured with the source model
-    (in eval mode). Per layer, ``a = softmax(zscore(Δ) / temperature)``, as in TLlib.
+    (in eval mode). Per layer, ``a = softmax(zscore(Δ) / temperature)``, as in TLlib (the
+    z-score with the population standard deviation, NumPy's ``std``). On a bias-free
+    convolution (TLlib's layers), zeroing a channel's output is TLlib's zeroing of that
+    channel's weights.
     """
     modules = dict(model.named_modules())
     was_training = model.training
@@ -178,7 +186,7 @@ def channel_attention(
         finally:
             handle.remove()
         delta = torch.tensor(deltas, dtype=torch.float64)
-        spread = delta.std() if delta.numel() > 1 else torch.tensor(0.0, dtype=torch.float64)
+        spread = delta.std(correction=0)
         z = (delta - delta.mean()) / spread if spread > 0 else torch.zeros_like(delta)
         attention[name] = torch.softmax(z / temperature, 0).float()
     model.train(was_training)

@@ -213,7 +213,14 @@ class CelebA(ImageBenchmark):
         self.folder, self.files, self.labels = root / IMAGES, files, labels
         self.train_index = train.nonzero().flatten()
         self.test_index = test.nonzero().flatten()
-        check(len(self.train_index) > config.source_val, "too few training images for source_val")
+        n_train, n_val = len(self.train_index), config.source_val
+        check(
+            n_train > n_val,
+            f"too few training images for source_val: the {config.split} split has {n_train} "
+            f"training images, source_val={n_val} needs at least {n_val + 1} (the validation "
+            f"images plus one to train on); lower it with --source-val N "
+            f"(--quick sets {self.quick['source_val']})",
+        )
         self._source: Task | None = None
 
     def _images(self, index: Tensor, columns: list[int]) -> StreamingImages:

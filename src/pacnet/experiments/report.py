@@ -5,8 +5,11 @@ its default, the selection protocol and the device) and, within a setting, into 
 (method and its non-default hyperparameters). Per setting the report has the protocol
 line, mean ± std (n) of the target metric per variant and target size (best in bold), the
 paired difference to fine-tuning, the source error before and after (forgetting) with the
-trainable and stored parameter counts, and two plots: target error against target size
-(log x, one line per variant, ± std) and source retention bars. Runs that served several
+trainable and stored parameter counts, and three plots: target error against target size
+(log x, one line per variant, ± std), source retention bars and, when the setting has
+fine-tuning runs, the paired difference to fine-tuning against target size (method −
+fine-tuning on the seeds both ran, mean ± standard error, one line per other variant, a
+line at 0; the values of the paired table). Runs that served several
 targets from one network (``pacnet run --targets``) get a table of their own per setting:
 every task's error after each addition, with one-target runs of the same targets beside it.
 """
@@ -22,7 +25,14 @@ from typing import Any
 
 from pacnet.core.io import write_bytes_atomic
 from pacnet.experiments.runner import DETERMINISM_NOTE
-from pacnet.experiments.table import chain_markdown, markdown, protocol, summarize
+from pacnet.experiments.table import (
+    REFERENCE,
+    chain_markdown,
+    markdown,
+    paired,
+    protocol,
+    summarize,
+)
 
 PAPER_NOTE = (
     "Paper numbers: the PAC-Net paper's numeric tables are not available to this project "
@@ -105,6 +115,27 @@ def _plots(rows: Sequence[dict[str, Any]], metric: str, stem: Path) -> list[str]
     write_bytes_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
     names.append(path.name)
+
+    if REFERENCE in variants and (diffs := paired(rows, REFERENCE)):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for v in variants:
+            sizes = sorted(n for (m, n) in diffs if m == v)
+            if not sizes:
+                continue
+            means = [diffs[(v, n)]["mean"] for n in sizes]
+            sems = [diffs[(v, n)]["sem"] for n in sizes]  # NaN (no bar) for one seed
+            ax.errorbar(sizes, means, yerr=sems, marker="o", capsize=3, label=v)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("target training size")
+        ax.set_ylabel(f"target test {metric}: method − {REFERENCE}\n(same seeds, mean ± s.e.)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = stem.with_name(stem.name + "-paired.png")
+        write_bytes_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        plt.close(fig)
+        names.append(path.name)
     return names
 
 

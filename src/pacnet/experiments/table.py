@@ -10,6 +10,9 @@ from typing import Any
 
 from pacnet.errors import check
 
+REFERENCE = "finetune"
+"""The variant paired differences are taken to (when a setting has it)."""
+
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
@@ -108,7 +111,7 @@ def markdown(results: Sequence[dict[str, Any]], metric: str = "rmse") -> str:
             text = f"{s['target'][0]:.3f} ± {s['target'][1]:.3f} ({s['n']})"
             cells.append(f"**{text}**" if s["target"][0] == best[n] else text)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    reference = "finetune" if "finetune" in methods else methods[0]
+    reference = REFERENCE if REFERENCE in methods else methods[0]
     lines += ["", *paired_markdown(results, reference, metric)]
     lines += [
         "",
@@ -132,7 +135,10 @@ def markdown(results: Sequence[dict[str, Any]], metric: str = "rmse") -> str:
 def paired(
     results: Iterable[dict[str, Any]], reference: str
 ) -> dict[tuple[str, int], dict[str, Any]]:
-    """Per (method, size): differences to ``reference`` on the same seeds (paired draws)."""
+    """Per (method, size): differences to ``reference`` on the same seeds (paired draws):
+    ``n`` seeds both ran, the ``mean`` difference, its standard error ``sem`` (NaN for one
+    seed) and ``wins`` (seeds where the method is lower). The paired table and the report's
+    paired plot both read this."""
     by_key = {(r["method"], r["target_size"], r["seed"]): r["target_test"] for r in results}
     diffs: dict[tuple[str, int], list[float]] = defaultdict(list)
     for (method, size, seed), value in by_key.items():

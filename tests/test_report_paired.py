@@ -1,0 +1,80 @@
+"""The report's paired-difference plot, from hand-made rows."""
+
+import math
+
+import pytest
+
+from pacnet.experiments.report import report
+from pacnet.experiments.table import paired
+
+PNG = b"\x89PNG\r\n\x1a\n"
+ERRORS = {  # (method, size) -> target error per seed 0, 1, 2
+    ("finetune", 10): (0.50, 0.40, 0.60),
+    ("finetune", 100): (0.30, 0.20, 0.25),
+    ("pacnet", 10): (0.40, 0.35, 0.62),
+    ("pacnet", 100): (0.28, 0.21, 0.20),
+    ("l2sp", 10): (0.45, 0.41, 0.55),
+    ("l2sp", 100): (0.31, 0.19),  # seed 2 missing: paired on seeds 0 and 1 only
+}
+
+
+def _row(method, size, seed, error):
+    return {
+        "benchmark": "friedman",
+        "method": method,
+        "target_size": size,
+        "seed": seed,
+        "metric": "rmse",
+        "target_test": error,
+        "source_test_before": 1.0,
+        "source_test_after": 1.0 if method == "pacnet" else 1.2,
+        "trainable_params": 100,
+        "stored_params": 200,
+        "seconds": 1.0,
+        "identity": {"settings": {"quick": True}, "params": {}},
+        "config": {
+            "target_fit": {
+                "steps": 10,
+                "optimizer": "adam",
+                "lr": 0.001,
+                "batch_size": 32,
+                "patience": None,
+            }
+        },
+    }
+
+
+def _rows(methods):
+    return [
+        _row(m, n, seed, e)
+        for (m, n), errors in ERRORS.items()
+        if m in methods
+        for seed, e in enumerate(errors)
+    ]
+
+
+def test_the_paired_plot_is_written_linked_and_plots_the_paired_table_values(tmp_path):
+    rows = _rows({"finetune", "pacnet", "l2sp"})
+    path = report(rows, tmp_path)
+    text = path.read_text()
+    assert (tmp_path / "setting1-paired.png").read_bytes()[:8] == PNG
+    assert "](setting1-paired.png)" in text
+    stats = paired(rows, "finetune")
+    assert set(stats) == {(m, n) for m in ("pacnet", "l2sp") for n in (10, 100)}
+    for (method, size), s in stats.items():
+        mine, reference = ERRORS[(method, size)], ERRORS[("finetune", size)]
+        d = [mine[seed] - reference[seed] for seed in range(len(mine))]
+        k = len(d)
+        assert s["n"] == k == (2 if (method, size) == ("l2sp", 100) else 3)
+        assert s["mean"] == pytest.approx(sum(d) / k)
+        centred = [v - sum(d) / k for v in d]
+        sem = math.sqrt(sum(c * c for c in centred) / (k - 1)) / math.sqrt(k)
+        assert s["sem"] == pytest.approx(sem)
+        assert s["wins"] == sum(v < 0 for v in d)
+
+
+def test_no_paired_plot_without_fine_tuning_runs(tmp_path):
+    text = report(_rows({"pacnet", "l2sp"}), tmp_path).read_text()
+    assert (tmp_path / "setting1-target.png").exists()
+    assert not (tmp_path / "setting1-paired.png").exists()
+    assert "paired.png" not in text
