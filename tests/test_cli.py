@@ -279,6 +279,7 @@ def test_shipped_grid_configs_are_valid(tmp_path):
     import tomllib
     from pathlib import Path
 
+    from pacnet.cli import _search_grids
     from pacnet.config import make
     from pacnet.methods import get_method
 
@@ -290,4 +291,7 @@ def test_shipped_grid_configs_are_valid(tmp_path):
             get_method(m)
         for m, params in grid.get("params", {}).items():
             make(get_method(m).Params, params)
+        for m, candidates in _search_grids(grid.get("search", {}), grid["methods"]).items():
+            for candidate in candidates:
+                make(get_method(m).Params, {**grid.get("params", {}).get(m, {}), **candidate})
         assert all(int(n) in grid["target_sizes"] for n in grid.get("seeds_at", {})), path

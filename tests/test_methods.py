@@ -120,7 +120,11 @@ def test_selection_picks_the_best_validation_candidate_and_uses_it():
     best = min(selection["candidates"], key=lambda c: c["val"])
     assert selection["chosen"] == best["params"]
     assert result["params_used"]["alpha"] == best["params"]["alpha"]
-    assert result["config"]["select"] == {"mode": "cv", "folds": 3}
+    assert result["config"]["select"] == {
+        "mode": "cv",
+        "folds": 3,
+        "candidates": [c["params"] for c in selection["candidates"]],
+    }
     assert result["config"]["method"]["alpha"] == 0.01  # the requested value, for the run id
 
 

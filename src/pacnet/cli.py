@@ -206,6 +206,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         help="instead of --db: a folder searched for result.json files",
     )
     rpt.add_argument("--benchmark", default=None, help="only this benchmark")
+    rpt.add_argument(
+        "--across",
+        default=None,
+        metavar="SETTING[,SETTING]",
+        help="also show the paired difference to fine-tuning against a benchmark setting, "
+        "e.g. width (over runs that differ only in it)",
+    )
     rpt.add_argument("--out", type=Path, default=Path("runs/report"), help="report folder")
     rpt.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -541,7 +548,13 @@ def _cmd_report(args: argparse.Namespace) -> None:
         with Store(db) as store:
             rows = store.results(args.benchmark)
     check(rows, "no stored results to report")
-    path = report(rows, args.out)
+    across = [a.strip() for a in (args.across or "").split(",") if a.strip()]
+    for name in across:
+        check(
+            any(name in r["config"]["benchmark"] for r in rows),
+            f"--across {name}: no stored run has a benchmark setting of that name",
+        )
+    path = report(rows, args.out, across)
     print(f"report of {len(rows)} runs written to {path}")
 
 

@@ -58,15 +58,23 @@ def setting_key(row: dict[str, Any]) -> str:
     """What separates incomparable groups of rows."""
     ident = _identity(row)
     parts = {k: ident.get(k) for k in ("settings", "select", "device", "amp") if ident.get(k)}
+    if "select" in parts:  # each method has its own candidates; the protocol is shared
+        parts["select"] = {k: v for k, v in parts["select"].items() if k != "candidates"}
     return json.dumps({"benchmark": row["benchmark"], **parts}, sort_keys=True)
 
 
+EQUAL = " [equal source compute]"
+
+
 def variant(row: dict[str, Any]) -> str:
-    """Method name plus its non-default hyperparameters, e.g. ``pacnet (lam=0.1)``."""
-    params = _identity(row).get("params") or {}
-    if not params:
-        return row["method"]
-    return f"{row['method']} ({', '.join(f'{k}={v}' for k, v in sorted(params.items()))})"
+    """Method name plus its non-default hyperparameters, e.g. ``pacnet (lam=0.1)``, and
+    ``[equal source compute]`` for a baseline started from the longer-trained source."""
+    ident = _identity(row)
+    params = ident.get("params") or {}
+    name = row["method"]
+    if params:
+        name += f" ({', '.join(f'{k}={v}' for k, v in sorted(params.items()))})"
+    return name + (EQUAL if ident.get("source_compute") == "equal" else "")
 
 
 def _describe(key: str) -> str:
@@ -156,8 +164,127 @@ def _section(title: str, rows: Sequence[dict[str, Any]], noun: str) -> list[str]
     ]
 
 
-def report(rows: Sequence[dict[str, Any]], out: str | Path) -> Path:
-    """Write ``out/report.md`` and its plots from ``rows``; returns the report's path."""
+def against_baselines(rows: Sequence[dict[str, Any]], metric: str) -> list[str]:
+    """Markdown lines: PAC-Net − each other variant on the same seeds, when some baselines
+    ran under equal source compute (does PAC-Net's lead survive the longer-trained start?)."""
+    variants = list(dict.fromkeys(r["method"] for r in rows))
+    ours = [v for v in variants if v.split(" ")[0] == "pacnet"]
+    if not ours or not any(v.endswith(EQUAL) for v in variants):
+        return []
+    sizes = sorted({r["target_size"] for r in rows})
+    lines = [
+        f"PAC-Net against each baseline under standard and equal source compute ({metric} of "
+        "PAC-Net − baseline on the same seeds, mean ± standard error, then PAC-Net's "
+        "wins/seeds; negative = PAC-Net better):",
+        "",
+        "| PAC-Net variant − baseline | " + " | ".join(f"N={n}" for n in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
+    for mine in ours:
+        for other in variants:
+            if other in ours:
+                continue
+            stats = paired([r for r in rows if r["method"] in (mine, other)], other)
+            cells = []
+            for n in sizes:
+                st = stats.get((mine, n))
+                cells.append(
+                    "–"
+                    if st is None
+                    else f"{st['mean']:+.3f} ± {st['sem']:.3f} ({st['wins']}/{st['n']})"
+                )
+            lines.append(f"| {mine} − {other} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _setting_value(row: dict[str, Any], name: str) -> Any:
+    return row["config"]["benchmark"].get(name)
+
+
+def across_section(rows: Sequence[dict[str, Any]], name: str, out: Path, index: int) -> list[str]:
+    """How the paired difference to fine-tuning changes with benchmark setting ``name``
+    (e.g. the network's width): a table (rows: variant and target size, columns: the
+    setting's values) and a plot of the gap ± standard error against the setting."""
+    families: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        ident = json.loads(setting_key(row))
+        ident.get("settings", {}).pop(name, None)
+        if not ident.get("settings", True):
+            del ident["settings"]
+        families[json.dumps(ident, sort_keys=True)].append(row)
+    lines: list[str] = []
+    for number, (key, family) in enumerate(sorted(families.items()), start=index):
+        values = sorted({_setting_value(r, name) for r in family})
+        if len(values) < 2:
+            continue
+        gaps: dict[tuple[str, int], dict[Any, dict[str, Any]]] = defaultdict(dict)
+        for value in values:
+            part = [r for r in family if _setting_value(r, name) == value]
+            for (method, size), st in paired(part, REFERENCE).items():
+                gaps[(method, size)][value] = st
+        if not gaps:
+            continue
+        metric = family[0]["metric"]
+        lines += [
+            "",
+            f"## {number}. {_describe(key)} — paired difference to {REFERENCE} against {name}",
+            "",
+            f"{metric} of method − {REFERENCE} on the same seeds, mean ± standard error "
+            f"(wins/seeds), per {name}; negative = better than {REFERENCE}.",
+            "",
+            "| method | N | " + " | ".join(f"{name}={v}" for v in values) + " |",
+            "|---|---|" + "---|" * len(values),
+        ]
+        for (method, size), by_value in sorted(gaps.items()):
+            cells = [
+                "–"
+                if (st := by_value.get(v)) is None
+                else f"{st['mean']:+.3f} ± {st['sem']:.3f} ({st['wins']}/{st['n']})"
+                for v in values
+            ]
+            lines.append(f"| {method} | {size} | " + " | ".join(cells) + " |")
+        plot = _across_plot(gaps, name, metric, out / f"across{number}-{name}.png")
+        lines += ["", f"![{plot}]({plot})"]
+    return lines
+
+
+def _across_plot(
+    gaps: dict[tuple[str, int], dict[Any, dict[str, Any]]], name: str, metric: str, path: Path
+) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for (method, size), by_value in sorted(gaps.items()):
+        xs = sorted(by_value)
+        ax.errorbar(
+            xs,
+            [by_value[x]["mean"] for x in xs],
+            yerr=[by_value[x]["sem"] for x in xs],
+            marker="o",
+            capsize=3,
+            label=f"{method}, N={size}",
+        )
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    if all(isinstance(x, int | float) and x > 0 for g in gaps.values() for x in g):
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(name)
+    ax.set_ylabel(f"target test {metric}: method − {REFERENCE}\n(same seeds, mean ± s.e.)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    write_bytes_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return path.name
+
+
+def report(rows: Sequence[dict[str, Any]], out: str | Path, across: Sequence[str] = ()) -> Path:
+    """Write ``out/report.md`` and its plots from ``rows``; returns the report's path.
+
+    ``across``: benchmark settings (e.g. ``width``) to show the paired difference to
+    fine-tuning against, over settings that differ only in that one."""
     out = Path(out)
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     chains: dict[tuple[str, int, int], list[dict[str, Any]]] = defaultdict(list)
@@ -179,6 +306,8 @@ def report(rows: Sequence[dict[str, Any]], out: str | Path) -> Path:
         metric = group[0]["metric"]
         lines += _section(f"## {index}. {_describe(key)}", group, "runs")
         lines.append(markdown(group, metric))
+        if extra := against_baselines(group, metric):
+            lines += ["", *extra]
         plots = _plots(group, metric, out / f"setting{index}")
         lines += [""] + [f"![{name}]({name})" for name in plots]
     start = len(groups) + 1
@@ -186,6 +315,9 @@ def report(rows: Sequence[dict[str, Any]], out: str | Path) -> Path:
         title = f"## {index}. {_describe(key)} — {width} targets in one network, N={size} each"
         lines += _section(title, chain, "chains")
         lines.append(chain_markdown(chain, groups.get(key, []), chain[0]["metric"]))
+    singles = [r for group in groups.values() for r in group]
+    for name in across:
+        lines += across_section(singles, name, out, len(groups) + len(chains) + 1)
     path = out / "report.md"
     text = "\n".join(lines) + "\n"
     write_bytes_atomic(path, lambda tmp: Path(tmp).write_text(text))

@@ -68,8 +68,8 @@ class RunSpec:
             f"source_compute must be one of {', '.join(SOURCE_COMPUTE)}, "
             f"got {self.source_compute!r}",
         )
-        if self.method == "pacnet":  # its source training + Allocate is the reference
-            self.source_compute = "standard"
+        if not get_method(self.method).starts_from_source:
+            self.source_compute = "standard"  # PAC-Net is the reference; scratch has no source
         if self.candidates is not None:
             self.candidates = tuple(dict(c) for c in self.candidates)
             check(self.candidates, "the candidate grid is empty")

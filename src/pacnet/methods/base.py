@@ -142,6 +142,10 @@ class Method(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     Params: ClassVar[type] = NoParams
+    starts_from_source: ClassVar[bool] = True
+    """False for methods whose start is not the plain source model (PAC-Net: its source
+    training + Allocate is what equal source compute matches; scratch: no source at all),
+    so ``--source-compute equal`` leaves them as they are."""
     revision: ClassVar[int] = 0
     """Raised when a method's defaults or behaviour change, so runs stored before the change
     (whose ids name only non-default settings) are not taken for new ones."""

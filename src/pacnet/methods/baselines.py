@@ -53,6 +53,7 @@ class Scratch(Method):
     name = "scratch"
     summary = "train a fresh model on the target data only (the source model is kept aside)"
     Params = LearningRate
+    starts_from_source = False
 
     def transfer(self, ctx: TransferContext) -> Transfer:
         model = with_target_head(ctx.benchmark.make_model(ctx.seed), ctx)

@@ -52,6 +52,7 @@ class PacNet(Method):
         "prune the source, retrain its essential weights, train the redundant ones on the target"
     )
     Params = PacNetParams
+    starts_from_source = False  # its source training + Allocate is the reference
 
     def allocated(self, ctx: TransferContext) -> tuple[nn.Module, Mask]:
         """A copy of the source model, pruned and allocated (cached per source and setting)."""
