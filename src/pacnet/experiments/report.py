@@ -152,16 +152,41 @@ def _mean(rows: Sequence[dict[str, Any]], method: str, key: str) -> float:
 
 
 def _section(title: str, rows: Sequence[dict[str, Any]], noun: str) -> list[str]:
-    """A setting's heading, its protocol and how long its runs took."""
+    """A setting's heading, its protocol, how long its runs took and where they ran."""
     seconds = sum(r["seconds"] for r in rows)
     return [
         "",
         title,
         "",
         protocol(rows),
-        f"{len(rows)} {noun}; their run times add up to {seconds / 60:.1f} minutes.",
+        f"{len(rows)} {noun}; their run times add up to {seconds / 60:.1f} minutes"
+        f"{_span(rows)}. {_machines(rows)}",
         "",
     ]
+
+
+def _span(rows: Sequence[dict[str, Any]]) -> str:
+    """The wall time from the first run's start to the last run's end, when known."""
+    import datetime
+
+    try:
+        ends = [datetime.datetime.fromisoformat(r["finished"]) for r in rows]
+    except (KeyError, TypeError, ValueError):
+        return ""
+    starts = [e - datetime.timedelta(seconds=r["seconds"]) for e, r in zip(ends, rows, strict=True)]
+    wall = (max(ends) - min(starts)).total_seconds()
+    return f", {wall / 60:.1f} minutes of wall time from the first start to the last finish"
+
+
+def _machines(rows: Sequence[dict[str, Any]]) -> str:
+    """Where the runs ran: CPU model and cores (or platform), device."""
+    seen = []
+    for r in rows:
+        v = r.get("versions", {})
+        where = v.get("machine") or v.get("platform", "unknown machine")
+        device = (r.get("identity") or {}).get("device", "cpu")
+        seen.append(f"{where}, {device}, torch {v.get('torch', '?')}")
+    return "Ran on: " + "; ".join(dict.fromkeys(seen)) + "."
 
 
 def against_baselines(rows: Sequence[dict[str, Any]], metric: str) -> list[str]:

@@ -182,13 +182,31 @@ def non_default(obj: Any) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
+    """Software versions and the machine a run ran on."""
     return {
         "pacnet": pacnet_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "machine": machine(),
     }
+
+
+def machine() -> str:
+    """The CPU model and the cores this process may use, e.g. ``2 × AMD EPYC 7B13``."""
+    import os
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):  # noqa: SIM115 (short read)
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cores} × {model}"
 
 
 def source_model(
