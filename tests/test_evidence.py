@@ -120,6 +120,7 @@ def test_reproduce_reads_search_grids_and_both_source_computes(tmp_path, capsys)
     assert "finetune [equal source compute]" in text
     assert "| pacnet − finetune [equal source compute] |" in text
     assert "2 candidates per method" in text and "held-out validation fold" in text
+    assert "minutes of wall time" in text and "Ran on: " in text and " × " in text
     bad = tmp_path / "bad.toml"
     bad.write_text('methods = ["finetune"]\n[search.pacnet]\nratio = [0.5]\n')
     assert main(["reproduce", "friedman", "--config", str(bad), "--db", str(db)]) == 2
