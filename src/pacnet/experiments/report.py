@@ -280,6 +280,31 @@ def _across_plot(
     return path.name
 
 
+def saved_networks(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown lines: where each run saved with ``pacnet run --save`` keeps its network."""
+    saved = [r for r in rows if isinstance(r.get("network"), dict)]
+    if not saved:
+        return []
+    lines = [
+        "",
+        "## Saved networks",
+        "",
+        "Runs made with `pacnet run --save` (read any of them with `pacnet inspect FILE`):",
+        "",
+        "| benchmark | method | seed | N | tasks | network |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sorted(saved, key=lambda r: (r["benchmark"], r["method"], r["seed"])):
+        net = r["network"]
+        where = net.get("path") or f"{net['file']} beside the run's result.json"
+        targets = f" (targets {', '.join(map(str, r['targets']))})" if r.get("targets") else ""
+        lines.append(
+            f"| {r['benchmark']} | {variant(r)}{targets} | {r['seed']} | {r['target_size']} | "
+            f"{', '.join(net['tasks'])} | `{where}` |"
+        )
+    return lines
+
+
 def report(rows: Sequence[dict[str, Any]], out: str | Path, across: Sequence[str] = ()) -> Path:
     """Write ``out/report.md`` and its plots from ``rows``; returns the report's path.
 
@@ -318,6 +343,7 @@ def report(rows: Sequence[dict[str, Any]], out: str | Path, across: Sequence[str
     singles = [r for group in groups.values() for r in group]
     for name in across:
         lines += across_section(singles, name, out, len(groups) + len(chains) + 1)
+    lines += saved_networks(rows)
     path = out / "report.md"
     text = "\n".join(lines) + "\n"
     write_bytes_atomic(path, lambda tmp: Path(tmp).write_text(text))

@@ -105,6 +105,7 @@ class PacNet(Method):
                 "redundant": report["redundant"],
                 "per_task": report["per_task"],
             },
+            tasks=tasks,
         )
 
     def chain(
@@ -171,5 +172,6 @@ class PacNet(Method):
             "steps": steps,
             "earlier_tasks_bit_identical": exact,
             "owned": {t: owned(t).essential for t in tasks.order},
-            "model": model,  # the network (not stored in result.json)
+            "model": model,  # the network and its tasks (not stored in result.json)
+            "tasks": tasks,
         }
