@@ -644,7 +644,7 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
     from pacnet.tabular import find_card, open_artifact
 
     path = args.checkpoint
-    check(path.exists(), f"{path}: no such file or folder")
+    check(path.exists(), f"{path}: file not found")
     card = None
     if find_card(path) is not None:
         artifact = open_artifact(path)  # checks that the card describes the network
@@ -700,15 +700,15 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
 
 def _cmd_transfer(args: argparse.Namespace) -> None:
     from pacnet.config import make
-    from pacnet.tabular.problem import TableConfig
-    from pacnet.tabular.report import REPORT_FILE
-    from pacnet.tabular.transfer import (
+    from pacnet.tabular.pipeline import (
         TransferOptions,
         check_out,
         progress_to_stderr,
         transfer,
         write_artifact,
     )
+    from pacnet.tabular.problem import TableConfig
+    from pacnet.tabular.report import REPORT_FILE
 
     check_out(args.out)
     given = _settings(args, TableConfig)

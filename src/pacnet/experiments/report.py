@@ -12,6 +12,7 @@ fine-tuning on the seeds both ran, mean ± standard error, one line per other va
 line at 0; the values of the paired table). Runs that served several
 targets from one network (``pacnet run --targets``) get a table of their own per setting:
 every task's error after each addition, with one-target runs of the same targets beside it.
+Runs saved with ``pacnet run --save`` are listed at the end with where their network is.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ the folder it writes read back for predictions (``pacnet predict``, :func:`open_
 
 from pacnet.tabular.artifact import Artifact, find_card, open_artifact
 from pacnet.tabular.files import Table, read_table, write_table
+from pacnet.tabular.pipeline import Outcome, TransferOptions, transfer, write_artifact
 from pacnet.tabular.problem import Problem, Scaling, TableBenchmark, TableConfig
-from pacnet.tabular.transfer import Outcome, TransferOptions, transfer, write_artifact
 
 __all__ = [
     "Artifact",

@@ -20,9 +20,9 @@ from pacnet.core.io import read_json
 from pacnet.errors import PacnetError, check
 from pacnet.models import MLP
 from pacnet.tabular.files import Table
+from pacnet.tabular.pipeline import CARD_FILE, CARD_FORMAT, CARD_VERSION
 from pacnet.tabular.problem import Scaling, predict
 from pacnet.tabular.source import NETWORK_FILE
-from pacnet.tabular.transfer import CARD_FILE, CARD_FORMAT, CARD_VERSION
 
 
 class Artifact:

@@ -265,10 +265,13 @@ def _separator(path: Path, header: str) -> str:
 
 
 def _read_csv(path: Path) -> Table:
-    text = _decode(path)
+    text = _decode(path).lstrip("\ufeff")
     check(text.strip(), f"{path}: empty file (no header row)")
     first = next(line for line in text.splitlines() if line.strip())
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_separator(path, first))
+    separator = _separator(path, first)
+    reader = csv.reader(
+        io.StringIO(text, newline=""), delimiter=separator, skipinitialspace=separator != "\t"
+    )
     header: list[str] | None = None
     cells: list[list[str]] = []
     lines: list[int] = []

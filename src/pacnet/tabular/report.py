@@ -232,7 +232,9 @@ def card_lines(card: dict[str, Any]) -> list[str]:
     metric, data, metrics = card["metric"], card["data"], card["metrics"]
     hp, chosen = card["hyperparameters"], card["chosen_by"]
     origin = card["training"]["source"]
-    made = f"from {origin['checkpoint']}" if "checkpoint" in origin else "trained from the source"
+    made = (
+        f"from {origin['checkpoint']}" if "checkpoint" in origin else "trained on the source table"
+    )
     scaling = {"inputs": card["scaling"]["inputs"], "outputs": card["scaling"]["outputs"]}
     constant = scaling["inputs"]["constant"] + scaling["outputs"]["constant"]
     cv = ", ".join(f"{m['method']} {m['cv']:.4g} ± {m['cv_std']:.4g}" for m in card["methods"])

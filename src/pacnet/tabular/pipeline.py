@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pacnet.config import config_hash, make, to_dict
-from pacnet.core.checkpoint import save
+from pacnet.config import make, to_dict
+from pacnet.core.checkpoint import save, tensor_digest
 from pacnet.core.io import umask, write_json
 from pacnet.core.tasks import Tasks
 from pacnet.errors import PacnetError, check
@@ -284,7 +284,7 @@ def _run(
         loss = bench.loss_fn()
         fitted = fit(model, loss, src.train, bench.source_fit(), seed=seed, desc="source")
         origin = {"trained": fitted.as_dict()}
-    state_key = config_hash({k: v.tolist() for k, v in model.state_dict().items()})
+    state_key = tensor_digest(model.state_dict())[:16]
     target = bench.target(seed, len(problem.target_x))
     ctx = TransferContext(bench, model, src, target, seed, f"table-{state_key}", _Memo())
     before = bench.metrics(model, src.test)
@@ -302,8 +302,8 @@ def _run(
         began = time.perf_counter()
         _say(
             options,
-            f"{name}: {len(grid)} candidate(s) x {options.folds}-fold cross-validation on "
-            f"{len(problem.target_x)} target rows",
+            f"cross-validating {name}: {len(grid)} candidate{'s' if len(grid) != 1 else ''} x "
+            f"{options.folds} folds on {len(problem.target_x)} target rows",
         )
         selection = cross_validate(
             method_cls, fixed, ctx, bench, options.folds, _seeded_transfer, grid=grid
