@@ -280,28 +280,38 @@ def _transfer_parser(sub: Any) -> None:
         help="PAC-Net on your own tables (CSV, Parquet): train on the source rows, transfer to "
         "the target rows; writes OUT/net.safetensors, card.json and report.md",
     )
-    tr.add_argument("--source", type=Path, required=True, help="the source table (many rows)")
-    tr.add_argument("--target", type=Path, required=True, help="the target table (few rows)")
+    tr.add_argument(
+        "--source", type=Path, required=True, metavar="FILE", help="the source table (many rows)"
+    )
+    tr.add_argument(
+        "--target", type=Path, required=True, metavar="FILE", help="the target table (few rows)"
+    )
     tr.add_argument(
         "--outputs",
         default=None,
+        metavar="COLUMNS",
         help="the column(s) to predict, comma-separated (a name with a comma in quotes); "
         "required unless --source-checkpoint names them",
     )
     tr.add_argument(
         "--inputs",
         default=None,
+        metavar="COLUMNS",
         help="the input columns, comma-separated (default: every column both tables share, "
         "except the outputs and --ignore)",
     )
     tr.add_argument(
-        "--ignore", default="", help="columns that are not inputs, e.g. an id (comma-separated)"
+        "--ignore",
+        default="",
+        metavar="COLUMNS",
+        help="columns that are not inputs, e.g. an id (comma-separated)",
     )
-    tr.add_argument("--out", type=Path, required=True, help="the folder to write")
+    tr.add_argument("--out", type=Path, required=True, metavar="DIR", help="the folder to write")
     tr.add_argument(
         "--source-checkpoint",
         type=Path,
         default=None,
+        metavar="PATH",
         help="start from this source model instead of training one: a pacnet checkpoint with "
         "a model spec (a pacnet transfer folder, a pacnet run --save network of an MLP)",
     )
@@ -312,6 +322,7 @@ def _transfer_parser(sub: Any) -> None:
     tr.add_argument(
         "--compare",
         default="",
+        metavar="METHODS",
         help=f"also cross-validate these methods on the same folds (comma-separated, or all): "
         f"{', '.join(m for m in METHODS if m != 'pacnet')}",
     )
@@ -330,18 +341,22 @@ def _predict_parser(sub: Any) -> None:
         "predict", help="predictions of a pacnet transfer folder for the rows of a table"
     )
     pr.add_argument("artifact", type=Path, metavar="DIR", help="the folder pacnet transfer wrote")
-    pr.add_argument("--input", type=Path, required=True, help="a CSV or Parquet table")
+    pr.add_argument(
+        "--input", type=Path, required=True, metavar="FILE", help="a CSV or Parquet table"
+    )
     pr.add_argument(
         "--task", default="target", help="target (default) or source: which model answers"
     )
     pr.add_argument(
         "--out",
         default="-",
+        metavar="FILE",
         help="CSV file (Parquet for .parquet) to write; - for standard output (default)",
     )
     pr.add_argument(
         "--keep",
         default="",
+        metavar="COLUMNS",
         help="columns of the input copied in front of the predictions, e.g. an id",
     )
     pr.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -71,6 +71,11 @@ class TransferOptions:
     threads: int | None = None
     progress: Callable[[str], None] | None = None
 
+    def __post_init__(self) -> None:
+        self.source, self.target = Path(self.source), Path(self.target)
+        if self.source_checkpoint is not None:
+            self.source_checkpoint = Path(self.source_checkpoint)
+
 
 @dataclass
 class Outcome:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pacnet.benchmarks.base import Benchmark, BudgetConfig, Task
+from pacnet.benchmarks.base import SOURCE_STEPS, TARGET_STEPS, Benchmark, BudgetConfig, Task
 from pacnet.errors import PacnetError, check
 from pacnet.models import MLP
 from pacnet.training.train import Data, LossFn, device_of, evaluate
@@ -108,10 +108,9 @@ class TableConfig(BudgetConfig):
     """Model and budgets of ``pacnet transfer``; the defaults suit a few thousand source
     rows and tens of target rows (seconds to a minute on 2 CPU cores)."""
 
-    source_steps: int = 2000
-    source_batch: int = 64
-    target_steps: int = 300
-    target_batch: int = 32
+    source_steps: int = field(default=2000, metadata={"help": SOURCE_STEPS})
+    source_batch: int = field(default=64, metadata={"help": "source batch size"})
+    target_steps: int = field(default=300, metadata={"help": TARGET_STEPS})
     hidden: tuple[int, ...] = field(default=(64, 64), metadata={"help": "hidden layer widths"})
     activation: str = field(default="relu", metadata={"help": "relu, tanh, gelu or silu"})
     source_holdout: float = field(
