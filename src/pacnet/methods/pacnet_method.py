@@ -63,8 +63,10 @@ class PacNet(Method):
         if p.allocate_steps is not None:
             alloc_fit = replace(alloc_fit, steps=p.allocate_steps)
 
+        val = ctx.source.val if alloc_fit.patience is not None else None  # early stopping
+
         def build() -> dict:
-            allocate(model, mask, ctx.source.train, ctx.loss_fn, alloc_fit, seed=0)
+            allocate(model, mask, ctx.source.train, ctx.loss_fn, alloc_fit, val=val, seed=0)
             return model.state_dict()
 
         key = {

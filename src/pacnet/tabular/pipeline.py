@@ -287,7 +287,9 @@ def _run(
         steps = bench.source_fit().steps
         _say(options, f"training the source model ({steps} steps on {len(src.train)} rows)")
         loss = bench.loss_fn()
-        fitted = fit(model, loss, src.train, bench.source_fit(), seed=seed, desc="source")
+        fitted = fit(
+            model, loss, src.train, bench.source_fit(), val=src.val, seed=seed, desc="source"
+        )
         origin = {"trained": fitted.as_dict()}
     state_key = tensor_digest(model.state_dict())[:16]
     target = bench.target(seed, len(problem.target_x))
@@ -381,6 +383,7 @@ def _run(
                 "file": str(options.source),
                 "rows": len(problem.source_x),
                 "rows_train": len(bench.source_train_rows),
+                "rows_early_stopping": len(bench.source_val_rows),
                 "rows_held_out": len(bench.source_test_rows),
             },
             "target": {"file": str(options.target), "rows": len(problem.target_x)},

@@ -10,7 +10,9 @@ the user's data unchanged.
   spread in the target table if it has one there, else by 1 (centred only), so nothing is
   divided by zero.
 * The source rows are split once (seeded by ``--seed``): ``source_holdout`` of them
-  (default 10 %) are held out to measure the source error before and after transfer; the
+  (default 10 %) are held out to measure the source error before and after transfer;
+  ``source_val`` of the rest (10 %) are held out to stop the source training and Allocate
+  early (after ``source_patience`` evaluations without gain, keeping the best state); the
   rest train the source model and PAC-Net's Allocate.
 * The target task trains on every target row; its "test" data are the same rows, so the
   target error after training is an in-sample fit. The honest estimate of the target error
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -34,7 +36,7 @@ from torch import Tensor, nn
 from pacnet.benchmarks.base import SOURCE_STEPS, TARGET_STEPS, Benchmark, BudgetConfig, Task
 from pacnet.errors import PacnetError, check
 from pacnet.models import MLP
-from pacnet.training.train import Data, LossFn, device_of, evaluate
+from pacnet.training.train import Data, FitConfig, LossFn, device_of, evaluate
 
 
 @dataclass(frozen=True)
@@ -117,14 +119,32 @@ class TableConfig(BudgetConfig):
         default=0.1,
         metadata={"help": "share of the source rows held out to measure the source error"},
     )
+    source_patience: int = field(
+        default=10,
+        metadata={
+            "help": "stop the source training and Allocate after this many evaluations "
+            "without gain on held-out source rows, keeping the best state (0: train every step)"
+        },
+    )
+    source_val: float = field(
+        default=0.1,
+        metadata={"help": "share of the source training rows held out for that stopping"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for name in ("source_holdout", "source_val"):
+            value = getattr(self, name)
+            check(0 < value < 1, f"{name} must lie in (0, 1), got {value}")
         check(
-            0 < self.source_holdout < 1,
-            f"source_holdout must lie in (0, 1), got {self.source_holdout}",
+            self.source_patience >= 0, f"source_patience must be >= 0, got {self.source_patience}"
         )
         check(self.hidden and all(h >= 1 for h in self.hidden), "--hidden needs widths >= 1")
+
+    def source_fit(self) -> FitConfig:
+        """The source budget, stopping early on held-out source rows unless patience is 0."""
+        cfg = super().source_fit()
+        return replace(cfg, patience=self.source_patience or None)
 
 
 @dataclass
@@ -173,14 +193,16 @@ class TableBenchmark(Benchmark):
         self.spec = dict(spec)
         n = len(problem.source_x)
         held = max(1, round(n * config.source_holdout))
+        val = max(1, round((n - held) * config.source_val)) if config.source_patience else 0
         check(
-            n - held >= 1,
-            f"the source table has {n} rows: too few to hold out {held} for measuring the "
-            "source error and train on the rest",
+            n - held - val >= 1,
+            f"the source table has {n} rows: too few to hold out {held + val} (to measure the "
+            "source error and to stop training early) and train on the rest",
         )
         order = np.random.default_rng(seed).permutation(n)
         self.source_test_rows = np.sort(order[:held])
-        self.source_train_rows = np.sort(order[held:])
+        self.source_val_rows = np.sort(order[held : held + val])
+        self.source_train_rows = np.sort(order[held + val :])
         if len(problem.outputs) > 1:
             self.metric = "rmse (standardised)"
         self._source: Task | None = None
@@ -192,9 +214,10 @@ class TableBenchmark(Benchmark):
     def source(self) -> Task:
         if self._source is None:
             p, train, test = self.problem, self.source_train_rows, self.source_test_rows
+            val = self.source_val_rows
             self._source = Task(
                 train=self.data(p.source_x[train], p.source_y[train]),
-                val=None,
+                val=self.data(p.source_x[val], p.source_y[val]) if len(val) else None,
                 test=self.data(p.source_x[test], p.source_y[test]),
             )
         return self._source

@@ -50,8 +50,11 @@ def report_lines(card: dict[str, Any]) -> list[str]:
     if "checkpoint" in origin:
         made = f"the source model is {origin['checkpoint']}"
     else:
-        steps = card["training"]["settings"]["source_steps"]
-        made = f"the source model was trained here ({steps} steps)"
+        run = origin["trained"]
+        made = f"the source model was trained here ({run['steps']} steps"
+        if run.get("best_step") is not None and card["training"]["settings"]["source_patience"]:
+            made += f", kept as at step {run['best_step']}, its best on held-out source rows"
+        made += ")"
     if len(outputs) == 1:
         unit = f"{metric.upper()} of {outputs[0]} in its own units"
     else:
@@ -65,8 +68,13 @@ def report_lines(card: dict[str, Any]) -> list[str]:
         "",
         f"Inputs ({len(card['inputs'])}): {', '.join(card['inputs'])}. "
         f"Outputs ({len(outputs)}): {', '.join(outputs)}.",
-        f"Source: {source['rows']:,} rows ({source['rows_train']:,} train the source model, "
-        f"{source['rows_held_out']:,} are held out to measure the source error); target: "
+        f"Source: {source['rows']:,} rows ({source['rows_train']:,} train the source model"
+        + (
+            f", {source['rows_early_stopping']:,} stop its training early"
+            if source.get("rows_early_stopping")
+            else ""
+        )
+        + f", {source['rows_held_out']:,} are held out to measure the source error); target: "
         f"{target['rows']:,} rows. Model: {describe_spec(card['model'])}; {made}.",
         "",
         f"Error: {unit}; lower is better.",
