@@ -13,7 +13,7 @@ import torch
 import pacnet
 from pacnet.cli import main
 from pacnet.models import MLP
-from pacnet.tabular import open_artifact, pipeline, read_table
+from pacnet.tabular import open_artifact, pipeline, read_table, write_artifact
 
 TINY = ["--source-steps", "300", "--target-steps", "60", "--hidden", "16,16"]
 
@@ -120,8 +120,9 @@ def _fail(args, capsys) -> str:
     err = capsys.readouterr().err
     assert code == 2, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("pacnet: error: "), err
-    return lines[0]
+    errors = [line for line in lines if line.startswith("pacnet: error: ")]
+    assert errors == lines[-1:], err  # one error line, last (after any progress lines)
+    return lines[-1]
 
 
 @pytest.fixture
@@ -315,9 +316,32 @@ def test_wide_multi_output_table_with_constants_and_8_target_rows(tmp_path):
     assert card["scaling"]["outputs"]["constant"] == ["const out"]
     assert set(card["metrics"]["source"]["after"]) >= {"rmse[power [kW]]", "mae[eff]"}
     assert all(np.isfinite(v) for v in card["metrics"]["target"]["in_sample"].values())
-    pipeline.write_artifact(outcome, tmp_path / "m")
+    write_artifact(outcome, tmp_path / "m")
     artifact = open_artifact(tmp_path / "m")
     predicted = artifact.predict_table(read_table(target), "target")
     assert list(predicted) == ["power [kW]", "eff", "const out"]
     assert all(np.isfinite(v).all() for v in predicted.values())
     assert "Per output, in its own units" in (tmp_path / "m" / "report.md").read_text()
+
+
+def test_a_failure_while_writing_leaves_the_folder_as_it_was(good, monkeypatch, capsys):
+    root, source, target, _ = good
+    out = root / "m"
+    args = [*_transfer(source, target, out, "--inputs", "x1,x2,x3"), "--lam", "0.01",
+            "--ratio", "0.8"]  # fmt: skip
+    import pacnet.tabular.report as report
+
+    def broken(card, where):
+        (where / "report.md").write_text("half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "write_report", broken)
+    assert "No space left on device" in _fail(args, capsys)
+    assert not out.exists() and not list(root.glob(".m.*"))  # no folder, no staging left
+    monkeypatch.undo()
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(report, "write_report", broken)
+    _fail([*args[:-4], "--lam", "0.1", "--ratio", "0.5"], capsys)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old folder, whole
+    assert not list(root.glob(".m.*"))

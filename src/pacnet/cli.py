@@ -715,13 +715,8 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
 
 def _cmd_transfer(args: argparse.Namespace) -> None:
     from pacnet.config import make
-    from pacnet.tabular.pipeline import (
-        TransferOptions,
-        check_out,
-        progress_to_stderr,
-        transfer,
-        write_artifact,
-    )
+    from pacnet.tabular.artifact import check_out, write_artifact
+    from pacnet.tabular.pipeline import TransferOptions, progress_to_stderr, transfer
     from pacnet.tabular.problem import TableConfig
     from pacnet.tabular.report import REPORT_FILE
 

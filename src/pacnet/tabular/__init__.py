@@ -6,9 +6,9 @@ the folder it writes read back for predictions (``pacnet predict``, :func:`open_
     open_artifact("model").predict_columns({"x1": [0.1], "x2": [0.5]}, task="target")
 """
 
-from pacnet.tabular.artifact import Artifact, find_card, open_artifact
+from pacnet.tabular.artifact import Artifact, find_card, open_artifact, write_artifact
 from pacnet.tabular.files import Table, read_table, write_table
-from pacnet.tabular.pipeline import Outcome, TransferOptions, transfer, write_artifact
+from pacnet.tabular.pipeline import Outcome, TransferOptions, transfer
 from pacnet.tabular.problem import Problem, Scaling, TableBenchmark, TableConfig
 
 __all__ = [

@@ -1,4 +1,7 @@
-"""Reading a transfer folder back: the card, the network of each task, predictions.
+"""The folder ``pacnet transfer`` writes, and reading it back for predictions.
+
+:func:`write_artifact` writes ``net.safetensors`` (both tasks, as :func:`pacnet.save`
+writes them), ``report.md`` with ``report.png``, and ``card.json``, all at once or not at all.
 
 :func:`open_artifact` checks that the card is one pacnet understands and that it describes
 the ``net.safetensors`` beside it (the card records the network's checksum), then
@@ -8,6 +11,9 @@ table's columns may come in any order and extra columns are ignored.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,14 +21,73 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from pacnet.core.checkpoint import inspect, load
-from pacnet.core.io import read_json
+from pacnet.core.checkpoint import inspect, load, save
+from pacnet.core.io import read_json, umask, write_json
 from pacnet.errors import PacnetError, check
 from pacnet.models import MLP
 from pacnet.tabular.files import Table
-from pacnet.tabular.pipeline import CARD_FILE, CARD_FORMAT, CARD_VERSION
+from pacnet.tabular.pipeline import CARD_FORMAT, CARD_VERSION, Outcome
 from pacnet.tabular.problem import Scaling, predict
 from pacnet.tabular.source import NETWORK_FILE
+
+CARD_FILE = "card.json"
+
+
+def check_out(out: str | Path) -> Path:
+    """Fail early (before any training) if ``out`` cannot become the artifact folder."""
+    out = Path(out)
+    check(not out.exists() or out.is_dir(), f"--out {out}: exists and is not a folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    check(
+        parent.is_dir() and os.access(parent, os.W_OK | os.X_OK),
+        f"--out {out}: cannot write in {parent}",
+    )
+    return out
+
+
+def write_artifact(outcome: Outcome, out: str | Path) -> Path:
+    """Write the artifact folder ``out``: ``net.safetensors`` (both tasks), the report
+    (``report.md``, ``report.png``) and ``card.json``; returns the card's path.
+
+    Every file is first written to a staging folder beside ``out``; only when all of them
+    exist does a new ``out`` appear (one rename), or do they replace the files of an
+    existing ``out`` (``card.json`` last). A failure leaves ``out`` as it was. The card
+    records the network's checksum, so a folder whose files come from different runs is
+    refused on reading."""
+    from pacnet.tabular.report import PLOT_FILE, REPORT_FILE, write_report
+
+    out = check_out(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise PacnetError(f"cannot create the output folder {out}: {exc.strerror}") from None
+    try:
+        card = outcome.card
+        extra = {
+            "model": card["model"],
+            "inputs": card["inputs"],
+            "outputs": card["outputs"],
+            "scaling": card["scaling"],
+            "method": "pacnet",
+        }
+        digest = save(staging / NETWORK_FILE, outcome.model, outcome.tasks, extra)
+        card["network"]["sha256"] = digest
+        write_report(card, staging)
+        write_json(staging / CARD_FILE, card)
+        os.chmod(staging, 0o777 & ~umask())
+        if not out.exists():
+            os.rename(staging, out)
+        else:
+            for name in (NETWORK_FILE, PLOT_FILE, REPORT_FILE, CARD_FILE):
+                os.replace(staging / name, out / name)
+    except OSError as exc:
+        raise PacnetError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out / CARD_FILE
 
 
 class Artifact:
@@ -44,6 +109,7 @@ class Artifact:
 
     @property
     def network(self) -> Path:
+        """The network file the card describes."""
         return self.folder / self.card["network"]["file"]
 
     def model(self, task: str = "target") -> nn.Module:

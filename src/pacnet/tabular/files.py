@@ -156,7 +156,9 @@ def _why(text: str, table: Table) -> str:
 class CsvTable(Table):
     """A delimited text file, every cell kept as text until a column is asked for."""
 
-    def __init__(self, path: str | Path, header: Sequence[str], cells: list[list[str]], lines):
+    def __init__(
+        self, path: str | Path, header: Sequence[str], cells: list[list[str]], lines: list[int]
+    ):
         self._cells = cells
         self._lines = lines
         super().__init__(path, [h.strip() for h in header], len(cells))

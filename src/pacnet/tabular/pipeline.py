@@ -7,8 +7,7 @@ sample i is held out in fold i mod K), trains the winner on every target row and
 everything. Every method named in ``compare`` runs under the same cross-validation on the
 same rows with its own candidate grid. Every check on the input runs before any training.
 
-:func:`write_artifact` then writes the folder: ``net.safetensors`` (both tasks, as
-:func:`pacnet.save` writes them), ``report.md`` with ``report.png``, and ``card.json`` last.
+:func:`pacnet.tabular.artifact.write_artifact` then writes the folder.
 """
 
 from __future__ import annotations
@@ -29,13 +28,12 @@ import torch
 from torch import Tensor, nn
 
 from pacnet.config import make, to_dict
-from pacnet.core.checkpoint import save, tensor_digest
-from pacnet.core.io import umask, write_json
+from pacnet.core.checkpoint import tensor_digest
 from pacnet.core.tasks import Tasks
 from pacnet.errors import PacnetError, check
 from pacnet.experiments.runner import _seeded_transfer, versions
 from pacnet.experiments.select import cross_validate
-from pacnet.methods import METHODS, TransferContext, get_method
+from pacnet.methods import METHODS, Method, Transfer, TransferContext, get_method
 from pacnet.methods.base import candidates
 from pacnet.models import MLP
 from pacnet.tabular.files import Table, read_table
@@ -43,7 +41,6 @@ from pacnet.tabular.problem import Problem, TableBenchmark, TableConfig
 from pacnet.tabular.source import NETWORK_FILE, SourceCheckpoint, read_source_checkpoint
 from pacnet.training.train import fit
 
-CARD_FILE = "card.json"
 CARD_FORMAT = "pacnet.tabular"
 CARD_VERSION = 1
 
@@ -216,7 +213,7 @@ def _say(options: TransferOptions, text: str) -> None:
 
 def transfer(options: TransferOptions) -> Outcome:
     """Run the whole transfer of ``options`` (nothing is written; see
-    :func:`write_artifact`)."""
+    :func:`pacnet.tabular.artifact.write_artifact`)."""
     check(options.folds >= 2, f"--folds must be >= 2, got {options.folds}")
     check(0 <= options.seed < 2**31, f"--seed must lie in [0, 2**31), got {options.seed}")
     check(
@@ -278,70 +275,17 @@ def _run(
     start = time.perf_counter()
     problem, seed = bench.problem, options.seed
     src = bench.source()
-    if ckpt is not None:
-        model = ckpt.model.to(device)
-        origin: dict[str, Any] = {"checkpoint": str(ckpt.path), "sha256": ckpt.sha256}
-        _say(options, f"source model: {ckpt.describe()}")
-    else:
-        model = bench.make_model(seed).to(device)
-        steps = bench.source_fit().steps
-        _say(options, f"training the source model ({steps} steps on {len(src.train)} rows)")
-        loss = bench.loss_fn()
-        fitted = fit(
-            model, loss, src.train, bench.source_fit(), val=src.val, seed=seed, desc="source"
-        )
-        origin = {"trained": fitted.as_dict()}
+    model, origin = _source_model(options, bench, ckpt, device)
     state_key = tensor_digest(model.state_dict())[:16]
     target = bench.target(seed, len(problem.target_x))
     ctx = TransferContext(bench, model, src, target, seed, f"table-{state_key}", _Memo())
-    before = bench.metrics(model, src.test)
-    as_is = bench.metrics(model, target.test)
     rows: list[dict[str, Any]] = []
-    final = None
     for name in ["pacnet", *compare]:
-        method_cls = get_method(name)
-        grid = _grid(options) if name == "pacnet" else candidates(method_cls.Params)
-        fixed = (
-            {k: getattr(options, k) for k in ("lam", "ratio") if getattr(options, k) is not None}
-            if name == "pacnet"
-            else {}
-        )
-        began = time.perf_counter()
-        _say(
-            options,
-            f"cross-validating {name}: {len(grid)} candidate{'s' if len(grid) != 1 else ''} x "
-            f"{options.folds} folds on {len(problem.target_x)} target rows",
-        )
-        selection = cross_validate(
-            method_cls, fixed, ctx, bench, options.folds, _seeded_transfer, grid=grid
-        )
-        method = method_cls(make(method_cls.Params, {**fixed, **selection["chosen"]}))
-        result = _seeded_transfer(method, ctx)
-        best = next(c for c in selection["candidates"] if c["params"] == selection["chosen"])
-        rows.append(
-            {
-                "method": name,
-                "summary": method_cls.summary,
-                "cv": best["val"],
-                "cv_folds": best["folds_val"],
-                "cv_std": statistics.pstdev(best["folds_val"]),
-                "chosen": selection["chosen"],
-                "params": to_dict(method.params),
-                "candidates": selection["candidates"],
-                "source_after": bench.score(result.source_model, src.test),
-                "target_in_sample": bench.score(result.target_model, target.test),
-                "trainable": result.trainable,
-                "stored": result.stored,
-                "seconds": round(time.perf_counter() - began, 3),
-            }
-        )
+        row, method, result, selection = _cross_validated(options, name, ctx)
+        rows.append(row)
         if name == "pacnet":
-            final = (method, result, selection)
-    assert final is not None
-    method, result, selection = final
-    after = bench.metrics(result.source_model, src.test)
-    fitted_target = bench.metrics(result.target_model, target.test)
-    ours = rows[0]
+            ours = (method, result, selection)
+    method, result, selection = ours
     card = {
         "format": CARD_FORMAT,
         "format_version": CARD_VERSION,
@@ -366,32 +310,19 @@ def _run(
         "metrics": {
             "source": {
                 "rows_held_out": len(bench.source_test_rows),
-                "before": before,
-                "after": after,
+                "before": bench.metrics(model, src.test),
+                "after": bench.metrics(result.source_model, src.test),
             },
             "target": {
-                "cv": ours["cv"],
-                "cv_std": ours["cv_std"],
-                "cv_folds": ours["cv_folds"],
-                "in_sample": fitted_target,
-                "source_model_as_is": as_is,
+                "cv": rows[0]["cv"],
+                "cv_std": rows[0]["cv_std"],
+                "cv_folds": rows[0]["cv_folds"],
+                "in_sample": bench.metrics(result.target_model, target.test),
+                "source_model_as_is": bench.metrics(model, target.test),
             },
         },
         "parameters": result.details | {"trainable": result.trainable, "stored": result.stored},
-        "data": {
-            "source": {
-                "file": str(options.source),
-                "rows": len(problem.source_x),
-                "rows_train": len(bench.source_train_rows),
-                "rows_early_stopping": len(bench.source_val_rows),
-                "rows_held_out": len(bench.source_test_rows),
-            },
-            "target": {"file": str(options.target), "rows": len(problem.target_x)},
-            "columns_ignored": {
-                str(options.source): [c for c in tables[0].columns if c not in _used(problem)],
-                str(options.target): [c for c in tables[1].columns if c not in _used(problem)],
-            },
-        },
+        "data": _data_record(options, bench, tables),
         "training": {
             "settings": to_dict(bench.config),
             "seed": seed,
@@ -406,71 +337,87 @@ def _run(
     return Outcome(card, result.target_model, result.tasks, result.source_model, problem)
 
 
-def _used(problem: Problem) -> set[str]:
-    return set(problem.inputs) | set(problem.outputs)
+def _source_model(
+    options: TransferOptions,
+    bench: TableBenchmark,
+    ckpt: SourceCheckpoint | None,
+    device: torch.device,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The source model (trained here, or the checkpoint's) and how it came about."""
+    if ckpt is not None:
+        _say(options, f"source model: {ckpt.describe()}")
+        return ckpt.model.to(device), {"checkpoint": str(ckpt.path), "sha256": ckpt.sha256}
+    src, cfg = bench.source(), bench.source_fit()
+    model = bench.make_model(options.seed).to(device)
+    _say(options, f"training the source model (up to {cfg.steps} steps on {len(src.train)} rows)")
+    loss = bench.loss_fn()
+    fitted = fit(model, loss, src.train, cfg, val=src.val, seed=options.seed, desc="source")
+    return model, {"trained": fitted.as_dict()}
 
 
-def check_out(out: str | Path) -> Path:
-    """Fail early (before any training) if ``out`` cannot become the artifact folder."""
-    out = Path(out)
-    check(not out.exists() or out.is_dir(), f"--out {out}: exists and is not a folder")
-    parent = out
-    while not parent.exists():
-        parent = parent.parent
-    import os
-
-    check(
-        parent.is_dir() and os.access(parent, os.W_OK | os.X_OK),
-        f"--out {out}: cannot write in {parent}",
-    )
-    return out
-
-
-def write_artifact(outcome: Outcome, out: str | Path) -> Path:
-    """Write the artifact folder ``out``: ``net.safetensors`` (both tasks), the report
-    (``report.md``, ``report.png``) and ``card.json``; returns the card's path.
-
-    Every file is first written to a staging folder beside ``out``; only when all of them
-    exist does a new ``out`` appear (one rename), or do they replace the files of an
-    existing ``out`` (``card.json`` last). A failure leaves ``out`` as it was. The card
-    records the network's checksum, so a folder whose files come from different runs is
-    refused on reading."""
-    import os
-    import shutil
-    import tempfile
-
-    from pacnet.tabular.report import PLOT_FILE, REPORT_FILE, write_report
-
-    out = check_out(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as exc:
-        raise PacnetError(f"cannot create the output folder {out}: {exc.strerror}") from None
-    try:
-        card = outcome.card
-        extra = {
-            "model": card["model"],
-            "inputs": card["inputs"],
-            "outputs": card["outputs"],
-            "scaling": card["scaling"],
-            "method": "pacnet",
+def _cross_validated(
+    options: TransferOptions, name: str, ctx: TransferContext
+) -> tuple[dict[str, Any], Method, Transfer, dict[str, Any]]:
+    """Method ``name`` cross-validated on the target rows, then its best candidate trained
+    on all of them: (the report's row, the method, its transfer, the selection record)."""
+    bench = ctx.benchmark
+    method_cls = get_method(name)
+    grid = _grid(options) if name == "pacnet" else candidates(method_cls.Params)
+    fixed = {}
+    if name == "pacnet":
+        fixed = {
+            k: getattr(options, k) for k in ("lam", "ratio") if getattr(options, k) is not None
         }
-        digest = save(staging / NETWORK_FILE, outcome.model, outcome.tasks, extra)
-        card["network"]["sha256"] = digest
-        write_report(card, staging)
-        write_json(staging / CARD_FILE, card)
-        os.chmod(staging, 0o777 & ~umask())
-        if not out.exists():
-            os.rename(staging, out)
-        else:
-            for name in (NETWORK_FILE, PLOT_FILE, REPORT_FILE, CARD_FILE):
-                os.replace(staging / name, out / name)
-    except OSError as exc:
-        raise PacnetError(f"cannot write {out}: {exc.strerror or exc}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out / CARD_FILE
+    began = time.perf_counter()
+    _say(
+        options,
+        f"cross-validating {name}: {len(grid)} candidate{'s' if len(grid) != 1 else ''} x "
+        f"{options.folds} folds on {len(ctx.target.train)} target rows",
+    )
+    selection = cross_validate(
+        method_cls, fixed, ctx, bench, options.folds, _seeded_transfer, grid=grid
+    )
+    method = method_cls(make(method_cls.Params, {**fixed, **selection["chosen"]}))
+    result = _seeded_transfer(method, ctx)
+    best = next(c for c in selection["candidates"] if c["params"] == selection["chosen"])
+    row = {
+        "method": name,
+        "summary": method_cls.summary,
+        "cv": best["val"],
+        "cv_folds": best["folds_val"],
+        "cv_std": statistics.pstdev(best["folds_val"]),
+        "chosen": selection["chosen"],
+        "params": to_dict(method.params),
+        "candidates": selection["candidates"],
+        "source_after": bench.score(result.source_model, ctx.source.test),
+        "target_in_sample": bench.score(result.target_model, ctx.target.test),
+        "trainable": result.trainable,
+        "stored": result.stored,
+        "seconds": round(time.perf_counter() - began, 3),
+    }
+    return row, method, result, selection
+
+
+def _data_record(
+    options: TransferOptions, bench: TableBenchmark, tables: tuple[Table, Table]
+) -> dict[str, Any]:
+    """What the card says about the data: files, rows and how they were used."""
+    problem = bench.problem
+    used = set(problem.inputs) | set(problem.outputs)
+    return {
+        "source": {
+            "file": str(options.source),
+            "rows": len(problem.source_x),
+            "rows_train": len(bench.source_train_rows),
+            "rows_early_stopping": len(bench.source_val_rows),
+            "rows_held_out": len(bench.source_test_rows),
+        },
+        "target": {"file": str(options.target), "rows": len(problem.target_x)},
+        "columns_ignored": {
+            "source": [c for c in tables[0].columns if c and c not in used],
+            "target": [c for c in tables[1].columns if c and c not in used],
+        },
+    }
 
 
 def progress_to_stderr(text: str) -> None:

@@ -79,6 +79,7 @@ class Scaling:
         return np.asarray(z, dtype=np.float64) * np.asarray(self.scale) + np.asarray(self.mean)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values (as the card stores them)."""
         return {
             "names": list(self.names),
             "mean": list(self.mean),
@@ -88,6 +89,7 @@ class Scaling:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Scaling:
+        """The scaling :meth:`to_dict` wrote; a one-line error if it is malformed."""
         try:
             scaling = cls(
                 tuple(str(n) for n in data["names"]),
@@ -242,6 +244,7 @@ class TableBenchmark(Benchmark):
         return nn.functional.mse_loss
 
     def score(self, model: nn.Module, data: Data) -> float:
+        """RMSE in the output's units (one output) or over the standardised outputs."""
         rmse = math.sqrt(evaluate(model, data, nn.functional.mse_loss))
         return rmse * self.problem.y_scale.scale[0] if len(self.problem.outputs) == 1 else rmse
 

@@ -37,6 +37,7 @@ class SourceCheckpoint:
     sha256: str
 
     def describe(self) -> str:
+        """The file and its architecture, for messages."""
         return f"{self.path} ({describe_spec(self.spec)})"
 
     def check_fits(self, inputs: Sequence[str], outputs: Sequence[str]) -> None:
@@ -54,7 +55,7 @@ class SourceCheckpoint:
         """Refuse ``--hidden``/``--activation`` values that differ from the checkpoint's."""
         mine = {"hidden": tuple(self.spec["hidden"]), "activation": self.spec["activation"]}
         for name, value in given.items():
-            if name in mine and tuple_or(value) != mine[name]:
+            if name in mine and _tuple_or(value) != mine[name]:
                 shown = ",".join(map(str, mine[name])) if name == "hidden" else mine[name]
                 raise PacnetError(
                     f"--source-checkpoint {self.path} is another architecture: "
@@ -63,7 +64,7 @@ class SourceCheckpoint:
                 )
 
 
-def tuple_or(value: Any) -> Any:
+def _tuple_or(value: Any) -> Any:
     return tuple(value) if isinstance(value, list | tuple) else value
 
 
