@@ -13,6 +13,7 @@ import torch
 import pacnet
 from pacnet.cli import main
 from pacnet.models import MLP
+from pacnet.tabular import artifact as artifact_module
 from pacnet.tabular import open_artifact, pipeline, read_table, write_artifact
 
 TINY = ["--source-steps", "300", "--target-steps", "60", "--hidden", "16,16"]
@@ -217,7 +218,7 @@ def test_default_inputs_are_the_shared_columns(good, capsys):
     assert len(card["methods"][0]["candidates"]) == 1  # the fixed setting, still scored by CV
 
 
-def test_predict_matches_inputs_by_name_and_names_a_missing_one(good, capsys):
+def test_predict_matches_inputs_by_name_and_names_a_missing_one(good, capsys, monkeypatch):
     root, source, target, new = good
     out = root / "m"
     assert main([*_transfer(source, target, out, "--inputs", "x1,x2,x3"), "--lam", "0.01"]) == 0
@@ -235,6 +236,9 @@ def test_predict_matches_inputs_by_name_and_names_a_missing_one(good, capsys):
     assert "no column 'x2' (an input of the network); did you mean 'X_2'?" in line
     line = _fail(["predict", str(out), "--input", str(new), "--task", "other"], capsys)
     assert "--task other" in line and "source, target" in line
+    monkeypatch.setattr(artifact_module, "CHUNK", 7)  # many rows go through in chunks
+    chunked = open_artifact(out).predict_table(read_table(new))["y"]
+    np.testing.assert_allclose(chunked, read_column(first, "y"), rtol=1e-6, atol=1e-6)
     # a card from another run than the network beside it is refused
     card = json.loads((out / "card.json").read_text())
     card["network"]["sha256"] = "0" * 64

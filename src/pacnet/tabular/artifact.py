@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from pacnet.core.checkpoint import inspect, load, save
@@ -31,6 +32,8 @@ from pacnet.tabular.problem import Scaling, predict
 from pacnet.tabular.source import NETWORK_FILE
 
 CARD_FILE = "card.json"
+CHUNK = 1 << 16
+"""Rows per forward pass in :meth:`Artifact.predict` (more rows go in chunks of this)."""
 
 
 def check_out(out: str | Path) -> Path:
@@ -132,7 +135,11 @@ class Artifact:
             f"expected inputs of shape (rows, {len(self.inputs)}), got {tuple(x.shape)}",
         )
         check(bool(np.isfinite(x).all()), "the inputs hold NaN or infinite values")
-        return self.y_scale.invert(predict(self.model(task), self.x_scale.apply(x)))
+        model, z = self.model(task), self.x_scale.apply(x)
+        if len(z) <= CHUNK:  # one forward pass, as the model answers the same rows
+            return self.y_scale.invert(predict(model, z))
+        parts = [predict(model, z[i : i + CHUNK]) for i in range(0, len(z), CHUNK)]
+        return self.y_scale.invert(torch.cat(parts))
 
     def predict_columns(
         self, columns: Mapping[str, Any], task: str = "target"

@@ -279,7 +279,7 @@ def _read_csv(path: Path) -> Table:
     lines: list[int] = []
     try:
         for row in reader:
-            if not any(cell.strip() for cell in row):
+            if not "".join(row).strip():
                 continue  # a blank line, or a row of empty cells
             if header is None:
                 header = row

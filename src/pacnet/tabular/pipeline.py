@@ -97,6 +97,10 @@ def parse_methods(text: str | Sequence[str]) -> list[str]:
         return [m for m in METHODS if m != "pacnet" and (m != "lora" or _has_peft())]
     for name in names:
         get_method(name)
+    check(
+        "lora" not in names or _has_peft(),
+        "--compare lora needs Hugging Face peft: pip install 'pacnet[hf]'",
+    )
     return [n for n in dict.fromkeys(names) if n != "pacnet"]
 
 
