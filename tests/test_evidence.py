@@ -31,13 +31,13 @@ GRID = ({"ratio": 0.5, "lam": 0.01}, {"ratio": 0.9, "lam": 0.1})
 
 def test_holdout_trains_each_candidate_once_then_the_winner_on_all(monkeypatch):
     seen = []
-    original = select.cv_score
+    original = select.fold_scores
 
     def counting(method, ctx, bench, splits, run_one):
         seen.append((len(splits), len(splits[0][0]), len(splits[0][1])))
         return original(method, ctx, bench, splits, run_one)
 
-    monkeypatch.setattr(select, "cv_score", counting)
+    monkeypatch.setattr(select, "fold_scores", counting)
     spec = RunSpec(
         "friedman",
         "pacnet",
@@ -55,6 +55,7 @@ def test_holdout_trains_each_candidate_once_then_the_winner_on_all(monkeypatch):
     assert [c["params"] for c in selection["candidates"]] == list(GRID)
     best = min(selection["candidates"], key=lambda c: c["val"])
     assert selection["chosen"] == best["params"]
+    assert all(len(c["folds_val"]) == 1 for c in selection["candidates"])
     assert result["params_used"]["ratio"] == best["params"]["ratio"]
     assert selection["mode"] == "holdout" and "held-out" in selection["protocol"]
     assert result["config"]["select"] == {"mode": "holdout", "folds": 4, "candidates": list(GRID)}

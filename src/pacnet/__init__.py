@@ -7,7 +7,7 @@ bit (:meth:`Tasks.use`, :func:`load`). :func:`train_only` makes exact masked tra
 available inside your own training loop.
 """
 
-from pacnet.core.checkpoint import load, load_tasks, save
+from pacnet.core.checkpoint import load, load_tasks, save, save_network
 from pacnet.core.freeze import train_only
 from pacnet.core.mask import Mask, prunable_names, prune
 from pacnet.core.pac import (
@@ -42,6 +42,7 @@ __all__ = [
     "prunable_names",
     "prune",
     "save",
+    "save_network",
     "train_only",
     "zero_redundant",
 ]

@@ -2,6 +2,9 @@
 
     pacnet run BENCHMARK --method M --seed S --target-size N [--ratio R] [--quick] --out DIR
     pacnet reproduce BENCHMARK [--methods a,b] [--target-sizes 10,50] [--seeds 5] --out DIR
+    pacnet transfer --source sim.csv --target measured.csv --outputs y --out DIR
+    pacnet predict DIR --task target --input new.csv --out pred.csv
+    pacnet inspect DIR | FILE
     pacnet methods | pacnet benchmarks
 
 Benchmark settings and method hyperparameters are flags derived from their dataclasses:
@@ -149,6 +152,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         help="pacnet only: serve the targets of these seeds (e.g. 1,2,3) in sequence from one "
         "network, each earlier task kept bit-exact; --seed still seeds training",
     )
+    run.add_argument(
+        "--save",
+        action="store_true",
+        help="also write the trained network to OUT/net.safetensors (PAC-Net: every task in "
+        "one file; other methods: their target network), recorded in result.json",
+    )
     _common(run)
 
     rep = sub.add_parser(
@@ -232,9 +241,22 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     bch.add_argument("--debug", action="store_true", help="show tracebacks")
 
-    ins = sub.add_parser("inspect", help="what a pacnet checkpoint holds (checksum verified)")
-    ins.add_argument("checkpoint", type=Path)
+    ins = sub.add_parser(
+        "inspect",
+        help="what a pacnet checkpoint holds (checksum verified), with the card of a "
+        "pacnet transfer folder",
+    )
+    ins.add_argument(
+        "checkpoint",
+        type=Path,
+        metavar="PATH",
+        help="a checkpoint, or a folder holding net.safetensors (pacnet transfer, run --save)",
+    )
+    ins.add_argument("--json", action="store_true", help="print everything as JSON")
     ins.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    _transfer_parser(sub)
+    _predict_parser(sub)
 
     sub.add_parser("methods", help="list the transfer methods")
     sub.add_parser("benchmarks", help="list the benchmarks")
@@ -246,6 +268,114 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         for p in (run, tun):
             add_flags(p, METHODS[method_name].Params, f"{method_name} hyperparameters")
     return parser
+
+
+def _transfer_parser(sub: Any) -> None:
+    from pacnet.config import add_flags
+    from pacnet.methods import METHODS
+    from pacnet.tabular.problem import TableConfig
+
+    tr = sub.add_parser(
+        "transfer",
+        help="PAC-Net on your own tables (CSV, Parquet): train on the source rows, transfer to "
+        "the target rows; writes OUT/net.safetensors, card.json and report.md",
+    )
+    tr.add_argument(
+        "--source", type=Path, required=True, metavar="FILE", help="the source table (many rows)"
+    )
+    tr.add_argument(
+        "--target", type=Path, required=True, metavar="FILE", help="the target table (few rows)"
+    )
+    tr.add_argument(
+        "--outputs",
+        default=None,
+        metavar="COLUMNS",
+        help="the column(s) to predict, comma-separated (a name with a comma in quotes); "
+        "required unless --source-checkpoint names them",
+    )
+    tr.add_argument(
+        "--inputs",
+        default=None,
+        metavar="COLUMNS",
+        help="the input columns, comma-separated (default: every column both tables share, "
+        "except the outputs and --ignore)",
+    )
+    tr.add_argument(
+        "--ignore",
+        default="",
+        metavar="COLUMNS",
+        help="columns that are not inputs, e.g. an id (comma-separated)",
+    )
+    tr.add_argument("--out", type=Path, required=True, metavar="DIR", help="the folder to write")
+    tr.add_argument(
+        "--source-checkpoint",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="start from this source model instead of training one: a pacnet checkpoint with "
+        "a model spec (a pacnet transfer folder, a pacnet run --save network of an MLP)",
+    )
+    tr.add_argument("--lam", type=float, default=None, help="fix λ (default: chosen by CV)")
+    tr.add_argument(
+        "--ratio", type=float, default=None, help="fix the pruning ratio (default: chosen by CV)"
+    )
+    tr.add_argument(
+        "--compare",
+        default="",
+        metavar="METHODS",
+        help=f"also cross-validate these methods on the same folds (comma-separated, or all): "
+        f"{', '.join(m for m in METHODS if m != 'pacnet')}",
+    )
+    tr.add_argument(
+        "--folds", type=int, default=3, help="cross-validation folds on the target rows (3)"
+    )
+    tr.add_argument("--seed", type=int, default=0, help="seeds training and the source split")
+    tr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1)")
+    tr.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    tr.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_flags(tr, TableConfig, "model and training budgets")
+
+
+def _predict_parser(sub: Any) -> None:
+    pr = sub.add_parser(
+        "predict", help="predictions of a pacnet transfer folder for the rows of a table"
+    )
+    pr.add_argument("artifact", type=Path, metavar="DIR", help="the folder pacnet transfer wrote")
+    pr.add_argument(
+        "--input", type=Path, required=True, metavar="FILE", help="a CSV or Parquet table"
+    )
+    pr.add_argument(
+        "--task", default="target", help="target (default) or source: which model answers"
+    )
+    pr.add_argument(
+        "--out",
+        default="-",
+        metavar="FILE",
+        help="CSV file (Parquet for .parquet) to write; - for standard output (default)",
+    )
+    pr.add_argument(
+        "--keep",
+        default="",
+        metavar="COLUMNS",
+        help="columns of the input copied in front of the predictions, e.g. an id",
+    )
+    pr.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _column_list(text: str | None, flag: str) -> list[str] | None:
+    """A comma-separated list of column names, read as one CSV row (quote a name that
+    holds a comma); None when not given."""
+    import csv
+
+    if text is None:
+        return None
+    try:
+        names = next(csv.reader([text], skipinitialspace=True), [])
+    except csv.Error as exc:
+        raise PacnetError(f"{flag}: cannot read {text!r} as names ({exc})") from None
+    names = [n.strip() for n in names if n.strip()]
+    check(names, f"{flag} names no column")
+    return names
 
 
 def _settings(args: argparse.Namespace, cls: type) -> dict:
@@ -309,7 +439,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     with distributed.session(args.device) as device:
         args.device = device
         spec = _run_spec(args)
-        result = run(spec, args.out, StateCache(args.cache))
+        result = run(spec, args.out, StateCache(args.cache), save=args.save)
         main_rank = distributed.is_main()
     if not main_rank:
         return
@@ -319,13 +449,17 @@ def _cmd_run(args: argparse.Namespace) -> None:
             print(f"after target {step['added']}: {result['metric']} {scores}")
         exact = result["chain"]["earlier_tasks_bit_identical"]
         print(f"earlier tasks bit-identical: {exact} -> {args.out / RESULT_FILE}")
-        return
-    print(
-        f"{result['method']} on {result['benchmark']} (seed {result['seed']}, "
-        f"N={result['target_size']}): target {result['metric']} {result['target_test']:.4f}, "
-        f"source {result['source_test_before']:.4f} -> {result['source_test_after']:.4f}, "
-        f"{result['seconds']:.1f}s -> {args.out / RESULT_FILE}"
-    )
+    else:
+        print(
+            f"{result['method']} on {result['benchmark']} (seed {result['seed']}, "
+            f"N={result['target_size']}): target {result['metric']} "
+            f"{result['target_test']:.4f}, source {result['source_test_before']:.4f} -> "
+            f"{result['source_test_after']:.4f}, {result['seconds']:.1f}s -> "
+            f"{args.out / RESULT_FILE}"
+        )
+    if "network" in result:
+        network = result["network"]
+        print(f"network ({', '.join(network['tasks'])}) saved to {args.out / network['file']}")
 
 
 def _grid_config(args: argparse.Namespace) -> dict:
@@ -517,19 +651,144 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> None:
-    from pacnet.core.checkpoint import inspect
+    import json
 
-    info = inspect(args.checkpoint)
-    print(f"{args.checkpoint}: checksum ok; tasks {', '.join(info['tasks'])}")
-    print(
-        f"essential {info['essential']:,} / redundant {info['redundant']:,} "
-        f"(density {info['density']:.3f}); shared values {info['shared_values']:,}"
+    from pacnet.core.checkpoint import inspect
+    from pacnet.experiments.runner import NETWORK_FILE, RESULT_FILE
+    from pacnet.models import describe_spec
+    from pacnet.tabular import find_card, open_artifact
+
+    path = args.checkpoint
+    check(path.exists(), f"{path}: file not found")
+    card = None
+    if find_card(path) is not None:
+        artifact = open_artifact(path)  # checks that the card describes the network
+        path, card = artifact.network, artifact.card
+    elif path.is_dir():
+        check(
+            (path / NETWORK_FILE).is_file(),
+            f"{path}: no {NETWORK_FILE} (a folder from pacnet transfer, or from pacnet run --save)",
+        )
+        path = path / NETWORK_FILE
+    info = inspect(path)
+    run_file = path.parent / RESULT_FILE
+    run = None
+    if card is None and run_file.is_file():
+        from pacnet.core.io import read_json
+
+        found = read_json(run_file)
+        if (found.get("network") or {}).get("sha256") == info["sha256"]:
+            run = found
+    if args.json:
+        print(json.dumps({"checkpoint": info, "card": card, "run": run}, indent=2, default=str))
+        return
+    if info["kind"] == "network":
+        print(
+            f"{path}: checksum ok; one network, for task {', '.join(info['tasks'])}; "
+            f"{info['values']:,} values"
+        )
+    else:
+        print(f"{path}: checksum ok; tasks {', '.join(info['tasks'])}")
+        print(
+            f"essential {info['essential']:,} / redundant {info['redundant']:,} "
+            f"(density {info['density']:.3f}); shared values {info['shared_values']:,}"
+        )
+        if info["coverage"]:
+            print(info["coverage"])
+        for task, n in info["per_task_values"].items():
+            owned = info["owned"].get(task, 0)
+            print(f"  {task}: {n:,} values of its own; owns {owned:,} masked weights")
+    spec = (info.get("extra") or {}).get("model")
+    if isinstance(spec, dict):
+        print(f"model: {describe_spec(spec)}")
+    if run is not None:
+        print(
+            f"saved by pacnet run: {run['method']} on {run['benchmark']} (seed {run['seed']}, "
+            f"N={run['target_size']}), target {run['metric']} {run['target_test']:.4f} "
+            f"({run_file})"
+        )
+    if card is not None:
+        from pacnet.tabular.report import card_lines
+
+        print("\n".join(card_lines(card)))
+
+
+def _cmd_transfer(args: argparse.Namespace) -> None:
+    from pacnet.config import make
+    from pacnet.tabular.artifact import check_out, write_artifact
+    from pacnet.tabular.pipeline import TransferOptions, progress_to_stderr, transfer
+    from pacnet.tabular.problem import TableConfig
+    from pacnet.tabular.report import REPORT_FILE
+
+    check_out(args.out)
+    given = _settings(args, TableConfig)
+    options = TransferOptions(
+        source=args.source,
+        target=args.target,
+        outputs=_column_list(args.outputs, "--outputs"),
+        inputs=_column_list(args.inputs, "--inputs"),
+        ignore=_column_list(args.ignore, "--ignore") if args.ignore.strip() else [],
+        config=make(TableConfig, given),
+        given=given,
+        folds=args.folds,
+        seed=args.seed,
+        lam=args.lam,
+        ratio=args.ratio,
+        compare=[m.strip() for m in args.compare.split(",") if m.strip()],
+        source_checkpoint=args.source_checkpoint,
+        device=args.device,
+        threads=args.threads,
+        progress=progress_to_stderr,
     )
-    if info["coverage"]:
-        print(info["coverage"])
-    for task, n in info["per_task_values"].items():
-        owned = info["owned"].get(task, 0)
-        print(f"  {task}: {n:,} values of its own; owns {owned:,} masked weights")
+    outcome = transfer(options)
+    card_path = write_artifact(outcome, args.out)
+    card = outcome.card
+    metric, hp = card["metric"], card["hyperparameters"]
+    src, tgt = card["metrics"]["source"], card["metrics"]["target"]
+    print(
+        f"pacnet ratio {hp['ratio']}, lam {hp['lam']}: target CV {metric} {tgt['cv']:.4g} "
+        f"± {tgt['cv_std']:.4g}; source {metric} {src['before'][metric]:.4g} -> "
+        f"{src['after'][metric]:.4g}; {card['seconds']:.1f}s"
+    )
+    for row in card["methods"][1:]:
+        print(f"  {row['method']}: target CV {metric} {row['cv']:.4g} ± {row['cv_std']:.4g}")
+    print(f"wrote {args.out / card['network']['file']}, {card_path}, {args.out / REPORT_FILE}")
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from pacnet.tabular import open_artifact, read_table, write_table
+
+    artifact = open_artifact(args.artifact)
+    check(
+        args.task in artifact.tasks,
+        f"--task {args.task}: {args.artifact} has the tasks {', '.join(artifact.tasks)}",
+    )
+    keep = _column_list(args.keep, "--keep") if args.keep.strip() else []
+    clash = [n for n in keep if n in artifact.outputs]
+    if clash:
+        raise PacnetError(f"--keep {clash[0]!r}: the predictions take that name")
+    table = read_table(args.input)
+    table.require(keep, "--keep")
+    predictions = artifact.predict_table(table, args.task)
+    columns: dict = {name: table.values(name) for name in keep}
+    columns.update(predictions)
+    write_table(args.out, columns)
+    where = "standard output" if args.out == "-" else args.out
+    print(
+        f"pacnet: {table.rows} rows predicted by the {args.task} model -> {where}",
+        file=sys.stderr,
+    )
+    if all(name in table.columns for name in artifact.outputs):
+        try:
+            actual = table.numbers(artifact.outputs, "an output")
+        except PacnetError:
+            return
+        for j, name in enumerate(artifact.outputs):
+            error = predictions[name] - actual[:, j]
+            rmse = float(np.sqrt(np.mean(error**2)))
+            print(f"pacnet: {name} is in the input too: rmse {rmse:.4g}", file=sys.stderr)
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -539,7 +798,12 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
     if args.results is not None:
         check(args.results.is_dir(), f"{args.results}: no such folder")
-        rows = [read_json(p) for p in sorted(args.results.rglob("result.json"))]
+        rows = []
+        for found in sorted(args.results.rglob("result.json")):
+            row = read_json(found)
+            if isinstance(row.get("network"), dict):  # where the saved network is now
+                row["network"]["path"] = str(found.parent / row["network"]["file"])
+            rows.append(row)
         if args.benchmark:
             rows = [r for r in rows if r["benchmark"] == args.benchmark]
     else:
@@ -588,6 +852,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "report": _cmd_report,
             "tune": _cmd_tune,
             "inspect": _cmd_inspect,
+            "transfer": _cmd_transfer,
+            "predict": _cmd_predict,
             "bench": _cmd_bench,
             "methods": _cmd_list,
             "benchmarks": _cmd_list,

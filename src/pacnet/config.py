@@ -2,8 +2,9 @@
 
 ``add_flags`` turns every field of a settings dataclass into a ``--flag`` (``ratio`` ->
 ``--ratio``, ``allocate_steps`` -> ``--allocate-steps``; a field's ``metadata["shown"]``
-words a default that is resolved later, for the help); ``build`` makes the dataclass from
-parsed flags over a base; ``config_hash`` names a resolved configuration.
+words a default that is resolved later, ``metadata["help"]`` what it means, for the
+help); ``build`` makes the dataclass from parsed flags over a base; ``config_hash`` names
+a resolved configuration.
 """
 
 from __future__ import annotations
@@ -66,13 +67,16 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
         convert, meta = _parser_for(hints[f.name], f.name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         default = f.metadata.get("shown", default)  # a default resolved later, in words
+        if isinstance(default, tuple):
+            default = ",".join(str(v) for v in default)
+        words = f.metadata.get("help")
         group.add_argument(
             _flag(f.name),
             dest=f"{cls.__name__}.{f.name}",
             type=convert,
             metavar=meta,
             default=argparse.SUPPRESS,
-            help=f"(default: {default})",
+            help=f"{words} (default: {default})" if words else f"(default: {default})",
         )
 
 

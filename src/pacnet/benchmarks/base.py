@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -23,6 +23,10 @@ from torch import Tensor, nn
 from pacnet.errors import check
 from pacnet.training.cache import StateCache
 from pacnet.training.train import Data, FitConfig, LossFn
+
+SOURCE_STEPS = "optimizer steps training the source model (and PAC-Net's Allocate)"
+TARGET_STEPS = "optimizer steps every method gets on the target"
+PROTOCOL = "fixed (train all target steps) or early (stop on held-out target samples)"
 
 
 @dataclass
@@ -35,16 +39,18 @@ class BudgetConfig:
     stops after ``patience`` evaluations (every ``eval_every`` steps) without improvement.
     """
 
-    source_steps: int = 4000
-    source_lr: float = 1e-3
-    source_batch: int = 128
-    target_steps: int = 500
-    target_lr: float = 1e-3
-    target_batch: int = 32
-    protocol: str = "fixed"
-    target_val_fraction: float = 0.2
-    patience: int = 10
-    eval_every: int = 25
+    source_steps: int = field(default=4000, metadata={"help": SOURCE_STEPS})
+    source_lr: float = field(default=1e-3, metadata={"help": "source learning rate"})
+    source_batch: int = field(default=128, metadata={"help": "source batch size"})
+    target_steps: int = field(default=500, metadata={"help": TARGET_STEPS})
+    target_lr: float = field(default=1e-3, metadata={"help": "target learning rate"})
+    target_batch: int = field(default=32, metadata={"help": "target batch size"})
+    protocol: str = field(default="fixed", metadata={"help": PROTOCOL})
+    target_val_fraction: float = field(
+        default=0.2, metadata={"help": "early: share of the target samples held out"}
+    )
+    patience: int = field(default=10, metadata={"help": "early: evaluations without gain"})
+    eval_every: int = field(default=25, metadata={"help": "steps between evaluations"})
 
     def __post_init__(self) -> None:
         check(

@@ -15,6 +15,12 @@ order, the per-task names, the mask shapes, the plan (head, tied names: see
 A tied tensor is stored once; loading needs a model tied the same way and keeps the tie.
 Two tasks cost one set of shared weights plus a 1-bit mask plus the small per-task tensors:
 about half of two dense models.
+
+A method that trains one plain network (fine-tuning and the other baselines) is saved by
+:func:`save_network` as a *one-network* file: format ``pacnet.network``, every tensor of
+the model's ``state_dict`` under ``net/<name>`` (a tied tensor once), the task it serves,
+``extra`` and the same checksum. :func:`load` reads both kinds; :func:`inspect` describes
+both.
 """
 
 from __future__ import annotations
@@ -33,9 +39,11 @@ from pacnet.core.io import read_safetensors, write_safetensors
 from pacnet.core.mask import Mask
 from pacnet.core.roles import Plan, aliases, tie_mismatch, unwrap
 from pacnet.core.tasks import FREE, Tasks, _slot
-from pacnet.errors import PacnetError, check, pacnet_version
+from pacnet.errors import PacnetError, check, first_line, pacnet_version
 
 FORMAT = "pacnet.checkpoint"
+NETWORK_FORMAT = "pacnet.network"
+NETWORK_FORMAT_VERSION = 1
 FORMAT_VERSION = 2
 """2: adds the ownership map of networks with several targets (``owner/<bit>/<name>``).
 Files without one (one target) are still written as version 1, so older pacnet reads them."""
@@ -53,8 +61,9 @@ def tensor_digest(tensors: Mapping[str, Tensor]) -> str:
 
 def save(
     path: str | Path, model: nn.Module, tasks: Tasks, extra: Mapping[str, Any] | None = None
-) -> None:
-    """Write the whole multi-task network (all tasks) to ``path``, atomically.
+) -> str:
+    """Write the whole multi-task network (all tasks) to ``path``, atomically; returns the
+    file's tensor checksum (SHA-256, as :func:`inspect` reports it).
 
     Tensors that share storage (tied weights) are stored once; the metadata names the aliases.
     """
@@ -65,18 +74,8 @@ def save(
     )
     tasks.activate(model, tasks.active)  # record the model's current per-task tensors
     owned = {slot for slots in tasks.slots.values() for slot in slots}
-    tensors: dict[str, Tensor] = {}
-    aliases: dict[str, str] = {}
-    seen: dict[tuple[int, int, tuple[int, ...], torch.dtype], str] = {}
-    for n, t in model.state_dict().items():
-        if n in owned:
-            continue
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
-        if t.numel() and key in seen:
-            aliases[n] = seen[key]
-        else:
-            seen[key] = n
-            tensors[f"shared/{n}"] = t
+    state = {n: t for n, t in model.state_dict().items() if n not in owned}
+    tensors, aliases = _once(state, "shared/")
     packed, shapes = tasks.mask.pack()
     tensors.update({f"mask/{n}": t for n, t in packed.items()})
     if tasks.owner is not None:
@@ -96,6 +95,119 @@ def save(
         "sha256": tensor_digest(tensors),
     }
     write_safetensors(path, tensors, meta)
+    return meta["sha256"]
+
+
+def _once(state: Mapping[str, Tensor], prefix: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """``state`` under ``prefix`` with every tied tensor (one storage under several names)
+    stored once; returns (tensors, {alias: canonical name})."""
+    tensors: dict[str, Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, int, tuple[int, ...], torch.dtype], str] = {}
+    for n, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        if t.numel() and key in seen:
+            aliases[n] = seen[key]
+        else:
+            seen[key] = n
+            tensors[f"{prefix}{n}"] = t
+    return tensors, aliases
+
+
+def save_network(
+    path: str | Path,
+    model: nn.Module,
+    task: str = "target",
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """Write one plain network (every tensor of ``model.state_dict()``) to ``path``,
+    atomically, as the model for ``task``: what a method that trains a single network
+    (fine-tuning, L2-SP, …) leaves. :func:`load` reads it back into a model of the same
+    architecture. Returns the tensor checksum."""
+    model = unwrap(model)
+    tensors, aliases = _once(model.state_dict(), "net/")
+    meta = {
+        "format": NETWORK_FORMAT,
+        "format_version": str(NETWORK_FORMAT_VERSION),
+        "pacnet_version": pacnet_version(),
+        "tasks": json.dumps([task]),
+        "extra": json.dumps(dict(extra or {})),
+        "aliases": json.dumps(aliases),
+        "sha256": tensor_digest(tensors),
+    }
+    write_safetensors(path, tensors, meta)
+    return meta["sha256"]
+
+
+def _read_network(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """A one-network file's tensors (by state_dict name, aliases restored) and metadata."""
+    tensors, meta = read_safetensors(path)
+    try:
+        version = int(meta["format_version"])
+        parsed = {k: json.loads(meta[k]) for k in ("tasks", "extra", "aliases")}
+    except (KeyError, ValueError):
+        raise PacnetError(f"{path}: checkpoint metadata is incomplete or malformed") from None
+    check(
+        version <= NETWORK_FORMAT_VERSION,
+        f"{path}: network format version {version} is newer than this pacnet reads "
+        f"({NETWORK_FORMAT_VERSION}); upgrade pacnet",
+    )
+    check(
+        tensor_digest(tensors) == meta.get("sha256"),
+        f"{path}: checkpoint is corrupted (tensor checksum mismatch)",
+    )
+    parsed["sha256"] = meta["sha256"]
+    state = {k.removeprefix("net/"): v for k, v in tensors.items() if k.startswith("net/")}
+    for alias, canonical in parsed["aliases"].items():
+        check(canonical in state, f"{path}: alias {alias!r} names a missing tensor")
+        state[alias] = state[canonical]
+    return state, parsed
+
+
+def _load_network(path: str | Path, model: nn.Module, task: str) -> nn.Module:
+    state, meta = _read_network(path)
+    check(
+        task in meta["tasks"],
+        f"{path}: holds one network, for task {meta['tasks'][0]!r}, not {task!r}",
+    )
+    plain = unwrap(model)
+    own = plain.state_dict()
+    missing, unexpected = own.keys() - state.keys(), state.keys() - own.keys()
+    check(
+        not missing and not unexpected,
+        f"{path}: checkpoint does not match the model's architecture "
+        f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})",
+    )
+    for name, value in state.items():
+        check(
+            tuple(own[name].shape) == tuple(value.shape),
+            f"{path}: {name!r} has shape {tuple(value.shape)} in the checkpoint but "
+            f"{tuple(own[name].shape)} in the model",
+        )
+    with torch.no_grad():
+        for name, value in state.items():
+            own[name].copy_(value)
+    return model
+
+
+def file_format(path: str | Path) -> str:
+    """The format a pacnet safetensors file declares (``pacnet.checkpoint`` for a
+    multi-task network, ``pacnet.network`` for one plain network); a one-line error for
+    anything else."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    check(path.is_file(), f"{path}: file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            found = (f.metadata() or {}).get("format")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise PacnetError(f"{path}: not a readable safetensors file ({first_line(exc)})") from None
+    check(
+        found in (FORMAT, NETWORK_FORMAT),
+        f"{path}: not a pacnet checkpoint (format {found!r})",
+    )
+    return str(found)
 
 
 def _owner_planes(tasks: Tasks) -> dict[str, Tensor]:
@@ -156,6 +268,7 @@ def _read(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         tensor_digest(tensors) == meta.get("sha256"),
         f"{path}: checkpoint is corrupted (tensor checksum mismatch)",
     )
+    parsed["sha256"] = meta["sha256"]
     return tensors, parsed
 
 
@@ -165,6 +278,11 @@ def load_tasks(path: str | Path, model: nn.Module) -> Tasks:
     The model is left active as the last task, with full shared weights.
     """
     model = unwrap(model)
+    check(
+        file_format(path) == FORMAT,
+        f"{path}: holds one plain network, not the tasks of a PAC-Net network; load it "
+        "with pacnet.load",
+    )
     tensors, meta = _read(path)
     shared = {k.removeprefix("shared/"): v for k, v in tensors.items() if k.startswith("shared/")}
     packed = {k.removeprefix("mask/"): v for k, v in tensors.items() if k.startswith("mask/")}
@@ -225,8 +343,11 @@ def load(path: str | Path, model: nn.Module, task: str = "target") -> nn.Module:
     """Load one task's model from a checkpoint into ``model`` and return it.
 
     ``task="source"`` gives the source model exactly as after Allocate (redundant weights
-    0, the source's own tensors); any other task name gives that calibrated model.
+    0, the source's own tensors); any other task name gives that calibrated model. A
+    one-network file (:func:`save_network`) holds the model of one task only.
     """
+    if file_format(path) == NETWORK_FORMAT:
+        return _load_network(path, model, task)
     tasks = load_tasks(path, model)
     check(task in tasks.order, f"{path}: no task {task!r} (has {', '.join(tasks.order)})")
     tasks.activate(model, task)
@@ -235,7 +356,21 @@ def load(path: str | Path, model: nn.Module, task: str = "target") -> nn.Module:
 
 
 def inspect(path: str | Path) -> dict[str, Any]:
-    """What a checkpoint holds (verified against its checksum): tasks, counts, metadata."""
+    """What a checkpoint holds (verified against its checksum): tasks, counts, metadata.
+
+    ``kind`` is ``"tasks"`` for a PAC-Net network (every key below) and ``"network"`` for a
+    one-network file (``tasks``, ``values``, ``extra``, ``sha256``)."""
+    if file_format(path) == NETWORK_FORMAT:
+        state, meta = _read_network(path)
+        unique = {id(v): v for v in state.values()}
+        return {
+            "kind": "network",
+            "format": NETWORK_FORMAT,
+            "tasks": meta["tasks"],
+            "values": sum(v.numel() for v in unique.values()),
+            "extra": meta["extra"],
+            "sha256": meta["sha256"],
+        }
     tensors, meta = _read(path)
     packed = {k.removeprefix("mask/"): v for k, v in tensors.items() if k.startswith("mask/")}
     mask = Mask.unpack(packed, meta["mask_shapes"])
@@ -253,6 +388,8 @@ def inspect(path: str | Path) -> dict[str, Any]:
         for task in meta["tasks"]
     }
     return {
+        "kind": "tasks",
+        "format": FORMAT,
         "tasks": meta["tasks"],
         "essential": mask.essential,
         "redundant": mask.redundant,
@@ -264,4 +401,5 @@ def inspect(path: str | Path) -> dict[str, Any]:
         "head": meta["plan"].head if meta["plan"] is not None else None,
         "coverage": meta["plan"].describe() if meta["plan"] is not None else None,
         "extra": meta["extra"],
+        "sha256": meta["sha256"],
     }

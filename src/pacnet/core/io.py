@@ -30,11 +30,20 @@ def _atomic_target(path: str | Path) -> tuple[Path, str]:
     return path, tmp
 
 
+def umask() -> int:
+    """The process's file-creation mask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes_atomic(path: str | Path, write: Any) -> None:
-    """Call ``write(tmp_path)``, then rename the finished file onto ``path``."""
+    """Call ``write(tmp_path)``, then rename the finished file onto ``path`` (with the
+    permissions a new file gets, not the temporary file's owner-only ones)."""
     path, tmp = _atomic_target(path)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -12,6 +12,7 @@ fine-tuning on the seeds both ran, mean ± standard error, one line per other va
 line at 0; the values of the paired table). Runs that served several
 targets from one network (``pacnet run --targets``) get a table of their own per setting:
 every task's error after each addition, with one-target runs of the same targets beside it.
+Runs saved with ``pacnet run --save`` are listed at the end with where their network is.
 """
 
 from __future__ import annotations
@@ -305,6 +306,31 @@ def _across_plot(
     return path.name
 
 
+def saved_networks(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown lines: where each run saved with ``pacnet run --save`` keeps its network."""
+    saved = [r for r in rows if isinstance(r.get("network"), dict)]
+    if not saved:
+        return []
+    lines = [
+        "",
+        "## Saved networks",
+        "",
+        "Runs made with `pacnet run --save` (read any of them with `pacnet inspect FILE`):",
+        "",
+        "| benchmark | method | seed | N | tasks | network |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sorted(saved, key=lambda r: (r["benchmark"], r["method"], r["seed"])):
+        net = r["network"]
+        where = net.get("path") or f"{net['file']} beside the run's result.json"
+        targets = f" (targets {', '.join(map(str, r['targets']))})" if r.get("targets") else ""
+        lines.append(
+            f"| {r['benchmark']} | {variant(r)}{targets} | {r['seed']} | {r['target_size']} | "
+            f"{', '.join(net['tasks'])} | `{where}` |"
+        )
+    return lines
+
+
 def report(rows: Sequence[dict[str, Any]], out: str | Path, across: Sequence[str] = ()) -> Path:
     """Write ``out/report.md`` and its plots from ``rows``; returns the report's path.
 
@@ -343,6 +369,7 @@ def report(rows: Sequence[dict[str, Any]], out: str | Path, across: Sequence[str
     singles = [r for group in groups.values() for r in group]
     for name in across:
         lines += across_section(singles, name, out, len(groups) + len(chains) + 1)
+    lines += saved_networks(rows)
     path = out / "report.md"
     text = "\n".join(lines) + "\n"
     write_bytes_atomic(path, lambda tmp: Path(tmp).write_text(text))

@@ -22,16 +22,23 @@ import torch
 
 from pacnet.benchmarks import Benchmark, get_benchmark
 from pacnet.config import config_hash, make, to_dict
+from pacnet.core.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from pacnet.core.checkpoint import NETWORK_FORMAT, save_network
+from pacnet.core.checkpoint import save as save_checkpoint
 from pacnet.core.io import write_json
+from pacnet.core.roles import unwrap
+from pacnet.core.tasks import Tasks
 from pacnet.errors import PacnetError, check, pacnet_version
 from pacnet.experiments.select import cross_validate
 from pacnet.methods import Method, TransferContext, get_method
 from pacnet.methods.base import candidates
+from pacnet.models import spec_of
 from pacnet.training import distributed
 from pacnet.training.cache import StateCache
 from pacnet.training.train import AMP_DTYPES, fit
 
 RESULT_FILE = "result.json"
+NETWORK_FILE = "net.safetensors"
 SELECT_MODES = ("none", "cv", "holdout")
 SOURCE_COMPUTE = ("standard", "equal")
 
@@ -266,15 +273,83 @@ def extra_source_steps(spec: RunSpec, bench: Benchmark) -> int:
     return bench.source_fit().steps if spec.source_compute == "equal" else 0
 
 
+@dataclass
+class Trained:
+    """A finished run: its result record and the network it trained."""
+
+    result: dict[str, Any]
+    model: torch.nn.Module
+    """The target network (PAC-Net: the one network that holds every task)."""
+    tasks: Tasks | None = None
+    """PAC-Net: the per-task tensors of ``model``; None for one-network methods."""
+
+
 def run(
-    spec: RunSpec, out: str | Path | None = None, cache: StateCache | None = None
+    spec: RunSpec,
+    out: str | Path | None = None,
+    cache: StateCache | None = None,
+    save: bool = False,
 ) -> dict[str, Any]:
-    """Execute one run; write ``out/result.json`` (atomically) if ``out`` is given.
+    """Execute one run; write ``out/result.json`` (atomically) if ``out`` is given, and with
+    ``save`` the trained network as ``out/net.safetensors`` (see :func:`run_trained`).
 
     Torch uses ``spec.threads`` CPU threads during the run (default: the benchmark's choice).
     """
+    return run_trained(spec, out, cache, save).result
+
+
+def run_trained(
+    spec: RunSpec,
+    out: str | Path | None = None,
+    cache: StateCache | None = None,
+    save: bool = False,
+) -> Trained:
+    """:func:`run`, also returning the network it trained.
+
+    With ``save`` (which needs ``out``) the network is written to ``out/net.safetensors``
+    before ``result.json``, which records it under ``network``: PAC-Net's network with all
+    its tasks (the source and each target) as :func:`pacnet.save` writes it, every other
+    method's target network as a one-network file (:func:`pacnet.save_network`; LoRA's with
+    its adapters merged into the weights).
+    """
+    check(not save or out is not None, "saving the network needs an output folder (--out)")
     with using_threads(spec):
-        return _run(spec, out, cache)
+        return _run(spec, out, cache, save)
+
+
+def save_trained(
+    path: str | Path, spec: RunSpec, model: torch.nn.Module, tasks: Tasks | None
+) -> dict[str, Any]:
+    """Write a run's network to ``path``; returns what ``result.json`` records of it."""
+    extra: dict[str, Any] = {
+        "benchmark": spec.benchmark,
+        "method": spec.method,
+        "seed": spec.seed,
+        "target_size": spec.target_size,
+        "run_id": spec.run_id(),
+    }
+    if tasks is not None:
+        if (model_spec := spec_of(unwrap(model))) is not None:
+            extra["model"] = model_spec
+        digest = save_checkpoint(path, model, tasks, extra)
+        names, fmt = list(tasks.order), CHECKPOINT_FORMAT
+    else:
+        plain = merged(model)
+        if (model_spec := spec_of(plain)) is not None:
+            extra["model"] = model_spec
+        digest = save_network(path, plain, "target", extra)
+        names, fmt = ["target"], NETWORK_FORMAT
+    return {"file": Path(path).name, "format": fmt, "tasks": names, "sha256": digest}
+
+
+def merged(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` as one plain network: a peft model (LoRA) as a copy with its adapters
+    merged into the weights (equal up to rounding); any other model as it is."""
+    if hasattr(model, "merge_and_unload"):
+        import copy
+
+        return copy.deepcopy(model).merge_and_unload()
+    return model
 
 
 @contextmanager
@@ -330,7 +405,7 @@ def prepare(spec: RunSpec, cache: StateCache) -> TransferContext:
     )
 
 
-def _run(spec: RunSpec, out: str | Path | None, cache: StateCache | None) -> dict[str, Any]:
+def _run(spec: RunSpec, out: str | Path | None, cache: StateCache | None, save: bool) -> Trained:
     cache = cache or StateCache()
     method = spec.make_method()
     if out is not None and distributed.is_main():
@@ -343,7 +418,7 @@ def _run(spec: RunSpec, out: str | Path | None, cache: StateCache | None) -> dic
     bench, source, target = ctx.benchmark, ctx.source, ctx.target
     source_before = bench.score(ctx.source_model, source.test)
     if spec.targets:
-        return _run_chain(spec, out, ctx, method, source_before, start)
+        return _run_chain(spec, out, ctx, method, source_before, start, save)
     selection = None
     if spec.select != "none":
         selection = cross_validate(
@@ -377,7 +452,7 @@ def _run(spec: RunSpec, out: str | Path | None, cache: StateCache | None) -> dic
         benchmark_details=bench.details(),
         selection=selection,
     )
-    return _finish(result, transfer.target_model, out)
+    return _finish(spec, Trained(result, transfer.target_model, transfer.tasks), out, save)
 
 
 def _record(
@@ -401,9 +476,10 @@ def _record(
     }
 
 
-def _finish(result: dict[str, Any], model: torch.nn.Module, out: str | Path | None) -> dict:
+def _finish(spec: RunSpec, trained: Trained, out: str | Path | None, save: bool) -> Trained:
     """Record the process layout (and, under torchrun, that every rank holds the same
-    weights); only rank 0 writes ``result.json``."""
+    weights); only rank 0 writes ``result.json`` (and, with ``save``, the network first)."""
+    result, model = trained.result, trained.model
     if distributed.active():
         result["distributed"] = {
             "world_size": distributed.world_size(),
@@ -415,8 +491,11 @@ def _finish(result: dict[str, Any], model: torch.nn.Module, out: str | Path | No
             "the ranks ended with different weights (checksum mismatch); nothing written",
         )
     if out is not None and distributed.is_main():
+        if save:
+            network = save_trained(Path(out) / NETWORK_FILE, spec, model, trained.tasks)
+            result["network"] = network
         write_json(Path(out) / RESULT_FILE, result)
-    return result
+    return trained
 
 
 def _run_chain(
@@ -426,7 +505,8 @@ def _run_chain(
     method: Method,
     source_before: float,
     start: float,
-) -> dict[str, Any]:
+    save: bool,
+) -> Trained:
     """Several targets (the targets of seeds ``spec.targets``) in one PAC-Net network."""
     bench = ctx.benchmark
     targets = [(str(seed), bench.target(seed, spec.target_size)) for seed in spec.targets]
@@ -434,7 +514,7 @@ def _run_chain(
         torch.manual_seed(ctx.seed)
         chain = method.chain(ctx, targets, bench.score)  # type: ignore[attr-defined]
     final = chain["steps"][-1]["scores"]
-    model = chain.pop("model")
+    model, tasks = chain.pop("model"), chain.pop("tasks")
     result = _record(
         spec,
         bench,
@@ -446,7 +526,7 @@ def _run_chain(
         source_test_after=final["source"],
         chain=chain,
     )
-    return _finish(result, model, out)
+    return _finish(spec, Trained(result, model, tasks), out, save)
 
 
 def _seeded_transfer(method: Method, ctx: TransferContext) -> Any:

@@ -60,6 +60,22 @@ def cv_splits(data: Data, folds: int, mode: str = "cv") -> list[tuple[Data, Data
     return splits[:1] if mode == "holdout" else splits
 
 
+def fold_scores(
+    method: Method,
+    ctx: TransferContext,
+    bench: Benchmark,
+    splits: list[tuple[Data, Data]],
+    run_one: Callable[[Method, TransferContext], Any],
+) -> list[float]:
+    """Validation score of ``method`` on each (train, validation) split of ``splits``."""
+    scores = []
+    for train, val in splits:
+        fold_ctx = replace(ctx, target=Task(train, ctx.target.val, val))
+        transfer = run_one(method, fold_ctx)
+        scores.append(bench.score(transfer.target_model, val))
+    return scores
+
+
 def cv_score(
     method: Method,
     ctx: TransferContext,
@@ -68,12 +84,7 @@ def cv_score(
     run_one: Callable[[Method, TransferContext], Any],
 ) -> float:
     """Mean validation score of ``method`` over the (train, validation) ``splits``."""
-    scores = []
-    for train, val in splits:
-        fold_ctx = replace(ctx, target=Task(train, ctx.target.val, val))
-        transfer = run_one(method, fold_ctx)
-        scores.append(bench.score(transfer.target_model, val))
-    return statistics.fmean(scores)
+    return statistics.fmean(fold_scores(method, ctx, bench, splits, run_one))
 
 
 def cross_validate(
@@ -88,12 +99,13 @@ def cross_validate(
 ) -> dict[str, Any]:
     """Score every candidate (``grid``, default the method's ``Params.search``) on
     validation splits of ``ctx.target.train`` (``mode`` ``cv`` or ``holdout``); return the
-    record."""
+    record (per candidate its mean ``val`` and the score of each fold, ``folds_val``)."""
     splits = cv_splits(ctx.target.train, folds, mode)
     tried = []
     for candidate in grid if grid is not None else candidates(method_cls.Params):
         method = method_cls(make(method_cls.Params, {**fixed, **candidate}))
-        tried.append({"params": candidate, "val": cv_score(method, ctx, bench, splits, run_one)})
+        scores = fold_scores(method, ctx, bench, splits, run_one)
+        tried.append({"params": candidate, "val": statistics.fmean(scores), "folds_val": scores})
     check(tried, f"{method_cls.__name__}: no candidates to choose from")
     best = min(range(len(tried)), key=lambda i: tried[i]["val"])
     whole = " (whole trajectories held out)" if ctx.target.train.groups is not None else ""

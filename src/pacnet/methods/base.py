@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from pacnet.benchmarks.base import Benchmark, Task
+from pacnet.core.tasks import Tasks
 from pacnet.training.train import (
     FitConfig,
     FitResult,
@@ -115,6 +116,10 @@ class Transfer:
     stored: int
     fit: FitResult
     details: dict[str, Any] = field(default_factory=dict)
+    tasks: Tasks | None = None
+    """PAC-Net: the per-task tensors of ``target_model``, which then holds every task
+    (``pacnet.save(path, target_model, tasks)`` writes them all); None for one-network
+    methods."""
 
 
 @dataclass

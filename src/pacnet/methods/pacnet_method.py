@@ -63,8 +63,10 @@ class PacNet(Method):
         if p.allocate_steps is not None:
             alloc_fit = replace(alloc_fit, steps=p.allocate_steps)
 
+        val = ctx.source.val if alloc_fit.patience is not None else None  # early stopping
+
         def build() -> dict:
-            allocate(model, mask, ctx.source.train, ctx.loss_fn, alloc_fit, seed=0)
+            allocate(model, mask, ctx.source.train, ctx.loss_fn, alloc_fit, val=val, seed=0)
             return model.state_dict()
 
         key = {
@@ -105,6 +107,7 @@ class PacNet(Method):
                 "redundant": report["redundant"],
                 "per_task": report["per_task"],
             },
+            tasks=tasks,
         )
 
     def chain(
@@ -171,5 +174,6 @@ class PacNet(Method):
             "steps": steps,
             "earlier_tasks_bit_identical": exact,
             "owned": {t: owned(t).essential for t in tasks.order},
-            "model": model,  # the network (not stored in result.json)
+            "model": model,  # the network and its tasks (not stored in result.json)
+            "tasks": tasks,
         }

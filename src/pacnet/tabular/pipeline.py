@@ -1,0 +1,429 @@
+"""``pacnet transfer``: PAC-Net from a source table to a target table, with evidence.
+
+:func:`transfer` reads both tables, standardises them with the source statistics, trains the
+source MLP (or takes it from ``--source-checkpoint``), chooses PAC-Net's λ and pruning ratio
+by K-fold cross-validation on the target rows (the machinery of ``pacnet run --select cv``:
+sample i is held out in fold i mod K), trains the winner on every target row and scores
+everything. Every method named in ``compare`` runs under the same cross-validation on the
+same rows with its own candidate grid. Every check on the input runs before any training.
+
+:func:`pacnet.tabular.artifact.write_artifact` then writes the folder.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pacnet.config import make, to_dict
+from pacnet.core.checkpoint import tensor_digest
+from pacnet.core.tasks import Tasks
+from pacnet.errors import PacnetError, check
+from pacnet.experiments.runner import _seeded_transfer, versions
+from pacnet.experiments.select import cross_validate
+from pacnet.methods import METHODS, Method, Transfer, TransferContext, get_method
+from pacnet.methods.base import candidates
+from pacnet.models import MLP
+from pacnet.tabular.files import Table, read_table
+from pacnet.tabular.problem import Problem, TableBenchmark, TableConfig
+from pacnet.tabular.source import NETWORK_FILE, SourceCheckpoint, read_source_checkpoint
+from pacnet.training.train import fit
+
+CARD_FORMAT = "pacnet.tabular"
+CARD_VERSION = 1
+
+
+@dataclass
+class TransferOptions:
+    """What ``pacnet transfer`` is asked to do (see ``pacnet transfer --help``)."""
+
+    source: Path
+    target: Path
+    outputs: list[str] | None = None
+    inputs: list[str] | None = None
+    ignore: list[str] = field(default_factory=list)
+    config: TableConfig = field(default_factory=TableConfig)
+    given: dict[str, Any] = field(default_factory=dict)
+    """The model and budget settings set explicitly (a checkpoint's architecture wins over
+    the defaults, but a different explicit one is refused)."""
+    folds: int = 3
+    seed: int = 0
+    lam: float | None = None
+    ratio: float | None = None
+    compare: list[str] = field(default_factory=list)
+    source_checkpoint: Path | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    progress: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.source, self.target = Path(self.source), Path(self.target)
+        if self.source_checkpoint is not None:
+            self.source_checkpoint = Path(self.source_checkpoint)
+
+
+@dataclass
+class Outcome:
+    """A finished transfer: the card's contents and the PAC-Net network with both tasks."""
+
+    card: dict[str, Any]
+    model: nn.Module
+    """The network, active as the target task; ``tasks`` holds both tasks' own tensors."""
+    tasks: Tasks
+    source_model: nn.Module
+    """The source model after Allocate, as a standalone copy (what ``--task source``
+    answers)."""
+    problem: Problem
+
+
+def parse_methods(text: str | Sequence[str]) -> list[str]:
+    """``--compare``'s methods: comma-separated names, or ``all`` (every baseline whose
+    dependencies are installed); PAC-Net itself always runs."""
+    names = [n.strip() for n in text.split(",")] if isinstance(text, str) else list(text)
+    names = [n for n in names if n]
+    if names == ["all"]:
+        return [m for m in METHODS if m != "pacnet" and (m != "lora" or _has_peft())]
+    for name in names:
+        get_method(name)
+    check(
+        "lora" not in names or _has_peft(),
+        "--compare lora needs Hugging Face peft: pip install 'pacnet[hf]'",
+    )
+    return [n for n in dict.fromkeys(names) if n != "pacnet"]
+
+
+def _has_peft() -> bool:
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _names(values: Sequence[str], flag: str) -> list[str]:
+    out = [v.strip() for v in values if v.strip()]
+    seen = set()
+    for name in out:
+        check(name not in seen, f"{flag} names {name!r} twice")
+        seen.add(name)
+    return out
+
+
+def _columns(
+    options: TransferOptions, source: Table, target: Table, ckpt: SourceCheckpoint | None
+) -> tuple[list[str], list[str]]:
+    """The input and output columns: given, else the checkpoint's, else (inputs) every
+    column both tables share that is neither an output nor ignored."""
+    outputs = options.outputs or (ckpt.outputs if ckpt else None)
+    check(outputs, "--outputs is required: the column(s) to predict, e.g. --outputs y")
+    outputs = _names(outputs, "--outputs")
+    inputs = options.inputs
+    if ckpt is not None and ckpt.inputs is not None:
+        if inputs is None:
+            inputs = ckpt.inputs
+        elif set(inputs) != set(ckpt.inputs):
+            raise PacnetError(
+                f"--source-checkpoint {ckpt.path} was trained on the inputs "
+                f"{', '.join(ckpt.inputs)}; --inputs names {', '.join(inputs)}"
+            )
+        else:
+            inputs = ckpt.inputs  # the model's order
+        if options.outputs and ckpt.outputs and set(outputs) != set(ckpt.outputs):
+            raise PacnetError(
+                f"--source-checkpoint {ckpt.path} predicts {', '.join(ckpt.outputs)}; "
+                f"--outputs names {', '.join(outputs)}"
+            )
+        if ckpt.outputs and set(outputs) == set(ckpt.outputs):
+            outputs = ckpt.outputs
+    source.require(outputs, "--outputs")
+    target.require(outputs, "--outputs")
+    for name in options.ignore:
+        check(
+            name in source.columns or name in target.columns,
+            f"--ignore {name!r}: neither table has that column",
+        )
+    if inputs is None:
+        shared = set(target.columns)
+        skip = set(outputs) | set(options.ignore)
+        inputs = [c for c in source.columns if c and c in shared and c not in skip]
+        check(
+            inputs,
+            f"{source.path} and {target.path} share no column besides the outputs; name the "
+            "inputs with --inputs",
+        )
+    inputs = _names(inputs, "--inputs")
+    both = [n for n in inputs if n in outputs]
+    if both:
+        raise PacnetError(f"{both[0]!r} is named both as an input and as an output")
+    ignored = [n for n in inputs if n in options.ignore]
+    if ignored:
+        raise PacnetError(f"{ignored[0]!r} is named both in --inputs and in --ignore")
+    return inputs, outputs
+
+
+def _grid(options: TransferOptions) -> list[dict[str, Any]]:
+    """PAC-Net's candidates: its search grid over λ and ratio, less what is fixed."""
+    from pacnet.methods.pacnet_method import PacNetParams
+
+    space = {
+        name: values
+        for name, values in PacNetParams.search.items()
+        if getattr(options, name) is None
+    }
+    return [dict(zip(space, combo, strict=True)) for combo in itertools.product(*space.values())]
+
+
+class _Memo:
+    """In-memory memo of model states (PAC-Net's Allocate per ratio), cloned on store."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, dict[str, Tensor]] = {}
+
+    def __call__(
+        self, key: Mapping[str, Any], build: Callable[[], Mapping[str, Tensor]]
+    ) -> Mapping[str, Tensor]:
+        name = json.dumps(dict(key), sort_keys=True, default=str)
+        if name not in self.states:
+            self.states[name] = {k: v.detach().clone() for k, v in build().items()}
+        return self.states[name]
+
+
+@contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count or TableBenchmark.threads or previous)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _say(options: TransferOptions, text: str) -> None:
+    if options.progress is not None:
+        options.progress(text)
+
+
+def transfer(options: TransferOptions) -> Outcome:
+    """Run the whole transfer of ``options`` (nothing is written; see
+    :func:`pacnet.tabular.artifact.write_artifact`)."""
+    check(options.folds >= 2, f"--folds must be >= 2, got {options.folds}")
+    check(0 <= options.seed < 2**31, f"--seed must lie in [0, 2**31), got {options.seed}")
+    check(
+        options.threads is None or options.threads >= 1,
+        f"--threads must be >= 1, got {options.threads}",
+    )
+    from pacnet.methods.pacnet_method import PacNetParams
+
+    fixed = {k: getattr(options, k) for k in ("lam", "ratio") if getattr(options, k) is not None}
+    make(PacNetParams, fixed)  # a bad λ or ratio fails before anything is read
+    compare = parse_methods(options.compare)
+    ckpt = None
+    if options.source_checkpoint is not None:
+        ckpt = read_source_checkpoint(options.source_checkpoint)
+        ckpt.check_flags(options.given)
+    source, target = read_table(options.source), read_table(options.target)
+    inputs, outputs = _columns(options, source, target, ckpt)
+    source_rows = (source.numbers(inputs, "--inputs"), source.numbers(outputs, "--outputs"))
+    target_rows = (target.numbers(inputs, "--inputs"), target.numbers(outputs, "--outputs"))
+    check(
+        target.rows >= options.folds,
+        f"{target.path}: {target.rows} target row{'s' if target.rows != 1 else ''}, fewer than "
+        f"the {options.folds} cross-validation folds; add rows"
+        + (f" or pass --folds {target.rows}" if target.rows >= 2 else ""),
+    )
+    if ckpt is not None:
+        ckpt.check_fits(inputs, outputs)
+        spec = ckpt.spec
+    else:
+        cfg = options.config
+        spec = MLP(len(inputs), cfg.hidden, len(outputs), cfg.activation).spec()
+    problem = Problem.build(
+        inputs, outputs, source_rows, target_rows, ckpt.scaling if ckpt else None
+    )
+    config = options.config
+    if ckpt is not None:
+        config = make(
+            TableConfig,
+            {**to_dict(config), "hidden": spec["hidden"], "activation": spec["activation"]},
+        )
+    bench = TableBenchmark(config, problem, spec, options.seed)
+    device = torch.device(options.device)
+    check(
+        device.type != "cuda" or torch.cuda.is_available(),
+        f"--device {options.device}: CUDA is not available on this machine",
+    )
+    with _threads(options.threads):
+        return _run(options, bench, ckpt, compare, device, (source, target))
+
+
+def _run(
+    options: TransferOptions,
+    bench: TableBenchmark,
+    ckpt: SourceCheckpoint | None,
+    compare: list[str],
+    device: torch.device,
+    tables: tuple[Table, Table],
+) -> Outcome:
+    start = time.perf_counter()
+    problem, seed = bench.problem, options.seed
+    src = bench.source()
+    model, origin = _source_model(options, bench, ckpt, device)
+    state_key = tensor_digest(model.state_dict())[:16]
+    target = bench.target(seed, len(problem.target_x))
+    ctx = TransferContext(bench, model, src, target, seed, f"table-{state_key}", _Memo())
+    rows: list[dict[str, Any]] = []
+    for name in ["pacnet", *compare]:
+        row, method, result, selection = _cross_validated(options, name, ctx)
+        rows.append(row)
+        if name == "pacnet":
+            ours = (method, result, selection)
+    method, result, selection = ours
+    card = {
+        "format": CARD_FORMAT,
+        "format_version": CARD_VERSION,
+        "network": {"file": NETWORK_FILE, "tasks": list(result.tasks.order)},
+        "inputs": problem.inputs,
+        "outputs": problem.outputs,
+        "scaling": {"inputs": problem.x_scale.to_dict(), "outputs": problem.y_scale.to_dict()},
+        "model": dict(bench.spec),
+        "method": "pacnet",
+        "hyperparameters": to_dict(method.params),
+        "chosen_by": {
+            k: ("fixed" if getattr(options, k) is not None else "cross-validation")
+            for k in ("lam", "ratio")
+        },
+        "metric": bench.metric,
+        "selection": {
+            "protocol": selection["protocol"],
+            "folds": selection["folds"],
+            "fold_of_row": "target row i (0-based, in file order) is held out in fold i mod K",
+        },
+        "methods": rows,
+        "metrics": {
+            "source": {
+                "rows_held_out": len(bench.source_test_rows),
+                "before": bench.metrics(model, src.test),
+                "after": bench.metrics(result.source_model, src.test),
+            },
+            "target": {
+                "cv": rows[0]["cv"],
+                "cv_std": rows[0]["cv_std"],
+                "cv_folds": rows[0]["cv_folds"],
+                "in_sample": bench.metrics(result.target_model, target.test),
+                "source_model_as_is": bench.metrics(model, target.test),
+            },
+        },
+        "parameters": result.details | {"trainable": result.trainable, "stored": result.stored},
+        "data": _data_record(options, bench, tables),
+        "training": {
+            "settings": to_dict(bench.config),
+            "seed": seed,
+            "folds": options.folds,
+            "device": str(device),
+            "source": origin,
+        },
+        "seconds": round(time.perf_counter() - start, 3),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "versions": versions(),
+    }
+    return Outcome(card, result.target_model, result.tasks, result.source_model, problem)
+
+
+def _source_model(
+    options: TransferOptions,
+    bench: TableBenchmark,
+    ckpt: SourceCheckpoint | None,
+    device: torch.device,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The source model (trained here, or the checkpoint's) and how it came about."""
+    if ckpt is not None:
+        _say(options, f"source model: {ckpt.describe()}")
+        return ckpt.model.to(device), {"checkpoint": str(ckpt.path), "sha256": ckpt.sha256}
+    src, cfg = bench.source(), bench.source_fit()
+    model = bench.make_model(options.seed).to(device)
+    _say(options, f"training the source model (up to {cfg.steps} steps on {len(src.train)} rows)")
+    loss = bench.loss_fn()
+    fitted = fit(model, loss, src.train, cfg, val=src.val, seed=options.seed, desc="source")
+    return model, {"trained": fitted.as_dict()}
+
+
+def _cross_validated(
+    options: TransferOptions, name: str, ctx: TransferContext
+) -> tuple[dict[str, Any], Method, Transfer, dict[str, Any]]:
+    """Method ``name`` cross-validated on the target rows, then its best candidate trained
+    on all of them: (the report's row, the method, its transfer, the selection record)."""
+    bench = ctx.benchmark
+    method_cls = get_method(name)
+    grid = _grid(options) if name == "pacnet" else candidates(method_cls.Params)
+    fixed = {}
+    if name == "pacnet":
+        fixed = {
+            k: getattr(options, k) for k in ("lam", "ratio") if getattr(options, k) is not None
+        }
+    began = time.perf_counter()
+    _say(
+        options,
+        f"cross-validating {name}: {len(grid)} candidate{'s' if len(grid) != 1 else ''} x "
+        f"{options.folds} folds on {len(ctx.target.train)} target rows",
+    )
+    selection = cross_validate(
+        method_cls, fixed, ctx, bench, options.folds, _seeded_transfer, grid=grid
+    )
+    method = method_cls(make(method_cls.Params, {**fixed, **selection["chosen"]}))
+    result = _seeded_transfer(method, ctx)
+    best = next(c for c in selection["candidates"] if c["params"] == selection["chosen"])
+    row = {
+        "method": name,
+        "summary": method_cls.summary,
+        "cv": best["val"],
+        "cv_folds": best["folds_val"],
+        "cv_std": statistics.pstdev(best["folds_val"]),
+        "chosen": selection["chosen"],
+        "params": to_dict(method.params),
+        "candidates": selection["candidates"],
+        "source_after": bench.score(result.source_model, ctx.source.test),
+        "target_in_sample": bench.score(result.target_model, ctx.target.test),
+        "trainable": result.trainable,
+        "stored": result.stored,
+        "seconds": round(time.perf_counter() - began, 3),
+    }
+    return row, method, result, selection
+
+
+def _data_record(
+    options: TransferOptions, bench: TableBenchmark, tables: tuple[Table, Table]
+) -> dict[str, Any]:
+    """What the card says about the data: files, rows and how they were used."""
+    problem = bench.problem
+    used = set(problem.inputs) | set(problem.outputs)
+    return {
+        "source": {
+            "file": str(options.source),
+            "rows": len(problem.source_x),
+            "rows_train": len(bench.source_train_rows),
+            "rows_early_stopping": len(bench.source_val_rows),
+            "rows_held_out": len(bench.source_test_rows),
+        },
+        "target": {"file": str(options.target), "rows": len(problem.target_x)},
+        "columns_ignored": {
+            "source": [c for c in tables[0].columns if c and c not in used],
+            "target": [c for c in tables[1].columns if c and c not in used],
+        },
+    }
+
+
+def progress_to_stderr(text: str) -> None:
+    """Progress lines for the command line."""
+    print(f"pacnet: {text}", file=sys.stderr, flush=True)

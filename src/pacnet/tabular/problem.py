@@ -1,0 +1,273 @@
+"""Two tables as a benchmark: standardisation, the source split, the MLP, loss and metric.
+
+:class:`TableBenchmark` turns the source and target rows into the :class:`Task` objects every
+transfer method and the cross-validation already use, so PAC-Net and the baselines run on
+the user's data unchanged.
+
+* Inputs and outputs are standardised with the **source** table's mean and standard
+  deviation (population, in float64), stored in the card so predictions come back in
+  the original units. A column with no spread in the source (a constant) is scaled by its
+  spread in the target table if it has one there, else by 1 (centred only), so nothing is
+  divided by zero.
+* The source rows are split once (seeded by ``--seed``): ``source_holdout`` of them
+  (default 10 %) are held out to measure the source error before and after transfer;
+  ``source_val`` of the rest (10 %) are held out to stop the source training and Allocate
+  early (after ``source_patience`` evaluations without gain, keeping the best state); the
+  rest train the source model and PAC-Net's Allocate.
+* The target task trains on every target row; its "test" data are the same rows, so the
+  target error after training is an in-sample fit. The honest estimate of the target error
+  is the cross-validation score.
+* Loss: mean squared error on the standardised outputs. Metric: RMSE in the output's own
+  units when there is one output; with several, the RMSE over all standardised outputs
+  (each output divided by its source standard deviation), and per output in its units.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pacnet.benchmarks.base import SOURCE_STEPS, TARGET_STEPS, Benchmark, BudgetConfig, Task
+from pacnet.errors import PacnetError, check
+from pacnet.models import MLP
+from pacnet.training.train import Data, FitConfig, LossFn, device_of, evaluate
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Per-column mean and scale: ``z = (x − mean) / scale``; ``constant`` names the
+    columns without spread in the source table."""
+
+    names: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    constant: tuple[str, ...] = ()
+
+    @classmethod
+    def fit(
+        cls, names: Sequence[str], values: np.ndarray, fallback: np.ndarray | None = None
+    ) -> Scaling:
+        """Statistics of ``values`` (rows × columns); a constant column takes its spread
+        in ``fallback`` (the target rows) when it has one there, else 1."""
+        mean = values.mean(axis=0)
+        std = values.std(axis=0)
+        scale, constant = [], []
+        for j, name in enumerate(names):
+            s = float(std[j])
+            if not s > 1e-12 * max(abs(float(mean[j])), 1e-300):
+                constant.append(name)
+                other = float(fallback[:, j].std()) if fallback is not None else 0.0
+                s = other if other > 1e-12 * max(abs(float(mean[j])), 1e-300) else 1.0
+            scale.append(s)
+        return cls(tuple(names), tuple(float(m) for m in mean), tuple(scale), tuple(constant))
+
+    def apply(self, values: np.ndarray) -> Tensor:
+        """Standardised float32 tensor of raw ``values`` (rows × columns, in ``names`` order)."""
+        z = (values - np.asarray(self.mean)) / np.asarray(self.scale)
+        return torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))
+
+    def invert(self, z: Tensor | np.ndarray) -> np.ndarray:
+        """Raw float64 values of standardised ``z``."""
+        if isinstance(z, Tensor):
+            z = z.detach().cpu().double().numpy()
+        return np.asarray(z, dtype=np.float64) * np.asarray(self.scale) + np.asarray(self.mean)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values (as the card stores them)."""
+        return {
+            "names": list(self.names),
+            "mean": list(self.mean),
+            "scale": list(self.scale),
+            "constant": list(self.constant),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Scaling:
+        """The scaling :meth:`to_dict` wrote; a one-line error if it is malformed."""
+        try:
+            scaling = cls(
+                tuple(str(n) for n in data["names"]),
+                tuple(float(v) for v in data["mean"]),
+                tuple(float(v) for v in data["scale"]),
+                tuple(str(n) for n in data.get("constant", ())),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise PacnetError("malformed standardisation statistics") from None
+        check(
+            len(scaling.names) == len(scaling.mean) == len(scaling.scale)
+            and all(s > 0 and math.isfinite(s) for s in scaling.scale),
+            "malformed standardisation statistics",
+        )
+        return scaling
+
+
+@dataclass
+class TableConfig(BudgetConfig):
+    """Model and budgets of ``pacnet transfer``; the defaults suit a few thousand source
+    rows and tens of target rows (seconds to a minute on 2 CPU cores)."""
+
+    source_steps: int = field(default=2000, metadata={"help": SOURCE_STEPS})
+    source_batch: int = field(default=64, metadata={"help": "source batch size"})
+    target_steps: int = field(default=300, metadata={"help": TARGET_STEPS})
+    hidden: tuple[int, ...] = field(default=(64, 64), metadata={"help": "hidden layer widths"})
+    activation: str = field(default="relu", metadata={"help": "relu, tanh, gelu or silu"})
+    source_holdout: float = field(
+        default=0.1,
+        metadata={"help": "share of the source rows held out to measure the source error"},
+    )
+    source_patience: int = field(
+        default=10,
+        metadata={
+            "help": "stop the source training and Allocate after this many evaluations "
+            "without gain on held-out source rows, keeping the best state (0: train every step)"
+        },
+    )
+    source_val: float = field(
+        default=0.1,
+        metadata={"help": "share of the source training rows held out for that stopping"},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("source_holdout", "source_val"):
+            value = getattr(self, name)
+            check(0 < value < 1, f"{name} must lie in (0, 1), got {value}")
+        check(
+            self.source_patience >= 0, f"source_patience must be >= 0, got {self.source_patience}"
+        )
+        check(self.hidden and all(h >= 1 for h in self.hidden), "--hidden needs widths >= 1")
+
+    def source_fit(self) -> FitConfig:
+        """The source budget, stopping early on held-out source rows unless patience is 0."""
+        cfg = super().source_fit()
+        return replace(cfg, patience=self.source_patience or None)
+
+
+@dataclass
+class Problem:
+    """The rows of both tables (raw float64) with their column names and scalings."""
+
+    inputs: list[str]
+    outputs: list[str]
+    source_x: np.ndarray
+    source_y: np.ndarray
+    target_x: np.ndarray
+    target_y: np.ndarray
+    x_scale: Scaling
+    y_scale: Scaling
+
+    @classmethod
+    def build(
+        cls,
+        inputs: Sequence[str],
+        outputs: Sequence[str],
+        source: tuple[np.ndarray, np.ndarray],
+        target: tuple[np.ndarray, np.ndarray],
+        scaling: tuple[Scaling, Scaling] | None = None,
+    ) -> Problem:
+        """The problem with scalings fitted on the source rows (or the given ones)."""
+        if scaling is None:
+            scaling = (
+                Scaling.fit(inputs, source[0], target[0]),
+                Scaling.fit(outputs, source[1], target[1]),
+            )
+        return cls(list(inputs), list(outputs), *source, *target, *scaling)
+
+
+class TableBenchmark(Benchmark):
+    """The user's source and target tables as a benchmark (not registered by name)."""
+
+    name = "table"
+    metric = "rmse"
+    summary = "your own tables: an MLP from the source rows, transferred to the target rows"
+    Config = TableConfig
+    threads = 1
+
+    def __init__(self, config: TableConfig, problem: Problem, spec: Mapping[str, Any], seed: int):
+        super().__init__(config)
+        self.problem = problem
+        self.spec = dict(spec)
+        n = len(problem.source_x)
+        held = max(1, round(n * config.source_holdout))
+        val = max(1, round((n - held) * config.source_val)) if config.source_patience else 0
+        check(
+            n - held - val >= 1,
+            f"the source table has {n} rows: too few to hold out {held + val} (to measure the "
+            "source error and to stop training early) and train on the rest",
+        )
+        order = np.random.default_rng(seed).permutation(n)
+        self.source_test_rows = np.sort(order[:held])
+        self.source_val_rows = np.sort(order[held : held + val])
+        self.source_train_rows = np.sort(order[held + val :])
+        if len(problem.outputs) > 1:
+            self.metric = "rmse (standardised)"
+        self._source: Task | None = None
+
+    def data(self, x: np.ndarray, y: np.ndarray) -> Data:
+        """Standardised :class:`Data` of raw rows."""
+        return Data(self.problem.x_scale.apply(x), self.problem.y_scale.apply(y))
+
+    def source(self) -> Task:
+        if self._source is None:
+            p, train, test = self.problem, self.source_train_rows, self.source_test_rows
+            val = self.source_val_rows
+            self._source = Task(
+                train=self.data(p.source_x[train], p.source_y[train]),
+                val=self.data(p.source_x[val], p.source_y[val]) if len(val) else None,
+                test=self.data(p.source_x[test], p.source_y[test]),
+            )
+        return self._source
+
+    def target(self, seed: int, size: int) -> Task:
+        p = self.problem
+        every = self.data(p.target_x, p.target_y)
+        return self.labelled(
+            len(p.target_x), "rows", lambda s: self.data(p.target_x[s], p.target_y[s]), every
+        )
+
+    @property
+    def max_target_size(self) -> int:
+        return len(self.problem.target_x)
+
+    def make_model(self, seed: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return MLP.from_spec(self.spec)
+
+    def loss_fn(self) -> LossFn:
+        return nn.functional.mse_loss
+
+    def score(self, model: nn.Module, data: Data) -> float:
+        """RMSE in the output's units (one output) or over the standardised outputs."""
+        rmse = math.sqrt(evaluate(model, data, nn.functional.mse_loss))
+        return rmse * self.problem.y_scale.scale[0] if len(self.problem.outputs) == 1 else rmse
+
+    def metrics(self, model: nn.Module, data: Data) -> dict[str, float]:
+        """The main score and, per output, RMSE and MAE in the output's own units."""
+        out = {self.metric: self.score(model, data)}
+        predicted = self.problem.y_scale.invert(predict(model, data.x))
+        actual = self.problem.y_scale.invert(data.y)
+        for j, name in enumerate(self.problem.outputs):
+            error = predicted[:, j] - actual[:, j]
+            out[f"rmse[{name}]"] = float(np.sqrt(np.mean(error**2)))
+            out[f"mae[{name}]"] = float(np.mean(np.abs(error)))
+        return out
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor) -> Tensor:
+    """``model(x)`` in eval mode (its modes put back afterwards), on the model's device,
+    returned on the CPU."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        return model(x.to(device_of(model))).cpu()
+    finally:
+        for module, training in modes:
+            module.training = training
