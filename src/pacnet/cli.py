@@ -2,6 +2,7 @@
 
     pacnet run BENCHMARK --method M --seed S --target-size N [--ratio R] [--quick] --out DIR
     pacnet reproduce BENCHMARK [--methods a,b] [--target-sizes 10,50] [--seeds 5] --out DIR
+    pacnet status [--db PATH|URL]
     pacnet transfer --source sim.csv --target measured.csv --outputs y --out DIR
     pacnet predict DIR --task target --input new.csv --out pred.csv
     pacnet inspect DIR | FILE
@@ -95,6 +96,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def _db_flag(parser: Any, text: str = "the results database") -> None:
+    parser.add_argument(
+        "--db",
+        default=None,
+        metavar="PATH|URL",
+        help=f"{text}: a SQLite file (default runs/pacnet.sqlite), sqlite:///FILE or "
+        "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (pacnet[postgres])",
+    )
+
+
 class _Parser(argparse.ArgumentParser):
     r"""An argument parser whose errors are one-line :class:`PacnetError` lines."""
 
@@ -180,7 +191,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         metavar="N=K,...",
         help="more or fewer seeds for some target sizes, e.g. 10=10,20=10",
     )
-    rep.add_argument("--db", type=Path, default=None, help="results database (runs/pacnet.sqlite)")
+    _db_flag(rep)
     rep.add_argument(
         "--param",
         action="append",
@@ -188,7 +199,40 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         metavar="METHOD.NAME=VALUE",
         help="a method hyperparameter, e.g. pacnet.lam=0.1 (repeatable)",
     )
-    rep.add_argument("--jobs", type=int, default=None, help="parallel worker processes (1)")
+    rep.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="worker processes on this machine (1); workers on other machines running the "
+        "same grid against the same --db share it",
+    )
+    rep.add_argument(
+        "--lease",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long a claimed run stays claimed unless its worker renews it (renewed every "
+        "third of that while it runs); a dead worker's run is claimed again after it (60)",
+    )
+    rep.add_argument(
+        "--max-attempts",
+        type=int,
+        default=None,
+        help="starts of a run whose worker then vanished before the run counts as failed (3)",
+    )
+    rep.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="run the grid's failed runs again (otherwise they stay failed)",
+    )
+    rep.add_argument(
+        "--nproc-per-run",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run each run as a torchrun job of N processes (DDP; with --device cuda, N GPUs "
+        "per worker)",
+    )
     rep.add_argument("--out", type=Path, default=None, help="table folder (runs/BENCHMARK)")
     _common(rep)
 
@@ -198,16 +242,14 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     tun.add_argument("--seed", type=int, default=0, help="fixes the target task and its samples")
     tun.add_argument("--target-size", type=int, default=50, help="labelled target samples")
     tun.add_argument("--trials", type=int, default=20, help="trials to add to the study")
-    tun.add_argument(
-        "--storage",
-        default=None,
-        help="Optuna RDB URL (default: sqlite:///runs/pacnet.sqlite; PostgreSQL works)",
-    )
+    where = tun.add_mutually_exclusive_group()
+    _db_flag(where, "the database of the study: a path or URL as for reproduce")
+    where.add_argument("--storage", default=None, help="an Optuna RDB URL, instead of --db")
     tun.add_argument("--study", default=None, help="study name (default from the run)")
     _common(tun)
 
     rpt = sub.add_parser("report", help="Markdown report with plots from stored results")
-    rpt.add_argument("--db", type=Path, default=None, help="results database (runs/pacnet.sqlite)")
+    _db_flag(rpt)
     rpt.add_argument(
         "--results",
         type=Path,
@@ -224,6 +266,14 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     rpt.add_argument("--out", type=Path, default=Path("runs/report"), help="report folder")
     rpt.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    sts = sub.add_parser(
+        "status", help="the grids in a results database: pending, running, done, failed, ETA"
+    )
+    _db_flag(sts)
+    sts.add_argument("--grid", default=None, help="only the grid whose id starts with this")
+    sts.add_argument("--json", action="store_true", help="print JSON")
+    sts.add_argument("--debug", action="store_true", help="show tracebacks")
 
     bch = sub.add_parser("bench", help="time and memory of masked vs plain training, and more")
     bch.add_argument("--quick", action="store_true", help="fewer repeats, skip 100M weights")
@@ -545,11 +595,9 @@ def _search_grids(search: dict, methods: Sequence[str]) -> dict[str, list[dict]]
 
 def _cmd_reproduce(args: argparse.Namespace) -> None:
     from pacnet.benchmarks import get_benchmark
-    from pacnet.core.io import write_bytes_atomic
     from pacnet.experiments.runner import RunSpec
-    from pacnet.experiments.store import DEFAULT_DB, Store
-    from pacnet.experiments.sweep import plan, sweep
-    from pacnet.experiments.table import markdown, protocol
+    from pacnet.experiments.store import DEFAULT_DB, Store, grid_id
+    from pacnet.experiments.sweep import WorkerOptions, default_label, plan, sweep
     from pacnet.methods import get_method
     from pacnet.training.cache import StateCache
 
@@ -589,9 +637,55 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
     specs = plan(base, methods, sizes, seeds, params, search, grid["source_compute"])
     for spec in {s.method: s for s in specs}.values():
         spec.resolved()  # bad settings fail before anything runs
+    options = WorkerOptions(
+        **{
+            name: value
+            for name, value in (
+                ("lease", args.lease),
+                ("max_attempts", args.max_attempts),
+                ("nproc_per_run", args.nproc_per_run),
+            )
+            if value is not None
+        }
+    )
+    label = default_label(specs) + (f" from {args.config}" if args.config else "")
     out = args.out or Path("runs", args.benchmark)
     with Store(args.db or DEFAULT_DB) as store:
-        results = sweep(specs, store, jobs=int(grid["jobs"]), cache=StateCache(args.cache))
+        results = sweep(
+            specs,
+            store,
+            jobs=int(grid["jobs"]),
+            cache=StateCache(args.cache),
+            label=label,
+            retry_failed=args.retry_failed,
+            options=options,
+        )
+        where = store.display
+        failed = [st for g in store.status(grid_id(s.run_id() for s in specs)) for st in g.failed]
+    if results:
+        _write_table(args, bench_cls, methods, seeds, results, out)
+    written = f"; table written to {out / 'table.md'}" if results else ""
+    print(f"\n{len(results)} of {len(specs)} runs in {where}{written}")
+    if failed:
+        first = failed[0]
+        last = (first.error or "").strip().splitlines()[-1:] or ["no error text"]
+        raise PacnetError(
+            f"{len(failed)} of {len(specs)} runs failed (the first, {first.describe()}: "
+            f"{last[0]}); pacnet status --db {where} lists them, --retry-failed runs them again"
+        )
+
+
+def _write_table(
+    args: argparse.Namespace,
+    bench_cls: Any,
+    methods: Sequence[str],
+    seeds: dict[int, list[int]],
+    results: list[dict],
+    out: Path,
+) -> None:
+    from pacnet.core.io import write_bytes_atomic
+    from pacnet.experiments.table import markdown, protocol
+
     table = markdown(results, bench_cls.metric)
     seeds_text = ", ".join(f"N={n}: {len(s)}" for n, s in seeds.items())
     header = (
@@ -600,25 +694,22 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
     )
     write_bytes_atomic(out / "table.md", lambda tmp: Path(tmp).write_text(header + table + "\n"))
     print(header + table)
-    print(f"\n{len(results)} runs in {args.db or DEFAULT_DB}; table written to {out / 'table.md'}")
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
     from pacnet.benchmarks import get_benchmark
-    from pacnet.experiments.store import DEFAULT_DB
-    from pacnet.experiments.tune import tune
+    from pacnet.experiments.store import DEFAULT_DB, hide_password
+    from pacnet.experiments.tune import optuna_storage, tune
     from pacnet.training.cache import StateCache
 
     bench_cls = get_benchmark(args.benchmark)
     spec = _run_spec(args)
-    storage = args.storage
-    if storage is None:
-        DEFAULT_DB.parent.mkdir(parents=True, exist_ok=True)
-        storage = f"sqlite:///{DEFAULT_DB}"
+    storage = optuna_storage(args.storage or args.db or DEFAULT_DB)
     study = tune(spec, args.trials, storage, args.study, args.folds, StateCache(args.cache))
     best = study.best_trial
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in best.params.items())
-    print(f"study {study.study_name!r} in {storage}: {len(study.trials)} trials")
+    where = hide_password(str(args.storage or args.db or DEFAULT_DB))
+    print(f"study {study.study_name!r} in {where}: {len(study.trials)} trials")
     print(f"best validation {bench_cls.metric} {best.value:.4f} with {best.params}")
     print(
         f"run it: pacnet run {args.benchmark} --method {args.method} --seed {args.seed} "
@@ -807,9 +898,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
         if args.benchmark:
             rows = [r for r in rows if r["benchmark"] == args.benchmark]
     else:
-        db = args.db or DEFAULT_DB
-        check(db.is_file(), f"{db}: no results database (run pacnet reproduce first, or --db)")
-        with Store(db) as store:
+        with Store(args.db or DEFAULT_DB, create=False) as store:
             rows = store.results(args.benchmark)
     check(rows, "no stored results to report")
     across = [a.strip() for a in (args.across or "").split(",") if a.strip()]
@@ -820,6 +909,28 @@ def _cmd_report(args: argparse.Namespace) -> None:
         )
     path = report(rows, args.out, across)
     print(f"report of {len(rows)} runs written to {path}")
+
+
+def _cmd_status(args: argparse.Namespace) -> None:
+    import json
+
+    from pacnet.experiments.status import status_text
+    from pacnet.experiments.store import DEFAULT_DB, Store
+
+    with Store(args.db or DEFAULT_DB, create=False) as store:
+        grids = store.status(args.grid)
+        stored = len(store.ids())
+        where = store.display
+    check(grids or not args.grid, f"no grid whose id starts with {args.grid!r} in {where}")
+    if args.json:
+        print(
+            json.dumps(
+                {"database": where, "stored_runs": stored, "grids": [g.as_dict() for g in grids]},
+                indent=2,
+            )
+        )
+    else:
+        print(status_text(where, stored, grids))
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
@@ -851,6 +962,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "reproduce": _cmd_reproduce,
             "report": _cmd_report,
             "tune": _cmd_tune,
+            "status": _cmd_status,
             "inspect": _cmd_inspect,
             "transfer": _cmd_transfer,
             "predict": _cmd_predict,

@@ -1,22 +1,41 @@
-"""A grid of runs (methods x target sizes x seeds), resumable and optionally parallel.
+"""A grid of runs (methods x target sizes x seeds): resumable, parallel, shared by machines.
 
-Finished runs go to the results :class:`~pacnet.experiments.store.Store` (SQLite), keyed by
-run id; a run already there is skipped, so re-running a killed sweep finishes it without
-repeating or duplicating work.
+:func:`sweep` registers the grid in the results :class:`~pacnet.experiments.store.Store`
+(idempotent: every process that plans the same grid registers the same one), then its
+workers claim the grid's runs one at a time until none is left. The workers are ``jobs``
+processes on this machine and any number of others on other machines running the same
+command against the same database (PostgreSQL for several machines, or one SQLite file).
+
+A worker holds a claim under a lease that a background thread renews while the run works;
+a worker that dies (SIGKILL, a lost machine) stops renewing, and once the lease has expired
+the next worker that asks claims the run again. A finished run is stored in one transaction
+together with the end of its claim, only by the claim's holder: it is stored exactly once,
+and a run killed half-way leaves no row. A run that raises is marked failed with its
+traceback and is not retried unless asked (``retry_failed``). Re-running a sweep that was
+stopped does only what is missing.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import contextlib
 import json
 import multiprocessing
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from pacnet.errors import PacnetError, check, first_line
 from pacnet.experiments.runner import (
     RunSpec,
     extra_source_steps,
@@ -24,16 +43,14 @@ from pacnet.experiments.runner import (
     source_model,
     using_threads,
 )
-from pacnet.experiments.store import Store
+from pacnet.experiments.store import (
+    DEFAULT_LEASE,
+    DEFAULT_MAX_ATTEMPTS,
+    Claim,
+    GridRun,
+    Store,
+)
 from pacnet.training.cache import StateCache
-
-
-def _worker_init() -> None:
-    torch.set_num_threads(1)
-
-
-def _run_one(spec: RunSpec, cache_root: str) -> dict[str, Any]:
-    return run(spec, None, StateCache(cache_root))
 
 
 def plan(
@@ -69,23 +86,67 @@ def plan(
     return list(specs.values())
 
 
+def default_label(specs: Sequence[RunSpec]) -> str:
+    """A short description of a grid: benchmark, methods, target sizes, seeds, run count."""
+    methods = ", ".join(dict.fromkeys(s.method for s in specs))
+    sizes = ",".join(str(n) for n in sorted({s.target_size for s in specs}))
+    seeds = len({s.seed for s in specs})
+    return (
+        f"{specs[0].benchmark}: {methods} x N={sizes} x {seeds} seed{'s' * (seeds != 1)} "
+        f"({len(specs)} runs)"
+    )
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker holds its runs: lease length, attempts before a vanishing worker's
+    run fails, and processes per run (``torchrun`` when more than one)."""
+
+    lease: float = DEFAULT_LEASE
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    nproc_per_run: int = 1
+
+    def __post_init__(self) -> None:
+        check(self.lease >= 1, f"--lease must be at least 1 second, got {self.lease}")
+        check(self.max_attempts >= 1, f"--max-attempts must be >= 1, got {self.max_attempts}")
+        check(self.nproc_per_run >= 1, f"--nproc-per-run must be >= 1, got {self.nproc_per_run}")
+
+    @property
+    def poll(self) -> float:
+        """Seconds between looks at the grid while every open run is held by someone."""
+        return min(max(self.lease / 6, 0.1), 5.0)
+
+
 def sweep(
     specs: Sequence[RunSpec],
     store: Store,
     jobs: int = 1,
     cache: StateCache | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    label: str | None = None,
+    retry_failed: bool = False,
+    options: WorkerOptions | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every spec whose id is not yet in ``store``; return the results of all of them.
+    """Run the grid of ``specs`` with ``jobs`` worker processes here (and whichever workers
+    other machines add); return the stored results of the grid's runs, in ``specs`` order.
 
-    Each finished run is stored in one transaction as soon as it ends, so a sweep stopped
-    at any point (Ctrl-C, SIGKILL) loses at most the runs in flight; running it again does
-    only what is missing. The shared source model is built once, before any worker starts.
+    Returns once no run of the grid is pending or running: all done, or failed (see
+    :meth:`Store.status`). ``on_result`` is called with each run of the grid found finished
+    while waiting, wherever it ran. The shared source model of each benchmark setting is
+    built once on this machine before any worker starts.
     """
+    check(specs, "the grid is empty")
+    check(jobs >= 1, f"jobs must be >= 1, got {jobs}")
+    options = options or WorkerOptions()
     cache = cache or StateCache()
-    ids = [spec.run_id() for spec in specs]
-    done = store.ids()
-    todo = [spec for spec, run_id in zip(specs, ids, strict=True) if run_id not in done]
+    runs = [GridRun(s.run_id(), s.method, s.target_size, s.seed) for s in specs]
+    by_id = {r.run_id: spec for r, spec in zip(runs, specs, strict=True)}
+    grid_id = store.register(runs, specs[0].benchmark, label or default_label(specs), retry_failed)
+    seen = store.done_ids(grid_id)
+    open_ids = {r.run_id for r in runs} - seen
+    failed = {st.run_id for g in store.status(grid_id) for st in g.failed}
+    todo = [by_id[i] for i in open_ids - failed]
     for base in {
         (s.benchmark, s.source_compute, json.dumps(s.identity()["settings"], sort_keys=True)): s
         for s in todo
@@ -95,24 +156,214 @@ def sweep(
             extra = extra_source_steps(base, bench)
             source_model(bench, cache, base.device, base.amp, extra)
 
-    def finished(result: dict[str, Any]) -> None:
-        store.add(result)
-        bar.update(1)
-        if on_result:
-            on_result(result)
+    with tqdm(total=len(by_id), initial=len(seen), desc="sweep", disable=None) as bar:
 
-    with tqdm(total=len(specs), initial=len(specs) - len(todo), desc="sweep", disable=None) as bar:
-        if jobs <= 1 or len(todo) <= 1:
-            for spec in todo:
-                finished(run(spec, None, cache))
+        def tick() -> None:
+            if on_result is None:  # counts are enough for the bar
+                bar.update(store.progress(grid_id).done - bar.n)
+                return
+            new = store.done_ids(grid_id) - seen
+            if new:
+                seen.update(new)
+                bar.update(len(new))
+                for result in store.results(ids=new):
+                    on_result(result)
+
+        workers = min(jobs, max(len(todo), 1))
+        if workers <= 1:
+            work(store, grid_id, by_id, cache, options, tick)
         else:
-            ctx = multiprocessing.get_context("spawn")
-            pool = cf.ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init)
+            _run_workers(store, grid_id, by_id, cache, options, workers, specs[0].device, tick)
+        tick()
+    position = {run_id: i for i, run_id in enumerate(by_id)}
+    return sorted(store.results(ids=by_id), key=lambda r: position[r["run_id"]])
+
+
+def work(
+    store: Store,
+    grid_id: str,
+    specs: Mapping[str, RunSpec],
+    cache: StateCache,
+    options: WorkerOptions | None = None,
+    tick: Callable[[], None] | None = None,
+) -> int:
+    """One worker: claim a run of the grid, run it, store it, until no run is pending or
+    running; return how many runs it stored. While every open run is held by other
+    workers it waits, and claims any whose lease expires."""
+    options = options or WorkerOptions()
+    stored = 0
+    while True:
+        claim = store.claim(grid_id, options.lease, options.max_attempts)
+        if claim is None:
+            counts = store.progress(grid_id)
+            if counts.open == 0:
+                return stored
+            if tick:
+                tick()
+            if counts.pending:  # rows locked by workers claiming them right now
+                time.sleep(random.uniform(0.02, 0.2))
+                continue
+            expiry = store.next_expiry(grid_id)
+            time.sleep(options.poll if expiry is None else min(options.poll, expiry + 0.05))
+            continue
+        spec = specs.get(claim.run_id)
+        if spec is None:  # cannot happen: a grid's id is the hash of its run ids
+            store.release(claim)
+            raise PacnetError(f"run {claim.run_id} of grid {grid_id} is not in this grid")
+        stored += _execute(store, claim, spec, cache, options)
+        if tick:
+            tick()
+
+
+class _Lease:
+    """Renews a claim every third of its lease in a background thread while the run works;
+    ``lost`` tells whether another worker took the run over meanwhile."""
+
+    def __init__(self, store: Store, claim: Claim, lease: float):
+        self.store, self.claim, self.lease = store, claim, lease
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="pacnet-lease", daemon=True)
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease / 3):
             try:
-                futures = [pool.submit(_run_one, spec, str(cache.root)) for spec in todo]
-                for future in cf.as_completed(futures):
-                    finished(future.result())
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-    position = {run_id: i for i, run_id in enumerate(ids)}
-    return sorted(store.results(ids=ids), key=lambda r: position[r["run_id"]])
+                if not self.store.renew(self.claim, self.lease):
+                    self.lost = True
+                    return
+            except PacnetError as exc:  # the database is unreachable: keep trying
+                print(f"pacnet: cannot renew the lease: {exc}", file=sys.stderr)
+
+    def __enter__(self) -> _Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def _execute(
+    store: Store, claim: Claim, spec: RunSpec, cache: StateCache, options: WorkerOptions
+) -> int:
+    """Run a claimed spec under a renewed lease; store it (1) or record its failure (0)."""
+    what = f"{spec.method} N={spec.target_size} seed {spec.seed} ({claim.run_id})"
+    with _Lease(store, claim, options.lease) as lease:
+        try:
+            if options.nproc_per_run > 1:
+                from pacnet.experiments.launch import run_under_torchrun
+
+                result = run_under_torchrun(spec, cache, options.nproc_per_run)
+            else:
+                result = run(spec, None, cache)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # Ctrl-C, SystemExit: give the run back
+                with contextlib.suppress(PacnetError):  # else the lease expires instead
+                    store.release(claim)
+                raise
+            store.fail(claim, traceback.format_exc())
+            print(
+                f"pacnet: run {what} failed: {type(exc).__name__}: {first_line(exc)}",
+                file=sys.stderr,
+            )
+            return 0
+    if store.finish(claim, result):
+        return 1
+    print(
+        f"pacnet: run {what}: its lease expired{' and was taken over' if lease.lost else ''} "
+        "before it finished; another worker runs it, this result is discarded",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def gpu_slots(workers: int, per_worker: int, visible: Sequence[str]) -> list[str | None]:
+    """The ``CUDA_VISIBLE_DEVICES`` of each worker: ``per_worker`` devices of ``visible``
+    each, round robin when there are fewer devices than workers need."""
+    if not visible:
+        return [None] * workers
+    return [
+        ",".join(visible[(w * per_worker + i) % len(visible)] for i in range(per_worker))
+        for w in range(workers)
+    ]
+
+
+def _visible_gpus() -> list[str]:
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def _run_workers(
+    store: Store,
+    grid_id: str,
+    specs: Mapping[str, RunSpec],
+    cache: StateCache,
+    options: WorkerOptions,
+    workers: int,
+    device: str,
+    tick: Callable[[], None],
+) -> None:
+    """``workers`` worker processes; with ``--device cuda`` each sees its own GPU(s)."""
+    slots: list[str | None] = [None] * workers
+    if device == "cuda":
+        slots = gpu_slots(workers, options.nproc_per_run, _visible_gpus())
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(
+            target=_worker_main,
+            args=(store.target, grid_id, dict(specs), str(cache.root), options, slot),
+            name=f"pacnet-worker-{i}",
+        )
+        for i, slot in enumerate(slots)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            tick()
+            for p in procs:
+                p.join(timeout=options.poll / max(len(procs), 1))
+    except BaseException:
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGINT)  # each gives its run back
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+        raise
+    broken = [p for p in procs if p.exitcode != 0]
+    if broken and store.progress(grid_id).open:
+        codes = ", ".join(str(p.exitcode) for p in broken)
+        raise PacnetError(
+            f"{len(broken)} of {len(procs)} worker processes ended abnormally (exit {codes}); "
+            "their runs are claimed again once their leases expire: run the same command "
+            "again to finish"
+        )
+
+
+def _worker_main(
+    target: str,
+    grid_id: str,
+    specs: dict[str, RunSpec],
+    cache_root: str,
+    options: WorkerOptions,
+    gpus: str | None,
+) -> None:
+    """A worker process: its own connection, one torch thread, its own GPU(s) if given."""
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    torch.set_num_threads(1)
+    try:
+        with Store(target) as store:
+            work(store, grid_id, specs, StateCache(cache_root), options)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except PacnetError as exc:
+        print(
+            f"pacnet: error: {exc} ({socket.gethostname()}, process {os.getpid()})",
+            file=sys.stderr,
+        )
+        sys.exit(2)

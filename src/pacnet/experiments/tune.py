@@ -10,6 +10,7 @@ The search space of a method is its ``Params.tune``: ``name -> (kind, low, high)
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pacnet.config import make
@@ -17,6 +18,24 @@ from pacnet.errors import PacnetError, check, first_line
 from pacnet.experiments.runner import RunSpec, _seeded_transfer, prepare, using_threads
 from pacnet.experiments.select import cv_score, cv_splits
 from pacnet.training.cache import StateCache
+
+
+def optuna_storage(target: str | Path) -> str:
+    """The Optuna storage URL of a results database (a path or URL, as ``--db`` takes);
+    another RDB URL Optuna knows passes unchanged. A SQLite file's folder is created."""
+    from pacnet.experiments.store import database_url
+
+    text = str(target)
+    scheme = text.split("://", 1)[0].split("+", 1)[0] if "://" in text else "sqlite"
+    if scheme not in ("sqlite", "postgresql", "postgres"):
+        return text
+    url = database_url(target)
+    if url.get_backend_name() == "sqlite":
+        try:
+            Path(str(url.database)).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PacnetError(f"{url.database}: cannot open ({exc.strerror})") from None
+    return url.render_as_string(hide_password=False)
 
 
 def suggest(trial: Any, name: str, kind: str, low: float, high: float) -> Any:
@@ -28,6 +47,19 @@ def suggest(trial: Any, name: str, kind: str, low: float, high: float) -> Any:
     if kind == "int_log":
         return trial.suggest_int(name, int(low), int(high), log=True)
     raise PacnetError(f"unknown search kind {kind!r} for {name}")
+
+
+def make_password_filter(storage: str) -> Any:
+    """A function that hides the password of ``storage`` wherever a message repeats it."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(storage).password
+    except Exception:  # not a URL SQLAlchemy reads: nothing to hide
+        password = None
+    if not isinstance(password, str) or not password:
+        return lambda text: text
+    return lambda text: text.replace(password, "***")
 
 
 def tune(
@@ -56,8 +88,13 @@ def tune(
             sampler=optuna.samplers.TPESampler(seed=spec.seed),
         )
     except Exception as exc:  # SQLAlchemy and drivers raise many kinds; all mean the same here
+        from pacnet.experiments.store import hide_password
+
         first = first_line(exc)
-        raise PacnetError(f"cannot open the Optuna storage {storage!r}: {first}") from None
+        password = make_password_filter(storage)
+        raise PacnetError(
+            f"cannot open the Optuna storage {hide_password(storage)}: {password(first)}"
+        ) from None
     cache = cache or StateCache()
     with using_threads(spec):
         ctx = prepare(spec, cache)
