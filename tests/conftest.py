@@ -47,3 +47,41 @@ class SmallCNN(nn.Module):
 def small_cnn(seed: int = 0, out: int = 3) -> nn.Module:
     torch.manual_seed(seed)
     return SmallCNN(out)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server of its own for the test session (see tests/postgres.py); the
+    tests that use it fail, never skip, where the server binaries or the driver are
+    missing."""
+    from postgres import PostgresServer
+
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.fail("the PostgreSQL tests need the psycopg driver: pip install -e '.[dev]'")
+    try:
+        server = PostgresServer()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        server.start()
+    except RuntimeError as exc:
+        server.stop()
+        pytest.fail(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """The URL of a new, empty database on the session's PostgreSQL server."""
+    return postgres_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A new results database of each engine: a SQLite file's path, a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "runs.sqlite")
+    return request.getfixturevalue("postgres_url")

@@ -704,7 +704,10 @@ def _cmd_tune(args: argparse.Namespace) -> None:
 
     bench_cls = get_benchmark(args.benchmark)
     spec = _run_spec(args)
-    storage = optuna_storage(args.storage or args.db or DEFAULT_DB)
+    if args.storage is not None:
+        storage = optuna_storage(args.storage, any_rdb=True)
+    else:
+        storage = optuna_storage(args.db or DEFAULT_DB)
     study = tune(spec, args.trials, storage, args.study, args.folds, StateCache(args.cache))
     best = study.best_trial
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in best.params.items())

@@ -216,6 +216,7 @@ class GridStatus:
     created: float
     now: float
     progress: Progress
+    runs: list[RunState] = field(default_factory=list)  # every run of the grid, in order
     running: list[RunState] = field(default_factory=list)
     failed: list[RunState] = field(default_factory=list)
     mean_seconds: float | None = None  # over the grid's finished runs
@@ -270,7 +271,7 @@ def _iso(epoch: float) -> str:
 
 def hide_password(text: str) -> str:
     """``text`` with the password of any ``scheme://user:password@`` in it replaced by ***."""
-    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    return re.sub(r"(://[^:/@\s]*:)[^/\s]*@", r"\1***@", text)
 
 
 def database_url(target: str | Path) -> URL:
@@ -325,7 +326,11 @@ class Store:
             else hide_password(self.target)
         )
         self.path = Path(self.url.database) if self.sqlite else None  # type: ignore[arg-type]
-        self._password = self.url.password if isinstance(self.url.password, str) else None
+        password = self.url.password
+        # a password this long cannot be a coincidental substring worth keeping
+        self._password = password if isinstance(password, str) and len(password) >= 4 else None
+        if self._password:
+            self.display = self.display.replace(self._password, "***")
         self.version = 0
         self._engine = self._make_engine(create)
         try:
@@ -488,7 +493,8 @@ class Store:
         """Store a finished run (one transaction); False if its id was already there."""
 
         def body(conn: Connection) -> bool:
-            added = conn.execute(self._insert_ignore(runs_table), [_row(result)]).rowcount == 1
+            insert = self._insert_ignore(runs_table).returning(runs_table.c.run_id)
+            added = conn.execute(insert, _row(result)).first() is not None
             if self._has_grids():
                 conn.execute(
                     update(states_table)
@@ -703,7 +709,7 @@ class Store:
             )
             if changed.rowcount != 1:  # a retry after a lost acknowledgement finds it done
                 return conn.scalar(select(s.c.state).where(mine)) == "done"
-            conn.execute(self._insert_ignore(runs_table), [_row(result)])
+            conn.execute(self._insert_ignore(runs_table), _row(result))
             return True
 
         return self._transaction(body, write=True)
@@ -876,7 +882,7 @@ def _grid_status(row: Any, states: list[RunState], now: float) -> GridStatus:
     progress = Progress(total=len(states))
     for st in states:
         setattr(progress, st.state, getattr(progress, st.state) + 1)
-    status = GridStatus(row.grid_id, row.benchmark, row.label, row.created, now, progress)
+    status = GridStatus(row.grid_id, row.benchmark, row.label, row.created, now, progress, states)
     status.running = [st for st in states if st.state == "running"]
     status.failed = [st for st in states if st.state == "failed"]
     finished = [st for st in states if st.seconds is not None]

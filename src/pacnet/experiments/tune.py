@@ -20,14 +20,15 @@ from pacnet.experiments.select import cv_score, cv_splits
 from pacnet.training.cache import StateCache
 
 
-def optuna_storage(target: str | Path) -> str:
+def optuna_storage(target: str | Path, any_rdb: bool = False) -> str:
     """The Optuna storage URL of a results database (a path or URL, as ``--db`` takes);
-    another RDB URL Optuna knows passes unchanged. A SQLite file's folder is created."""
+    with ``any_rdb`` another RDB URL Optuna knows passes unchanged. A SQLite file's folder
+    is created."""
     from pacnet.experiments.store import database_url
 
     text = str(target)
     scheme = text.split("://", 1)[0].split("+", 1)[0] if "://" in text else "sqlite"
-    if scheme not in ("sqlite", "postgresql", "postgres"):
+    if any_rdb and scheme not in ("sqlite", "postgresql", "postgres"):
         return text
     url = database_url(target)
     if url.get_backend_name() == "sqlite":
