@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml
 		>/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q \
 		dataset-fashion-mnist >/dev/null 2>&1) || echo "note: could not install Debian's \
 		dataset-fashion-mnist; 'pacnet run fashion' needs it (the tests do not)"
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -q postgresql >/dev/null 2>&1) || echo "note: could not install \
+		Debian's postgresql; the tests of the PostgreSQL results store will fail without it"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -173,7 +173,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
     rep = sub.add_parser(
         "reproduce",
-        help="a methods x target sizes x seeds grid (resumable, stored in SQLite), then a table",
+        help="a methods x target sizes x seeds grid (resumable, shareable by many machines, "
+        "stored in the results database), then a table",
     )
     rep.add_argument("benchmark", help=f"one of: {', '.join(BENCHMARKS)}")
     rep.add_argument(
@@ -218,6 +219,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         "--max-attempts",
         type=int,
         default=None,
+        metavar="N",
         help="starts of a run whose worker then vanished before the run counts as failed (3)",
     )
     rep.add_argument(
