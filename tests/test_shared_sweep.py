@@ -89,7 +89,8 @@ def test_three_workers_share_a_grid_and_a_worker_killed_mid_run_loses_nothing(
 
     held = until(victim_mid_run, "the victim holding a run")
     os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
+    # not collected (victim.wait()) until the end: a zombie keeps its pid, so the survivors
+    # treat it as alive, as they would a worker on another machine, and wait for its lease
     assert held.run_id not in store.ids()  # the killed run's partial work left no row
     lease_end = time.time() + held.lease_left
     assert main(["status", "--db", db_url]) == 0
@@ -98,6 +99,7 @@ def test_three_workers_share_a_grid_and_a_worker_killed_mid_run_loses_nothing(
 
     for w, name in zip(workers[1:], "bc", strict=True):
         assert w.wait(timeout=300) == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+    assert victim.wait() == -signal.SIGKILL
     rows = store.results()
     ids = [r["run_id"] for r in rows]
     assert len(ids) == len(set(ids)) == 24  # every run stored, exactly once

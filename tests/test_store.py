@@ -287,3 +287,31 @@ def test_a_missing_driver_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "psycopg", None)
     with pytest.raises(PacnetError, match=r"pip install 'pacnet\[postgres\]'"):
         Store("postgresql://u@127.0.0.1:1/db")
+
+
+def test_claims_of_dead_processes_of_this_machine_are_reaped_at_once(db_url):
+    import subprocess
+
+    from sqlalchemy import update
+
+    from pacnet.experiments.store import process_key, states_table
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = process_key(child.pid)
+    child.kill()
+    child.wait()
+    assert dead is not None and process_key(child.pid) is None
+    with Store(db_url) as store:
+        g = store.register(grid("k", 2), "friedman", "two runs")
+        mine, theirs = store.claim(g, lease=60), store.claim(g, lease=60)
+        assert store.reap(g) == 0  # both held by this live process
+        with store._engine.begin() as conn:
+            conn.execute(
+                update(states_table)
+                .where(states_table.c.run_id == theirs.run_id)
+                .values(process=dead)
+            )
+        assert store.reap(g) == 1
+        again = store.claim(g, lease=60)
+        assert again.run_id == theirs.run_id and again.took_over
+        assert store.renew(mine) and not store.renew(theirs)

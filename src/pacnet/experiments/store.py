@@ -136,6 +136,7 @@ states_table = Table(
     Column("host", Text),  # the worker that holds (or last held) the run
     Column("pid", Integer),
     Column("token", Text),  # the claim's own id: only its holder may renew or finish it
+    Column("process", Text),  # boot, pid namespace, pid and start time of the holder
     Column("claimed", Float),  # database clock, seconds since the epoch
     Column("lease_until", Float),
     Column("ended", Float),
@@ -148,6 +149,27 @@ _GRID_TABLES = ("grids", "grid_runs", "run_states")
 _SCHEMA_LOCK = 7_311_602_529  # PostgreSQL advisory lock: one process changes the schema
 
 T = TypeVar("T")
+
+
+def process_key(pid: int | None = None) -> str | None:
+    """What tells a process apart from every other on any machine, ever: the boot's id,
+    the pid namespace, the pid and the process's start time (Linux; None elsewhere or if
+    the process is gone). A killed process that its parent has not yet collected (a
+    zombie) still counts as there."""
+    pid = os.getpid() if pid is None else pid
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return f"{boot}|{namespace}|{pid}|{fields[19]}"
+
+
+def _here(key: str) -> str:
+    """The machine-and-namespace part of a :func:`process_key`."""
+    return "|".join(key.split("|")[:2])
 
 
 class GridRun(NamedTuple):
@@ -617,6 +639,7 @@ class Store:
         host = host or socket.gethostname()
         pid = os.getpid() if pid is None else pid
         token = uuid.uuid4().hex
+        me = process_key() if pid == os.getpid() else None
         s = states_table
 
         def claimable(now: float) -> Any:
@@ -661,6 +684,7 @@ class Store:
                     host=host,
                     pid=pid,
                     token=token,
+                    process=me,
                     claimed=now,
                     lease_until=now + lease,
                     ended=None,
@@ -676,6 +700,40 @@ class Store:
             found = self._transaction(body, write=True)
             if found is not True:
                 return found  # type: ignore[return-value]
+
+    def reap(self, grid_id: str) -> int:
+        """End at once the leases of the grid's runs held by processes of this machine (and
+        pid namespace) that no longer exist, so that they are claimed again without waiting
+        for their leases; return how many. Processes elsewhere are left to their leases."""
+        me = process_key()
+        if me is None:
+            return 0
+        s = states_table
+        here = _here(me)
+
+        def body(conn: Connection) -> int:
+            rows = conn.execute(
+                select(s.c.run_id, s.c.token, s.c.process)
+                .join(grid_runs_table, grid_runs_table.c.run_id == s.c.run_id)
+                .where(
+                    grid_runs_table.c.grid_id == grid_id,
+                    s.c.state == "running",
+                    s.c.process.startswith(here + "|", autoescape=True),
+                )
+            ).all()
+            gone = [r for r in rows if process_key(int(r.process.split("|")[2])) != r.process]
+            if not gone:
+                return 0
+            now = conn.scalar(select(self._now))
+            for r in gone:
+                conn.execute(
+                    update(s)
+                    .where(s.c.run_id == r.run_id, s.c.token == r.token, s.c.state == "running")
+                    .values(lease_until=now)
+                )
+            return len(gone)
+
+        return self._transaction(body, write=True)
 
     def renew(self, claim: Claim, lease: float = DEFAULT_LEASE) -> bool:
         """Extend the lease of a run this worker holds; False if the claim was lost (its

@@ -8,11 +8,12 @@ command against the same database (PostgreSQL for several machines, or one SQLit
 
 A worker holds a claim under a lease that a background thread renews while the run works;
 a worker that dies (SIGKILL, a lost machine) stops renewing, and once the lease has expired
-the next worker that asks claims the run again. A finished run is stored in one transaction
-together with the end of its claim, only by the claim's holder: it is stored exactly once,
-and a run killed half-way leaves no row. A run that raises is marked failed with its
-traceback and is not retried unless asked (``retry_failed``). Re-running a sweep that was
-stopped does only what is missing.
+the next worker that asks claims the run again (at once, without waiting for the lease, if
+that worker runs on the same machine and sees that the holder's process is gone). A finished
+run is stored in one transaction together with the end of its claim, only by the claim's
+holder: it is stored exactly once, and a run killed half-way leaves no row. A run that
+raises is marked failed with its traceback and is not retried unless asked
+(``retry_failed``). Re-running a sweep that was stopped does only what is missing.
 """
 
 from __future__ import annotations
@@ -202,6 +203,8 @@ def work(
                 tick()
             if counts.pending:  # rows locked by workers claiming them right now
                 time.sleep(random.uniform(0.02, 0.2))
+                continue
+            if store.reap(grid_id):  # runs of this machine's dead processes: at once
                 continue
             expiry = store.next_expiry(grid_id)
             time.sleep(options.poll if expiry is None else min(options.poll, expiry + 0.05))
