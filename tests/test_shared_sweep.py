@@ -331,3 +331,26 @@ def test_each_run_as_a_torchrun_job(tmp_path, capsys):
     with Store(db) as store:
         [row] = store.results()
     assert row["distributed"] == {"world_size": 2, "backend": "gloo", "ranks_agree": True}
+
+
+def test_each_worker_of_a_gpu_machine_gets_its_own_devices():
+    from pacnet.experiments.sweep import gpu_slots
+
+    assert gpu_slots(2, 1, ["0", "1", "2", "3"]) == ["0", "1"]
+    assert gpu_slots(2, 2, ["0", "1", "2", "3"]) == ["0,1", "2,3"]
+    assert gpu_slots(3, 1, ["5", "7"]) == ["5", "7", "5"]  # fewer devices: shared in turn
+    assert gpu_slots(2, 1, []) == [None, None]
+
+
+def test_ctrl_c_gives_the_runs_in_flight_back(tmp_path):
+    db = str(tmp_path / "runs.sqlite")
+    argv = reproduce(db, tmp_path, "t", "--target-steps", "600", "--jobs", "2")
+    proc = start(argv, tmp_path / "log")
+    store = until(lambda: _open(db), "the grid")
+    until(lambda: store.status()[0].running, "a run in flight")
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group
+    assert proc.wait(timeout=120) == 130, (tmp_path / "log").read_text()[-3000:]
+    assert "interrupted; finished runs are saved" in (tmp_path / "log").read_text()
+    [grid] = store.status()
+    assert not grid.running and grid.progress.pending >= 1  # given back, not left to expire
+    store.close()

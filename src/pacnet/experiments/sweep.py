@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -115,7 +115,7 @@ class WorkerOptions:
     @property
     def poll(self) -> float:
         """Seconds between looks at the grid while every open run is held by someone."""
-        return min(max(self.lease / 6, 0.1), 5.0)
+        return min(max(self.lease / 6, 0.1), 2.0)
 
 
 def sweep(
@@ -192,8 +192,44 @@ def work(
     running; return how many runs it stored. While every open run is held by other
     workers it waits, and claims any whose lease expires."""
     options = options or WorkerOptions()
+    with _watching_for_interrupts() as interrupted:
+        return _work(store, grid_id, specs, cache, options, tick, interrupted)
+
+
+@contextlib.contextmanager
+def _watching_for_interrupts() -> Iterator[threading.Event]:
+    """An event set by Ctrl-C (SIGINT), which still raises KeyboardInterrupt: so a worker
+    stops even where a library caught the interrupt inside a run and raised something else
+    (a half-imported module, say) instead."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _work(
+    store: Store,
+    grid_id: str,
+    specs: Mapping[str, RunSpec],
+    cache: StateCache,
+    options: WorkerOptions,
+    tick: Callable[[], None] | None,
+    interrupted: threading.Event,
+) -> int:
     stored = 0
     while True:
+        if interrupted.is_set():
+            raise KeyboardInterrupt
         claim = store.claim(grid_id, options.lease, options.max_attempts)
         if claim is None:
             counts = store.progress(grid_id)
@@ -213,7 +249,7 @@ def work(
         if spec is None:  # cannot happen: a grid's id is the hash of its run ids
             store.release(claim)
             raise PacnetError(f"run {claim.run_id} of grid {grid_id} is not in this grid")
-        stored += _execute(store, claim, spec, cache, options)
+        stored += _execute(store, claim, spec, cache, options, interrupted)
         if tick:
             tick()
 
@@ -247,7 +283,12 @@ class _Lease:
 
 
 def _execute(
-    store: Store, claim: Claim, spec: RunSpec, cache: StateCache, options: WorkerOptions
+    store: Store,
+    claim: Claim,
+    spec: RunSpec,
+    cache: StateCache,
+    options: WorkerOptions,
+    interrupted: threading.Event,
 ) -> int:
     """Run a claimed spec under a renewed lease; store it (1) or record its failure (0)."""
     what = f"{spec.method} N={spec.target_size} seed {spec.seed} ({claim.run_id})"
@@ -260,9 +301,11 @@ def _execute(
             else:
                 result = run(spec, None, cache)
         except BaseException as exc:
-            if not isinstance(exc, Exception):  # Ctrl-C, SystemExit: give the run back
+            if not isinstance(exc, Exception) or interrupted.is_set():  # give the run back
                 with contextlib.suppress(PacnetError):  # else the lease expires instead
                     store.release(claim)
+                if isinstance(exc, Exception):
+                    raise KeyboardInterrupt from exc
                 raise
             store.fail(claim, traceback.format_exc())
             print(
@@ -328,10 +371,13 @@ def _run_workers(
             tick()
             for p in procs:
                 p.join(timeout=options.poll / max(len(procs), 1))
-    except BaseException:
+    except BaseException:  # Ctrl-C reached the workers too; each gives its run back
+        deadline = time.time() + 5
         for p in procs:
+            p.join(timeout=max(deadline - time.time(), 0.01))
+        for p in procs:  # a signal for this process alone: pass it on
             if p.is_alive() and p.pid is not None:
-                os.kill(p.pid, signal.SIGINT)  # each gives its run back
+                os.kill(p.pid, signal.SIGINT)
         for p in procs:
             p.join(timeout=30)
             if p.is_alive():
