@@ -76,7 +76,9 @@ def postgres_server():
 @pytest.fixture
 def postgres_url(postgres_server):
     """The URL of a new, empty database on the session's PostgreSQL server."""
-    return postgres_server.create_database()
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -121,12 +121,9 @@ class PostgresServer:
         pw = self.password if password is None else password
         return f"postgresql://{self.user}:{pw}@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self) -> str:
-        """A new empty database; its URL."""
+    def _admin(self, sql: str) -> None:
         import psycopg
 
-        self._databases += 1
-        name = f"t{self._databases}_{secrets.token_hex(3)}"
         with psycopg.connect(
             host="127.0.0.1",
             port=self.port,
@@ -135,8 +132,18 @@ class PostgresServer:
             dbname="postgres",
             autocommit=True,
         ) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(sql)
+
+    def create_database(self) -> str:
+        """A new empty database; its URL."""
+        self._databases += 1
+        name = f"t{self._databases}_{secrets.token_hex(3)}"
+        self._admin(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    def drop_database(self, url: str) -> None:
+        """Drop a database that :meth:`create_database` made (its clients disconnected)."""
+        self._admin(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
     def stop(self) -> None:
         if self.data.exists():
