@@ -31,6 +31,7 @@ from pacnet.experiments.table import (
     chain_markdown,
     markdown,
     paired,
+    paired_cell,
     protocol,
     summarize,
 )
@@ -93,22 +94,18 @@ def _plots(rows: Sequence[dict[str, Any]], metric: str, stem: Path) -> list[str]
     stats = summarize(rows)
     variants = list(dict.fromkeys(r["method"] for r in rows))
     names = []
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    series = {}
     for v in variants:
         sizes = sorted(n for (m, n) in stats if m == v)
-        means = [stats[(v, n)]["target"][0] for n in sizes]
-        stds = [stats[(v, n)]["target"][1] for n in sizes]
-        ax.errorbar(sizes, means, yerr=stds, marker="o", capsize=3, label=v)
-    ax.set_xscale("log")
-    ax.set_xlabel("target training size")
-    ax.set_ylabel(f"target test {metric} (mean ± std)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+        series[v] = (
+            sizes,
+            [stats[(v, n)]["target"][0] for n in sizes],
+            [stats[(v, n)]["target"][1] for n in sizes],
+        )
     path = stem.with_name(stem.name + "-target.png")
-    write_bytes_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
-    names.append(path.name)
+    names.append(
+        _errorbars(series, "target training size", f"target test {metric} (mean ± std)", path)
+    )
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     before = [_mean(rows, v, "source_test_before") for v in variants]
@@ -126,25 +123,14 @@ def _plots(rows: Sequence[dict[str, Any]], metric: str, stem: Path) -> list[str]
     names.append(path.name)
 
     if REFERENCE in variants and (diffs := paired(rows, REFERENCE)):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        series = {}
         for v in variants:
             sizes = sorted(n for (m, n) in diffs if m == v)
-            if not sizes:
-                continue
-            means = [diffs[(v, n)]["mean"] for n in sizes]
-            sems = [diffs[(v, n)]["sem"] for n in sizes]  # NaN (no bar) for one seed
-            ax.errorbar(sizes, means, yerr=sems, marker="o", capsize=3, label=v)
-        ax.axhline(0.0, color="black", linewidth=0.8)
-        ax.set_xscale("log")
-        ax.set_xlabel("target training size")
-        ax.set_ylabel(f"target test {metric}: method − {REFERENCE}\n(same seeds, mean ± s.e.)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
+            if sizes:  # the standard error is NaN (no bar) for one seed
+                means = [diffs[(v, n)]["mean"] for n in sizes]
+                series[v] = (sizes, means, [diffs[(v, n)]["sem"] for n in sizes])
         path = stem.with_name(stem.name + "-paired.png")
-        write_bytes_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-        plt.close(fig)
-        names.append(path.name)
+        names.append(_errorbars(series, "target training size", _gap_label(metric), path, True))
     return names
 
 
@@ -211,14 +197,7 @@ def against_baselines(rows: Sequence[dict[str, Any]], metric: str) -> list[str]:
             if other in ours:
                 continue
             stats = paired([r for r in rows if r["method"] in (mine, other)], other)
-            cells = []
-            for n in sizes:
-                st = stats.get((mine, n))
-                cells.append(
-                    "–"
-                    if st is None
-                    else f"{st['mean']:+.3f} ± {st['sem']:.3f} ({st['wins']}/{st['n']})"
-                )
+            cells = [paired_cell(stats.get((mine, n))) for n in sizes]
             lines.append(f"| {mine} − {other} | " + " | ".join(cells) + " |")
     return lines
 
@@ -262,12 +241,7 @@ def across_section(rows: Sequence[dict[str, Any]], name: str, out: Path, index: 
             "|---|---|" + "---|" * len(values),
         ]
         for (method, size), by_value in sorted(gaps.items()):
-            cells = [
-                "–"
-                if (st := by_value.get(v)) is None
-                else f"{st['mean']:+.3f} ± {st['sem']:.3f} ({st['wins']}/{st['n']})"
-                for v in values
-            ]
+            cells = [paired_cell(by_value.get(v)) for v in values]
             lines.append(f"| {method} | {size} | " + " | ".join(cells) + " |")
         plot = _across_plot(gaps, name, metric, out / f"across{number}-{name}.png")
         lines += ["", f"![{plot}]({plot})"]
@@ -277,27 +251,44 @@ def across_section(rows: Sequence[dict[str, Any]], name: str, out: Path, index: 
 def _across_plot(
     gaps: dict[tuple[str, int], dict[Any, dict[str, Any]]], name: str, metric: str, path: Path
 ) -> str:
+    series = {}
+    for (method, size), by_value in sorted(gaps.items()):
+        xs = sorted(by_value)
+        means = [by_value[x]["mean"] for x in xs]
+        series[f"{method}, N={size}"] = (xs, means, [by_value[x]["sem"] for x in xs])
+    log = all(isinstance(x, int | float) and x > 0 for g in gaps.values() for x in g)
+    return _errorbars(series, name, _gap_label(metric), path, True, 2 if log else None)
+
+
+def _gap_label(metric: str) -> str:
+    return f"target test {metric}: method − {REFERENCE}\n(same seeds, mean ± s.e.)"
+
+
+def _errorbars(
+    series: dict[str, tuple[list, list[float], list[float]]],
+    xlabel: str,
+    ylabel: str,
+    path: Path,
+    zero: bool = False,
+    log_base: int | None = 10,
+) -> str:
+    """One line with error bars per series (label -> xs, means, errors), a line at 0 if
+    ``zero``, a log x axis unless ``log_base`` is None; written to ``path``, its name
+    returned."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for (method, size), by_value in sorted(gaps.items()):
-        xs = sorted(by_value)
-        ax.errorbar(
-            xs,
-            [by_value[x]["mean"] for x in xs],
-            yerr=[by_value[x]["sem"] for x in xs],
-            marker="o",
-            capsize=3,
-            label=f"{method}, N={size}",
-        )
-    ax.axhline(0.0, color="black", linewidth=0.8)
-    if all(isinstance(x, int | float) and x > 0 for g in gaps.values() for x in g):
-        ax.set_xscale("log", base=2)
-    ax.set_xlabel(name)
-    ax.set_ylabel(f"target test {metric}: method − {REFERENCE}\n(same seeds, mean ± s.e.)")
+    for label, (xs, means, errors) in series.items():
+        ax.errorbar(xs, means, yerr=errors, marker="o", capsize=3, label=label)
+    if zero:
+        ax.axhline(0.0, color="black", linewidth=0.8)
+    if log_base:
+        ax.set_xscale("log", base=log_base)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

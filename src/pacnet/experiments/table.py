@@ -155,6 +155,13 @@ def paired(
     }
 
 
+def paired_cell(stat: dict[str, Any] | None) -> str:
+    """A table cell for one :func:`paired` entry: ``mean ± s.e. (wins/n)``, ``–`` if none."""
+    if stat is None:
+        return "–"
+    return f"{stat['mean']:+.3f} ± {stat['sem']:.3f} ({stat['wins']}/{stat['n']})"
+
+
 def paired_markdown(results: Sequence[dict[str, Any]], reference: str, metric: str) -> list[str]:
     """Markdown lines: mean paired difference to ``reference`` ± standard error, and wins."""
     stats = paired(results, reference)
@@ -170,12 +177,7 @@ def paired_markdown(results: Sequence[dict[str, Any]], reference: str, metric: s
         "|---|" + "---|" * len(sizes),
     ]
     for m in methods:
-        cells = []
-        for n in sizes:
-            s = stats.get((m, n))
-            cells.append(
-                "–" if s is None else f"{s['mean']:+.3f} ± {s['sem']:.3f} ({s['wins']}/{s['n']})"
-            )
+        cells = [paired_cell(stats.get((m, n))) for n in sizes]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
 
