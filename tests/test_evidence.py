@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import TINY_FLAGS
 from test_images import make_fashion
+from test_methods import TINY
 
 from pacnet import PacnetError
 from pacnet.cli import main
@@ -18,14 +19,6 @@ from pacnet.experiments.runner import RunSpec, run
 from pacnet.experiments.store import Store
 from pacnet.experiments.sweep import plan
 
-TINY = {
-    "source_samples": 400,
-    "source_steps": 60,
-    "target_steps": 30,
-    "target_test": 200,
-    "hidden": (16, 16),
-    "target_pool": 60,
-}
 GRID = ({"ratio": 0.5, "lam": 0.01}, {"ratio": 0.9, "lam": 0.1})
 
 

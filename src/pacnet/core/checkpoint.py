@@ -172,21 +172,7 @@ def _load_network(path: str | Path, model: nn.Module, task: str) -> nn.Module:
     )
     plain = unwrap(model)
     own = plain.state_dict()
-    missing, unexpected = own.keys() - state.keys(), state.keys() - own.keys()
-    check(
-        not missing and not unexpected,
-        f"{path}: checkpoint does not match the model's architecture "
-        f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})",
-    )
-    for name, value in state.items():
-        check(
-            tuple(own[name].shape) == tuple(value.shape),
-            f"{path}: {name!r} has shape {tuple(value.shape)} in the checkpoint but "
-            f"{tuple(own[name].shape)} in the model",
-        )
-    with torch.no_grad():
-        for name, value in state.items():
-            own[name].copy_(value)
+    _copy_matching(path, own, state, set(own))
     return model
 
 
@@ -298,21 +284,7 @@ def load_tasks(path: str | Path, model: nn.Module) -> Tasks:
     own_slots = set(names) | {a for a, c in links.items() if c in set(names)}
     state = model.state_dict()
     expected = {n for n in state if n not in own_slots}
-    missing, unexpected = expected - shared.keys(), shared.keys() - expected
-    check(
-        not missing and not unexpected,
-        f"{path}: checkpoint does not match the model's architecture "
-        f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})",
-    )
-    for name, value in shared.items():
-        check(
-            tuple(state[name].shape) == tuple(value.shape),
-            f"{path}: {name!r} has shape {tuple(value.shape)} in the checkpoint but "
-            f"{tuple(state[name].shape)} in the model",
-        )
-    with torch.no_grad():
-        for name, value in shared.items():
-            state[name].copy_(value)
+    _copy_matching(path, state, shared, expected)
     mask = Mask.unpack(packed, meta["mask_shapes"], plan)
     device = next(model.parameters()).device
     tasks = Tasks(model, mask.to(device), names)
@@ -403,3 +375,25 @@ def inspect(path: str | Path) -> dict[str, Any]:
         "extra": meta["extra"],
         "sha256": meta["sha256"],
     }
+
+
+def _copy_matching(
+    path: Any, model_state: dict[str, Tensor], stored: dict[str, Tensor], expected: set[str]
+) -> None:
+    """Copy ``stored`` into ``model_state`` after checking that it holds exactly the
+    ``expected`` names with the model's shapes (one-line errors naming ``path``)."""
+    missing, unexpected = expected - stored.keys(), stored.keys() - expected
+    check(
+        not missing and not unexpected,
+        f"{path}: checkpoint does not match the model's architecture "
+        f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})",
+    )
+    for name, value in stored.items():
+        check(
+            tuple(model_state[name].shape) == tuple(value.shape),
+            f"{path}: {name!r} has shape {tuple(value.shape)} in the checkpoint but "
+            f"{tuple(model_state[name].shape)} in the model",
+        )
+    with torch.no_grad():
+        for name, value in stored.items():
+            model_state[name].copy_(value)
