@@ -78,3 +78,18 @@ def test_no_paired_plot_without_fine_tuning_runs(tmp_path):
     assert (tmp_path / "setting1-target.png").exists()
     assert not (tmp_path / "setting1-paired.png").exists()
     assert "paired.png" not in text
+
+
+def test_a_series_far_beyond_the_others_is_named_off_scale_and_the_rest_are_kept():
+    from pacnet.experiments.report import off_scale
+
+    series = {
+        "scratch": ([2, 5], [0.17, 0.11], [0.01, 0.01]),
+        "pacnet": ([2, 5], [-0.04, 0.01], [0.01, 0.01]),
+        "l2sp": ([2, 5], [-0.02, 0.0], [0.01, 0.01]),
+        "linear_probe": ([2, 5], [0.02, 0.05], [0.01, 0.01]),
+    }
+    assert off_scale(series) == {"scratch": (0.11, 0.17)}
+    del series["scratch"]
+    assert off_scale(series) == {}  # 0.05 is within 3x the median extent 0.04
+    assert off_scale({"a": ([1], [1.0], [0.0]), "b": ([1], [100.0], [0.0])}) == {}

@@ -274,27 +274,80 @@ def _errorbars(
 ) -> str:
     """One line with error bars per series (label -> xs, means, errors), a line at 0 if
     ``zero``, a log x axis unless ``log_base`` is None; written to ``path``, its name
-    returned."""
+    returned. An equal-source-compute variant has its method's colour, a dashed line and
+    open markers; PAC-Net is black and thicker. On a log axis the series are spread a
+    little sideways so that their error bars do not hide each other; with ``zero`` (a
+    paired plot) a series far beyond the others (:func:`off_scale`) is left out and named
+    above the axis with its range."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label, (xs, means, errors) in series.items():
-        ax.errorbar(xs, means, yerr=errors, marker="o", capsize=3, label=label)
+    left_out = off_scale(series) if zero else {}
+    shown = {k: v for k, v in series.items() if k not in left_out}
+    bases = list(dict.fromkeys(label.removesuffix(EQUAL) for label in shown))
+    others = [b for b in bases if not b.startswith("pacnet")]
+    palette = plt.get_cmap("tab10" if len(others) <= 10 else "tab20").colors
+    shown = dict(  # each method followed by its equal-compute variant
+        sorted(shown.items(), key=lambda kv: (bases.index(kv[0].removesuffix(EQUAL)), kv[0]))
+    )
+    fig, ax = plt.subplots(figsize=(7.6, 4.2))
+    for i, (label, (xs, means, errors)) in enumerate(shown.items()):
+        equal, base = label.endswith(EQUAL), label.removesuffix(EQUAL)
+        ours = base not in others  # PAC-Net: black and thicker
+        colour = "black" if ours else palette[others.index(base) % len(palette)]
+        if log_base and len(shown) > 1:
+            shift = log_base ** ((i - (len(shown) - 1) / 2) * 0.05 / len(shown))
+            xs = [x * shift for x in xs]
+        ax.errorbar(
+            xs,
+            means,
+            yerr=errors,
+            marker="o",
+            capsize=3,
+            label=label,
+            color=colour,
+            linestyle="--" if equal else "-",
+            markerfacecolor="white" if equal else colour,
+            linewidth=2.2 if ours else 1.5,
+            zorder=3 if ours else 2,
+        )
     if zero:
         ax.axhline(0.0, color="black", linewidth=0.8)
     if log_base:
         ax.set_xscale("log", base=log_base)
+        ticks = sorted({x for xs, _, _ in series.values() for x in xs})
+        ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if left_out:
+        note = "; ".join(f"{k}: {lo:+.3g} to {hi:+.3g}" for k, (lo, hi) in left_out.items())
+        ax.set_title(f"off scale, not drawn: {note}", fontsize=8)
     fig.tight_layout()
-    write_bytes_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    write_bytes_atomic(
+        path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    )
     plt.close(fig)
     return path.name
+
+
+def off_scale(
+    series: dict[str, tuple[list, list[float], list[float]]], factor: float = 3.0
+) -> dict[str, tuple[float, float]]:
+    """The series whose largest absolute mean exceeds ``factor`` times the median of the
+    series' largest absolute means (with at least three series), with their range of
+    means: one far-off line (training from scratch, say) would otherwise flatten every
+    other line of a paired plot to its zero line."""
+    extent = {k: max(abs(m) for m in means) for k, (_, means, _) in series.items() if means}
+    if len(extent) < 3:
+        return {}
+    limit = factor * statistics.median(extent.values())
+    return {k: (min(series[k][1]), max(series[k][1])) for k, e in extent.items() if e > limit}
 
 
 def saved_networks(rows: Sequence[dict[str, Any]]) -> list[str]:
