@@ -93,3 +93,13 @@ def test_a_series_far_beyond_the_others_is_named_off_scale_and_the_rest_are_kept
     del series["scratch"]
     assert off_scale(series) == {}  # 0.05 is within 3x the median extent 0.04
     assert off_scale({"a": ([1], [1.0], [0.0]), "b": ([1], [100.0], [0.0])}) == {}
+
+
+def test_wall_time_leaves_out_pauses_but_not_the_gaps_between_runs():
+    from pacnet.experiments.report import wall_time
+
+    assert wall_time([]) == (0.0, 0.0)
+    # two workers overlapping, 5 s gaps between runs, then a 1000 s pause (a resumed sweep)
+    runs = [(0.0, 100.0), (50.0, 120.0), (125.0, 200.0), (1200.0, 1300.0)]
+    assert wall_time(runs) == (1300.0, 300.0)
+    assert wall_time([(0.0, 10.0), (5.0, 8.0)]) == (10.0, 10.0)  # one inside another

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,17 +152,44 @@ def _section(title: str, rows: Sequence[dict[str, Any]], noun: str) -> list[str]
     ]
 
 
+PAUSE = 60.0
+"""Seconds without a run in flight that count as a pause (a stopped and resumed sweep),
+not as the time between one run and the next."""
+
+
 def _span(rows: Sequence[dict[str, Any]]) -> str:
-    """The wall time from the first run's start to the last run's end, when known."""
+    """The wall time from the first run's start to the last run's end, when known, and the
+    part of it with runs in flight when the runs paused (a sweep stopped and resumed)."""
     import datetime
 
     try:
-        ends = [datetime.datetime.fromisoformat(r["finished"]) for r in rows]
+        ends = [datetime.datetime.fromisoformat(r["finished"]).timestamp() for r in rows]
     except (KeyError, TypeError, ValueError):
         return ""
-    starts = [e - datetime.timedelta(seconds=r["seconds"]) for e, r in zip(ends, rows, strict=True)]
-    wall = (max(ends) - min(starts)).total_seconds()
-    return f", {wall / 60:.1f} minutes of wall time from the first start to the last finish"
+    wall, busy = wall_time([(e - r["seconds"], e) for e, r in zip(ends, rows, strict=True)])
+    text = f", {wall / 60:.1f} minutes of wall time from the first start to the last finish"
+    if wall - busy >= PAUSE:
+        text += (
+            f", {busy / 60:.1f} of them with runs in flight (pauses of more than"
+            f" {PAUSE:.0f} s left out)"
+        )
+    return text
+
+
+def wall_time(intervals: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """Seconds from the first start to the last end of ``(start, end)`` intervals, and the
+    seconds covered by them once gaps shorter than :data:`PAUSE` are bridged."""
+    if not intervals:
+        return 0.0, 0.0
+    ordered = sorted(intervals)
+    busy, (start, end) = 0.0, ordered[0]
+    for s, e in ordered[1:]:
+        if s - end > PAUSE:
+            busy += end - start
+            start = s
+        end = max(end, e)
+    busy += end - start
+    return max(e for _, e in ordered) - ordered[0][0], busy
 
 
 def _machines(rows: Sequence[dict[str, Any]]) -> str:
@@ -257,7 +284,9 @@ def _across_plot(
         means = [by_value[x]["mean"] for x in xs]
         series[f"{method}, N={size}"] = (xs, means, [by_value[x]["sem"] for x in xs])
     log = all(isinstance(x, int | float) and x > 0 for g in gaps.values() for x in g)
-    return _errorbars(series, name, _gap_label(metric), path, True, 2 if log else None)
+    return _errorbars(
+        series, name, _gap_label(metric), path, True, 2 if log else None, _across_style
+    )
 
 
 def _gap_label(metric: str) -> str:
@@ -271,33 +300,39 @@ def _errorbars(
     path: Path,
     zero: bool = False,
     log_base: int | None = 10,
+    style: Callable[[str], tuple[str | None, bool, bool]] | None = None,
 ) -> str:
     """One line with error bars per series (label -> xs, means, errors), a line at 0 if
     ``zero``, a log x axis unless ``log_base`` is None; written to ``path``, its name
-    returned. An equal-source-compute variant has its method's colour, a dashed line and
-    open markers; PAC-Net is black and thicker. On a log axis the series are spread a
-    little sideways so that their error bars do not hide each other; with ``zero`` (a
-    paired plot) a series far beyond the others (:func:`off_scale`) is left out and named
-    above the axis with its range."""
+    returned. ``style(label)`` gives a series' colour key (None: black), whether it is
+    dashed with open markers and whether it is drawn thicker (default
+    :func:`method_style`). On a log axis the series are spread a little sideways so that
+    their error bars do not hide each other; with ``zero`` (a paired plot) a series far
+    beyond the others (:func:`off_scale`), and the series of its colour, are left out and
+    named above the axis with their ranges."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullLocator
 
+    styles = {label: (style or method_style)(label) for label in series}
+    if sum(key is None for key, _, _ in styles.values()) > 1:  # several black: colour them
+        styles = {k: (k if key is None else key, d, t) for k, (key, d, t) in styles.items()}
     left_out = off_scale(series) if zero else {}
+    far = {styles[k][0] for k in left_out} - {None}  # a method's variants go together
+    for k, (_, means, _) in series.items():
+        if styles[k][0] in far and means:
+            left_out.setdefault(k, (min(means), max(means)))
     shown = {k: v for k, v in series.items() if k not in left_out}
-    bases = list(dict.fromkeys(label.removesuffix(EQUAL) for label in shown))
-    others = [b for b in bases if not b.startswith("pacnet")]
-    palette = plt.get_cmap("tab10" if len(others) <= 10 else "tab20").colors
-    shown = dict(  # each method followed by its equal-compute variant
-        sorted(shown.items(), key=lambda kv: (bases.index(kv[0].removesuffix(EQUAL)), kv[0]))
-    )
+    keys = list(dict.fromkeys(k for k, _, _ in styles.values() if k is not None))
+    palette = plt.get_cmap("tab10" if len(keys) <= 10 else "tab20").colors
+    order = {k: i for i, k in enumerate([None, *keys])}
+    shown = dict(sorted(shown.items(), key=lambda kv: (order[styles[kv[0]][0]], kv[0])))
     fig, ax = plt.subplots(figsize=(7.6, 4.2))
     for i, (label, (xs, means, errors)) in enumerate(shown.items()):
-        equal, base = label.endswith(EQUAL), label.removesuffix(EQUAL)
-        ours = base not in others  # PAC-Net: black and thicker
-        colour = "black" if ours else palette[others.index(base) % len(palette)]
+        key, dashed, thick = styles[label]
+        colour = "black" if key is None else palette[keys.index(key) % len(palette)]
         if log_base and len(shown) > 1:
             shift = log_base ** ((i - (len(shown) - 1) / 2) * 0.05 / len(shown))
             xs = [x * shift for x in xs]
@@ -309,10 +344,10 @@ def _errorbars(
             capsize=3,
             label=label,
             color=colour,
-            linestyle="--" if equal else "-",
-            markerfacecolor="white" if equal else colour,
-            linewidth=2.2 if ours else 1.5,
-            zorder=3 if ours else 2,
+            linestyle="--" if dashed else "-",
+            markerfacecolor="white" if dashed else colour,
+            linewidth=2.2 if thick else 1.5,
+            zorder=3 if thick else 2,
         )
     if zero:
         ax.axhline(0.0, color="black", linewidth=0.8)
@@ -334,6 +369,21 @@ def _errorbars(
     )
     plt.close(fig)
     return path.name
+
+
+def method_style(label: str) -> tuple[str | None, bool, bool]:
+    """A method's colour for its series; its equal-source-compute variant dashed in the
+    same colour; PAC-Net black and thicker."""
+    base = label.removesuffix(EQUAL)
+    ours = base.startswith("pacnet")
+    return (None if ours else base), label.endswith(EQUAL), ours
+
+
+def _across_style(label: str) -> tuple[str | None, bool, bool]:
+    """One colour per target size; PAC-Net solid and thicker, a baseline dashed."""
+    method, size = label.rsplit(", N=", 1)
+    ours = method.startswith("pacnet")
+    return f"N={size}", not ours, ours
 
 
 def off_scale(
