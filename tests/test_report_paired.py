@@ -103,3 +103,16 @@ def test_wall_time_leaves_out_pauses_but_not_the_gaps_between_runs():
     runs = [(0.0, 100.0), (50.0, 120.0), (125.0, 200.0), (1200.0, 1300.0)]
     assert wall_time(runs) == (1300.0, 300.0)
     assert wall_time([(0.0, 10.0), (5.0, 8.0)]) == (10.0, 10.0)  # one inside another
+
+
+def test_a_report_with_a_far_off_variant_still_writes_its_paired_plot_and_table(tmp_path):
+    rows = _rows({"finetune", "pacnet", "l2sp"})
+    rows += [
+        {**_row("scratch", n, seed, e + 5.0), "source_test_after": 1.0}
+        for (m, n), errors in ERRORS.items()
+        if m == "finetune"
+        for seed, e in enumerate(errors)
+    ]
+    text = report(rows, tmp_path).read_text()
+    assert (tmp_path / "setting1-paired.png").read_bytes()[:8] == PNG
+    assert "| scratch | +5.000 ± 0.000 (0/3) | +5.000 ± 0.000 (0/3) |" in text

@@ -9,7 +9,8 @@ trainable and stored parameter counts, and three plots: target error against tar
 (log x, one line per variant, ± std), source retention bars and, when the setting has
 fine-tuning runs, the paired difference to fine-tuning against target size (method −
 fine-tuning on the seeds both ran, mean ± standard error, one line per other variant, a
-line at 0; the values of the paired table). Runs that served several
+line at 0; the values of the paired table; a variant far beyond the rest is named above
+the axis with its range instead of drawn). Runs that served several
 targets from one network (``pacnet run --targets``) get a table of their own per setting:
 every task's error after each addition, with one-target runs of the same targets beside it.
 Runs saved with ``pacnet run --save`` are listed at the end with where their network is.
@@ -397,6 +398,8 @@ def off_scale(
     if len(extent) < 3:
         return {}
     limit = factor * statistics.median(extent.values())
+    if limit == 0:  # most series are zero everywhere: nothing to flatten
+        return {}
     return {k: (min(series[k][1]), max(series[k][1])) for k, e in extent.items() if e > limit}
 
 
