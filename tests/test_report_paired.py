@@ -116,3 +116,20 @@ def test_a_report_with_a_far_off_variant_still_writes_its_paired_plot_and_table(
     text = report(rows, tmp_path).read_text()
     assert (tmp_path / "setting1-paired.png").read_bytes()[:8] == PNG
     assert "| scratch | +5.000 ± 0.000 (0/3) | +5.000 ± 0.000 (0/3) |" in text
+
+
+def test_off_scale_leaves_out_every_series_of_a_far_group():
+    from pacnet.experiments.report import off_scale
+
+    series = {
+        "scratch": ([2], [0.9], [0.0]),
+        "scratch [equal source compute]": ([2], [0.01], [0.0]),
+        "pacnet": ([2], [-0.04], [0.0]),
+        "l2sp": ([2], [0.03], [0.0]),
+    }
+    base = lambda k: k.removesuffix(" [equal source compute]")  # noqa: E731
+    assert set(off_scale(series)) == {"scratch"}
+    assert off_scale(series, base) == {
+        "scratch": (0.9, 0.9),
+        "scratch [equal source compute]": (0.01, 0.01),
+    }

@@ -320,11 +320,7 @@ def _errorbars(
     styles = {label: (style or method_style)(label) for label in series}
     if sum(key is None for key, _, _ in styles.values()) > 1:  # several black: colour them
         styles = {k: (k if key is None else key, d, t) for k, (key, d, t) in styles.items()}
-    left_out = off_scale(series) if zero else {}
-    far = {styles[k][0] for k in left_out} - {None}  # a method's variants go together
-    for k, (_, means, _) in series.items():
-        if styles[k][0] in far and means:
-            left_out.setdefault(k, (min(means), max(means)))
+    left_out = off_scale(series, lambda k: styles[k][0] or k) if zero else {}
     shown = {k: v for k, v in series.items() if k not in left_out}
     keys = list(dict.fromkeys(k for k, _, _ in styles.values() if k is not None))
     palette = plt.get_cmap("tab10" if len(keys) <= 10 else "tab20").colors
@@ -388,19 +384,23 @@ def _across_style(label: str) -> tuple[str | None, bool, bool]:
 
 
 def off_scale(
-    series: dict[str, tuple[list, list[float], list[float]]], factor: float = 3.0
+    series: dict[str, tuple[list, list[float], list[float]]],
+    group: Callable[[str], str] = str,
+    factor: float = 3.0,
 ) -> dict[str, tuple[float, float]]:
     """The series whose largest absolute mean exceeds ``factor`` times the median of the
-    series' largest absolute means (with at least three series), with their range of
-    means: one far-off line (training from scratch, say) would otherwise flatten every
-    other line of a paired plot to its zero line."""
+    series' largest absolute means (with at least three series), and every other series
+    of the same ``group`` (a method's variants go together), with their range of means:
+    one far-off line (training from scratch, say) would otherwise flatten every other
+    line of a paired plot to its zero line."""
     extent = {k: max(abs(m) for m in means) for k, (_, means, _) in series.items() if means}
     if len(extent) < 3:
         return {}
     limit = factor * statistics.median(extent.values())
     if limit == 0:  # most series are zero everywhere: nothing to flatten
         return {}
-    return {k: (min(series[k][1]), max(series[k][1])) for k, e in extent.items() if e > limit}
+    far = {group(k) for k, e in extent.items() if e > limit}
+    return {k: (min(series[k][1]), max(series[k][1])) for k in extent if group(k) in far}
 
 
 def saved_networks(rows: Sequence[dict[str, Any]]) -> list[str]:

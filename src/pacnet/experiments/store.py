@@ -296,6 +296,19 @@ def hide_password(text: str) -> str:
     return re.sub(r"(://[^:/@\s]*:)[^/\s]*@", r"\1***@", text)
 
 
+def password_filter(url: URL | str) -> Callable[[str], str]:
+    """A function that replaces the password of ``url`` by *** wherever a text repeats it
+    (a driver's error message, say); a password under 4 characters is left, as it would
+    match by coincidence."""
+    try:
+        password = url.password if isinstance(url, URL) else make_url(url).password
+    except Exception:  # not a URL SQLAlchemy reads: nothing to hide
+        password = None
+    if not isinstance(password, str) or len(password) < 4:
+        return lambda text: text
+    return lambda text: text.replace(password, "***")
+
+
 def database_url(target: str | Path) -> URL:
     """The SQLAlchemy URL of a results database: a path (SQLite) or a URL.
 
@@ -348,11 +361,8 @@ class Store:
             else hide_password(self.target)
         )
         self.path = Path(self.url.database) if self.sqlite else None  # type: ignore[arg-type]
-        password = self.url.password
-        # a password this long cannot be a coincidental substring worth keeping
-        self._password = password if isinstance(password, str) and len(password) >= 4 else None
-        if self._password:
-            self.display = self.display.replace(self._password, "***")
+        self._hide = password_filter(self.url)
+        self.display = self._hide(self.display)
         self.version = 0
         self._engine = self._make_engine(create)
         try:
@@ -486,8 +496,7 @@ class Store:
 
     def _error(self, exc: sa_exc.DBAPIError) -> PacnetError:
         text = first_line(exc.orig) if exc.orig is not None else first_line(exc)
-        if self._password:
-            text = text.replace(self._password, "***")
+        text = self._hide(text)
         if self.sqlite and isinstance(exc, sa_exc.DatabaseError) and "not a database" in text:
             return PacnetError(f"{self.display}: not a usable results database ({text})")
         if "does not exist" in text and "database" in text:

@@ -50,19 +50,6 @@ def suggest(trial: Any, name: str, kind: str, low: float, high: float) -> Any:
     raise PacnetError(f"unknown search kind {kind!r} for {name}")
 
 
-def make_password_filter(storage: str) -> Any:
-    """A function that hides the password of ``storage`` wherever a message repeats it."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        password = make_url(storage).password
-    except Exception:  # not a URL SQLAlchemy reads: nothing to hide
-        password = None
-    if not isinstance(password, str) or not password:
-        return lambda text: text
-    return lambda text: text.replace(password, "***")
-
-
 def tune(
     spec: RunSpec,
     trials: int,
@@ -89,12 +76,11 @@ def tune(
             sampler=optuna.samplers.TPESampler(seed=spec.seed),
         )
     except Exception as exc:  # SQLAlchemy and drivers raise many kinds; all mean the same here
-        from pacnet.experiments.store import hide_password
+        from pacnet.experiments.store import hide_password, password_filter
 
-        first = first_line(exc)
-        password = make_password_filter(storage)
+        first = password_filter(storage)(first_line(exc))
         raise PacnetError(
-            f"cannot open the Optuna storage {hide_password(storage)}: {password(first)}"
+            f"cannot open the Optuna storage {hide_password(storage)}: {first}"
         ) from None
     cache = cache or StateCache()
     with using_threads(spec):
