@@ -3,7 +3,7 @@
 import json
 import sys
 
-from pacnet.perf import run_all, summary
+from pacnet.experiments.perf import run_all, summary
 
 if __name__ == "__main__":
     report = run_all(quick="--quick" in sys.argv)

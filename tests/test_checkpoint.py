@@ -159,7 +159,7 @@ def test_dtype_change_needs_tasks_to(trained):
 
 def test_a_library_error_keeps_its_text(tmp_path):
     """safetensors starts its messages with a newline; the reason must still show."""
-    from pacnet.core.io import write_safetensors
+    from pacnet.io import write_safetensors
 
     shared = torch.zeros(4)
     with pytest.raises(PacnetError) as err:

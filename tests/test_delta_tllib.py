@@ -8,17 +8,17 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from pacnet import Data, PacnetError
+from pacnet.benchmarks.resnet import resnet18
 from pacnet.cli import main
 from pacnet.experiments.runner import RunSpec, run
-from pacnet.methods.regularized import (
+from pacnet.methods.delta import (
     TLLIB_TRADE_OFF,
     Delta,
     DeltaParams,
     delta_alpha,
     tllib_layers,
 )
-from pacnet.regularizers import FeatureDistance
-from pacnet.resnet import resnet18
+from pacnet.methods.regularizers import FeatureDistance
 from pacnet.training.train import FitConfig
 
 

@@ -512,7 +512,7 @@ def test_state_replaced_with_values_at_frozen_entries_keeps_frozen_entries(case)
 def test_a_steady_loop_never_reviews_or_rescans(monkeypatch, mode, optimizer):
     """The per-step checks compare identities only: the loops `pacnet bench` times never
     re-derive the path or look at the optimizer's state again."""
-    from pacnet.perf import MODELS, _stepper
+    from pacnet.experiments.perf import MODELS, _stepper
 
     model, x, y = MODELS["friedman_mlp"]()
     step, context = _stepper(mode, model, x, y, optimizer)

@@ -95,7 +95,7 @@ def test_pack_roundtrip_and_one_bit_per_weight_on_disk(tmp_path):
 
 
 def test_uncompressed_version_1_mask_files_still_load(tmp_path):
-    from pacnet.core.io import write_safetensors
+    from pacnet.io import write_safetensors
 
     mask = prune(mlp(), 0.8)
     packed, shapes = mask.pack()
@@ -106,7 +106,7 @@ def test_uncompressed_version_1_mask_files_still_load(tmp_path):
 
 
 def test_corrupt_compressed_mask_is_a_clear_error(tmp_path):
-    from pacnet.core.io import read_safetensors, write_safetensors
+    from pacnet.io import read_safetensors, write_safetensors
 
     mask = prune(mlp(), 0.8)
     path = tmp_path / "mask.safetensors"

@@ -4,7 +4,7 @@ import pytest
 
 from pacnet.cli import main
 from pacnet.core.pac import SPLIT_FROM
-from pacnet.perf import MODELS, _stepper, step_times
+from pacnet.experiments.perf import MODELS, _stepper, step_times
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])

@@ -5,12 +5,12 @@ import torch
 from torch import nn
 
 from pacnet import Data, PacnetError
-from pacnet.regularizers import (
+from pacnet.methods.delta import channel_attention
+from pacnet.methods.regularizers import (
     L2,
     FeatureDistance,
     SpectralShrinkage,
     StartingPoint,
-    channel_attention,
     shrinkage,
 )
 

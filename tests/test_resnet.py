@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import pacnet
+from pacnet.benchmarks.resnet import BasicBlock, ResNet18, resnet18
 from pacnet.errors import PacnetError
-from pacnet.resnet import BasicBlock, ResNet18, resnet18
 
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 

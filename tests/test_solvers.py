@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pacnet.solvers import duffing_rhs, rk4, spectral_solve
+from pacnet.benchmarks.solvers import duffing_rhs, rk4, spectral_solve
 
 F64 = torch.float64
 

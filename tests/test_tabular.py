@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import pacnet
+from pacnet.benchmarks.mlp import MLP
 from pacnet.cli import main
-from pacnet.models import MLP
 from pacnet.tabular import artifact as artifact_module
 from pacnet.tabular import open_artifact, pipeline, read_table, write_artifact
 

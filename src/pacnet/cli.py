@@ -685,8 +685,8 @@ def _write_table(
     results: list[dict],
     out: Path,
 ) -> None:
-    from pacnet.core.io import write_bytes_atomic
     from pacnet.experiments.table import markdown, protocol
+    from pacnet.io import write_bytes_atomic
 
     table = markdown(results, bench_cls.metric)
     seeds_text = ", ".join(f"N={n}: {len(s)}" for n, s in seeds.items())
@@ -725,7 +725,7 @@ def _cmd_tune(args: argparse.Namespace) -> None:
 def _cmd_bench(args: argparse.Namespace) -> None:
     import json
 
-    from pacnet.perf import MODELS, profile_steps, profile_summary, run_all, summary
+    from pacnet.experiments.perf import MODELS, profile_steps, profile_summary, run_all, summary
     from pacnet.training.train import OPTIMIZERS
 
     check(
@@ -749,9 +749,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 def _cmd_inspect(args: argparse.Namespace) -> None:
     import json
 
+    from pacnet.benchmarks.mlp import describe_spec
     from pacnet.core.checkpoint import inspect
     from pacnet.experiments.runner import NETWORK_FILE, RESULT_FILE
-    from pacnet.models import describe_spec
     from pacnet.tabular import find_card, open_artifact
 
     path = args.checkpoint
@@ -770,7 +770,7 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
     run_file = path.parent / RESULT_FILE
     run = None
     if card is None and run_file.is_file():
-        from pacnet.core.io import read_json
+        from pacnet.io import read_json
 
         found = read_json(run_file)
         if (found.get("network") or {}).get("sha256") == info["sha256"]:
@@ -888,9 +888,9 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
-    from pacnet.core.io import read_json
     from pacnet.experiments.report import report
     from pacnet.experiments.store import DEFAULT_DB, Store
+    from pacnet.io import read_json
 
     if args.results is not None:
         check(args.results.is_dir(), f"{args.results}: no such folder")

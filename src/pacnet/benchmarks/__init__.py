@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pacnet.benchmarks.base import Benchmark, Task
+from pacnet.benchmarks.base import Benchmark, TaskData
 from pacnet.benchmarks.celeba import CelebA
 from pacnet.benchmarks.digits import Digits
 from pacnet.benchmarks.fashion import Fashion
@@ -26,4 +26,4 @@ def get_benchmark(name: str) -> type[Benchmark]:
         ) from None
 
 
-__all__ = ["BENCHMARKS", "Benchmark", "Task", "get_benchmark"]
+__all__ = ["BENCHMARKS", "Benchmark", "TaskData", "get_benchmark"]

@@ -89,8 +89,10 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
-class Task:
-    """One task's data: train (what a method may learn from), validation and test."""
+class TaskData:
+    """One task's data: train (what a method may learn from), validation and test.
+
+    Not to be confused with :class:`pacnet.Tasks`, the per-task tensors of one network."""
 
     train: Data
     val: Data | None
@@ -118,11 +120,11 @@ class Benchmark(ABC):
         self.cache = cache or StateCache()
 
     @abstractmethod
-    def source(self) -> Task:
+    def source(self) -> TaskData:
         """The source task (deterministic: the same for every seed)."""
 
     @abstractmethod
-    def target(self, seed: int, size: int) -> Task:
+    def target(self, seed: int, size: int) -> TaskData:
         """The target task of ``seed`` with ``size`` labelled training samples."""
 
     @abstractmethod
@@ -137,19 +139,19 @@ class Benchmark(ABC):
     def score(self, model: nn.Module, data: Data) -> float:
         """The reported metric (lower is better) in the data's own units."""
 
-    def labelled(self, size: int, unit: str, part: Callable[[slice], Data], test: Data) -> Task:
+    def labelled(self, size: int, unit: str, part: Callable[[slice], Data], test: Data) -> TaskData:
         """The target task from its ``size`` labelled items, ``part(slice)`` giving the data of
         a slice of them: all train (protocol ``fixed``), or the first ``target_val_fraction``
         held out for early stopping (``early``)."""
         if self.config.protocol != "early":
-            return Task(part(slice(None)), None, test)
+            return TaskData(part(slice(None)), None, test)
         n_val = max(1, round(size * self.config.target_val_fraction))
         check(
             size - n_val >= 1,
             f"early stopping holds out {n_val} of the {size} target {unit} for validation, "
             "leaving none to train on: lower --target-val-fraction or raise --target-size",
         )
-        return Task(part(slice(n_val, None)), part(slice(0, n_val)), test)
+        return TaskData(part(slice(n_val, None)), part(slice(0, n_val)), test)
 
     def target_head(self, seed: int) -> dict[str, Tensor] | None:
         """Fresh head tensors (by parameter name) when the target's output differs from the

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from pacnet.benchmarks.base import Task
+from pacnet.benchmarks.base import TaskData
 from pacnet.benchmarks.images import ImageBenchmark, ImageConfig
 from pacnet.errors import PacnetError, check
 from pacnet.training.batches import DatasetSource
@@ -221,7 +221,7 @@ class CelebA(ImageBenchmark):
             f"images plus one to train on); lower it with --source-val N "
             f"(--quick sets {self.quick['source_val']})",
         )
-        self._source: Task | None = None
+        self._source: TaskData | None = None
 
     def _images(self, index: Tensor, columns: list[int]) -> StreamingImages:
         files = [self.files[i] for i in index.tolist()]
@@ -229,14 +229,14 @@ class CelebA(ImageBenchmark):
         images = CelebAImages(self.folder, files, labels, self.config.image_size)
         return StreamingImages(images, self.config.workers)
 
-    def source(self) -> Task:
+    def source(self) -> TaskData:
         if self._source is None:
             c = self.config
             train = self.train_index
             if c.source_limit:
                 train = train[: c.source_val + c.source_limit]
             test = self.test_index[: c.target_test] if c.target_test else self.test_index
-            self._source = Task(
+            self._source = TaskData(
                 self._images(train[c.source_val :], self.source_columns),
                 self._images(train[: c.source_val], self.source_columns).load(),
                 self._images(test, self.source_columns),
@@ -247,7 +247,7 @@ class CelebA(ImageBenchmark):
     def max_target_size(self) -> int:
         return min(self.config.target_pool, len(self.train_index))
 
-    def target(self, seed: int, size: int) -> Task:
+    def target(self, seed: int, size: int) -> TaskData:
         c = self.config
         check(
             1 <= size <= self.max_target_size,

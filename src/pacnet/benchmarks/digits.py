@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pacnet.benchmarks.base import Task
+from pacnet.benchmarks.base import TaskData
 from pacnet.benchmarks.fashion import FashionSource, FashionSourceConfig
 from pacnet.errors import PacnetError, check
 from pacnet.training.cache import StateCache
@@ -112,7 +112,7 @@ class Digits(FashionSource):
     def max_target_size(self) -> int:
         return min(self.config.target_pool, self.pool_per_digit)
 
-    def target(self, seed: int, size: int) -> Task:
+    def target(self, seed: int, size: int) -> TaskData:
         check(
             1 <= size <= self.max_target_size,
             f"target size {size} (per digit) must lie in 1..{self.max_target_size}",

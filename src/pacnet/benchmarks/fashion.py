@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from pacnet.benchmarks.base import Task
+from pacnet.benchmarks.base import TaskData
 from pacnet.benchmarks.images import ImageBenchmark, ImageConfig
 from pacnet.errors import PacnetError, check
 from pacnet.training.cache import StateCache
@@ -158,7 +158,7 @@ class FashionSource(ImageBenchmark):
         self.source_outputs = len(config.source_classes)
         x = self._resize(self._select("train", config.source_classes)[0][:2000])
         self.mean, self.std = float(x.mean()), float(x.std())
-        self._source: Task | None = None
+        self._source: TaskData | None = None
 
     def _select(self, split: str, classes: tuple[int, ...]) -> tuple[Tensor, Tensor]:
         x, y = self._raw[split]
@@ -179,14 +179,14 @@ class FashionSource(ImageBenchmark):
     def _data(self, x: Tensor, y: Tensor) -> Data:
         return Data((self._resize(x) - self.mean) / self.std, y)
 
-    def source(self) -> Task:
+    def source(self) -> TaskData:
         if self._source is None:
             c = self.config
             x, y = self._select("train", c.source_classes)
             order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
             x, y = x[order], y[order]
             tx, ty = self._select("test", c.source_classes)
-            self._source = Task(
+            self._source = TaskData(
                 self._data(x[c.source_val :], y[c.source_val :]),
                 self._data(x[: c.source_val], y[: c.source_val]),
                 self._data(tx, ty),
@@ -202,7 +202,7 @@ class FashionSource(ImageBenchmark):
 
     def labelled_images(
         self, x: Tensor, y: Tensor, classes: int, seed: int, size: int, test: Data
-    ) -> Task:
+    ) -> TaskData:
         """The target task of ``seed``: ``size`` images per class from ``(x, y)`` (a seed
         picks them; the classes interleave, so a smaller size is a prefix)."""
         gen = torch.Generator().manual_seed(7919 * (seed + 1))
@@ -237,7 +237,7 @@ class Fashion(FashionSource):
     def max_target_size(self) -> int:
         return self.config.target_pool
 
-    def target(self, seed: int, size: int) -> Task:
+    def target(self, seed: int, size: int) -> TaskData:
         c = self.config
         check(
             1 <= size <= c.target_pool,

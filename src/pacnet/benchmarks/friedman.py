@@ -25,9 +25,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from pacnet.benchmarks.base import Benchmark, BudgetConfig, Task
+from pacnet.benchmarks.base import Benchmark, BudgetConfig, TaskData
+from pacnet.benchmarks.mlp import MLP
 from pacnet.errors import check
-from pacnet.models import MLP
 from pacnet.training.cache import StateCache
 from pacnet.training.train import Data, LossFn, evaluate
 
@@ -116,7 +116,7 @@ class Friedman(Benchmark):
 
     def __init__(self, config: FriedmanConfig, cache: StateCache | None = None):
         super().__init__(config, cache)
-        self._source: Task | None = None
+        self._source: TaskData | None = None
         gen = torch.Generator().manual_seed(1_000_003 + config.source_concept)
         self.source_concept = Concept.draw(gen, config.distance)
         x, y = self._sample(self.source_concept, config.source_samples, gen)
@@ -138,12 +138,12 @@ class Friedman(Benchmark):
     def _data(self, x: Tensor, y: Tensor) -> Data:
         return Data(x.float(), ((y - self.y_mean) / self.y_std).float().unsqueeze(1))
 
-    def source(self) -> Task:
+    def source(self) -> TaskData:
         if self._source is None:
             x, y = self._source_xy
             n_train = self.config.source_samples // 2
             n_val = max(1, int(n_train * self.config.source_val_fraction))
-            self._source = Task(
+            self._source = TaskData(
                 train=self._data(x[n_val:n_train], y[n_val:n_train]),
                 val=self._data(x[:n_val], y[:n_val]),
                 test=self._data(x[n_train:], y[n_train:]),
@@ -156,7 +156,7 @@ class Friedman(Benchmark):
             torch.Generator().manual_seed(10_007 * (seed + 1)), self.config.distance
         )
 
-    def target(self, seed: int, size: int) -> Task:
+    def target(self, seed: int, size: int) -> TaskData:
         cfg = self.config
         check(size >= 1, f"target size must be >= 1, got {size}")
         check(

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from pacnet.benchmarks.base import Benchmark, BudgetConfig
+from pacnet.benchmarks.resnet import resnet18
 from pacnet.errors import check
-from pacnet.resnet import resnet18
 from pacnet.training.batches import to_device
 from pacnet.training.train import Data, device_of
 

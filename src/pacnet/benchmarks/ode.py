@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from pacnet.benchmarks.solvers import duffing_rhs, rk4
 from pacnet.benchmarks.trajectory import (
     SOURCE_TRAINING_FIELDS,
     TrajectoryBenchmark,
@@ -27,7 +28,6 @@ from pacnet.benchmarks.trajectory import (
     check_time_grid,
     uniform,
 )
-from pacnet.solvers import duffing_rhs, rk4
 
 
 @dataclass

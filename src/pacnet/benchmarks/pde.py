@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from pacnet.benchmarks.solvers import spectral_solve
 from pacnet.benchmarks.trajectory import (
     SOURCE_TRAINING_FIELDS,
     TrajectoryBenchmark,
@@ -29,7 +30,6 @@ from pacnet.benchmarks.trajectory import (
     uniform,
 )
 from pacnet.errors import check
-from pacnet.solvers import spectral_solve
 
 
 @dataclass

@@ -28,10 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pacnet.benchmarks.base import Benchmark, BudgetConfig, Task
+from pacnet.benchmarks.base import Benchmark, BudgetConfig, TaskData
+from pacnet.benchmarks.mlp import MLP
 from pacnet.config import to_dict
 from pacnet.errors import check
-from pacnet.models import MLP
 from pacnet.training.cache import StateCache
 from pacnet.training.train import Data, LossFn
 
@@ -119,7 +119,7 @@ class TrajectoryBenchmark(Benchmark):
         self.in_mean, self.in_std = _stats(train_in)
         self.out_mean, self.out_std = _stats(train_out)
         self._source_raw = (inputs, outputs)
-        self._source: Task | None = None
+        self._source: TaskData | None = None
 
     # ---- what a subclass provides -----------------------------------------------------
     @abstractmethod
@@ -169,18 +169,18 @@ class TrajectoryBenchmark(Benchmark):
         trajectory = torch.arange(inputs.shape[0]).repeat_interleave(inputs.shape[1])
         return Data(x, y, trajectory)
 
-    def source(self) -> Task:
+    def source(self) -> TaskData:
         if self._source is None:
             inputs, outputs = self._source_raw
             n_val, n_test = self._split
-            self._source = Task(
+            self._source = TaskData(
                 train=self._data(inputs[n_val + n_test :], outputs[n_val + n_test :]),
                 val=self._data(inputs[:n_val], outputs[:n_val]),
                 test=self._data(inputs[n_val : n_val + n_test], outputs[n_val : n_val + n_test]),
             )
         return self._source
 
-    def target(self, seed: int, size: int) -> Task:
+    def target(self, seed: int, size: int) -> TaskData:
         cfg = self.config
         check(size >= 1, f"target size must be >= 1, got {size}")
         check(

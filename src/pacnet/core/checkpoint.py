@@ -25,7 +25,6 @@ both.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -35,11 +34,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pacnet.core.io import read_safetensors, write_safetensors
 from pacnet.core.mask import Mask
-from pacnet.core.roles import Plan, aliases, tie_mismatch, unwrap
-from pacnet.core.tasks import FREE, Tasks, _slot
+from pacnet.core.roles import Plan, aliases, slot_of, tie_mismatch, unwrap
+from pacnet.core.tasks import FREE, Tasks
 from pacnet.errors import PacnetError, check, first_line, pacnet_version
+from pacnet.io import read_safetensors, tensor_digest, write_safetensors
 
 FORMAT = "pacnet.checkpoint"
 NETWORK_FORMAT = "pacnet.network"
@@ -47,16 +46,6 @@ NETWORK_FORMAT_VERSION = 1
 FORMAT_VERSION = 2
 """2: adds the ownership map of networks with several targets (``owner/<bit>/<name>``).
 Files without one (one target) are still written as version 1, so older pacnet reads them."""
-
-
-def tensor_digest(tensors: Mapping[str, Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes of ``tensors`` in sorted name order."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def save(
@@ -298,7 +287,7 @@ def load_tasks(path: str | Path, model: nn.Module) -> Tasks:
         check(not absent, f"{path}: task {task!r} lacks its tensor {absent[:1]}")
         loaded: dict[str, Tensor] = {}
         for name, value in own.items():
-            module, leaf, is_param = _slot(model, name)
+            module, leaf, is_param = slot_of(model, name)
             own_tensor = (module._parameters if is_param else module._buffers)[leaf]
             value = value.to(device=own_tensor.device, dtype=own_tensor.dtype)
             if is_param:  # as trainable as the model's own (never an integer tensor)

@@ -91,7 +91,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pacnet.core.mask import Mask, _chunks
+from pacnet.core.entries import chunks
+from pacnet.core.mask import Mask
 from pacnet.core.roles import unwrap
 from pacnet.errors import check
 
@@ -152,7 +153,7 @@ def _bits(t: Tensor) -> Tensor:
 
 def _frozen_pieces(param: nn.Parameter, keep: Tensor) -> Iterator[Tensor]:
     """The values at frozen entries, chunk by chunk (memory bounded by a chunk)."""
-    for values, keeps in zip(_chunks(param), _chunks(keep), strict=True):
+    for values, keeps in zip(chunks(param), chunks(keep), strict=True):
         yield values[keeps.logical_not()]
 
 
@@ -259,7 +260,7 @@ def _layout(optimizer: torch.optim.Optimizer) -> list[int]:
 def _nonzero_at_frozen(values: Tensor, keep: Tensor) -> bool:
     if values.is_sparse:
         values = values.to_dense()
-    for chunk, keeps in zip(_chunks(values), _chunks(keep), strict=True):
+    for chunk, keeps in zip(chunks(values), chunks(keep), strict=True):
         if bool(chunk[keeps.logical_not()].any()):
             return True
     return False
@@ -855,7 +856,7 @@ def train_only(
         keep = trainable.to(param.device)
         starts_at_zero = not l2 or not any(
             bool((values * keeps).any())
-            for values, keeps in zip(_chunks(param), _chunks(keep), strict=True)
+            for values, keeps in zip(chunks(param), chunks(keep), strict=True)
         )
         masked.append(
             _Masked(name, param, keep, None if starts_at_zero else param.detach().clone())

@@ -19,13 +19,14 @@ import json
 import math
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pacnet.core.entries import CHUNK, chunks
 from pacnet.core.roles import (
     MASKED,
     Plan,
@@ -40,10 +41,11 @@ from pacnet.core.roles import (
     unwrap,
 )
 from pacnet.errors import PacnetError, check, check_ratio
+from pacnet.io import read_safetensors, write_safetensors
+from pacnet.training import distributed
 
-__all__ = ["Mask", "PrunableRule", "find_head", "prunable_names", "prune"]
+__all__ = ["Mask", "PrunableRule", "find_head", "prunable_names", "prune", "shared_mask"]
 
-_CHUNK = 1 << 18
 _KEY_DTYPES = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 _MASK_FORMAT = "pacnet.mask"
 
@@ -196,8 +198,6 @@ class Mask(Mapping[str, Tensor]):
     def save(self, path: str | Path) -> None:
         """Write the mask to a safetensors file: bit-packed, then zlib-compressed per entry
         (a 20 %-dense magnitude mask takes about 0.74 bits per weight, header included)."""
-        from pacnet.core.io import write_safetensors
-
         packed, shapes = self.pack()
         compressed = {
             n: torch.frombuffer(bytearray(zlib.compress(t.numpy().tobytes(), 6)), dtype=torch.uint8)
@@ -216,8 +216,6 @@ class Mask(Mapping[str, Tensor]):
     @classmethod
     def load(cls, path: str | Path) -> Mask:
         """Read a mask written by :meth:`save` (also the uncompressed version-1 files)."""
-        from pacnet.core.io import read_safetensors
-
         tensors, meta = read_safetensors(path)
         check(meta.get("format") == _MASK_FORMAT, f"{path}: not a pacnet mask file")
         try:
@@ -242,12 +240,6 @@ class Mask(Mapping[str, Tensor]):
 
 
 # ---- selection by magnitude ---------------------------------------------------------------
-def _chunks(t: Tensor) -> Iterator[Tensor]:
-    flat = t.detach().reshape(-1)
-    for start in range(0, flat.numel(), _CHUNK):
-        yield flat[start : start + _CHUNK]
-
-
 def _keys(chunk: Tensor, dtype: torch.dtype) -> Tensor:
     """Integer keys ordered like |chunk| (IEEE bit patterns of non-negative floats)."""
     return chunk.to(dtype).abs().view(_KEY_DTYPES[torch.finfo(dtype).bits // 8])
@@ -261,7 +253,7 @@ def _kth_key(tensors: list[Tensor], rank: int, dtype: torch.dtype) -> int:
     for i, shift in enumerate(shifts):
         hist = torch.zeros(1 << 16, dtype=torch.int64, device=tensors[0].device)
         for t in tensors:
-            for chunk in _chunks(t):
+            for chunk in chunks(t):
                 keys = _keys(chunk, dtype)  # int32 (int64 for float64): non-negative
                 if keys.dtype == torch.int16:
                     keys = keys.int()
@@ -275,8 +267,9 @@ def _kth_key(tensors: list[Tensor], rank: int, dtype: torch.dtype) -> int:
     return prefix
 
 
-def _select(tensors: list[Tensor], n_redundant: int) -> list[Tensor]:
-    """Essential masks for ``tensors`` with exactly ``n_redundant`` smallest entries pruned.
+def select_essential(tensors: list[Tensor], n_redundant: int) -> list[Tensor]:
+    """Essential masks for ``tensors`` with exactly ``n_redundant`` smallest-magnitude entries
+    pruned (ties: the earlier entries first).
 
     Works chunk by chunk: besides the bool masks it returns, memory stays within a chunk.
     """
@@ -290,14 +283,14 @@ def _select(tensors: list[Tensor], n_redundant: int) -> list[Tensor]:
     below = 0
     for t in tensors:
         essential = torch.empty(t.numel(), dtype=torch.bool, device=t.device)
-        for start, chunk in zip(range(0, t.numel(), _CHUNK), _chunks(t), strict=True):
+        for start, chunk in zip(range(0, t.numel(), CHUNK), chunks(t), strict=True):
             part = essential[start : start + chunk.numel()]
             torch.ge(_keys(chunk, dtype), threshold, out=part)
             below += part.numel() - int(part.sum())
         out.append(essential)
     ties_needed = n_redundant - below  # entries equal to the threshold, earliest first
     for t, essential in zip(tensors, out, strict=True):
-        for start, chunk in zip(range(0, t.numel(), _CHUNK), _chunks(t), strict=True):
+        for start, chunk in zip(range(0, t.numel(), CHUNK), chunks(t), strict=True):
             if ties_needed <= 0:
                 break
             ties = (_keys(chunk, dtype) == threshold).nonzero().flatten()[:ties_needed]
@@ -355,7 +348,7 @@ def prune(
             t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64),
             f"parameter {name!r} has dtype {t.dtype}; pruning ranks float16/bfloat16/32/64 weights",
         )
-        finite = all(bool(torch.isfinite(chunk).all()) for chunk in _chunks(t))
+        finite = all(bool(torch.isfinite(chunk).all()) for chunk in chunks(t))
         check(finite, f"parameter {name!r} holds NaN or inf; cannot rank it")
     if warn:
         _warn_uncovered(model, plan, embeddings)
@@ -363,9 +356,9 @@ def prune(
             warnings.warn(f"prune: {doubt}", UserWarning, stacklevel=2)
     if scope == "global":
         total = sum(t.numel() for t in tensors)
-        masks = _select(tensors, round(ratio * total))
+        masks = select_essential(tensors, round(ratio * total))
     else:
-        masks = [_select([t], round(ratio * t.numel()))[0] for t in tensors]
+        masks = [select_essential([t], round(ratio * t.numel()))[0] for t in tensors]
     empty = [n for n, m in zip(names, masks, strict=True) if m.numel() and not bool(m.any())]
     if warn and empty:
         warnings.warn(
@@ -376,6 +369,25 @@ def prune(
             stacklevel=2,
         )
     return Mask(dict(zip(names, masks, strict=True)), plan)
+
+
+def shared_mask(compute: Callable[[], Mask]) -> Mask:
+    """The :class:`Mask` ``compute()`` returns on rank 0, broadcast to every rank of a
+    ``torchrun`` job and verified there by checksum (just ``compute()`` outside one)."""
+    if not distributed.active():
+        return compute()
+    packed = shapes = plan = None
+    if distributed.is_main():
+        mask = compute()
+        packed, shapes = mask.pack()
+        plan = mask.plan.to_json() if mask.plan is not None else None
+    packed, shapes, plan = distributed.broadcast_object((packed, shapes, plan))
+    mask = Mask.unpack(packed, shapes, Plan.from_json(plan) if plan is not None else None)
+    check(
+        distributed.ranks_agree(distributed.checksum(mask.pack()[0])),
+        "the pruning mask differs between ranks after broadcasting it (checksum mismatch)",
+    )
+    return mask
 
 
 def _warn_uncovered(model: nn.Module, plan: Plan, embeddings: bool) -> None:

@@ -205,6 +205,20 @@ def _canonical(model: nn.Module) -> dict[int, str]:
     return canonical
 
 
+def slot_of(model: nn.Module, name: str) -> tuple[nn.Module, str, bool]:
+    """(owning module, leaf name, is_parameter) for a dotted parameter or buffer name."""
+    mod_name, _, leaf = name.rpartition(".")
+    try:
+        module = model.get_submodule(mod_name)
+    except AttributeError:
+        raise PacnetError(f"{name!r} is not a parameter or buffer of the model") from None
+    if leaf in module._parameters:
+        return module, leaf, True
+    if leaf in module._buffers:
+        return module, leaf, False
+    raise PacnetError(f"{name!r} is not a parameter or buffer of the model")
+
+
 def aliases(model: nn.Module) -> dict[str, str]:
     """Every other name of a tied or shared tensor -> its canonical name."""
     canonical = _canonical(model)

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from pacnet.core.mask import Mask
+from pacnet.core.mask import Mask, select_essential
 from pacnet.core.roles import (
     NORMS,
     PER_TASK,
@@ -42,6 +42,7 @@ from pacnet.core.roles import (
     inside,
     is_norm,
     make_plan,
+    slot_of,
     tie_mismatch,
     unwrap,
 )
@@ -66,7 +67,7 @@ def per_task_names(
     for name, role in default_roles(model, head_name).items():
         if role != PER_TASK:
             continue
-        module, _, is_param = _slot(model, name)
+        module, _, is_param = slot_of(model, name)
         if is_param and not inside(name, head_name) and not (norms if is_norm(module) else biases):
             continue
         names.append(name)
@@ -75,24 +76,10 @@ def per_task_names(
 
 def _put(model: nn.Module, name: str, value: Tensor) -> None:
     """Place ``value`` in the model under ``name`` (parameter or buffer slot)."""
-    module, leaf, is_param = _slot(model, name)
+    module, leaf, is_param = slot_of(model, name)
     (module._parameters if is_param else module._buffers)[leaf] = value
     if isinstance(module, nn.RNNBase):  # RNNs run on a cached list of their weights
         module._init_flat_weights()
-
-
-def _slot(model: nn.Module, name: str) -> tuple[nn.Module, str, bool]:
-    """(owning module, leaf name, is_parameter) for a dotted parameter or buffer name."""
-    mod_name, _, leaf = name.rpartition(".")
-    try:
-        module = model.get_submodule(mod_name)
-    except AttributeError:
-        raise PacnetError(f"{name!r} is not a parameter or buffer of the model") from None
-    if leaf in module._parameters:
-        return module, leaf, True
-    if leaf in module._buffers:
-        return module, leaf, False
-    raise PacnetError(f"{name!r} is not a parameter or buffer of the model")
 
 
 class Tasks:
@@ -136,7 +123,7 @@ class Tasks:
         self.order: list[str] = [SOURCE]
         self.tensors: dict[str, dict[str, Tensor]] = {SOURCE: {}}
         for name in self.names:
-            module, leaf, is_param = _slot(model, name)
+            module, leaf, is_param = slot_of(model, name)
             table = module._parameters if is_param else module._buffers
             self.tensors[SOURCE][name] = table[leaf]
         self.active = SOURCE
@@ -256,7 +243,7 @@ class Tasks:
         if record:
             current = {}
             for name, value in incoming.items():  # check everything before changing anything
-                module, leaf, is_param = _slot(model, name)
+                module, leaf, is_param = slot_of(model, name)
                 now = (module._parameters if is_param else module._buffers)[leaf]
                 if now is None:
                     continue
@@ -350,8 +337,6 @@ class Tasks:
         become free (+0.0) for the next task. ``task`` must be the newest; retrain it on what
         it keeps afterwards. Returns the number of entries released."""
         model = unwrap(model)
-        from pacnet.core.mask import _select
-
         check(0 <= fraction < 1, f"fraction must lie in [0, 1), got {fraction}")
         check(task != SOURCE, "the source's essential weights cannot be released")
         check(task == self.order[-1], f"only the newest task ({self.order[-1]!r}) can release")
@@ -366,7 +351,7 @@ class Tasks:
         n_release = round(fraction * count)
         if n_release == 0:
             return 0
-        keep = _select(values, n_release)
+        keep = select_essential(values, n_release)
         for name, kept in zip(names, keep, strict=True):
             released = torch.zeros_like(owned[name])
             released[owned[name]] = ~kept.to(released.device)

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pacnet.core.io import read_json
 from pacnet.experiments.runner import RESULT_FILE, RunSpec, run
+from pacnet.io import read_json
 from pacnet.training.cache import StateCache
 
 _PR_SET_PDEATHSIG = 1

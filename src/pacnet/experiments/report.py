@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pacnet.core.io import write_bytes_atomic
 from pacnet.experiments.runner import DETERMINISM_NOTE
 from pacnet.experiments.table import (
     REFERENCE,
@@ -36,6 +35,7 @@ from pacnet.experiments.table import (
     protocol,
     summarize,
 )
+from pacnet.io import write_bytes_atomic
 
 PAPER_NOTE = (
     "Paper numbers: the PAC-Net paper's numeric tables are not available to this project "

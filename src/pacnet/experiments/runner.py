@@ -21,18 +21,18 @@ import numpy as np
 import torch
 
 from pacnet.benchmarks import Benchmark, get_benchmark
+from pacnet.benchmarks.mlp import spec_of
 from pacnet.config import config_hash, make, to_dict
 from pacnet.core.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from pacnet.core.checkpoint import NETWORK_FORMAT, save_network
 from pacnet.core.checkpoint import save as save_checkpoint
-from pacnet.core.io import write_json
 from pacnet.core.roles import unwrap
 from pacnet.core.tasks import Tasks
 from pacnet.errors import PacnetError, check, pacnet_version
 from pacnet.experiments.select import cross_validate
+from pacnet.io import write_json
 from pacnet.methods import Method, TransferContext, get_method
 from pacnet.methods.base import candidates
-from pacnet.models import spec_of
 from pacnet.training import distributed
 from pacnet.training.cache import StateCache
 from pacnet.training.train import AMP_DTYPES, fit

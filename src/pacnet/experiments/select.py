@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from pacnet.benchmarks.base import Benchmark, Task
+from pacnet.benchmarks.base import Benchmark, TaskData
 from pacnet.config import make
 from pacnet.errors import check
 from pacnet.methods.base import Method, TransferContext, candidates
@@ -70,7 +70,7 @@ def fold_scores(
     """Validation score of ``method`` on each (train, validation) split of ``splits``."""
     scores = []
     for train, val in splits:
-        fold_ctx = replace(ctx, target=Task(train, ctx.target.val, val))
+        fold_ctx = replace(ctx, target=TaskData(train, ctx.target.val, val))
         transfer = run_one(method, fold_ctx)
         scores.append(bench.score(transfer.target_model, val))
     return scores

@@ -26,7 +26,7 @@ from pacnet.core.freeze import MaskedTraining
 from pacnet.core.mask import Mask
 from pacnet.core.roles import unwrap
 from pacnet.errors import check
-from pacnet.integrations._session import Session
+from pacnet.integrations.session import Session
 
 TRUE_PRECISIONS = {"bf16-true": torch.bfloat16, "16-true": torch.float16, "64-true": torch.float64}
 """Lightning precisions that convert the network's weights when ``fit`` starts."""

@@ -38,11 +38,11 @@ from transformers import PretrainedConfig, TrainerCallback
 
 import pacnet
 from pacnet.core.freeze import MaskedTraining
-from pacnet.core.io import write_json
 from pacnet.core.roles import unwrap
 from pacnet.core.tasks import Tasks
 from pacnet.errors import PacnetError, check
-from pacnet.integrations._session import Session
+from pacnet.integrations.session import Session
+from pacnet.io import write_json
 
 WEIGHTS = "pacnet.safetensors"
 CONFIG = "config.json"

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pacnet.errors import PacnetError
 from pacnet.methods.base import Method, Transfer, TransferContext
 from pacnet.methods.baselines import FineTune, LinearProbe, Scratch
+from pacnet.methods.delta import Delta
 from pacnet.methods.lora import LoRA
 from pacnet.methods.pacnet_method import PacNet
-from pacnet.methods.regularized import BSS, L2SP, Delta
+from pacnet.methods.regularized import BSS, L2SP
 
 METHODS: dict[str, type[Method]] = {
     m.name: m for m in (Scratch, FineTune, LinearProbe, L2SP, Delta, BSS, LoRA, PacNet)

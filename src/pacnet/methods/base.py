@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from pacnet.benchmarks.base import Benchmark, Task
+from pacnet.benchmarks.base import Benchmark, TaskData
 from pacnet.core.tasks import Tasks
 from pacnet.training.train import (
     FitConfig,
@@ -47,8 +47,8 @@ class TransferContext:
 
     benchmark: Benchmark
     source_model: nn.Module
-    source: Task
-    target: Task
+    source: TaskData
+    target: TaskData
     seed: int
     source_key: str = ""
     memo: Callable[[Mapping[str, Any], StateBuilder], Mapping[str, Tensor]] = _no_cache

@@ -10,13 +10,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from pacnet.benchmarks.base import Task
-from pacnet.core.mask import Mask, prune
+from pacnet.benchmarks.base import TaskData
+from pacnet.core.mask import Mask, prune, shared_mask
 from pacnet.core.pac import allocate, calibrate, parameter_report
 from pacnet.core.tasks import Tasks
 from pacnet.errors import check, check_ratio
 from pacnet.methods.base import Method, Transfer, TransferContext, count
-from pacnet.training import distributed
 from pacnet.training.train import Data, device_of
 
 
@@ -58,7 +57,7 @@ class PacNet(Method):
         """A copy of the source model, pruned and allocated (cached per source and setting)."""
         p: PacNetParams = self.params
         model = copy.deepcopy(ctx.source_model)
-        mask = distributed.shared_mask(lambda: prune(model, p.ratio, p.scope))  # rank 0's
+        mask = shared_mask(lambda: prune(model, p.ratio, p.scope))  # rank 0's
         alloc_fit = ctx.source_fit
         if p.allocate_steps is not None:
             alloc_fit = replace(alloc_fit, steps=p.allocate_steps)
@@ -113,7 +112,7 @@ class PacNet(Method):
     def chain(
         self,
         ctx: TransferContext,
-        targets: Sequence[tuple[str, Task]],
+        targets: Sequence[tuple[str, TaskData]],
         score: Callable[[nn.Module, Data], float],
     ) -> dict[str, Any]:
         """Serve ``targets`` one after another from one network (equal shares of the

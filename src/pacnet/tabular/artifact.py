@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from pacnet.benchmarks.mlp import MLP
 from pacnet.core.checkpoint import inspect, load, save
-from pacnet.core.io import read_json, umask, write_json
 from pacnet.errors import PacnetError, check
-from pacnet.models import MLP
+from pacnet.io import read_json, umask, write_json
 from pacnet.tabular.files import Table
 from pacnet.tabular.pipeline import CARD_FORMAT, CARD_VERSION, Outcome
 from pacnet.tabular.problem import Scaling, predict

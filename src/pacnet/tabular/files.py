@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from pacnet.core.io import write_bytes_atomic
 from pacnet.errors import PacnetError, check, first_line
+from pacnet.io import write_bytes_atomic
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _SEPARATORS = (",", ";", "\t", "|")

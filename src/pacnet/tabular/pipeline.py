@@ -27,15 +27,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pacnet.benchmarks.mlp import MLP
 from pacnet.config import make, to_dict
-from pacnet.core.checkpoint import tensor_digest
 from pacnet.core.tasks import Tasks
 from pacnet.errors import PacnetError, check
 from pacnet.experiments.runner import _seeded_transfer, versions
 from pacnet.experiments.select import cross_validate
+from pacnet.io import tensor_digest
 from pacnet.methods import METHODS, Method, Transfer, TransferContext, get_method
 from pacnet.methods.base import candidates
-from pacnet.models import MLP
 from pacnet.tabular.files import Table, read_table
 from pacnet.tabular.problem import Problem, TableBenchmark, TableConfig
 from pacnet.tabular.source import NETWORK_FILE, SourceCheckpoint, read_source_checkpoint

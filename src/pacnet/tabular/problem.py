@@ -1,6 +1,6 @@
 """Two tables as a benchmark: standardisation, the source split, the MLP, loss and metric.
 
-:class:`TableBenchmark` turns the source and target rows into the :class:`Task` objects every
+:class:`TableBenchmark` turns the source and target rows into the :class:`TaskData` objects every
 transfer method and the cross-validation already use, so PAC-Net and the baselines run on
 the user's data unchanged.
 
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pacnet.benchmarks.base import SOURCE_STEPS, TARGET_STEPS, Benchmark, BudgetConfig, Task
+from pacnet.benchmarks.base import SOURCE_STEPS, TARGET_STEPS, Benchmark, BudgetConfig, TaskData
+from pacnet.benchmarks.mlp import MLP
 from pacnet.errors import PacnetError, check
-from pacnet.models import MLP
 from pacnet.training.train import Data, FitConfig, LossFn, device_of, evaluate
 
 
@@ -207,24 +207,24 @@ class TableBenchmark(Benchmark):
         self.source_train_rows = np.sort(order[held + val :])
         if len(problem.outputs) > 1:
             self.metric = "rmse (standardised)"
-        self._source: Task | None = None
+        self._source: TaskData | None = None
 
     def data(self, x: np.ndarray, y: np.ndarray) -> Data:
         """Standardised :class:`Data` of raw rows."""
         return Data(self.problem.x_scale.apply(x), self.problem.y_scale.apply(y))
 
-    def source(self) -> Task:
+    def source(self) -> TaskData:
         if self._source is None:
             p, train, test = self.problem, self.source_train_rows, self.source_test_rows
             val = self.source_val_rows
-            self._source = Task(
+            self._source = TaskData(
                 train=self.data(p.source_x[train], p.source_y[train]),
                 val=self.data(p.source_x[val], p.source_y[val]) if len(val) else None,
                 test=self.data(p.source_x[test], p.source_y[test]),
             )
         return self._source
 
-    def target(self, seed: int, size: int) -> Task:
+    def target(self, seed: int, size: int) -> TaskData:
         p = self.problem
         every = self.data(p.target_x, p.target_y)
         return self.labelled(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pacnet.core.io import write_bytes_atomic
-from pacnet.models import describe_spec
+from pacnet.benchmarks.mlp import describe_spec
+from pacnet.io import write_bytes_atomic
 
 REPORT_FILE = "report.md"
 PLOT_FILE = "report.png"

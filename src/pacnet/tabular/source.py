@@ -1,6 +1,6 @@
 """A source model given as a checkpoint (``pacnet transfer --source-checkpoint``).
 
-Any network pacnet saved for an :class:`~pacnet.models.MLP` carries its model spec in the
+Any network pacnet saved for an :class:`~pacnet.benchmarks.mlp.MLP` carries its model spec in the
 checkpoint's ``extra``, so nothing else is needed to rebuild it: the ``net.safetensors`` of
 a ``pacnet transfer`` folder (its source task: the source model after Allocate), a
 ``pacnet run --save`` network of an MLP benchmark, or a file written with
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pacnet.benchmarks.mlp import MLP, describe_spec
 from pacnet.core.checkpoint import inspect, load
 from pacnet.errors import PacnetError, check
-from pacnet.models import MLP, describe_spec
 from pacnet.tabular.problem import Scaling
 
 NETWORK_FILE = "net.safetensors"

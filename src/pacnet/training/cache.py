@@ -17,8 +17,8 @@ from typing import Any
 from torch import Tensor
 
 from pacnet.config import config_hash
-from pacnet.core.io import read_safetensors, write_safetensors
 from pacnet.errors import PacnetError
+from pacnet.io import read_safetensors, write_safetensors
 from pacnet.training import distributed
 
 

@@ -10,8 +10,9 @@ Outside ``torchrun`` (``WORLD_SIZE`` unset or 1) nothing here does anything. Und
   gradient of the global batch mean: one process with the same batch takes the same steps
   up to float rounding (BatchNorm statistics are per rank unless the model uses
   ``SyncBatchNorm``);
-* masks are computed once on rank 0 and broadcast (:func:`shared_mask`), then checked equal
-  on every rank by checksum; caches are decided on rank 0 (:func:`shared_state`) and only
+* objects are broadcast from rank 0 (:func:`broadcast_object`; the pruning mask so, by
+  :func:`pacnet.core.mask.shared_mask`) and checked equal on every rank by checksum
+  (:func:`ranks_agree`); caches are decided on rank 0 (:func:`shared_state`) and only
   rank 0 writes files (:func:`is_main`);
 * :func:`checksum` / :func:`ranks_agree` verify that every rank holds the same weights.
 """
@@ -31,6 +32,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from pacnet.errors import PacnetError, check
+from pacnet.io import tensor_digest
 from pacnet.training.batches import size_of
 
 TIMEOUT = datetime.timedelta(minutes=10)
@@ -106,8 +108,6 @@ def broadcast_object(value: Any) -> Any:
 
 def checksum(tensors: Mapping[str, Tensor]) -> str:
     """SHA-256 over names, dtypes, shapes and bytes (in name order)."""
-    from pacnet.core.checkpoint import tensor_digest
-
     return tensor_digest(tensors)
 
 
@@ -122,27 +122,6 @@ def ranks_agree(digest: str) -> bool:
 
 def model_checksum(model: nn.Module) -> str:
     return hashlib.sha256(checksum(model.state_dict()).encode()).hexdigest()
-
-
-def shared_mask(compute: Callable[[], Any]) -> Any:
-    """A :class:`~pacnet.core.mask.Mask` computed on rank 0, broadcast, verified on every rank."""
-    from pacnet.core.mask import Mask
-    from pacnet.core.roles import Plan
-
-    if not active():
-        return compute()
-    packed = shapes = plan = None
-    if is_main():
-        mask = compute()
-        packed, shapes = mask.pack()
-        plan = mask.plan.to_json() if mask.plan is not None else None
-    packed, shapes, plan = broadcast_object((packed, shapes, plan))
-    mask = Mask.unpack(packed, shapes, Plan.from_json(plan) if plan is not None else None)
-    check(
-        ranks_agree(checksum(mask.pack()[0])),
-        "the pruning mask differs between ranks after broadcasting it (checksum mismatch)",
-    )
-    return mask
 
 
 def shared_state(

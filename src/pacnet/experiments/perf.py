@@ -29,12 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from pacnet.benchmarks.mlp import MLP
+from pacnet.benchmarks.resnet import resnet18
 from pacnet.core.freeze import train_only
 from pacnet.core.mask import prune
 from pacnet.core.pac import trainable_groups, zero_redundant
 from pacnet.core.tasks import Tasks
-from pacnet.models import MLP
-from pacnet.resnet import resnet18
 from pacnet.training.train import FitConfig, make_optimizer
 
 MODELS: dict[str, Callable[[], tuple[nn.Module, torch.Tensor, torch.Tensor]]] = {
@@ -169,7 +169,10 @@ def profile_summary(report: dict[str, Any]) -> str:
 
 def _child_rss(args: list[str]) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-m", "pacnet.perf", *args], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "pacnet.experiments.perf", *args],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -1,10 +1,13 @@
-"""Safe file I/O: safetensors and JSON only, written atomically (temp file + rename).
+"""Safe file I/O and digests: safetensors and JSON only, written atomically (temp file +
+rename), and the SHA-256 of a set of tensors that checkpoints, caches and ranks compare.
 
-Nothing here unpickles: a pacnet file can hold tensors and text, never code.
+Nothing here unpickles: a pacnet file can hold tensors and text, never code. This module sits
+below everything else in the package (it imports only :mod:`pacnet.errors`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -12,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -101,3 +105,13 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str
         first = first_line(exc)
         raise PacnetError(f"{path}: not a readable safetensors file ({first})") from None
     return tensors, metadata
+
+
+def tensor_digest(tensors: Mapping[str, Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of ``tensors`` in sorted name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
