@@ -15,7 +15,8 @@ import argparse
 import time
 from pathlib import Path
 
-from pacnet.experiments.runner import RunSpec, run
+from pacnet.experiments.runner import run
+from pacnet.experiments.spec import RunSpec
 from pacnet.experiments.table import chain_markdown
 
 

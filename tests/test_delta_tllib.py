@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from pacnet import Data, PacnetError
 from pacnet.benchmarks.resnet import resnet18
 from pacnet.cli import main
-from pacnet.experiments.runner import RunSpec, run
+from pacnet.experiments.runner import run
+from pacnet.experiments.spec import RunSpec
 from pacnet.methods.delta import (
     TLLIB_TRADE_OFF,
     Delta,

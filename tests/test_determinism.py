@@ -2,7 +2,8 @@
 
 import pytest
 
-from pacnet.experiments.runner import RunSpec, run
+from pacnet.experiments.runner import run
+from pacnet.experiments.spec import RunSpec
 from pacnet.training.cache import StateCache
 
 TINY = {

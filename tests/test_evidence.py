@@ -3,6 +3,7 @@
 
 import gzip
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from pacnet import PacnetError
 from pacnet.cli import main
 from pacnet.experiments import select
 from pacnet.experiments.report import report
-from pacnet.experiments.runner import RunSpec, run
+from pacnet.experiments.runner import run
+from pacnet.experiments.spec import RunSpec
 from pacnet.experiments.store import Store
 from pacnet.experiments.sweep import plan
 
@@ -53,15 +55,15 @@ def test_holdout_trains_each_candidate_once_then_the_winner_on_all(monkeypatch):
     assert selection["mode"] == "holdout" and "held-out" in selection["protocol"]
     assert result["config"]["select"] == {"mode": "holdout", "folds": 4, "candidates": list(GRID)}
     # the grid is part of the run's identity: another grid is another run
-    other = RunSpec(**{**spec.__dict__, "candidates": GRID[:1]})
+    other = replace(spec, candidates=GRID[:1])
     assert other.run_id() != spec.run_id()
 
 
 def test_a_bad_candidate_fails_before_anything_runs():
     with pytest.raises(PacnetError, match="ratio"):
-        RunSpec("friedman", "pacnet", select="cv", candidates=({"ratio": 1.5},)).resolved()
+        RunSpec("friedman", "pacnet", select="cv", candidates=({"ratio": 1.5},))
     with pytest.raises(PacnetError, match="unknown setting"):
-        RunSpec("friedman", "finetune", select="cv", candidates=({"alpha": 1.0},)).resolved()
+        RunSpec("friedman", "finetune", select="cv", candidates=({"alpha": 1.0},))
     with pytest.raises(PacnetError, match="needs --select"):
         RunSpec("friedman", "finetune", candidates=({"lr": 1e-3},))
 

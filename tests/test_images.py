@@ -12,7 +12,8 @@ from pacnet import PacnetError
 from pacnet.benchmarks.celeba import CelebA, CelebAConfig
 from pacnet.benchmarks.fashion import Fashion, FashionConfig, read_idx
 from pacnet.cli import main
-from pacnet.experiments.runner import RunSpec, run
+from pacnet.experiments.runner import run
+from pacnet.experiments.spec import RunSpec
 from pacnet.training.cache import StateCache
 
 NAMES = ["Smiling", "Young", "Bangs", "Male", "Eyeglasses", "Blond_Hair"]

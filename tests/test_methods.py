@@ -1,7 +1,8 @@
 import pytest
 
 from pacnet import PacnetError
-from pacnet.experiments.runner import RunSpec, run
+from pacnet.experiments.runner import run
+from pacnet.experiments.spec import RunSpec
 from pacnet.methods import METHODS, get_method
 from pacnet.methods.base import SEARCH_BUDGET, candidates
 

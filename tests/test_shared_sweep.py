@@ -18,7 +18,7 @@ import pytest
 from conftest import TINY_FLAGS
 
 from pacnet.cli import main
-from pacnet.experiments.runner import RunSpec
+from pacnet.experiments.spec import RunSpec
 from pacnet.experiments.store import GridRun, Store
 from pacnet.experiments.sweep import WorkerOptions, plan, work
 from pacnet.training.cache import StateCache

@@ -460,7 +460,7 @@ def _method_params(items: Sequence[str], methods: Sequence[str]) -> dict[str, di
 def _run_spec(args: argparse.Namespace) -> Any:
     """The RunSpec that ``run`` and ``tune`` flags describe."""
     from pacnet.benchmarks import get_benchmark
-    from pacnet.experiments.runner import RunSpec
+    from pacnet.experiments.spec import RunSpec
     from pacnet.methods import get_method
 
     bench_cls, method_cls = get_benchmark(args.benchmark), get_method(args.method)
@@ -484,7 +484,8 @@ def _run_spec(args: argparse.Namespace) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
-    from pacnet.experiments.runner import RESULT_FILE, run
+    from pacnet.experiments.runner import run
+    from pacnet.experiments.saving import RESULT_FILE
     from pacnet.training import distributed
     from pacnet.training.cache import StateCache
 
@@ -597,7 +598,7 @@ def _search_grids(search: dict, methods: Sequence[str]) -> dict[str, list[dict]]
 
 def _cmd_reproduce(args: argparse.Namespace) -> None:
     from pacnet.benchmarks import get_benchmark
-    from pacnet.experiments.runner import RunSpec
+    from pacnet.experiments.spec import RunSpec
     from pacnet.experiments.store import DEFAULT_DB, Store, grid_id
     from pacnet.experiments.sweep import WorkerOptions, default_label, plan, sweep
     from pacnet.methods import get_method
@@ -637,8 +638,6 @@ def _cmd_reproduce(args: argparse.Namespace) -> None:
     )
     search = _search_grids(grid["search"], methods)
     specs = plan(base, methods, sizes, seeds, params, search, grid["source_compute"])
-    for spec in {s.method: s for s in specs}.values():
-        spec.resolved()  # bad settings fail before anything runs
     options = WorkerOptions(
         **{
             name: value
@@ -751,7 +750,7 @@ def _cmd_inspect(args: argparse.Namespace) -> None:
 
     from pacnet.benchmarks.mlp import describe_spec
     from pacnet.core.checkpoint import inspect
-    from pacnet.experiments.runner import NETWORK_FILE, RESULT_FILE
+    from pacnet.experiments.saving import NETWORK_FILE, RESULT_FILE
     from pacnet.tabular import find_card, open_artifact
 
     path = args.checkpoint

@@ -22,7 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pacnet.experiments.runner import RESULT_FILE, RunSpec, run
+from pacnet.experiments.runner import run
+from pacnet.experiments.saving import RESULT_FILE
+from pacnet.experiments.spec import RunSpec
 from pacnet.io import read_json
 from pacnet.training.cache import StateCache
 
@@ -43,7 +45,7 @@ def die_with_parent() -> None:
 
 def spec_to_json(spec: RunSpec) -> str:
     """A run spec as JSON (:func:`spec_from_json` reads it back with the same run id)."""
-    return json.dumps(dataclasses.asdict(spec))
+    return json.dumps(spec.fields())
 
 
 def spec_from_json(text: str) -> RunSpec:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pacnet.experiments.runner import DETERMINISM_NOTE
+from pacnet.experiments.environment import DETERMINISM_NOTE
 from pacnet.experiments.table import (
     REFERENCE,
     chain_markdown,

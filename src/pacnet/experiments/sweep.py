@@ -37,13 +37,10 @@ import torch
 from tqdm.auto import tqdm
 
 from pacnet.errors import PacnetError, check, first_line
-from pacnet.experiments.runner import (
-    RunSpec,
-    extra_source_steps,
-    run,
-    source_model,
-    using_threads,
-)
+from pacnet.experiments.environment import using_threads
+from pacnet.experiments.runner import run
+from pacnet.experiments.source import extra_source_steps, source_model
+from pacnet.experiments.spec import RunSpec
 from pacnet.experiments.store import (
     DEFAULT_LEASE,
     DEFAULT_MAX_ATTEMPTS,
@@ -152,9 +149,9 @@ def sweep(
         (s.benchmark, s.source_compute, json.dumps(s.identity()["settings"], sort_keys=True)): s
         for s in todo
     }.values():
-        with using_threads(base):  # the source model, once per benchmark setting
-            bench = base.make_benchmark(cache)
-            extra = extra_source_steps(base, bench)
+        with using_threads(base.thread_count, base.deterministic):  # the source model, once
+            bench = base.make_benchmark(cache)  # per benchmark setting
+            extra = extra_source_steps(base.source_compute, bench)
             source_model(bench, cache, base.device, base.amp, extra)
 
     with tqdm(total=len(by_id), initial=len(seen), desc="sweep", disable=None) as bar:

@@ -13,10 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pacnet.config import make
 from pacnet.errors import PacnetError, check, first_line
-from pacnet.experiments.runner import RunSpec, _seeded_transfer, prepare, using_threads
+from pacnet.experiments.environment import using_threads
+from pacnet.experiments.runner import prepare, seeded_transfer
 from pacnet.experiments.select import cv_score, cv_splits
+from pacnet.experiments.spec import RunSpec
 from pacnet.training.cache import StateCache
 
 
@@ -62,7 +63,7 @@ def tune(
     import optuna
 
     check(trials >= 1, f"trials must be >= 1, got {trials}")
-    method_cls = type(spec.make_method())
+    method_cls = spec.resolved.method
     space: dict[str, tuple[str, float, float]] = getattr(method_cls.Params, "tune", {})
     check(space, f"method {spec.method!r} has no hyperparameter to tune")
     name = study_name or f"{spec.benchmark}-{spec.method}-n{spec.target_size}-s{spec.seed}"
@@ -83,14 +84,14 @@ def tune(
             f"cannot open the Optuna storage {hide_password(storage)}: {first}"
         ) from None
     cache = cache or StateCache()
-    with using_threads(spec):
+    with using_threads(spec.thread_count, spec.deterministic):
         ctx = prepare(spec, cache)
         splits = cv_splits(ctx.target.train, folds)
 
         def objective(trial: Any) -> float:
             values = {k: suggest(trial, k, *bounds) for k, bounds in space.items()}
-            method = method_cls(make(method_cls.Params, {**spec.method_params, **values}))
-            return cv_score(method, ctx, ctx.benchmark, splits, _seeded_transfer)
+            method = spec.make_method(values)
+            return cv_score(method, ctx, ctx.benchmark, splits, seeded_transfer)
 
         study.optimize(objective, n_trials=trials)
     return study

@@ -21,7 +21,9 @@ from torch import Tensor, nn
 
 from pacnet.benchmarks.base import Benchmark, TaskData
 from pacnet.core.tasks import Tasks
+from pacnet.errors import PacnetError
 from pacnet.training.train import (
+    Data,
     FitConfig,
     FitResult,
     LossFn,
@@ -154,6 +156,8 @@ class Method(ABC):
     revision: ClassVar[int] = 0
     """Raised when a method's defaults or behaviour change, so runs stored before the change
     (whose ids name only non-default settings) are not taken for new ones."""
+    serves_several_targets: ClassVar[bool] = False
+    """Whether :meth:`chain` serves several targets from one network (PAC-Net)."""
 
     def __init__(self, params: Any = None):
         self.params = params if params is not None else self.Params()
@@ -161,6 +165,17 @@ class Method(ABC):
     @abstractmethod
     def transfer(self, ctx: TransferContext) -> Transfer:
         """Adapt to the target task described by ``ctx``."""
+
+    def chain(
+        self,
+        ctx: TransferContext,
+        targets: Sequence[tuple[str, TaskData]],
+        score: Callable[[nn.Module, Data], float],
+    ) -> dict[str, Any]:
+        """Serve ``targets`` one after another from one network, where the method can
+        (:attr:`serves_several_targets`); returns the record of each step, with the
+        network under ``model`` and its tasks under ``tasks``."""
+        raise PacnetError(f"method {self.name!r} cannot serve several targets from one network")
 
     def fit_target(
         self,

@@ -52,6 +52,7 @@ class PacNet(Method):
     )
     Params = PacNetParams
     starts_from_source = False  # its source training + Allocate is the reference
+    serves_several_targets = True
 
     def allocated(self, ctx: TransferContext) -> tuple[nn.Module, Mask]:
         """A copy of the source model, pruned and allocated (cached per source and setting)."""

@@ -31,15 +31,16 @@ from pacnet.benchmarks.mlp import MLP
 from pacnet.config import make, to_dict
 from pacnet.core.tasks import Tasks
 from pacnet.errors import PacnetError, check
-from pacnet.experiments.runner import _seeded_transfer, versions
+from pacnet.experiments.environment import versions
+from pacnet.experiments.runner import seeded_transfer
 from pacnet.experiments.select import cross_validate
+from pacnet.experiments.source import train_source
 from pacnet.io import tensor_digest
 from pacnet.methods import METHODS, Method, Transfer, TransferContext, get_method
 from pacnet.methods.base import candidates
 from pacnet.tabular.files import Table, read_table
 from pacnet.tabular.problem import Problem, TableBenchmark, TableConfig
 from pacnet.tabular.source import NETWORK_FILE, SourceCheckpoint, read_source_checkpoint
-from pacnet.training.train import fit
 
 CARD_FORMAT = "pacnet.tabular"
 CARD_VERSION = 1
@@ -351,11 +352,10 @@ def _source_model(
     if ckpt is not None:
         _say(options, f"source model: {ckpt.describe()}")
         return ckpt.model.to(device), {"checkpoint": str(ckpt.path), "sha256": ckpt.sha256}
-    src, cfg = bench.source(), bench.source_fit()
+    steps, rows = bench.source_fit().steps, len(bench.source().train)
     model = bench.make_model(options.seed).to(device)
-    _say(options, f"training the source model (up to {cfg.steps} steps on {len(src.train)} rows)")
-    loss = bench.loss_fn()
-    fitted = fit(model, loss, src.train, cfg, val=src.val, seed=options.seed, desc="source")
+    _say(options, f"training the source model (up to {steps} steps on {rows} rows)")
+    fitted = train_source(bench, model, seed=options.seed)
     return model, {"trained": fitted.as_dict()}
 
 
@@ -379,10 +379,10 @@ def _cross_validated(
         f"{options.folds} folds on {len(ctx.target.train)} target rows",
     )
     selection = cross_validate(
-        method_cls, fixed, ctx, bench, options.folds, _seeded_transfer, grid=grid
+        method_cls, fixed, ctx, bench, options.folds, seeded_transfer, grid=grid
     )
     method = method_cls(make(method_cls.Params, {**fixed, **selection["chosen"]}))
-    result = _seeded_transfer(method, ctx)
+    result = seeded_transfer(method, ctx)
     best = next(c for c in selection["candidates"] if c["params"] == selection["chosen"])
     row = {
         "method": name,
