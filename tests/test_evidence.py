@@ -15,11 +15,11 @@ from test_methods import TINY
 from pacnet import PacnetError
 from pacnet.cli import main
 from pacnet.experiments import select
+from pacnet.experiments.grid import expand
 from pacnet.experiments.report import report
 from pacnet.experiments.runner import run
 from pacnet.experiments.spec import RunSpec
 from pacnet.experiments.store import Store
-from pacnet.experiments.sweep import plan
 
 GRID = ({"ratio": 0.5, "lam": 0.01}, {"ratio": 0.9, "lam": 0.1})
 
@@ -80,7 +80,7 @@ def test_equal_source_compute_starts_baselines_from_a_longer_trained_source(tmp_
     # PAC-Net's own source training + Allocate is the reference: "equal" is the same run
     pac = RunSpec("friedman", "pacnet", source_compute="equal", **base)
     assert pac.run_id() == RunSpec("friedman", "pacnet", **base).run_id()
-    specs = plan(RunSpec("friedman", "finetune"), ["finetune", "pacnet"], [10], [0, 1], {}, {},
+    specs = expand(RunSpec("friedman", "finetune"), ["finetune", "pacnet"], [10], [0, 1], {}, {},
                  ["standard", "equal"])  # fmt: skip
     assert sorted((s.method, s.source_compute) for s in specs) == [
         ("finetune", "equal"),

@@ -18,9 +18,10 @@ import pytest
 from conftest import TINY_FLAGS
 
 from pacnet.cli import main
+from pacnet.experiments.grid import expand
 from pacnet.experiments.spec import RunSpec
 from pacnet.experiments.store import GridRun, Store
-from pacnet.experiments.sweep import WorkerOptions, plan, work
+from pacnet.experiments.sweep import WorkerOptions, work
 from pacnet.training.cache import StateCache
 
 LEASE = 3
@@ -129,7 +130,7 @@ def _open(db_url: str) -> Store | None:
 
 def test_two_workers_racing_for_the_last_pending_run_run_it_once(db_url, tmp_path):
     base = RunSpec("friedman", "finetune", quick=True, bench_settings=_settings())
-    [spec] = plan(base, ["finetune"], [10], [0])
+    [spec] = expand(base, ["finetune"], [10], [0])
     store = Store(db_url)
     g = store.register([GridRun(spec.run_id(), "finetune", 10, 0)], "friedman", "one run")
     barrier = threading.Barrier(2)

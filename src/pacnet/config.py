@@ -3,8 +3,9 @@
 ``add_flags`` turns every field of a settings dataclass into a ``--flag`` (``ratio`` ->
 ``--ratio``, ``allocate_steps`` -> ``--allocate-steps``; a field's ``metadata["shown"]``
 words a default that is resolved later, ``metadata["help"]`` what it means, for the
-help); ``build`` makes the dataclass from parsed flags over a base; ``config_hash`` names
-a resolved configuration.
+help); ``given`` reads back the flags that were set, ``read_value`` one value as its flag
+would; ``make`` builds the dataclass with one-line errors; ``config_hash`` names a resolved
+configuration.
 """
 
 from __future__ import annotations
@@ -80,13 +81,21 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
         )
 
 
-def build(cls: type, namespace: argparse.Namespace, base: Any = None, **overrides: Any) -> Any:
-    """``cls`` from ``base`` (or defaults), then ``overrides``, then the flags given."""
-    values = dataclasses.asdict(base) if base is not None else {}
-    values.update(overrides)
+def given(namespace: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` whose flags (from :func:`add_flags`) were given, by name."""
     prefix = f"{cls.__name__}."
-    values.update({k[len(prefix) :]: v for k, v in vars(namespace).items() if k.startswith(prefix)})
-    return make(cls, values)
+    return {k[len(prefix) :]: v for k, v in vars(namespace).items() if k.startswith(prefix)}
+
+
+def read_value(cls: type, name: str, text: str, what: str) -> Any:
+    """``text`` read as the type of field ``name`` of ``cls`` (as its flag reads it); a
+    one-line error starting with ``what`` if it cannot be."""
+    hint = typing.get_type_hints(cls)[name]
+    convert, _ = _parser_for(hint, name)
+    try:
+        return convert(text)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise PacnetError(f"{what}: cannot read {text!r} as {hint}") from None
 
 
 def make(cls: type, values: dict[str, Any]) -> Any:

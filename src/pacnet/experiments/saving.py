@@ -1,4 +1,5 @@
-"""What a run leaves in its folder: ``result.json`` and, when asked, the trained network."""
+"""What a run leaves in its folder: ``result.json`` and, when asked, the trained network;
+and reading such folders back."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pacnet.core.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from pacnet.core.checkpoint import NETWORK_FORMAT, save, save_network
 from pacnet.core.roles import unwrap
 from pacnet.core.tasks import Tasks
+from pacnet.errors import check
+from pacnet.io import read_json
 
 RESULT_FILE = "result.json"
 NETWORK_FILE = "net.safetensors"
@@ -47,3 +50,18 @@ def merged(model: nn.Module) -> nn.Module:
     if hasattr(model, "merge_and_unload"):
         return copy.deepcopy(model).merge_and_unload()
     return model
+
+
+def read_results(folder: Path, benchmark: str | None = None) -> list[dict[str, Any]]:
+    """The ``result.json`` records under ``folder`` (searched recursively, in path order),
+    optionally of one benchmark; a saved network's ``path`` says where it is now."""
+    check(folder.is_dir(), f"{folder}: no such folder")
+    rows = []
+    for found in sorted(folder.rglob(RESULT_FILE)):
+        row = read_json(found)
+        if isinstance(row.get("network"), dict):  # where the saved network is now
+            row["network"]["path"] = str(found.parent / row["network"]["file"])
+        rows.append(row)
+    if benchmark:
+        rows = [r for r in rows if r["benchmark"] == benchmark]
+    return rows

@@ -30,7 +30,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from pacnet.errors import PacnetError, check, first_line
 from pacnet.experiments.environment import using_threads
+from pacnet.experiments.grid import default_label
 from pacnet.experiments.runner import run
 from pacnet.experiments.source import extra_source_steps, source_model
 from pacnet.experiments.spec import RunSpec
@@ -49,50 +50,6 @@ from pacnet.experiments.store import (
     Store,
 )
 from pacnet.training.cache import StateCache
-
-
-def plan(
-    base: RunSpec,
-    methods: Sequence[str],
-    sizes: Sequence[int],
-    seeds: Sequence[int] | Mapping[int, Sequence[int]],
-    method_params: Mapping[str, Mapping[str, Any]] | None = None,
-    search: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-    source_compute: Sequence[str] = ("standard",),
-) -> list[RunSpec]:
-    """Every (method, source compute, size, seed) run of a grid; ``seeds`` is one list or
-    size -> seeds; ``search`` gives some methods their own candidate grids. PAC-Net runs
-    once whatever ``source_compute`` says (its own source compute is the reference)."""
-    method_params, search = method_params or {}, search or {}
-    seeds_for = seeds if isinstance(seeds, Mapping) else dict.fromkeys(sizes, seeds)
-    specs: dict[str, RunSpec] = {}
-    for m in methods:
-        grid = search.get(m)
-        for compute in source_compute:
-            for n in sizes:
-                for s in seeds_for[n]:
-                    spec = replace(
-                        base,
-                        method=m,
-                        target_size=n,
-                        seed=s,
-                        method_params=dict(method_params.get(m, {})),
-                        candidates=None if grid is None else tuple(dict(c) for c in grid),
-                        source_compute=compute,
-                    )
-                    specs.setdefault(spec.run_id(), spec)
-    return list(specs.values())
-
-
-def default_label(specs: Sequence[RunSpec]) -> str:
-    """A short description of a grid: benchmark, methods, target sizes, seeds, run count."""
-    methods = ", ".join(dict.fromkeys(s.method for s in specs))
-    sizes = ",".join(str(n) for n in sorted({s.target_size for s in specs}))
-    seeds = len({s.seed for s in specs})
-    return (
-        f"{specs[0].benchmark}: {methods} x N={sizes} x {seeds} seed{'s' * (seeds != 1)} "
-        f"({len(specs)} runs)"
-    )
 
 
 @dataclass(frozen=True)

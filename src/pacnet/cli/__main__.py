@@ -1,0 +1,5 @@
+"""python -m pacnet.cli."""
+
+from pacnet.cli import main
+
+raise SystemExit(main())

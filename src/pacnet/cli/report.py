@@ -1,0 +1,89 @@
+"""``pacnet report`` (a Markdown report with plots from stored results) and ``pacnet
+status`` (where the grids of a results database stand)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pacnet.cli.common import Named, db_flag, debug_flag
+from pacnet.errors import check
+from pacnet.experiments.report import report
+from pacnet.experiments.saving import read_results
+from pacnet.experiments.status import status_text
+from pacnet.experiments.store import DEFAULT_DB, Store
+
+
+def add_parser(sub: Any, named: Named) -> None:
+    """The ``report`` and ``status`` commands and their flags."""
+    rpt = sub.add_parser("report", help="Markdown report with plots from stored results")
+    db_flag(rpt)
+    rpt.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="instead of --db: a folder searched for result.json files",
+    )
+    rpt.add_argument("--benchmark", default=None, help="only this benchmark")
+    rpt.add_argument(
+        "--across",
+        default=None,
+        metavar="SETTING[,SETTING]",
+        help="also show the paired difference to fine-tuning against a benchmark setting, "
+        "e.g. width (over runs that differ only in it)",
+    )
+    rpt.add_argument("--out", type=Path, default=Path("runs/report"), help="report folder")
+    debug_flag(rpt)
+    rpt.set_defaults(handler=run_report)
+
+    sts = sub.add_parser(
+        "status", help="the grids in a results database: pending, running, done, failed, ETA"
+    )
+    db_flag(sts)
+    sts.add_argument("--grid", default=None, help="only the grid whose id starts with this")
+    sts.add_argument("--json", action="store_true", help="print JSON")
+    debug_flag(sts)
+    sts.set_defaults(handler=run_status)
+
+
+def run(args: argparse.Namespace) -> None:
+    """``report`` or ``status``, as ``args.command`` says."""
+    (run_report if args.command == "report" else run_status)(args)
+
+
+def run_report(args: argparse.Namespace) -> None:
+    """Write the report of the stored results (a database, or a folder of runs)."""
+    if args.results is not None:
+        rows = read_results(args.results, args.benchmark)
+    else:
+        with Store(args.db or DEFAULT_DB, create=False) as store:
+            rows = store.results(args.benchmark)
+    check(rows, "no stored results to report")
+    across = [a.strip() for a in (args.across or "").split(",") if a.strip()]
+    for name in across:
+        check(
+            any(name in r["config"]["benchmark"] for r in rows),
+            f"--across {name}: no stored run has a benchmark setting of that name",
+        )
+    path = report(rows, args.out, across)
+    print(f"report of {len(rows)} runs written to {path}")
+
+
+def run_status(args: argparse.Namespace) -> None:
+    """Print where the database's grids stand (or JSON)."""
+    with Store(args.db or DEFAULT_DB, create=False) as store:
+        grids = store.status(args.grid)
+        stored = len(store.ids())
+        where = store.display
+    check(grids or not args.grid, f"no grid whose id starts with {args.grid!r} in {where}")
+    if args.json:
+        print(
+            json.dumps(
+                {"database": where, "stored_runs": stored, "grids": [g.as_dict() for g in grids]},
+                indent=2,
+            )
+        )
+    else:
+        print(status_text(where, stored, grids))
