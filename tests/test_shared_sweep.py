@@ -18,9 +18,10 @@ import pytest
 from conftest import TINY_FLAGS
 
 from pacnet.cli import main
+from pacnet.experiments.claims import GridRun
 from pacnet.experiments.grid import expand
 from pacnet.experiments.spec import RunSpec
-from pacnet.experiments.store import GridRun, Store
+from pacnet.experiments.store import Store
 from pacnet.experiments.sweep import WorkerOptions, work
 from pacnet.training.cache import StateCache
 
@@ -227,7 +228,7 @@ def newer(db_url):
     """A database of a newer schema than this pacnet reads: its tables before."""
     from sqlalchemy import create_engine, inspect, text
 
-    from pacnet.experiments.store import database_url
+    from pacnet.experiments.database import database_url
 
     Store(db_url).close()
     engine = create_engine(database_url(db_url))
@@ -280,7 +281,7 @@ def test_bad_databases_are_one_line_exit_2_and_nothing_written(postgres_server, 
 def test_a_newer_schema_is_refused_with_nothing_written(newer, tmp_path, capsys):
     from sqlalchemy import create_engine, inspect
 
-    from pacnet.experiments.store import database_url
+    from pacnet.experiments.database import database_url
 
     db, tables = newer
     out, cache = tmp_path / "out", tmp_path / "cache"

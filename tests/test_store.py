@@ -12,13 +12,10 @@ import time
 import pytest
 
 from pacnet import PacnetError
-from pacnet.experiments.store import (
-    SCHEMA_VERSION,
-    GridRun,
-    Store,
-    database_url,
-    hide_password,
-)
+from pacnet.experiments.claims import GridRun
+from pacnet.experiments.database import database_url, hide_password
+from pacnet.experiments.schema import SCHEMA_VERSION
+from pacnet.experiments.store import Store
 
 
 def grid(prefix: str, n: int) -> list[GridRun]:
@@ -294,7 +291,8 @@ def test_claims_of_dead_processes_of_this_machine_are_reaped_at_once(db_url):
 
     from sqlalchemy import update
 
-    from pacnet.experiments.store import process_key, states_table
+    from pacnet.experiments.database import process_key
+    from pacnet.experiments.schema import states_table
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     dead = process_key(child.pid)
@@ -305,7 +303,7 @@ def test_claims_of_dead_processes_of_this_machine_are_reaped_at_once(db_url):
         g = store.register(grid("k", 2), "friedman", "two runs")
         mine, theirs = store.claim(g, lease=60), store.claim(g, lease=60)
         assert store.reap(g) == 0  # both held by this live process
-        with store._engine.begin() as conn:
+        with store.engine.begin() as conn:
             conn.execute(
                 update(states_table)
                 .where(states_table.c.run_id == theirs.run_id)

@@ -12,8 +12,9 @@ from pacnet.benchmarks import BENCHMARKS
 from pacnet.cli.common import Named, db_flag, ints, run_flags, seed_list, setting_flags
 from pacnet.config import given
 from pacnet.errors import PacnetError, check
+from pacnet.experiments.claims import grid_id
 from pacnet.experiments.grid import Grid, default_label, parse_params
-from pacnet.experiments.store import DEFAULT_DB, Store, grid_id
+from pacnet.experiments.store import DEFAULT_DB, Store
 from pacnet.experiments.sweep import WorkerOptions, sweep
 from pacnet.experiments.table import markdown, protocol
 from pacnet.io import write_bytes_atomic

@@ -15,7 +15,8 @@ from pacnet.cli.common import (
     spec_from_args,
 )
 from pacnet.experiments import tune as tuning
-from pacnet.experiments.store import DEFAULT_DB, hide_password
+from pacnet.experiments.database import hide_password
+from pacnet.experiments.store import DEFAULT_DB
 from pacnet.training.cache import StateCache
 
 

@@ -37,18 +37,13 @@ import torch
 from tqdm.auto import tqdm
 
 from pacnet.errors import PacnetError, check, first_line
+from pacnet.experiments.claims import DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, Claim, GridRun
 from pacnet.experiments.environment import using_threads
 from pacnet.experiments.grid import default_label
 from pacnet.experiments.runner import run
 from pacnet.experiments.source import extra_source_steps, source_model
 from pacnet.experiments.spec import RunSpec
-from pacnet.experiments.store import (
-    DEFAULT_LEASE,
-    DEFAULT_MAX_ATTEMPTS,
-    Claim,
-    GridRun,
-    Store,
-)
+from pacnet.experiments.store import Store
 from pacnet.training.cache import StateCache
 
 

@@ -25,7 +25,7 @@ def optuna_storage(target: str | Path, any_rdb: bool = False) -> str:
     """The Optuna storage URL of a results database (a path or URL, as ``--db`` takes);
     with ``any_rdb`` another RDB URL Optuna knows passes unchanged. A SQLite file's folder
     is created."""
-    from pacnet.experiments.store import database_url
+    from pacnet.experiments.database import database_url
 
     text = str(target)
     scheme = text.split("://", 1)[0].split("+", 1)[0] if "://" in text else "sqlite"
@@ -77,7 +77,7 @@ def tune(
             sampler=optuna.samplers.TPESampler(seed=spec.seed),
         )
     except Exception as exc:  # SQLAlchemy and drivers raise many kinds; all mean the same here
-        from pacnet.experiments.store import hide_password, password_filter
+        from pacnet.experiments.database import hide_password, password_filter
 
         first = password_filter(storage)(first_line(exc))
         raise PacnetError(
