@@ -308,7 +308,7 @@ def test_unfrozen_parameters_get_no_weight_decay_meant_for_the_l2_term():
     watch = Watch(model, trainable)
     with train_only(model, trainable, optimizer, others="trainable", l2=0.3) as session:
         run(model, optimizer, watch, 3)
-        assert session._folding  # the kernel's weight decay is the term
+        assert session.folding.on  # the kernel's weight decay is the term
         model[4].weight.requires_grad_(True)  # outside the mask: trains without the term
         optimizer.zero_grad()
         model(torch.randn(4, 5)).sum().backward()
@@ -416,7 +416,7 @@ def test_weight_decay_set_on_a_group_carrying_the_l2_term_is_kept():
             model, trainable, optimizer, others="frozen", l2=0.3, restore=restore
         ) as session:
             run(model, optimizer, watch, 4)
-            assert session._folding == (restore == "auto")
+            assert session.folding.on == (restore == "auto")
             optimizer.param_groups[0]["weight_decay"] = 0.05
             run(model, optimizer, watch, 4, seed=1)
             assert session.restores and optimizer.param_groups[0]["weight_decay"] == 0.05

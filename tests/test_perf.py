@@ -19,7 +19,7 @@ def test_bench_modes_run_the_masking_path_the_optimizer_gets(optimizer, model_na
         assert bool(session.parked) == (optimizer != "sgd")  # SGD zeroes gradients instead
         # the kernel's weight decay is λ's where the shared weights have a group of their own
         large = sum(m.param.numel() for m in session.masked) >= SPLIT_FROM
-        assert session._folding == (optimizer == "adam" and large)
+        assert session.folding.on == (optimizer == "adam" and large)
 
 
 def test_step_times_reports_paired_ratios():

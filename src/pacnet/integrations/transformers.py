@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PretrainedConfig, TrainerCallback
 
-import pacnet
+from pacnet.core.checkpoint import load, load_tasks, save
 from pacnet.core.freeze import MaskedTraining
 from pacnet.core.roles import unwrap
 from pacnet.core.tasks import Tasks
@@ -105,7 +105,7 @@ def save_pretrained(directory: str | Path, model: nn.Module, tasks: Tasks) -> Pa
     settings = json.loads(config.to_json_string())
     settings["architectures"] = [type(model).__name__]  # what build() constructs
     write_json(directory / CONFIG, settings)
-    pacnet.save(directory / WEIGHTS, model, tasks)
+    save(directory / WEIGHTS, model, tasks)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     card = {"tasks": tasks.order, "head": tasks.plan.head}
     if dtype is not None:  # from_pretrained builds in it (a config alone builds float32)
@@ -144,10 +144,10 @@ def build(directory: str | Path) -> nn.Module:
 def tasks_from_pretrained(directory: str | Path) -> tuple[nn.Module, Tasks]:
     """The model built from the directory with every task loaded (the newest active)."""
     model = build(directory)
-    return model, pacnet.load_tasks(Path(directory) / WEIGHTS, model)
+    return model, load_tasks(Path(directory) / WEIGHTS, model)
 
 
 def from_pretrained(directory: str | Path, task: str = "target") -> nn.Module:
     """The model built from the directory as ``task`` (``"source"``: exactly as after
     Allocate), in eval mode."""
-    return pacnet.load(Path(directory) / WEIGHTS, build(directory), task=task).eval()
+    return load(Path(directory) / WEIGHTS, build(directory), task=task).eval()
