@@ -19,14 +19,15 @@ from pacnet.tabular.artifact import check_out, write_artifact
 from pacnet.tabular.problem import TableConfig
 from pacnet.tabular.report import REPORT_FILE
 
+HELP = (
+    "PAC-Net on your own tables (CSV, Parquet): train on the source rows, transfer to the "
+    "target rows; writes OUT/net.safetensors, card.json and report.md"
+)
+
 
 def add_parser(sub: Any, named: Named) -> None:
     """The ``transfer`` and ``predict`` commands and their flags."""
-    tr = sub.add_parser(
-        "transfer",
-        help="PAC-Net on your own tables (CSV, Parquet): train on the source rows, transfer to "
-        "the target rows; writes OUT/net.safetensors, card.json and report.md",
-    )
+    tr = sub.add_parser("transfer", help=HELP)
     tr.add_argument(
         "--source", type=Path, required=True, metavar="FILE", help="the source table (many rows)"
     )

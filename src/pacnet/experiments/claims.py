@@ -255,18 +255,7 @@ class Claims(Database):
     def renew(self, claim: Claim, lease: float = DEFAULT_LEASE) -> bool:
         """Extend the lease of a run this worker holds; False if the claim was lost (its
         lease expired and another worker claimed the run)."""
-        s = states_table
-
-        def body(conn: Connection) -> bool:
-            now = conn.scalar(select(self.now))
-            changed = conn.execute(
-                update(s)
-                .where(s.c.run_id == claim.run_id, s.c.token == claim.token, s.c.state == "running")
-                .values(lease_until=now + lease)
-            )
-            return changed.rowcount == 1
-
-        return self.transaction(body, write=True)
+        return self._change_held(claim, lease_until=lambda now: now + lease)
 
     def finish(self, claim: Claim, result: dict[str, Any]) -> bool:
         """Store the result of a claimed run and mark it done, in one transaction, if this
@@ -292,28 +281,25 @@ class Claims(Database):
     def fail(self, claim: Claim, error: str) -> bool:
         """Mark a claimed run failed with its error text (kept until it succeeds); False if
         the claim had been lost."""
-        s = states_table
-
-        def body(conn: Connection) -> bool:
-            now = conn.scalar(select(self.now))
-            changed = conn.execute(
-                update(s)
-                .where(s.c.run_id == claim.run_id, s.c.token == claim.token, s.c.state == "running")
-                .values(state="failed", ended=now, lease_until=None, error=error[-20000:])
-            )
-            return changed.rowcount == 1
-
-        return self.transaction(body, write=True)
+        return self._change_held(
+            claim, state="failed", ended=lambda now: now, lease_until=None, error=error[-20000:]
+        )
 
     def release(self, claim: Claim) -> None:
         """Give a claimed run back (pending again), e.g. when the worker is interrupted."""
+        self._change_held(claim, retries=1, state="pending", token=None, lease_until=None)
+
+    def _change_held(self, claim: Claim, retries: int = 4, **values: Any) -> bool:
+        """Set ``values`` in the state row of a run this worker still holds (same token,
+        running), a callable value taking the database's clock; whether it did."""
         s = states_table
+        held = (s.c.run_id == claim.run_id, s.c.token == claim.token, s.c.state == "running")
 
-        def body(conn: Connection) -> None:
-            conn.execute(
-                update(s)
-                .where(s.c.run_id == claim.run_id, s.c.token == claim.token, s.c.state == "running")
-                .values(state="pending", token=None, lease_until=None)
-            )
+        def body(conn: Connection) -> bool:
+            row = dict(values)
+            if any(callable(v) for v in row.values()):
+                now = conn.scalar(select(self.now))
+                row = {k: v(now) if callable(v) else v for k, v in row.items()}
+            return conn.execute(update(s).where(*held).values(**row)).rowcount == 1
 
-        self.transaction(body, write=True, retries=1)
+        return self.transaction(body, write=True, retries=retries)

@@ -37,6 +37,10 @@ SEARCH_BUDGET = 6
 """Candidates every method gets when its main strength is chosen on validation data."""
 
 StateBuilder = Callable[[], Mapping[str, Tensor]]
+Targets = Sequence[tuple[str, TaskData]]
+"""Several targets by name, in the order one network serves them."""
+Scorer = Callable[[nn.Module, Data], float]
+"""A benchmark's metric of a model on data (lower is better)."""
 
 
 def _no_cache(key: Mapping[str, Any], build: StateBuilder) -> Mapping[str, Tensor]:
@@ -138,6 +142,21 @@ def candidates(params_cls: type) -> list[dict[str, Any]]:
     return [dict(zip(names, values, strict=True)) for values in itertools.product(*space.values())]
 
 
+def one_network(
+    model: nn.Module,
+    ctx: TransferContext,
+    fit: FitResult,
+    details: dict[str, Any] | None = None,
+) -> Transfer:
+    """What a method that trains all of one network hands back: ``model`` for the target,
+    :func:`source_view` of it for the source, every parameter trainable and stored once."""
+    n = count(model)
+    return Transfer(
+        model, source_view(model, ctx), trainable=n, total=n, stored=n, fit=fit,
+        details=dict(details or {}),
+    )  # fmt: skip
+
+
 def count(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (optionally only those with ``requires_grad``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
@@ -166,12 +185,7 @@ class Method(ABC):
     def transfer(self, ctx: TransferContext) -> Transfer:
         """Adapt to the target task described by ``ctx``."""
 
-    def chain(
-        self,
-        ctx: TransferContext,
-        targets: Sequence[tuple[str, TaskData]],
-        score: Callable[[nn.Module, Data], float],
-    ) -> dict[str, Any]:
+    def chain(self, ctx: TransferContext, targets: Targets, score: Scorer) -> dict[str, Any]:
         """Serve ``targets`` one after another from one network, where the method can
         (:attr:`serves_several_targets`); returns the record of each step, with the
         network under ``model`` and its tasks under ``tasks``."""

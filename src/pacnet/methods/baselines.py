@@ -15,7 +15,7 @@ from pacnet.methods.base import (
     Transfer,
     TransferContext,
     count,
-    source_view,
+    one_network,
     with_target_head,
 )
 
@@ -78,8 +78,7 @@ class FineTune(Method):
     def transfer(self, ctx: TransferContext) -> Transfer:
         model = with_target_head(copy.deepcopy(ctx.source_model), ctx)
         result = self.fit_target(ctx, model, lr=self.params.lr)
-        n = count(model)
-        return Transfer(model, source_view(model, ctx), trainable=n, total=n, stored=n, fit=result)
+        return one_network(model, ctx, result)
 
 
 class LinearProbe(Method):

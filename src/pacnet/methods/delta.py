@@ -28,8 +28,7 @@ from pacnet.methods.base import (
     Method,
     Transfer,
     TransferContext,
-    count,
-    source_view,
+    one_network,
     with_target_head,
 )
 from pacnet.methods.baselines import LinearProbe, head_of
@@ -153,16 +152,7 @@ class Delta(Method):
             result = self.fit_target(ctx, model, penalties=penalties)
         finally:
             behaviour.close()
-        n = count(model)
-        return Transfer(
-            model,
-            source_view(model, ctx),
-            trainable=n,
-            total=n,
-            stored=n,
-            fit=result,
-            details={"layers": layers, "alpha_used": alpha},
-        )
+        return one_network(model, ctx, result, {"layers": layers, "alpha_used": alpha})
 
 
 def delta_alpha(alpha: float | None, ctx: TransferContext) -> float:

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from pacnet.benchmarks.base import TaskData
 from pacnet.core.mask import Mask, prune, shared_mask
 from pacnet.core.pac import allocate, calibrate, parameter_report
 from pacnet.core.tasks import Tasks
 from pacnet.errors import check, check_ratio
-from pacnet.methods.base import Method, Transfer, TransferContext, count
-from pacnet.training.train import Data, device_of
+from pacnet.methods.base import Method, Scorer, Targets, Transfer, TransferContext, count
+from pacnet.training.train import device_of
 
 
 @dataclass
@@ -110,12 +108,7 @@ class PacNet(Method):
             tasks=tasks,
         )
 
-    def chain(
-        self,
-        ctx: TransferContext,
-        targets: Sequence[tuple[str, TaskData]],
-        score: Callable[[nn.Module, Data], float],
-    ) -> dict[str, Any]:
+    def chain(self, ctx: TransferContext, targets: Targets, score: Scorer) -> dict[str, Any]:
         """Serve ``targets`` one after another from one network (equal shares of the
         redundant weights: target i gives back ``1 − 1/(targets left)`` of what it trained).
 

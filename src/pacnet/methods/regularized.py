@@ -20,8 +20,7 @@ from pacnet.methods.base import (
     Method,
     Transfer,
     TransferContext,
-    count,
-    source_view,
+    one_network,
     with_target_head,
 )
 from pacnet.methods.baselines import head_of
@@ -71,8 +70,7 @@ class L2SP(Method):
         body = [w for n, w in model.named_parameters() if not n.startswith(head_name + ".")]
         penalties = [(p.alpha, StartingPoint(body)), (p.beta, head_term(model, head_name, ctx))]
         result = self.fit_target(ctx, model, penalties=penalties)
-        n = count(model)
-        return Transfer(model, source_view(model, ctx), trainable=n, total=n, stored=n, fit=result)
+        return one_network(model, ctx, result)
 
 
 @dataclass
@@ -105,5 +103,4 @@ class BSS(Method):
             result = self.fit_target(ctx, model, penalties=[(p.weight, term)])
         finally:
             term.close()
-        n = count(model)
-        return Transfer(model, source_view(model, ctx), trainable=n, total=n, stored=n, fit=result)
+        return one_network(model, ctx, result)

@@ -36,16 +36,42 @@ def write_report(card: dict[str, Any], out: str | Path) -> Path:
 
 def report_lines(card: dict[str, Any]) -> list[str]:
     """The Markdown report of a transfer card, as lines."""
-    data, metric = card["data"], card["metric"]
-    source, target = data["source"], data["target"]
-    metrics = card["metrics"]
-    methods = card["methods"]
+    metric, metrics, methods = card["metric"], card["metrics"], card["methods"]
     best = _best(methods)
     ours = next(m for m in methods if m["method"] == "pacnet")
     before = metrics["source"]["before"][metric]
     as_is = metrics["target"]["source_model_as_is"][metric]
-    outputs = card["outputs"]
-    held = metrics["source"]["rows_held_out"]
+    lines = _header_lines(card, before)
+    for m in sorted(methods, key=lambda m: m["cv"]):
+        name, cv = m["method"], _num(m["cv"])
+        if m is best:
+            name, cv = f"**{name}**", f"**{cv}**"
+        lines.append(
+            f"| {name} | {cv} | {_num(m['cv_std'])} | {_params(m['chosen'])} | "
+            f"{len(m['candidates'])} | {_num(m['source_after'])} | {m['trainable']:,} | "
+            f"{m['seconds']:.1f} s |"
+        )
+    lines += [
+        f"| source model as is (no transfer) | {_num(as_is)} (all target rows) | – | – | – | "
+        f"{_num(before)} | 0 | – |",
+        "",
+        _verdict(best, ours, as_is, metric),
+        "",
+        f"![CV error and source error per method]({PLOT_FILE})",
+        "",
+        "## The saved network (PAC-Net)",
+        "",
+        *_network_lines(card, ours, before, metrics["source"]["rows_held_out"]),
+        "",
+        *_reading_lines(card),
+    ]
+    return lines
+
+
+def _header_lines(card: dict[str, Any], before: float) -> list[str]:
+    """The report's title, the data and the model, and the head of the methods table."""
+    data, metric, outputs = card["data"], card["metric"], card["outputs"]
+    source, target = data["source"], data["target"]
     origin = card["training"]["source"]
     if "checkpoint" in origin:
         made = f"the source model is {origin['checkpoint']}"
@@ -63,7 +89,7 @@ def report_lines(card: dict[str, Any]) -> list[str]:
             "deviation in the source table); per output in its own units further down"
         )
     folds = card["selection"]["folds"]
-    lines = [
+    return [
         f"# PAC-Net transfer: {Path(source['file']).name} → {Path(target['file']).name}",
         "",
         f"Inputs ({len(card['inputs'])}): {', '.join(card['inputs'])}. "
@@ -92,27 +118,11 @@ def report_lines(card: dict[str, Any]) -> list[str]:
         "| trainable parameters | time |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for m in sorted(methods, key=lambda m: m["cv"]):
-        name, cv = m["method"], _num(m["cv"])
-        if m is best:
-            name, cv = f"**{name}**", f"**{cv}**"
-        lines.append(
-            f"| {name} | {cv} | {_num(m['cv_std'])} | {_params(m['chosen'])} | "
-            f"{len(m['candidates'])} | {_num(m['source_after'])} | {m['trainable']:,} | "
-            f"{m['seconds']:.1f} s |"
-        )
-    lines += [
-        f"| source model as is (no transfer) | {_num(as_is)} (all target rows) | – | – | – | "
-        f"{_num(before)} | 0 | – |",
-        "",
-        _verdict(best, ours, as_is, metric),
-        "",
-        f"![CV error and source error per method]({PLOT_FILE})",
-        "",
-        "## The saved network (PAC-Net)",
-        "",
-        *_network_lines(card, ours, before, held),
-        "",
+
+
+def _reading_lines(card: dict[str, Any]) -> list[str]:
+    """How to read the report (and which source columns were constant)."""
+    lines = [
         "## How to read this",
         "",
         "* **CV error** estimates each method's error on new target rows: every score comes "

@@ -248,8 +248,7 @@ def fit(
         )
     generator = torch.Generator().manual_seed(seed)
     result = FitResult()
-    best_state: dict[str, Tensor] | None = None
-    stale = 0
+    validation = _Validation(model, val, loss_fn, cfg, result)
     source = as_source(train, "the training data")
     per_rank = getattr(source, "per_rank", False)  # a DistributedSampler's: not split again
     batches = source.batches(cfg.batch_size, generator)
@@ -279,34 +278,78 @@ def fit(
                     f"{desc}: loss became {float(loss.detach())} at step {step}; "
                     "lower the learning rate or check the data for NaN/inf"
                 )
-            if scaler is None:
-                loss.backward()
-                if cfg.grad_clip is not None:
-                    finish_grads(session)
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-                optimizer.step()
-            else:  # fp16: scaled backward; a step with inf/NaN gradients is skipped
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)  # so step hooks see true gradients (also when fused)
-                if cfg.grad_clip is not None:
-                    finish_grads(session)
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
+            _backward_and_step(loss, optimizer, scaler, cfg.grad_clip, session, trainable)
             result.steps = step
             bar.update(1)
-            if val is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
-                score = evaluate(model, val, loss_fn)
-                result.val_curve.append((step, score))
-                if result.best_val is None or score < result.best_val:
-                    result.best_val, result.best_step, stale = score, step, 0
-                    if cfg.patience is not None:
-                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                else:
-                    stale += 1
-                    if cfg.patience is not None and stale >= cfg.patience:
-                        break
+            if validation.stops_after(step):
+                break
         result.final_loss = distributed.mean(float(loss.detach())) if cfg.steps else math.nan
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    validation.restore_best()
     return result
+
+
+def _backward_and_step(
+    loss: Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    grad_clip: float | None,
+    session: Any,
+    trainable: list[nn.Parameter],
+) -> None:
+    """One backward pass and optimizer step: gradients clipped to ``grad_clip`` after the
+    masking context ``session`` finished them; with fp16's ``scaler`` a scaled backward,
+    and a step with inf/NaN gradients skipped."""
+    if scaler is None:
+        loss.backward()
+        if grad_clip is not None:
+            finish_grads(session)
+            torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # so step hooks see true gradients (also when fused)
+        if grad_clip is not None:
+            finish_grads(session)
+            torch.nn.utils.clip_grad_norm_(trainable, grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+
+
+class _Validation:
+    """Evaluations on the validation data every ``eval_every`` steps (and after the last),
+    recorded in the result; with ``patience`` the best state is kept and training stops
+    after that many evaluations without improvement."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        val: Data | object | None,
+        loss_fn: LossFn | None,
+        cfg: FitConfig,
+        result: FitResult,
+    ):
+        self.model, self.val, self.loss_fn, self.cfg, self.result = model, val, loss_fn, cfg, result
+        self.best_state: dict[str, Tensor] | None = None
+        self.stale = 0
+
+    def stops_after(self, step: int) -> bool:
+        """Evaluate if ``step`` is due; whether training stops here."""
+        cfg, result = self.cfg, self.result
+        if self.val is None or not (step % cfg.eval_every == 0 or step == cfg.steps):
+            return False
+        score = evaluate(self.model, self.val, self.loss_fn)
+        result.val_curve.append((step, score))
+        if result.best_val is None or score < result.best_val:
+            result.best_val, result.best_step, self.stale = score, step, 0
+            if cfg.patience is not None:
+                self.best_state = {
+                    k: v.detach().clone() for k, v in self.model.state_dict().items()
+                }
+            return False
+        self.stale += 1
+        return cfg.patience is not None and self.stale >= cfg.patience
+
+    def restore_best(self) -> None:
+        """Load the best state into the model, where one was kept."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
