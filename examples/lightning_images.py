@@ -31,10 +31,10 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def fashion() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    from pacnet.benchmarks.fashion import FILES, _find, read_idx
+    from pacnet.benchmarks.fashion import FILES, find_file, read_idx
 
     def split(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = (read_idx(_find(FASHION, stem)) for stem in FILES[name])
+        images, labels = (read_idx(find_file(FASHION, stem)) for stem in FILES[name])
         return images.float().div(255).unsqueeze(1), labels.long()
 
     return *split("train"), *split("test")

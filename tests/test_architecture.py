@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pacnet"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "pacnet"
 
 BELOW = {
     "errors": set(),
@@ -80,7 +81,8 @@ def test_training_imports_nothing_of_core():
 
 def test_no_module_imports_a_private_name_of_another():
     wrong = []
-    for module, path in modules():
+    scripts = [(p.stem, p) for d in ("examples", "bench") for p in (ROOT / d).glob("*.py")]
+    for module, path in modules() + scripts:
         for target, names in imports(path):
             private = [n for n in names if n.startswith("_") and not n.startswith("__")]
             hidden = [p for p in target.split(".") if p.startswith("_") and p != "__init__"]

@@ -204,3 +204,36 @@ def test_files_written_by_earlier_pacnet_still_load(tmp_path):
     pacnet.save(tmp_path / "again.safetensors", model, tasks)  # and on through the new format
     again = pacnet.load(tmp_path / "again.safetensors", build(), task="source").eval()
     assert torch.equal(again(x), source)
+
+
+def test_files_written_before_the_redesign_load_bit_for_bit(tmp_path):
+    """tests/data/before-redesign/ holds a mask, a network with a source and two targets
+    (ownership map), one with one target, and a one-network file, all written by pacnet
+    before its modules moved (make.py there), with the outputs each task gave then."""
+    import importlib.util
+
+    from pacnet.core.checkpoint import inspect
+
+    folder = Path(__file__).parent / "data" / "before-redesign"
+    spec = importlib.util.spec_from_file_location("make_before_redesign", folder / "make.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    expected = load_file(folder / "expected.safetensors")
+    x = make.probe()
+    mask = pacnet.Mask.load(folder / "mask.safetensors")
+    assert mask.plan is not None and list(mask) == ["embed.weight", "conv.weight", "mix.weight"]
+    for name, tasks in [("tasks", ["source", "a", "b"]), ("one-target", ["source", "target"])]:
+        model = make.Net()
+        loaded = pacnet.load_tasks(folder / f"{name}.safetensors", model)
+        assert loaded.order == tasks and loaded.mask == mask
+        assert model.again.weight is model.mix.weight  # the tie is kept
+        for task in tasks:
+            alone = pacnet.load(folder / f"{name}.safetensors", make.Net(), task=task).eval()
+            assert torch.equal(alone(x), expected[f"{name}/{task}"]), (name, task)
+            with loaded.use(model, task):
+                model.eval()
+                assert torch.equal(model(x), expected[f"{name}/{task}"]), (name, task)
+    network = pacnet.load(folder / "network.safetensors", make.Net()).eval()
+    assert torch.equal(network(x), expected["network/target"])
+    info = inspect(folder / "tasks.safetensors")
+    assert info["tasks"] == ["source", "a", "b"] and info["extra"] == {"made_by": "make.py"}

@@ -74,7 +74,8 @@ def read_idx(path: Path) -> Tensor:
     return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(shape)
 
 
-def _find(folder: Path, stem: str) -> Path:
+def find_file(folder: Path, stem: str) -> Path:
+    """The IDX file ``stem`` in ``folder``, gzipped (``.gz``, as Debian ships it) or not."""
     for name in (stem + ".gz", stem):
         if (folder / name).exists():
             return folder / name
@@ -152,7 +153,7 @@ class FashionSource(ImageBenchmark):
         )
         self._raw = {}
         for split, (images, labels) in FILES.items():
-            x, y = read_idx(_find(folder, images)), read_idx(_find(folder, labels))
+            x, y = read_idx(find_file(folder, images)), read_idx(find_file(folder, labels))
             check(len(x) == len(y), f"{folder}: {split} images and labels differ in number")
             self._raw[split] = (x, y.long())
         self.source_outputs = len(config.source_classes)
