@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -67,8 +67,8 @@ class Grid:
         unknown = set(loaded) - set(known)
         check(not unknown, f"{path}: unknown keys {sorted(unknown)}; known: {known}")
         for key, value in loaded.items():
-            what = _SCHEMA[key]
-            check(_fits(value, what), f"{path}: {key} must be {what}, got {value!r}")
+            what, fits = _SCHEMA[key]
+            check(fits(value), f"{path}: {key} must be {what}, got {value!r}")
         return cls(**loaded, config_file=str(path)).updated()
 
     def updated(self, **given: Any) -> Grid:
@@ -169,50 +169,43 @@ class Grid:
         return expand(base, methods, list(seeds), seeds, merged, search, self.source_compute)
 
 
-_SCHEMA = {
-    "methods": "a list of method names",
-    "target_sizes": "a list of integers",
-    "seeds": "an integer or a list of integers",
-    "seeds_at": "a table of target size = seed count",
-    "select": "one of none, cv, holdout",
-    "folds": "an integer",
-    "jobs": "an integer",
-    "settings": "a table of benchmark settings",
-    "params": "a table of tables (method -> hyperparameters)",
-    "search": "a table of tables (method -> candidate grid)",
-    "source_compute": "standard, equal, or a list of them",
+def _integer(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _integers(v: Any) -> bool:
+    return isinstance(v, list) and all(map(_integer, v))
+
+
+def _names(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(n, str) for n in v)
+
+
+def _tables(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(x, dict) for x in v.values())
+
+
+def _counts(v: Any) -> bool:
+    return isinstance(v, dict) and all(k.isdigit() and _integer(n) for k, n in v.items())
+
+
+_SCHEMA: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "methods": ("a list of method names", _names),
+    "target_sizes": ("a list of integers", _integers),
+    "seeds": ("an integer or a list of integers", lambda v: _integer(v) or _integers(v)),
+    "seeds_at": ("a table of target size = seed count", _counts),
+    "select": ("one of none, cv, holdout", lambda v: isinstance(v, str)),
+    "folds": ("an integer", _integer),
+    "jobs": ("an integer", _integer),
+    "settings": ("a table of benchmark settings", lambda v: isinstance(v, dict)),
+    "params": ("a table of tables (method -> hyperparameters)", _tables),
+    "search": ("a table of tables (method -> candidate grid)", _tables),
+    "source_compute": (
+        "standard, equal, or a list of them",
+        lambda v: isinstance(v, str) or _names(v),
+    ),
 }
-"""What each key of a TOML grid holds."""
-
-
-def _fits(value: Any, what: str) -> bool:
-    """Whether a TOML value has the shape :data:`_SCHEMA` words as ``what``."""
-
-    def integer(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def names(v: Any) -> bool:
-        return isinstance(v, list) and all(isinstance(n, str) for n in v)
-
-    def tables(v: Any) -> bool:
-        return isinstance(v, dict) and all(isinstance(x, dict) for x in v.values())
-
-    return {
-        "a list of method names": names,
-        "a list of integers": lambda v: isinstance(v, list) and all(map(integer, v)),
-        "an integer or a list of integers": lambda v: (
-            integer(v) or (isinstance(v, list) and all(map(integer, v)))
-        ),
-        "a table of target size = seed count": lambda v: (
-            isinstance(v, dict) and all(k.isdigit() and integer(n) for k, n in v.items())
-        ),
-        "one of none, cv, holdout": lambda v: isinstance(v, str),
-        "an integer": integer,
-        "a table of benchmark settings": lambda v: isinstance(v, dict),
-        "a table of tables (method -> hyperparameters)": tables,
-        "a table of tables (method -> candidate grid)": tables,
-        "standard, equal, or a list of them": lambda v: isinstance(v, str) or names(v),
-    }[what](value)
+"""What each key of a TOML grid holds, in words and as a check of its shape."""
 
 
 def expand(
