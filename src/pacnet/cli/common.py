@@ -93,7 +93,7 @@ def run_flags(parser: argparse.ArgumentParser) -> None:
         default="none",
         help="mixed precision (autocast; fp16 adds a gradient scaler)",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    debug_flag(parser)
 
 
 def db_flag(parser: Any, text: str = "the results database") -> None:
@@ -169,7 +169,8 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
 
 
 def run_target_flags(parser: argparse.ArgumentParser) -> None:
-    """``--method``, ``--seed`` and ``--target-size`` of one run (``run`` and ``tune``)."""
+    """The benchmark, ``--method``, ``--seed`` and ``--target-size`` of one run (``run``
+    and ``tune``)."""
     parser.add_argument("benchmark", help=f"one of: {', '.join(BENCHMARKS)}")
     parser.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
     parser.add_argument("--seed", type=int, default=0, help="fixes the target task and its samples")
