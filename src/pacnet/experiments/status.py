@@ -39,7 +39,7 @@ class Progress:
 
 @dataclass
 class RunState:
-    """One run of a grid as :meth:`Store.status` reports it."""
+    """One run of a grid as :meth:`StatusQueries.status` reports it."""
 
     run_id: str
     method: str

@@ -82,7 +82,7 @@ def sweep(
     other machines add); return the stored results of the grid's runs, in ``specs`` order.
 
     Returns once no run of the grid is pending or running: all done, or failed (see
-    :meth:`Store.status`). ``on_result`` is called with each run of the grid found finished
+    ``store.status``). ``on_result`` is called with each run of the grid found finished
     while waiting, wherever it ran. The shared source model of each benchmark setting is
     built once on this machine before any worker starts.
     """
