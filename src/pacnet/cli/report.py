@@ -21,10 +21,7 @@ def add_parser(sub: Any, named: Named) -> None:
     rpt = sub.add_parser("report", help="Markdown report with plots from stored results")
     db_flag(rpt)
     rpt.add_argument(
-        "--results",
-        type=Path,
-        default=None,
-        help="instead of --db: a folder searched for result.json files",
+        "--results", type=Path, help="instead of --db: a folder searched for result.json files"
     )
     rpt.add_argument("--benchmark", default=None, help="only this benchmark")
     rpt.add_argument(

@@ -32,7 +32,6 @@ def add_parser(sub: Any, named: Named) -> None:
     parser.add_argument(
         "--config",
         type=Path,
-        default=None,
         help="TOML file with the grid (see configs/); flags given override it",
     )
     parser.add_argument("--methods", default=None, help="comma-separated (default: all methods)")
@@ -84,7 +83,6 @@ def add_parser(sub: Any, named: Named) -> None:
     parser.add_argument(
         "--nproc-per-run",
         type=int,
-        default=None,
         metavar="N",
         help="run each run as a torchrun job of N processes (DDP; with --device cuda, N GPUs "
         "per worker)",

@@ -58,7 +58,6 @@ def add_parser(sub: Any, named: Named) -> None:
     tr.add_argument(
         "--source-checkpoint",
         type=Path,
-        default=None,
         metavar="PATH",
         help="start from this source model instead of training one: a pacnet checkpoint with "
         "a model spec (a pacnet transfer folder, a pacnet run --save network of an MLP)",
