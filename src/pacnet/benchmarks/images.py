@@ -18,8 +18,7 @@ from torch import Tensor, nn
 from pacnet.benchmarks.base import Benchmark, BudgetConfig
 from pacnet.benchmarks.resnet import resnet18
 from pacnet.errors import check
-from pacnet.training.batches import to_device
-from pacnet.training.train import Data, device_of
+from pacnet.training.train import Data, outputs
 
 
 @dataclass
@@ -71,12 +70,8 @@ class ImageBenchmark(Benchmark):
         self, model: nn.Module, data: Data, batch_size: int = 512
     ) -> tuple[Tensor, Tensor]:
         """(logits, labels) over ``data`` in eval mode, on the CPU."""
-        was_training = model.training
-        model.eval()
-        device = device_of(model)
         outs, labels = [], []
-        for x, y in data.chunks(batch_size):
-            outs.append(model(to_device(x, device)).float().cpu())
+        for out, y in outputs(model, data, batch_size):
+            outs.append(out.float().cpu())
             labels.append(y.cpu())
-        model.train(was_training)
         return torch.cat(outs), torch.cat(labels)

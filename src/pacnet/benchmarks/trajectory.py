@@ -33,7 +33,7 @@ from pacnet.benchmarks.mlp import MLP
 from pacnet.config import to_dict
 from pacnet.errors import check
 from pacnet.training.cache import StateCache
-from pacnet.training.train import Data, LossFn
+from pacnet.training.train import Data, LossFn, outputs
 
 DATA_VERSION = 1
 
@@ -210,17 +210,14 @@ class TrajectoryBenchmark(Benchmark):
 
     @torch.no_grad()
     def metrics(self, model: nn.Module, data: Data) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
         sq_err = sq_true = 0.0
         count = 0
-        for x, y in data.chunks(8192):
-            pred = model(x) * self.out_std + self.out_mean
+        for out, y in outputs(model, data, 8192):
+            pred = out.cpu() * self.out_std + self.out_mean
             true = y * self.out_std + self.out_mean
             sq_err += float((pred - true).double().square().sum())
             sq_true += float(true.double().square().sum())
             count += true.numel()
-        model.train(was_training)
         return {
             "rmse": math.sqrt(sq_err / count),
             "rel_l2": math.sqrt(sq_err / max(sq_true, 1e-300)),

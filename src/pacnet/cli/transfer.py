@@ -18,6 +18,7 @@ from pacnet.tabular import open_artifact, pipeline, read_table, write_table
 from pacnet.tabular.artifact import check_out, write_artifact
 from pacnet.tabular.problem import TableConfig
 from pacnet.tabular.report import REPORT_FILE
+from pacnet.training.device import check_device
 
 HELP = (
     "PAC-Net on your own tables (CSV, Parquet): train on the source rows, transfer to the "
@@ -104,6 +105,7 @@ def add_parser(sub: Any, named: Named) -> None:
         metavar="COLUMNS",
         help="columns of the input copied in front of the predictions, e.g. an id",
     )
+    pr.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
     debug_flag(pr)
     pr.set_defaults(handler=run_predict)
 
@@ -152,7 +154,7 @@ def run_transfer(args: argparse.Namespace) -> None:
 
 def run_predict(args: argparse.Namespace) -> None:
     """Write a transfer folder's predictions for the rows of a table."""
-    artifact = open_artifact(args.artifact)
+    artifact = open_artifact(args.artifact, check_device(args.device))
     check(
         args.task in artifact.tasks,
         f"--task {args.task}: {args.artifact} has the tasks {', '.join(artifact.tasks)}",

@@ -19,9 +19,10 @@ import torch
 
 from pacnet.benchmarks import Benchmark, get_benchmark
 from pacnet.config import config_hash, make, to_dict
-from pacnet.errors import PacnetError, check
+from pacnet.errors import check
 from pacnet.methods import Method, get_method
 from pacnet.methods.base import candidates
+from pacnet.training.device import check_device
 from pacnet.training.train import AMP_DTYPES
 
 SELECT_MODES = ("none", "cv", "holdout")
@@ -95,7 +96,7 @@ class RunSpec:
         if self.targets:
             self._check_targets(method_cls)
         check(self.amp in AMP_DTYPES, f"amp must be one of {', '.join(AMP_DTYPES)}")
-        self._check_device()
+        check_device(self.device, self.amp)
         self._set("resolved", self._resolve(bench_cls, method_cls))
         self._set("_identity", self._make_identity())
         self._set("_run_id", config_hash(self._identity))
@@ -112,16 +113,6 @@ class RunSpec:
         check(self.select == "none", f"--targets cannot be combined with --select {self.select}")
         check(len(set(self.targets)) == len(self.targets), "--targets repeats a target")
         check(all(0 <= t < 2**31 for t in self.targets), "--targets must lie in [0, 2**31)")
-
-    def _check_device(self) -> None:
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise PacnetError(f"unknown device {self.device!r} (cpu, cuda, cuda:1, ...)") from None
-        check(
-            device.type != "cuda" or torch.cuda.is_available(),
-            f"device {self.device!r} requested but CUDA is not available on this machine",
-        )
 
     def _resolve(self, bench_cls: type[Benchmark], method_cls: type[Method]) -> Resolved:
         quick = bench_cls.quick if self.quick else {}

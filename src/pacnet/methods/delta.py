@@ -35,8 +35,8 @@ from pacnet.methods.baselines import LinearProbe, head_of
 from pacnet.methods.regularized import STRENGTH_GRID, head_term, non_negative
 from pacnet.methods.regularizers import FeatureDistance, FeatureTap
 from pacnet.training import distributed
-from pacnet.training.batches import IterableSource, as_source
-from pacnet.training.train import Data, LossFn
+from pacnet.training.batches import IterableSource, as_source, to_device
+from pacnet.training.train import Data, LossFn, infer, outputs
 
 TLLIB_TRADE_OFF = 0.01
 """TLlib's default DELTA trade-off (``--trade-off-backbone``), for its batch-summed term."""
@@ -210,8 +210,8 @@ def channel_attention(
 
     def mean_loss() -> float:
         total = 0.0
-        for x, y in data.chunks(batch_size):
-            total += float(loss_fn(model(x), y)) * len(x)
+        for out, y in outputs(model, data, batch_size):
+            total += float(loss_fn(out, to_device(y, out.device))) * len(y)
         return total / len(data)
 
     base = mean_loss()
@@ -244,7 +244,7 @@ def channel_attention(
 def _channels(model: nn.Module, name: str, data: Data) -> int:
     tap = FeatureTap(model, [name])
     try:
-        model(data.x[:1])
+        infer(model, data.x[:1])
         return tap.features[name].shape[1]
     finally:
         tap.close()

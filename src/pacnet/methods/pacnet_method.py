@@ -14,7 +14,7 @@ from pacnet.core.pac import allocate, calibrate, parameter_report
 from pacnet.core.tasks import Tasks
 from pacnet.errors import check, check_ratio
 from pacnet.methods.base import Method, Scorer, Targets, Transfer, TransferContext, count
-from pacnet.training.train import device_of
+from pacnet.training.train import infer
 
 
 @dataclass
@@ -130,10 +130,7 @@ class PacNet(Method):
 
         def probe(task: str) -> Tensor:
             with tasks.use(model, task):
-                model.eval()
-                out = model(tests[task].x[:256].to(device_of(model))).detach().clone()
-                model.train()
-            return out
+                return infer(model, tests[task].x[:256]).detach().clone()
 
         finished["source"] = probe("source")  # as Allocate left it, before any target
         for i, (name, task) in enumerate(targets):

@@ -96,9 +96,11 @@ def write_artifact(outcome: Outcome, out: str | Path) -> Path:
 class Artifact:
     """A ``pacnet transfer`` folder: its card and, on demand, each task's model."""
 
-    def __init__(self, folder: Path, card: dict[str, Any]):
+    def __init__(self, folder: Path, card: dict[str, Any], device: torch.device | None = None):
         self.folder = folder
         self.card = card
+        self.device = device or torch.device("cpu")
+        """Where the models run (the predictions come back on the CPU)."""
         try:
             self.inputs: list[str] = list(card["inputs"])
             self.outputs: list[str] = list(card["outputs"])
@@ -123,7 +125,7 @@ class Artifact:
         )
         if task not in self._models:
             model = load(self.network, MLP.from_spec(self.spec), task=task)
-            self._models[task] = model.eval()
+            self._models[task] = model.to(self.device).eval()
         return self._models[task]
 
     def predict(self, x: np.ndarray, task: str = "target") -> np.ndarray:
@@ -170,9 +172,9 @@ def find_card(path: str | Path) -> Path | None:
     return beside if path.is_file() and beside.is_file() else None
 
 
-def open_artifact(path: str | Path) -> Artifact:
+def open_artifact(path: str | Path, device: str | torch.device = "cpu") -> Artifact:
     """The transfer folder ``path`` (or its ``card.json`` or ``net.safetensors``), after
-    checking that its card describes its network."""
+    checking that its card describes its network; its models answer on ``device``."""
     path = Path(path)
     check(path.exists(), f"{path}: no such folder or file")
     card_path = find_card(path)
@@ -192,7 +194,7 @@ def open_artifact(path: str | Path) -> Artifact:
         f"{card_path}: card format version {version} is newer than this pacnet reads "
         f"({CARD_VERSION}); upgrade pacnet",
     )
-    artifact = Artifact(card_path.parent, card)
+    artifact = Artifact(card_path.parent, card, torch.device(device))
     network = artifact.network
     check(network.is_file(), f"{card_path.parent}: {NETWORK_FILE} is missing")
     info = inspect(network)  # verifies the checksum

@@ -41,6 +41,7 @@ from pacnet.methods.base import candidates
 from pacnet.tabular.files import Table, read_table
 from pacnet.tabular.problem import Problem, TableBenchmark, TableConfig
 from pacnet.tabular.source import NETWORK_FILE, SourceCheckpoint, read_source_checkpoint
+from pacnet.training.device import check_device
 
 CARD_FORMAT = "pacnet.tabular"
 CARD_VERSION = 1
@@ -260,11 +261,7 @@ def transfer(options: TransferOptions) -> Outcome:
             {**to_dict(config), "hidden": spec["hidden"], "activation": spec["activation"]},
         )
     bench = TableBenchmark(config, problem, spec, options.seed)
-    device = torch.device(options.device)
-    check(
-        device.type != "cuda" or torch.cuda.is_available(),
-        f"--device {options.device}: CUDA is not available on this machine",
-    )
+    device = check_device(options.device)
     with _threads(options.threads):
         return _run(options, bench, ckpt, compare, device, (source, target))
 

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from pacnet.benchmarks.base import SOURCE_STEPS, TARGET_STEPS, Benchmark, BudgetConfig, TaskData
 from pacnet.benchmarks.mlp import MLP
 from pacnet.errors import PacnetError, check
-from pacnet.training.train import Data, FitConfig, LossFn, device_of, evaluate
+from pacnet.training.train import Data, FitConfig, LossFn, evaluate, infer
 
 
 @dataclass(frozen=True)
@@ -260,14 +260,7 @@ class TableBenchmark(Benchmark):
         return out
 
 
-@torch.no_grad()
 def predict(model: nn.Module, x: Tensor) -> Tensor:
     """``model(x)`` in eval mode (its modes put back afterwards), on the model's device,
     returned on the CPU."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        return model(x.to(device_of(model))).cpu()
-    finally:
-        for module, training in modes:
-            module.training = training
+    return infer(model, x).cpu()

@@ -227,20 +227,27 @@ def size_of(batch: Batch) -> int:
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
-    """Move every tensor of ``batch`` to ``device``; 4-D image batches go channels-last on
-    CUDA."""
+    """Move every tensor of ``batch`` to ``device`` (:func:`place`): the one way data reaches
+    a model's device in pacnet (training, evaluation, every benchmark's metrics, the
+    methods' own passes, predictions)."""
     if isinstance(batch, Tensor):
-        if batch.device == device:
-            return batch
-        batch = batch.to(device, non_blocking=True)
-        if device.type == "cuda" and batch.dim() == 4 and batch.is_floating_point():
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch
+        return place(batch, device)
     if isinstance(batch, Mapping):
         return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, tuple | list):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
+
+
+def place(tensor: Tensor, device: torch.device) -> Tensor:
+    """``tensor`` on ``device`` (itself if already there); 4-D image batches go channels-last
+    on CUDA."""
+    if tensor.device == device:
+        return tensor
+    tensor = tensor.to(device, non_blocking=True)
+    if device.type == "cuda" and tensor.dim() == 4 and tensor.is_floating_point():
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+    return tensor
 
 
 def loss_of(net: nn.Module, batch: Batch, loss_fn: LossFn | None) -> Tensor:

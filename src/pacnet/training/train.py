@@ -184,6 +184,22 @@ def evaluate(
     return total / count
 
 
+@torch.no_grad()
+def infer(model: nn.Module, inputs: Batch) -> Any:
+    """``model(inputs)`` in eval mode and without gradients, ``inputs`` moved to the model's
+    device; every module's mode is put back afterwards. The output stays on that device."""
+    with modes_kept(model):
+        model.eval()
+        return model(to_device(inputs, device_of(model)))
+
+
+def outputs(model: nn.Module, data: Data, batch_size: int = 4096) -> Iterator[tuple[Any, Tensor]]:
+    """``(model(x), y)`` for the chunks ``(x, y)`` of ``data``, each as :func:`infer` gives
+    it (``y`` as ``data`` holds it)."""
+    for x, y in data.chunks(batch_size):
+        yield infer(model, x), y
+
+
 @contextmanager
 def modes_kept(model: nn.Module) -> Iterator[None]:
     """Put every module's train/eval mode back on exit, as it was on entry."""
