@@ -61,9 +61,7 @@ def test_every_method_feeds_the_model_through_the_data_path(method, strays, tmp_
     assert strays == []
 
 
-def test_images_delta_and_several_targets_feed_the_model_through_the_data_path(
-    strays, tmp_path
-):
+def test_images_delta_and_several_targets_feed_the_model_through_the_data_path(strays, tmp_path):
     root = make_celeba(tmp_path / "celeba")
     settings = {**TINY_IMAGES, "data_dir": str(root)}
     cache = StateCache(tmp_path / "cache")
