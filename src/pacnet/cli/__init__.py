@@ -6,16 +6,18 @@
     pacnet transfer --source sim.csv --target measured.csv --outputs y --out DIR
     pacnet predict DIR --task target --input new.csv --out pred.csv
     pacnet inspect DIR | FILE
+    pacnet selftest [--device cuda] [--quick]
     pacnet methods | pacnet benchmarks
 
 Each command module (:mod:`~pacnet.cli.run`, :mod:`~pacnet.cli.reproduce`,
 :mod:`~pacnet.cli.tune`, :mod:`~pacnet.cli.report` with ``status``,
-:mod:`~pacnet.cli.bench`, :mod:`~pacnet.cli.inspect`, :mod:`~pacnet.cli.transfer` with
-``predict``, :mod:`~pacnet.cli.listing`) holds ``add_parser(sub, named)``, which adds its
-parser(s) and sets each one's handler, and ``run(args)``; :mod:`~pacnet.cli.common` holds
-the flags they share. Benchmark settings and method hyperparameters are flags derived from
-their dataclasses: ``pacnet run friedman --method pacnet --help`` lists them. Bad input ends
-with one line ``pacnet: error: ...`` and exit status 2; ``--debug`` shows the traceback.
+:mod:`~pacnet.cli.bench`, :mod:`~pacnet.cli.selftest`, :mod:`~pacnet.cli.inspect`,
+:mod:`~pacnet.cli.transfer` with ``predict``, :mod:`~pacnet.cli.listing`) holds
+``add_parser(sub, named)``, which adds its parser(s) and sets each one's handler, and
+``run(args)``; :mod:`~pacnet.cli.common` holds the flags they share. Benchmark settings
+and method hyperparameters are flags derived from their dataclasses: ``pacnet run friedman
+--method pacnet --help`` lists them. Bad input ends with one line ``pacnet: error: ...``
+and exit status 2; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -25,13 +27,23 @@ import sys
 from collections.abc import Sequence
 
 from pacnet.benchmarks import get_benchmark
-from pacnet.cli import bench, inspect, listing, report, reproduce, run, transfer, tune
+from pacnet.cli import (
+    bench,
+    inspect,
+    listing,
+    report,
+    reproduce,
+    run,
+    selftest,
+    transfer,
+    tune,
+)
 from pacnet.cli.common import Named, Parser
 from pacnet.errors import PacnetError, check, first_line
 from pacnet.methods import get_method
 from pacnet.training.distributed import launched
 
-COMMANDS = (run, reproduce, tune, report, bench, inspect, transfer, listing)
+COMMANDS = (run, reproduce, tune, report, bench, selftest, inspect, transfer, listing)
 """The command modules, in the order ``pacnet --help`` lists their commands."""
 NAMING = ("run", "reproduce", "tune")
 """The commands whose benchmark and method add flags of their own."""

@@ -92,13 +92,17 @@ def _stepper(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, opti
     return step, context
 
 
-def _warmed_up(name: str, optimizer: str, stack: ExitStack) -> dict[str, Callable[[], None]]:
-    """Step functions of plain / allocate / calibrate, each inside its context (entered on
-    ``stack``) and warmed up, all before any is measured: the allocator then favours none."""
+def _warmed_up(
+    name: str, optimizer: str, stack: ExitStack, device: str = "cpu"
+) -> dict[str, Callable[[], None]]:
+    """Step functions of plain / allocate / calibrate on ``device``, each inside its context
+    (entered on ``stack``) and warmed up, all before any is measured: the allocator then
+    favours none."""
     runs = {}
     for mode in ("plain", "allocate", "calibrate"):
         torch.manual_seed(0)
         model, x, y = MODELS[name]()
+        model, x, y = model.to(device), x.to(device), y.to(device)
         step, context = _stepper(mode, model, x, y, optimizer)
         stack.enter_context(context())
         for _ in range(3):
@@ -107,18 +111,24 @@ def _warmed_up(name: str, optimizer: str, stack: ExitStack) -> dict[str, Callabl
     return runs
 
 
-def step_times(name: str, repeats: int, steps: int, optimizer: str = "adam") -> dict[str, Any]:
-    """Median seconds per step of plain / allocate / calibrate, measured interleaved."""
+def step_times(
+    name: str, repeats: int, steps: int, optimizer: str = "adam", device: str = "cpu"
+) -> dict[str, Any]:
+    """Median seconds per step of plain / allocate / calibrate on ``device``, measured
+    interleaved (synchronised with the GPU around each measurement on CUDA)."""
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda: None
     with ExitStack() as stack:
-        runs = _warmed_up(name, optimizer, stack)
+        runs = _warmed_up(name, optimizer, stack, device)
         times: dict[str, list[float]] = {m: [] for m in runs}
         order = list(runs)
         for r in range(repeats):  # rotate the order so no mode always runs first
             for mode in order[r % 3 :] + order[: r % 3]:
                 step = runs[mode]
+                sync()
                 start = time.perf_counter()
                 for _ in range(steps):
                     step()
+                sync()
                 times[mode].append((time.perf_counter() - start) / steps)
     med = {m: statistics.median(t) for m, t in times.items()}
     n_params = sum(p.numel() for p in MODELS[name]()[0].parameters())

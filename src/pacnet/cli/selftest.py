@@ -1,0 +1,34 @@
+"""``pacnet selftest [--device D] [--quick]``: does pacnet work on this machine's hardware?
+Exactness under the device's optimizer kernels and precisions, a short run of every
+benchmark with every method, and the bench ratios (:mod:`pacnet.experiments.selftest`);
+exit status 1 if any case fails."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from pacnet.cli.common import Named, debug_flag
+from pacnet.experiments.selftest import FAIL, selftest
+from pacnet.training.device import check_device
+
+
+def add_parser(sub: Any, named: Named) -> None:
+    """The ``selftest`` command and its flags."""
+    parser = sub.add_parser(
+        "selftest", help="check that pacnet works on this machine's device (exit 1 if not)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer steps and repeats (a few minutes on 2 cores)"
+    )
+    debug_flag(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run every case, a line each; exit 1 if any failed."""
+    cases = selftest(check_device(args.device), args.quick, lambda line: print(line, flush=True))
+    if any(c.mark == FAIL for c in cases):
+        sys.exit(1)

@@ -1,0 +1,66 @@
+"""``pacnet selftest``: the user's check that pacnet works on their hardware. The CPU run is
+part of the test suite; the checks it makes fail where exactness breaks."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import pytest
+import torch
+
+from pacnet.cli import main
+from pacnet.experiments import selftest
+
+RUN_SETTINGS = dict(selftest.RUN_SETTINGS)
+
+
+def test_selftest_on_the_cpu_passes_and_names_every_case(capsys):
+    assert main(["selftest", "--device", "cpu", "--quick"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("pacnet ") and f"torch {torch.__version__}" in lines[0]
+    marks = [line.split()[:2] for line in lines[1:-1]]
+    models, optimizers = len(selftest.MODELS), len(selftest.OPTIMIZERS)
+    assert sum(m[1] == "exact" for m in marks) == models * optimizers * 3
+    runs = [line for line in lines if line.split()[1:2] == ["runs"]]
+    assert len(runs) == len(selftest.RUN_SETTINGS) * 8
+    assert [m for m in marks if m[0] == selftest.FAIL] == []
+    skipped = [line for line in lines if line.startswith(selftest.SKIP)]
+    assert all("capturable" in line or "not installed" in line for line in skipped), skipped
+    assert any("celeba pacnet" in line and line.startswith(selftest.PASS) for line in runs)
+    assert lines[-1].endswith(" s") and ", 0 failed," in lines[-1]
+
+
+@pytest.fixture
+def small(monkeypatch):
+    """One model, two optimizers, no runs and no bench: the exactness cases alone."""
+    monkeypatch.setattr(selftest, "MODELS", {"gru": selftest.MODELS["gru"]})
+    chosen = {k: selftest.OPTIMIZERS[k] for k in ("adam-fused", "sgd-momentum-decay")}
+    monkeypatch.setattr(selftest, "OPTIMIZERS", chosen)
+    monkeypatch.setattr(selftest, "RUN_SETTINGS", {})
+    monkeypatch.setattr(selftest, "bench", lambda device, quick: iter(()))
+
+
+def test_selftest_fails_where_frozen_entries_move(small, monkeypatch, capsys):
+    monkeypatch.setattr(selftest, "train_only", lambda *args, **kwargs: nullcontext())
+    with pytest.raises(SystemExit) as exited:
+        main(["selftest", "--quick"])
+    assert exited.value.code == 1
+    out = capsys.readouterr().out
+    assert out.count(selftest.FAIL) == 6 and "moved at Allocate step 1" in out
+
+
+def test_selftest_names_benchmarks_without_data_as_skipped(small, monkeypatch, capsys):
+    settings = {k: RUN_SETTINGS[k] for k in ("fashion", "digits")}
+    monkeypatch.setattr(selftest, "RUN_SETTINGS", settings)
+    monkeypatch.setattr(selftest, "DEFAULT_DIR", "/nonexistent/fashion-mnist")
+    assert main(["selftest", "--quick"]) == 0
+    out = capsys.readouterr().out
+    skipped = [line for line in out.splitlines() if line.startswith(selftest.SKIP)]
+    assert len(skipped) == 16 and all("is not installed" in line for line in skipped)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_selftest_on_a_missing_gpu_is_one_line(capsys):
+    assert main(["selftest", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "CUDA is not available" in err
