@@ -5,7 +5,6 @@ import struct
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import pacnet
 from pacnet import PacnetError
@@ -13,6 +12,7 @@ from pacnet.benchmarks.celeba import CelebA, CelebAConfig
 from pacnet.benchmarks.fashion import Fashion, FashionConfig, read_idx
 from pacnet.cli import main
 from pacnet.experiments.runner import run
+from pacnet.experiments.selftest import write_celeba
 from pacnet.experiments.spec import RunSpec
 from pacnet.training.cache import StateCache
 
@@ -21,21 +21,7 @@ NAMES = ["Smiling", "Young", "Bangs", "Male", "Eyeglasses", "Blond_Hair"]
 
 def make_celeba(root, n=40, seed=0):
     """A CelebA-layout folder: n generated 24x20 JPEGs, attribute and partition files."""
-    rng = np.random.default_rng(seed)
-    (root / "img_align_celeba").mkdir(parents=True)
-    labels = rng.integers(0, 2, size=(n, len(NAMES)))
-    lines = [str(n), " ".join(NAMES)]
-    parts = []
-    for i in range(n):
-        name = f"{i + 1:06d}.jpg"
-        pixels = rng.integers(0, 256, size=(24, 20, 3), dtype=np.uint8)
-        pixels[:, :, 0] = 200 * labels[i, 0]  # something learnable
-        Image.fromarray(pixels).save(root / "img_align_celeba" / name)
-        lines.append(name + " " + " ".join("1" if v else "-1" for v in labels[i]))
-        parts.append(f"{name} {0 if i < n * 0.8 else 2}")
-    (root / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
-    (root / "list_eval_partition.txt").write_text("\n".join(parts) + "\n")
-    return root
+    return write_celeba(root, n, seed, NAMES, (24, 20), (0.8, 0.8))
 
 
 TINY_IMAGES = {

@@ -81,7 +81,7 @@ def run_flags(parser: argparse.ArgumentParser) -> None:
         help="equal: the baselines start from a source model trained as many more steps as "
         "PAC-Net's Allocate (equal source compute); reproduce takes standard,equal for both",
     )
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    device_flag(parser)
     parser.add_argument(
         "--deterministic",
         action="store_true",
@@ -105,6 +105,11 @@ def db_flag(parser: Any, text: str = "the results database") -> None:
         help=f"{text}: a SQLite file (default runs/pacnet.sqlite), sqlite:///FILE or "
         "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (pacnet[postgres])",
     )
+
+
+def device_flag(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where the model runs."""
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
 
 
 def debug_flag(parser: argparse.ArgumentParser) -> None:

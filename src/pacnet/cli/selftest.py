@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Any
 
-from pacnet.cli.common import Named, debug_flag
+from pacnet.cli.common import Named, debug_flag, device_flag
 from pacnet.experiments.selftest import FAIL, selftest
 from pacnet.training.device import check_device
 
@@ -19,7 +19,7 @@ def add_parser(sub: Any, named: Named) -> None:
     parser = sub.add_parser(
         "selftest", help="check that pacnet works on this machine's device (exit 1 if not)"
     )
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    device_flag(parser)
     parser.add_argument(
         "--quick", action="store_true", help="fewer steps and repeats (a few minutes on 2 cores)"
     )

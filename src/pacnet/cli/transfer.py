@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from pacnet.cli.common import Named, column_list, debug_flag
+from pacnet.cli.common import Named, column_list, debug_flag, device_flag
 from pacnet.config import add_flags, given, make
 from pacnet.errors import PacnetError, check
 from pacnet.methods import METHODS
@@ -79,7 +79,7 @@ def add_parser(sub: Any, named: Named) -> None:
     )
     tr.add_argument("--seed", type=int, default=0, help="seeds training and the source split")
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1)")
-    tr.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    device_flag(tr)
     debug_flag(tr)
     add_flags(tr, TableConfig, "model and training budgets")
     tr.set_defaults(handler=run_transfer)
@@ -105,7 +105,7 @@ def add_parser(sub: Any, named: Named) -> None:
         metavar="COLUMNS",
         help="columns of the input copied in front of the predictions, e.g. an id",
     )
-    pr.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    device_flag(pr)
     debug_flag(pr)
     pr.set_defaults(handler=run_predict)
 

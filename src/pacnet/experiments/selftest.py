@@ -25,7 +25,7 @@ import math
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -331,24 +331,34 @@ CELEBA_ATTRIBUTES = [
 ]
 
 
-def write_celeba(root: Path, images: int = 60, seed: int = 0) -> Path:
+def write_celeba(
+    root: Path,
+    images: int = 60,
+    seed: int = 0,
+    attributes: Sequence[str] = CELEBA_ATTRIBUTES,
+    size: tuple[int, int] = (44, 36),
+    splits: tuple[float, float] = (0.7, 0.85),
+) -> Path:
     """A folder in CelebA's official layout (``img_align_celeba/``, ``list_attr_celeba.txt``,
-    ``list_eval_partition.txt``) with ``images`` generated 44×36 JPEGs and all 40
-    attributes."""
+    ``list_eval_partition.txt``) with ``images`` generated JPEGs of ``size`` (height, width)
+    and ``attributes`` (CelebA's 40 by default), the first of them visible in the red
+    channel; the first ``splits[0]`` of the images are for training, up to ``splits[1]``
+    for validation, the rest for testing."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     (root / "img_align_celeba").mkdir(parents=True)
-    labels = rng.integers(0, 2, size=(images, len(CELEBA_ATTRIBUTES)))
-    lines = [str(images), " ".join(CELEBA_ATTRIBUTES)]
+    labels = rng.integers(0, 2, size=(images, len(attributes)))
+    lines = [str(images), " ".join(attributes)]
     parts = []
     for i in range(images):
         name = f"{i + 1:06d}.jpg"
-        pixels = rng.integers(0, 256, size=(44, 36, 3), dtype=np.uint8)
-        pixels[:, :, 0] = 200 * labels[i, CELEBA_ATTRIBUTES.index("Smiling")]
+        pixels = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+        pixels[:, :, 0] = 200 * labels[i, 0]  # something learnable
         Image.fromarray(pixels).save(root / "img_align_celeba" / name)
         lines.append(name + " " + " ".join("1" if v else "-1" for v in labels[i]))
-        parts.append(f"{name} {0 if i < images * 0.7 else 1 if i < images * 0.85 else 2}")
+        part = 0 if i < images * splits[0] else 1 if i < images * splits[1] else 2
+        parts.append(f"{name} {part}")
     (root / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
     (root / "list_eval_partition.txt").write_text("\n".join(parts) + "\n")
     return root
