@@ -33,7 +33,7 @@ def add_parser(sub: Any, named: Named) -> None:
     )
     rpt.add_argument("--out", type=Path, default=Path("runs/report"), help="report folder")
     debug_flag(rpt)
-    rpt.set_defaults(handler=run_report)
+    rpt.set_defaults(handler=run)
 
     sts = sub.add_parser(
         "status", help="the grids in a results database: pending, running, done, failed, ETA"
@@ -42,7 +42,7 @@ def add_parser(sub: Any, named: Named) -> None:
     sts.add_argument("--grid", default=None, help="only the grid whose id starts with this")
     sts.add_argument("--json", action="store_true", help="print JSON")
     debug_flag(sts)
-    sts.set_defaults(handler=run_status)
+    sts.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -82,7 +82,7 @@ def add_parser(sub: Any, named: Named) -> None:
     device_flag(tr)
     debug_flag(tr)
     add_flags(tr, TableConfig, "model and training budgets")
-    tr.set_defaults(handler=run_transfer)
+    tr.set_defaults(handler=run)
     pr = sub.add_parser(
         "predict", help="predictions of a pacnet transfer folder for the rows of a table"
     )
@@ -107,7 +107,7 @@ def add_parser(sub: Any, named: Named) -> None:
     )
     device_flag(pr)
     debug_flag(pr)
-    pr.set_defaults(handler=run_predict)
+    pr.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -81,12 +81,12 @@ class Grid:
 
     # -- checks and expansion --------------------------------------------------------------
 
-    def check(self) -> None:
+    def check(self) -> tuple[list[str], dict[int, list[int]]]:
         """Fail with one line unless the grid names known methods, at least one job, target
-        sizes and seeds."""
-        self.method_names()
+        sizes and seeds; returns the methods and the seeds of each target size."""
+        methods = self.method_names()
         check(int(self.jobs) >= 1, f"--jobs must be >= 1, got {self.jobs}")
-        self.seeds_by_size()
+        return methods, self.seeds_by_size()
 
     def method_names(self) -> list[str]:
         """The grid's methods, each once, each known."""
@@ -148,8 +148,7 @@ class Grid:
     ) -> list[RunSpec]:
         """Every run of the grid on ``benchmark``, each checked; ``settings`` and ``params``
         (per method) add to the grid's own, and the rest says how the runs run."""
-        self.check()
-        methods, seeds = self.method_names(), self.seeds_by_size()
+        methods, seeds = self.check()
         merged = {m: dict(v) for m, v in self.params.items()}
         for m, values in (params or {}).items():
             merged.setdefault(m, {}).update(values)

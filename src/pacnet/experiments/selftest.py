@@ -212,12 +212,13 @@ def _exact_case(model_name: str, optimizer: str, precision: str, device: Any, st
     trainable = tasks.trainable(model)
     groups = trainable_groups(model, tasks, trainable)  # as pacnet.calibrate groups them
     calibrating = OPTIMIZERS[optimizer]([{"params": g} for g in groups if g])
-    essential = _frozen_at(model, {n: ~m for n, m in mask.items()})
+    redundant = dict(~mask)  # False where essential: the entries Calibrate freezes
+    essential = _frozen_at(model, redundant)
     step = _stepper(model, target, loss_fn, precision, device)
     with train_only(model, trainable, calibrating, others="frozen", l2=0.01):
         for i in range(steps):
             step(calibrating)
-            now = _frozen_at(model, {n: ~m for n, m in mask.items()})
+            now = _frozen_at(model, redundant)
             if any(not torch.equal(v, essential[n]) for n, v in now.items()):
                 raise Mismatch(f"an essential entry moved at Calibrate step {i + 1}")
     target_out = infer(model, probe).clone()

@@ -15,7 +15,6 @@ from torch import Tensor, nn
 from pacnet.core.entries import Masked, put_back, scan_frozen, zero_frozen
 from pacnet.core.freeze.gradients import add_l2, densify_or_mask, zero_at_frozen
 from pacnet.core.freeze.optimizer_state import (
-    MOMENTS,
     OptimizerWatch,
     dirty,
     fill_moments,
@@ -368,4 +367,4 @@ class MaskedTraining:
             )
 
 
-__all__ = ["MOMENTS", "MaskedTraining"]
+__all__ = ["MaskedTraining"]
