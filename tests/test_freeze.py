@@ -569,3 +569,69 @@ def test_a_context_left_open_does_not_abort_the_interpreter_at_exit(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-500:]
     assert done.stdout.strip() == "trained"
+
+
+def test_own_tensors_fold_their_start_as_a_constant_offset():
+    """Fused Adam's decay carries the whole term; a fully trainable tensor from a nonzero
+    start gets −α·w₀ on its gradient first (fp32 and wider only)."""
+    model = mlp()
+    mask = prune(model, 0.8)
+    from pacnet import zero_redundant
+
+    zero_redundant(model, mask)
+    start = model[4].bias.detach().clone()
+    trainable = {**~mask, "4.bias": torch.ones(1, dtype=torch.bool)}
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, fused=True)
+    lam = 0.3
+    with train_only(model, trainable, optimizer, others="frozen", l2=lam) as session:
+        train(model, optimizer, steps=2)
+        assert session.folding.on
+        [(param, offset)] = session.folding.offsets
+        assert param is model[4].bias
+        assert torch.equal(offset, start * (-2 * lam))
+        assert all(g["weight_decay"] == 2 * lam for g in optimizer.param_groups)
+    assert all(g["weight_decay"] == 0 for g in optimizer.param_groups)
+
+    half = mlp().to(torch.bfloat16)
+    mask = prune(half, 0.8)
+    zero_redundant(half, mask)
+    trainable = {**~mask, "4.bias": torch.ones(1, dtype=torch.bool)}
+    optimizer = torch.optim.Adam(half.parameters(), lr=0.01, fused=True)
+    with train_only(half, trainable, optimizer, others="frozen", l2=lam) as session:
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(2):
+            optimizer.zero_grad()
+            x = torch.randn(16, 5, generator=gen).to(torch.bfloat16)
+            ((half(x) - 1.0) ** 2).mean().backward()
+            optimizer.step()
+        assert not session.folding.on and session.folding.offsets == []  # explicit w − w₀
+
+
+def test_steps_that_differ_from_the_last_one_are_prepared_anew():
+    """The kept per-step lists are not reused when a gradient is missing, a setting changed
+    or the optimizer's state was replaced: frozen entries stay exact and the term follows."""
+    model = mlp()
+    mask = prune(model, 0.8)
+    from pacnet import zero_redundant
+
+    zero_redundant(model, mask)
+    trainable = {**~mask, "4.bias": torch.ones(1, dtype=torch.bool)}
+    before = snapshot(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, fused=True)
+    gen = torch.Generator().manual_seed(0)
+    with train_only(model, trainable, optimizer, others="frozen", l2=0.3) as session:
+        for step in range(12):
+            optimizer.zero_grad()
+            ((model(torch.randn(16, 5, generator=gen)) - 1.0) ** 2).mean().backward()
+            if step == 4:  # no gradient for the own bias this step: it must not move
+                model[4].bias.grad = None
+                bias = model[4].bias.detach().clone()
+            if step == 7:  # the user's own decay from now on: the write-back takes over
+                optimizer.param_groups[0]["weight_decay"] = 0.01
+            optimizer.step()
+            if step == 4:
+                assert torch.equal(model[4].bias, bias)
+        assert session.restores and "weight decay" in session.reason
+    assert session.rescued == []
+    assert_frozen_unchanged(model, trainable, before)
+    assert not torch.equal(model[4].bias, before["4.bias"])

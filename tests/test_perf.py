@@ -3,7 +3,6 @@
 import pytest
 
 from pacnet.cli import main
-from pacnet.core.pac import SPLIT_FROM
 from pacnet.experiments.perf import MODELS, _stepper, step_times
 
 
@@ -17,9 +16,9 @@ def test_bench_modes_run_the_masking_path_the_optimizer_gets(optimizer, model_na
             step()
         assert session.l2 > 0 and not session.restores
         assert bool(session.parked) == (optimizer != "sgd")  # SGD zeroes gradients instead
-        # the kernel's weight decay is λ's where the shared weights have a group of their own
-        large = sum(m.param.numel() for m in session.masked) >= SPLIT_FROM
-        assert session.folding.on == (optimizer == "adam" and large)
+        # fused Adam's weight decay carries the whole λ term (own tensors: −α·w₀ first)
+        assert session.folding.on == (optimizer == "adam")
+        assert bool(session.folding.offsets) == (optimizer == "adam")
 
 
 def test_step_times_reports_paired_ratios():

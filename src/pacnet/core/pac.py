@@ -188,27 +188,18 @@ def _masked_fit(
     )
 
 
-SPLIT_FROM = 2**18
-"""Masked-shared weights from which :func:`trainable_groups` gives them a group of their
-own. Apart from the task's own tensors, fused Adam's weight decay can apply their λ term,
-which saves a pass over them (≈ 0.14 ns per weight on 2 CPU cores); a second group costs
-≈ 20–40 µs per step in ``torch.optim.Adam.step``, so it pays from about 2^18 weights."""
-
-
 def trainable_groups(
     model: nn.Module, tasks: Tasks, trainable: Mapping[str, Tensor]
 ) -> list[list[nn.Parameter]]:
-    """The parameters ``trainable`` names as optimizer groups: for large models two, the
-    masked-shared weights (their trainable entries start at 0) and the task's own tensors
-    (which start as copies), so that the first group's λ term can be fused Adam's own weight
-    decay (see :func:`~pacnet.train_only`); one group below :data:`SPLIT_FROM` weights."""
+    """The parameters ``trainable`` names, as one optimizer group: the masked-shared weights
+    (their trainable entries start at 0) and the task's own tensors (which start as copies).
+    Fused Adam's weight decay then carries the whole λ term (see :func:`~pacnet.train_only`)
+    and the step runs one kernel."""
     model = unwrap(model)
     params = dict(model.named_parameters())
     shared = [params[n] for n in trainable if n not in tasks.names]
     own = [params[n] for n in trainable if n in tasks.names]
-    if sum(p.numel() for p in shared) < SPLIT_FROM:
-        return [shared + own]
-    return [g for g in (shared, own) if g]
+    return [shared + own]
 
 
 def parameter_report(model: nn.Module, tasks: Tasks) -> dict[str, int]:

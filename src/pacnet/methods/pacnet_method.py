@@ -51,6 +51,9 @@ class PacNet(Method):
     Params = PacNetParams
     starts_from_source = False  # its source training + Allocate is the reference
     serves_several_targets = True
+    revision: ClassVar[int] = 1  # 1: Calibrate's λ term on the task's own tensors folds into
+    # fused Adam's weight decay as (g − 2λ·w₀) + 2λ·w (was g + 2λ·(w − w₀)): same term,
+    # rounded differently
 
     def allocated(self, ctx: TransferContext) -> tuple[nn.Module, Mask]:
         """A copy of the source model, pruned and allocated (cached per source and setting)."""

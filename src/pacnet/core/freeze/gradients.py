@@ -12,17 +12,38 @@ from torch import Tensor, nn
 from pacnet.core.entries import Masked, masked_sparse
 
 
-def add_l2(pairs: list[tuple[nn.Parameter, Tensor | None]], alpha: float) -> None:
+class no_grad:  # lower case, as torch.no_grad
+    """``torch.no_grad()`` at a fraction of its cost, for the step hooks (they run every
+    step, and a short step on the CPU lasts a few hundred µs)."""
+
+    __slots__ = ("previous",)
+
+    def __enter__(self) -> None:
+        self.previous = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+
+    def __exit__(self, *_: object) -> None:
+        torch._C._set_grad_enabled(self.previous)
+
+
+def add_l2(
+    pairs: list[tuple[nn.Parameter, Tensor | None]], alpha: float, scale: Tensor | None = None
+) -> None:
     """Add ``α·w`` (where ``w₀`` is None: a zero start) or ``α·(w − w₀)`` to each
-    parameter's gradient, in batched passes."""
+    parameter's gradient, in batched passes; times ``scale`` (a GradScaler's, as a fused
+    optimizer receives it: a tensor, read without a device sync) if given."""
     shifted = [(p, s) for p, s in pairs if s is not None]
     diffs = (  # w − w₀ first, so a small difference is not lost in α·w
         torch._foreach_sub([p for p, _ in shifted], [s for _, s in shifted]) if shifted else []
     )
     terms = [p for p, s in pairs if s is None] + list(diffs)
-    if terms:
-        grads = [p.grad for p, s in pairs if s is None] + [p.grad for p, _ in shifted]
+    if not terms:
+        return
+    grads = [p.grad for p, s in pairs if s is None] + [p.grad for p, _ in shifted]
+    if scale is None:
         torch._foreach_add_(grads, terms, alpha=alpha)
+    else:
+        torch._foreach_add_(grads, torch._foreach_mul(terms, scale * alpha))
 
 
 def zero_at_frozen(masked: list[Masked]) -> None:

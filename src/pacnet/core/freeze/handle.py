@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from pacnet.core.entries import Masked, put_back, scan_frozen, zero_frozen
-from pacnet.core.freeze.gradients import add_l2, densify_or_mask, zero_at_frozen
+from pacnet.core.freeze.gradients import add_l2, densify_or_mask, no_grad, zero_at_frozen
 from pacnet.core.freeze.optimizer_state import (
     OptimizerWatch,
     dirty,
@@ -24,7 +24,7 @@ from pacnet.core.freeze.optimizer_state import (
     why_restore,
     zero_eps,
 )
-from pacnet.core.freeze.parking import Folding, Parking
+from pacnet.core.freeze.parking import WIDE_FLOATS, Folding, Parking
 from pacnet.core.freeze.write_back import WriteBack
 
 
@@ -67,6 +67,7 @@ class MaskedTraining:
         self._held: list[Masked] = []  # the masked parameters the optimizer holds
         self.watch = OptimizerWatch(optimizer, lambda: self._groups + self.folding.groups())
         self._ready = False
+        self._steady: tuple | None = None  # see _steady_step
         self._grad_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._backward_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._optimizer_hooks: list[torch.utils.hooks.RemovableHandle] = []
@@ -137,7 +138,6 @@ class MaskedTraining:
 
     # -- gradients before a step (zeroed gradients) -------------------------------------
 
-    @torch.no_grad()
     def _prepare(self, everything: bool) -> None:
         """This step's gradients: none for parameters frozen whole, the l2 term added, frozen
         entries zeroed where needed (``everything``: in every masked parameter, parked or
@@ -148,33 +148,75 @@ class MaskedTraining:
         if self._ready:
             return
         self._ready = True
+        if everything or not self._steady_step():
+            with no_grad():
+                self._prepare_grads(everything)
+
+    def _steady_step(self) -> bool:
+        """The step as the last one went (every gradient there and dense, no GradScaler
+        scale, nothing changed since): its lists are kept, so a short step is not slowed by
+        building them anew. Whether it applied."""
+        steady = self._steady
+        if steady is None or getattr(self.optimizer, "grad_scale", None) is not None:
+            return False
+        params, pairs, shifted, offsets, zero = steady
+        for p in params:
+            g = p.grad
+            if g is None or g.is_sparse:
+                return False
+        if offsets or pairs or zero:
+            with no_grad():
+                if offsets:
+                    torch._foreach_add_([p.grad for p in shifted], offsets)
+                if pairs:
+                    add_l2(pairs, 2 * self.l2)
+                if zero:
+                    zero_at_frozen(zero)
+        return True
+
+    def _prepare_grads(self, everything: bool) -> None:
+        self._steady = None
         if self.folding.idle and any(p.grad is not None for p in self.folding.idle):
             self._stop_folding()  # unfrozen: not under the term, so the kernel's decay
             # must not reach them
         fold = bool(self.folding.decays) and not everything
         if self.folding.fold(fold):
             self.watch.settle_settings()
-        # A fused optimizer stepped by a GradScaler that did not unscale first sees scaled
-        # gradients (it unscales inside its kernel): scale the l2 term alike.
-        scale = getattr(self.optimizer, "grad_scale", None)
-        alpha = 2 * self.l2 * (float(scale) if scale is not None else 1.0)
         live = [m for m in self.masked if m.param.grad is not None]
-        whole = [(p, s) for p, s in self.whole if p.grad is not None] if self.l2 else []
-        sparse = any(m.param.grad.is_sparse for m in live) or any(
-            p.grad.is_sparse for p, _ in whole
-        )
+        whole = [(p, s) for p, s in self.whole if p.grad is not None]
+        sparse = False
+        for m in live:
+            sparse = sparse or m.param.grad.is_sparse
+        for p, _ in whole:
+            sparse = sparse or p.grad.is_sparse
         if sparse:
             live = densify_or_mask(live, whole, self.l2)
+        pairs: list[tuple[nn.Parameter, Tensor | None]] = []
         if self.l2:
+            # A fused optimizer stepped by a GradScaler that did not unscale first sees
+            # scaled gradients (it unscales inside its kernel): scale the l2 term alike.
+            scale = getattr(self.optimizer, "grad_scale", None)
             pairs = [(m.param, m.start) for m in live] + whole
-            if fold:  # the kernel adds these parameters' term itself
+            if fold:  # the kernel adds α·w to these parameters' gradients itself
                 pairs = [(p, s) for p, s in pairs if id(p) not in self.folding.folded]
-            add_l2(pairs, alpha)
-        pending = self.parking.pending
-        zero = live if everything else [m for m in pending if m.param.grad is not None]
+                self.folding.add_offsets(scale)
+            add_l2(pairs, 2 * self.l2, scale)
+        pending = [m for m in self.parking.pending if m.param.grad is not None]
+        zero = live if everything else pending
         if sparse:  # masked already
             zero = [m for m in zero if not m.param.grad.is_sparse]
-        zero_at_frozen(zero)
+        if zero:
+            zero_at_frozen(zero)
+        complete = len(live) == len(self.masked) and len(whole) == len(self.whole)
+        if complete and not (everything or sparse or self.folding.idle):
+            offsets = self.folding.offsets if fold else []
+            self._steady = (
+                [m.param for m in self.masked] + [p for p, _ in self.whole],
+                pairs,
+                [p for p, _ in offsets],
+                [c for _, c in offsets],
+                zero,
+            )
 
     # -- which way holds the frozen entries ----------------------------------------------
 
@@ -182,6 +224,7 @@ class MaskedTraining:
         """On entry, and when the optimizer's groups or their settings change: which groups
         hold masked parameters, and which way holds their frozen entries. Frozen entries are
         still as on entry here (this runs before a step), so the write-back can start now."""
+        self._steady = None
         self._stop_folding()
         ids = {id(m.param) for m in self.masked}
         self._groups = holding(self.optimizer, ids)
@@ -219,16 +262,20 @@ class MaskedTraining:
     def _plan_folding(self) -> None:
         """Let fused, coupled-decay groups carry the l2 term where they can (see
         :class:`~pacnet.core.freeze.parking.Folding`)."""
+        self._steady = None
         if not self.l2:
             return
         at_zero = {id(m.param) for m in self.parking.parked if m.start is None}
         at_zero |= {id(p) for p, s in self.whole if s is None}
-        self.folding.plan(at_zero, at_zero | {id(p) for p in self.frozen})
+        shifted = {id(p): (p, s) for p, s in self.whole if s is not None and s.dtype in WIDE_FLOATS}
+        under = at_zero | set(shifted)
+        self.folding.plan(under, under | {id(p) for p in self.frozen}, shifted)
         self.watch.settle_settings()
 
     def _stop_folding(self) -> None:
         """Give the folding groups their own weight decay back and add the l2 term
         explicitly from now on."""
+        self._steady = None
         if self.folding.stop():
             self.watch.settle_settings()
 
@@ -240,6 +287,7 @@ class MaskedTraining:
         step: park again where there is a second moment, zero the gradients again where the
         state is gone (the next step parks it), and switch to the write-back where the new
         state is nonzero at frozen entries."""
+        self._steady = None
         state = self.watch.state = self.optimizer.state
         parking = self.parking
         parked = {id(m) for m in parking.parked}
@@ -286,6 +334,7 @@ class MaskedTraining:
     def _state_loaded(self, optimizer: torch.optim.Optimizer) -> None:
         """After ``optimizer.load_state_dict`` inside the context: park again from scratch if
         the loaded state is what zeroed gradients leave, else write frozen entries back."""
+        self._steady = None
         # the loaded groups are new dicts: none carries the term, whatever folding did
         self.folding.forget()
         self.parking.forget()
@@ -331,17 +380,19 @@ class MaskedTraining:
             return args, {**kwargs, "closure": prepared}
         return (*args[:1], prepared, *args[2:]), kwargs
 
-    @torch.no_grad()
     def _after_step(self, *_: object) -> None:
         self._ready = False
-        if self.parking.to_park and self.parking.park():
-            self._plan_folding()
+        if self.parking.to_park:
+            self._steady = None
+            if self.parking.park():
+                self._plan_folding()
         if not self.restores:
             for m in self._held:  # state the step created
                 if m.seen is None:
                     m.seen = seen(self.optimizer.state.get(m.param))
             return
-        self.write_back.apply()
+        with no_grad():
+            self.write_back.apply()
 
     # -- exit ------------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ STILL_AT_ZERO_GRAD = (torch.optim.SGD, *ADAM)
 """Optimizers whose update leaves an entry exactly unchanged while its gradient and state
 are zero (given no weight decay and ``maximize`` off)."""
 MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+SETTINGS = ("weight_decay", "maximize", "eps", "betas", "fused")
+"""The group settings that decide how frozen entries are held."""
 
 
 def holding(optimizer: torch.optim.Optimizer, ids: set[int]) -> list[dict]:
@@ -130,11 +132,8 @@ class OptimizerWatch:
         return [id(groups), *(n for g in groups for n in (id(g), len(g["params"])))]
 
     def current_settings(self) -> list[tuple]:
-        """Weight decay, maximize, eps, betas and fused of every group that counts."""
-        return [
-            (g.get("weight_decay"), g.get("maximize"), g.get("eps"), g.get("betas"), g.get("fused"))
-            for g in self.groups()
-        ]
+        """Each group that counts, with its weight decay, maximize, eps, betas and fused."""
+        return [(g, *(g.get(key) for key in SETTINGS)) for g in self.groups()]
 
     def settle(self) -> None:
         """Remember the layout and the settings as they are now."""
@@ -145,11 +144,34 @@ class OptimizerWatch:
         self.settings = self.current_settings()
 
     def groups_changed(self) -> bool:
-        """Whether a group was added or removed, or a setting that counts changed."""
-        return self.layout != self.current_layout() or self.settings != self.current_settings()
+        """Whether a group was added or removed, or a setting that counts changed (checked
+        every step: kept to a few dict reads per group)."""
+        groups = self.optimizer.param_groups
+        layout = self.layout
+        if id(groups) != layout[0] or 2 * len(groups) + 1 != len(layout):
+            return True
+        at = 1
+        for g in groups:
+            if id(g) != layout[at] or len(g["params"]) != layout[at + 1]:
+                return True
+            at += 2
+        for g, decay, maximize, eps, betas, fused in self.settings:
+            if (
+                g.get("weight_decay") != decay
+                or g.get("maximize") != maximize
+                or g.get("eps") != eps
+                or g.get("betas") != betas
+                or g.get("fused") != fused
+            ):
+                return True
+        return False
 
     def state_changed(self, held: list[Masked]) -> bool:
         """Whether the state dict was replaced, or the state of a held parameter moved."""
-        return self.optimizer.state is not self.state or any(
-            state_moved(m, self.optimizer.state.get(m.param)) for m in held
-        )
+        state = self.optimizer.state
+        if state is not self.state:
+            return True
+        for m in held:  # noqa: SIM110 (a loop, not a generator: it runs every step)
+            if state_moved(m, state.get(m.param)):
+                return True
+        return False

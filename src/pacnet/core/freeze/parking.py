@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from pacnet.core.entries import Masked
 from pacnet.core.freeze.optimizer_state import ADAM, MOMENTS, fill_moments
@@ -84,10 +84,18 @@ class Parking:
         return {k: v.masked_fill(frozen, 0.0) if k in MOMENTS else v for k, v in state.items()}
 
 
+WIDE_FLOATS = (torch.float32, torch.float64)
+"""Dtypes in which a fully trainable tensor under the l2 term from a nonzero start ``w₀`` may
+fold it as ``(g − α·w₀) + α·w`` (in bf16 or fp16 the gradient's rounding near ``α·w₀``
+would drown a small ``α·(w − w₀)``)."""
+
+
 class Folding:
-    """The fused, coupled-decay Adam groups whose own weight decay carries the l2 term
-    ``2·l2·w`` (parameters under the term from a zero start, parked), so a Calibrate step
-    costs what a plain one does; ``decays``: id of group -> (group, its own decay)."""
+    """The fused, coupled-decay Adam groups whose own weight decay carries the l2 term, so a
+    Calibrate step costs about what a plain one does: the kernel adds ``α·w`` (``α`` = 2·l2)
+    to the gradients of the parked parameters that start at zero, and of the fully trainable
+    ones (a task's own tensors), whose gradients get the constant ``−α·w₀`` first (one
+    batched add). ``decays``: id of group -> (group, its own decay)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, l2: float):
         self.optimizer = optimizer
@@ -95,6 +103,8 @@ class Folding:
         self.decays: dict[int, tuple[dict, float]] = {}
         self.folded: set[int] = set()
         """Parameters whose l2 term the kernel adds."""
+        self.offsets: list[tuple[nn.Parameter, Tensor]] = []
+        """Folded parameters with a nonzero start, and ``−α·w₀`` for their gradients."""
         self.on = False
         """Whether the folding groups carry the l2 term right now."""
         self.idle: list[nn.Parameter] = []
@@ -104,11 +114,16 @@ class Folding:
         """The folding groups."""
         return [group for group, _ in self.decays.values()]
 
-    def plan(self, at_zero: set[int], outside: set[int]) -> None:
+    def plan(
+        self,
+        under: set[int],
+        outside: set[int],
+        shifted: dict[int, tuple[nn.Parameter, Tensor]],
+    ) -> None:
         """Find the groups whose (coupled, fused) weight decay can be the l2 term: every
-        parameter in them is under the term from a zero start (``at_zero``, frozen entries
-        parked), is ``outside`` it (frozen whole), or has no gradient (checked before each
-        step)."""
+        parameter in them is ``under`` the term (from a zero start with frozen entries
+        parked, or fully trainable from the start ``shifted`` gives), is ``outside`` it
+        (frozen whole), or has no gradient (checked before each step)."""
         if not self.l2:
             return
         for group in self.optimizer.param_groups:
@@ -118,12 +133,27 @@ class Folding:
                 and not group.get("decoupled_weight_decay", False)
                 and group.get("weight_decay", 0) == 0
                 and not group.get("maximize", False)
-                and any(id(p) in at_zero for p in ps)
+                and any(id(p) in under for p in ps)
                 and all(id(p) in outside or (not p.requires_grad and p.grad is None) for p in ps)
             ):
                 self.decays[id(group)] = (group, group.get("weight_decay", 0))
-                self.folded |= {id(p) for p in ps if id(p) in at_zero}
+                self.folded |= {id(p) for p in ps if id(p) in under}
                 self.idle += [p for p in ps if id(p) not in outside]
+                with torch.no_grad():
+                    self.offsets += [
+                        (p, shifted[id(p)][1] * (-2 * self.l2)) for p in ps if id(p) in shifted
+                    ]
+
+    def add_offsets(self, scale: Tensor | None) -> None:
+        """``−α·w₀`` (times a GradScaler's ``scale``) onto the gradients of the folded
+        parameters with a nonzero start, before the kernel adds ``α·w``."""
+        live = [(p.grad, c) for p, c in self.offsets if p.grad is not None]
+        if not live:
+            return
+        grads, offsets = [g for g, _ in live], [c for _, c in live]
+        if scale is not None:
+            offsets = torch._foreach_mul(offsets, scale)
+        torch._foreach_add_(grads, offsets)
 
     def fold(self, on: bool) -> bool:
         """Put the l2 term into the folding groups' weight decay, or their own decay back;
@@ -159,3 +189,4 @@ class Folding:
     def forget(self) -> None:
         """No group folds (without touching any group)."""
         self.decays, self.folded, self.on, self.idle = {}, set(), False, []
+        self.offsets = []
