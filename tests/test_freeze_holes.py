@@ -512,15 +512,20 @@ def test_state_replaced_with_values_at_frozen_entries_keeps_frozen_entries(case)
 def test_a_steady_loop_never_reviews_or_rescans(monkeypatch, mode, optimizer):
     """The per-step checks compare identities only: the loops `pacnet bench` times never
     re-derive the path or look at the optimizer's state again."""
-    from pacnet.experiments.perf import MODELS, _stepper
+    from pacnet.experiments.bench_models import placed
+    from pacnet.experiments.bench_modes import stepper
 
-    model, x, y = MODELS["friedman_mlp"]()
-    step, context = _stepper(mode, model, x, y, optimizer)
+    model, x, y = placed("friedman_mlp", "cpu")
+    step, context = stepper(mode, "friedman_mlp", model, x, y, optimizer)
     with context() as session:
         calls = []
         monkeypatch.setattr(session, "_review", lambda: calls.append("review"))
         monkeypatch.setattr(session, "_restate", lambda: calls.append("restate"))
-        for _ in range(6):
+        for _ in range(3):
+            step()
+        calls.clear()
+        monkeypatch.setattr(session, "_prepare_grads", lambda _: calls.append("prepare"))
+        for _ in range(6):  # the steady lists of the last step serve (see _steady_step)
             step()
         assert calls == []
         assert not session.restores and bool(session.parked) == (optimizer == "adam")

@@ -1,9 +1,10 @@
-"""ResNet-18 in plain PyTorch, with torchvision's module and parameter names.
+"""ResNet-18 and ResNet-50 in plain PyTorch, with torchvision's module and parameter names.
 
 The image benchmarks need a ResNet-18 without depending on torchvision. This one keeps
 torchvision's layout exactly (``conv1``, ``bn1``, ``layer1``..``layer4`` of two
 :class:`BasicBlock` each, ``downsample.0``/``downsample.1``, ``fc``), so a torchvision
-``resnet18`` state dict loads unchanged with ``strict=True``.
+``resnet18`` state dict loads unchanged with ``strict=True``; :func:`resnet50` (3, 4, 6, 3
+:class:`Bottleneck` blocks) does the same for ``resnet50``.
 
 Two additions for small images and quick experiments: ``width`` scales every channel count
 (names stay the same, only shapes change), and ``stem="small"`` replaces the 7x7/stride-2
@@ -53,6 +54,36 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
+class Bottleneck(nn.Module):
+    """1x1, 3x3 (with the stride) and 1x1 convolutions with a residual connection, as
+    torchvision's ``Bottleneck`` (ResNet-50 and deeper)."""
+
+    expansion = 4
+
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU()
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        return self.relu(out + identity)
+
+
 class ResNet18(nn.Module):
     """ResNet-18 with torchvision's names; ``forward`` returns logits ``(B, num_classes)``.
 
@@ -70,8 +101,12 @@ class ResNet18(nn.Module):
         in_channels: int = 3,
         width: float = 1.0,
         stem: str = "imagenet",
+        *,
+        block: type[BasicBlock] | type[Bottleneck] = BasicBlock,
+        blocks: tuple[int, int, int, int] = (2, 2, 2, 2),
     ):
         super().__init__()
+        self.block = block
         check(
             isinstance(width, Real) and math.isfinite(width) and width > 0,
             f"width must be a positive number, got {width!r}",
@@ -99,12 +134,12 @@ class ResNet18(nn.Module):
             if stem == "imagenet"
             else nn.Identity()
         )
-        self.layer1 = self._make_layer(widths[0], 2)
-        self.layer2 = self._make_layer(widths[1], 2, stride=2)
-        self.layer3 = self._make_layer(widths[2], 2, stride=2)
-        self.layer4 = self._make_layer(widths[3], 2, stride=2)
+        self.layer1 = self._make_layer(widths[0], blocks[0])
+        self.layer2 = self._make_layer(widths[1], blocks[1], stride=2)
+        self.layer3 = self._make_layer(widths[2], blocks[2], stride=2)
+        self.layer4 = self._make_layer(widths[3], blocks[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(widths[3] * BasicBlock.expansion, num_classes)
+        self.fc = nn.Linear(widths[3] * block.expansion, num_classes)
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -114,17 +149,15 @@ class ResNet18(nn.Module):
                 nn.init.constant_(m.bias, 0)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        block, out = self.block, planes * self.block.expansion
         downsample = None
-        if stride != 1 or self.inplanes != planes * BasicBlock.expansion:
+        if stride != 1 or self.inplanes != out:
             downsample = nn.Sequential(
-                nn.Conv2d(
-                    self.inplanes, planes * BasicBlock.expansion, 1, stride=stride, bias=False
-                ),
-                nn.BatchNorm2d(planes * BasicBlock.expansion),
+                nn.Conv2d(self.inplanes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out)
             )
-        layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes * BasicBlock.expansion
-        layers += [BasicBlock(self.inplanes, planes) for _ in range(1, blocks)]
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = out
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -138,3 +171,11 @@ def resnet18(
 ) -> ResNet18:
     """A :class:`ResNet18` (see there for the arguments)."""
     return ResNet18(num_classes=num_classes, in_channels=in_channels, width=width, stem=stem)
+
+
+def resnet50(
+    num_classes: int = 1000, in_channels: int = 3, width: float = 1.0, stem: str = "imagenet"
+) -> ResNet18:
+    """ResNet-50: torchvision's layout and names (3, 4, 6, 3 :class:`Bottleneck` blocks, 25.6 M
+    parameters at width 1 with 1000 classes); the arguments are :class:`ResNet18`'s."""
+    return ResNet18(num_classes, in_channels, width, stem, block=Bottleneck, blocks=(3, 4, 6, 3))

@@ -7,9 +7,21 @@ import argparse
 import json
 from typing import Any
 
-from pacnet.cli.common import Named, debug_flag
+import torch
+
+from pacnet.cli.common import Named, column_list, debug_flag, device_flag
 from pacnet.errors import check
-from pacnet.experiments.perf import MODELS, profile_steps, profile_summary, run_all, summary
+from pacnet.experiments.perf import (
+    CPU_MODELS,
+    GPU_MODELS,
+    MODELS,
+    MODES,
+    profile_steps,
+    profile_summary,
+    run_all,
+    summary,
+)
+from pacnet.training.device import check_device
 from pacnet.training.train import OPTIMIZERS
 
 
@@ -22,12 +34,24 @@ def add_parser(sub: Any, named: Named) -> None:
         "--profile",
         metavar="MODEL",
         help="instead: where a step's time goes (torch.profiler), plain/allocate/calibrate; "
-        "MODEL is friedman_mlp, wide_mlp or resnet18",
+        f"MODEL is one of {', '.join(MODELS)} (on the CPU)",
     )
     parser.add_argument(
         "--optimizer",
         default="adam",
         help="the optimizer of every mode: adam (pacnet's default), adamw or sgd (momentum 0.9)",
+    )
+    device_flag(parser)
+    parser.add_argument(
+        "--models",
+        metavar="A,B",
+        help=f"the models to time (default: {', '.join(CPU_MODELS)} on the CPU, "
+        f"{', '.join(GPU_MODELS)} on a GPU); any of {', '.join(MODELS)}",
+    )
+    parser.add_argument(
+        "--modes",
+        metavar="A,B",
+        help=f"the modes side by side (default: all; plain is always timed): {', '.join(MODES)}",
     )
     debug_flag(parser)
     parser.set_defaults(handler=run)
@@ -39,6 +63,17 @@ def run(args: argparse.Namespace) -> None:
         args.optimizer in OPTIMIZERS,
         f"unknown optimizer {args.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}",
     )
+    models = column_list(args.models, "--models")
+    for name in models or []:
+        check(name in MODELS, f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    gpu = args.device.startswith("cuda")
+    models = models or list(GPU_MODELS if gpu else CPU_MODELS)
+    bf16 = any(MODELS[m].amp is torch.bfloat16 for m in models)
+    device = check_device(args.device, "bf16" if bf16 else "none")
+    modes = column_list(args.modes, "--modes")
+    for mode in modes or []:
+        check(mode in MODES, f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    modes = ["plain", *(m for m in modes or MODES if m != "plain")]
     if args.profile is not None:
         check(
             args.profile in MODELS,
@@ -49,5 +84,5 @@ def run(args: argparse.Namespace) -> None:
         )
         print(json.dumps(report, indent=2) if args.json else profile_summary(report))
         return
-    report = run_all(quick=args.quick, optimizer=args.optimizer)
+    report = run_all(args.quick, args.optimizer, str(device), models, modes)
     print(json.dumps(report, indent=2) if args.json else summary(report))

@@ -1,19 +1,27 @@
 """``pacnet bench``: what PAC-Net's bookkeeping costs, measured side by side in one run.
 
-* step time of a calibrate step (masked, regularised) and of an allocate step, each divided
-  by a plain fine-tuning step of the same model and batch (interleaved repeats, median and
-  spread), for the Friedman MLP, a wide MLP (>= 10 M parameters) and ResNet-18;
-* peak memory (VmHWM of a fresh process running the steps) masked / plain;
+* step time of an allocate step (essential entries only) and a calibrate step (redundant
+  entries and own tensors, with the λ term), each divided by a plain fine-tuning step of the
+  same model and batch (interleaved repeats; the median of the ratios paired within a
+  repeat, and their quartiles), next to peers on the same mask: ``torch.nn.utils.prune``,
+  gradient hooks and peft's LoRA (r = 8) (:mod:`~pacnet.experiments.bench_modes`); on the
+  CPU the Friedman MLP, a wide MLP (>= 10 M parameters) and ResNet-18, on a GPU a
+  GPT-2-small-sized transformer (bf16 autocast), a ResNet-50 (bf16, channels_last) and the
+  wide MLP (:mod:`~pacnet.experiments.bench_models`); on CUDA every measurement is
+  synchronised with the device;
+* peak memory of each mode run alone (a fresh process's VmHWM on the CPU, the allocator's
+  peak on CUDA), over plain;
 * checkpoint bytes for source + target in one pacnet file / two dense safetensors files,
   and mask bits per prunable weight on disk;
 * time and peak memory of a global mask over 10 M and 100 M weights;
 * ODE and PDE data generation throughput (trajectory-steps per second).
 
-No number here is a test threshold; the figures go into the notes and issues.
+No number here is a test threshold; the figures go into the notes and the results.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import resource
 import statistics
@@ -21,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -29,100 +37,65 @@ from typing import Any
 import torch
 from torch import nn
 
-from pacnet.benchmarks.mlp import MLP
 from pacnet.benchmarks.resnet import resnet18
-from pacnet.core.freeze import train_only
 from pacnet.core.mask import prune
-from pacnet.core.pac import trainable_groups, zero_redundant
 from pacnet.core.tasks import Tasks
-from pacnet.training.train import FitConfig, make_optimizer
+from pacnet.experiments.bench_models import CPU_MODELS, GPU_MODELS, MODELS, placed
+from pacnet.experiments.bench_modes import MODES, OURS, Unavailable, stepper
 
-MODELS: dict[str, Callable[[], tuple[nn.Module, torch.Tensor, torch.Tensor]]] = {
-    "friedman_mlp": lambda: (MLP(10, (128, 128), 1), torch.randn(32, 10), torch.randn(32, 1)),
-    "wide_mlp": lambda: (
-        MLP(1024, (2048, 2048, 2048), 10),
-        torch.randn(64, 1024),
-        torch.randn(64, 10),
-    ),
-    "resnet18": lambda: (
-        resnet18(10, 3, 1.0, "small"),
-        torch.randn(8, 3, 32, 32),
-        torch.randn(8, 10),
-    ),
-}
+__all__ = ["CPU_MODELS", "GPU_MODELS", "MODELS", "MODES", "run_all", "step_times", "summary"]
 
 
-def _optimizer(params, name: str) -> torch.optim.Optimizer:
-    """The optimizer pacnet's own loop builds (fused on CPU/CUDA), the same for every mode;
-    SGD with momentum 0.9."""
-    return make_optimizer(list(params), FitConfig(lr=1e-4, optimizer=name))
-
-
-def _stepper(mode: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: str):
-    """(step function, context manager factory) for 'plain', 'allocate' or 'calibrate'."""
-    from contextlib import nullcontext
-
-    loss_fn = nn.functional.mse_loss
-    if mode == "plain":
-        opt = _optimizer(model.parameters(), optimizer)
-        context = nullcontext
-    else:
-        mask = prune(model, 0.8)
-        zero_redundant(model, mask)
-        if mode == "allocate":
-            opt = _optimizer(model.parameters(), optimizer)
-
-            def context():
-                return train_only(model, mask, opt)
-        else:
-            tasks = Tasks(model, mask)
-            tasks.add("target")
-            tasks.activate(model, "target")
-            trainable = tasks.trainable(model)  # optimizer groups as pacnet.calibrate's
-            opt = _optimizer(trainable_groups(model, tasks, trainable), optimizer)
-
-            def context():  # λ = 0.01 as a fused gradient term, as pacnet.calibrate does
-                return train_only(model, trainable, opt, others="frozen", l2=0.01)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        opt.step()
-
-    return step, context
+def _sync(device: str) -> Callable[[], None]:
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda: None
 
 
 def _warmed_up(
-    name: str, optimizer: str, stack: ExitStack, device: str = "cpu"
-) -> dict[str, Callable[[], None]]:
-    """Step functions of plain / allocate / calibrate on ``device``, each inside its context
-    (entered on ``stack``) and warmed up, all before any is measured: the allocator then
-    favours none."""
-    runs = {}
-    for mode in ("plain", "allocate", "calibrate"):
+    name: str,
+    optimizer: str,
+    stack: ExitStack,
+    device: str = "cpu",
+    modes: Sequence[str] = OURS,
+    tiny: bool = False,
+) -> tuple[dict[str, Callable[[], None]], dict[str, str]]:
+    """Step functions of ``modes`` on ``device``, each inside its context (entered on
+    ``stack``) and warmed up, all before any is measured (the allocator then favours none);
+    and the modes that cannot run, with why."""
+    runs, unavailable = {}, {}
+    for mode in modes:
         torch.manual_seed(0)
-        model, x, y = MODELS[name]()
-        model, x, y = model.to(device), x.to(device), y.to(device)
-        step, context = _stepper(mode, model, x, y, optimizer)
+        model, x, y = placed(name, device, tiny)
+        try:
+            step, context = stepper(mode, name, model, x, y, optimizer)
+        except Unavailable as why:
+            unavailable[mode] = str(why)
+            continue
         stack.enter_context(context())
         for _ in range(3):
             step()
         runs[mode] = step
-    return runs
+    _sync(device)()
+    return runs, unavailable
 
 
 def step_times(
-    name: str, repeats: int, steps: int, optimizer: str = "adam", device: str = "cpu"
+    name: str,
+    repeats: int,
+    steps: int,
+    optimizer: str = "adam",
+    device: str = "cpu",
+    modes: Sequence[str] = OURS,
+    tiny: bool = False,
 ) -> dict[str, Any]:
-    """Median seconds per step of plain / allocate / calibrate on ``device``, measured
-    interleaved (synchronised with the GPU around each measurement on CUDA)."""
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda: None
+    """Median seconds per step of each of ``modes`` (``plain`` first) on ``device``, measured
+    interleaved, and each mode's ratios to plain paired within a repeat."""
+    sync = _sync(device)
     with ExitStack() as stack:
-        runs = _warmed_up(name, optimizer, stack, device)
+        runs, unavailable = _warmed_up(name, optimizer, stack, device, modes, tiny)
         times: dict[str, list[float]] = {m: [] for m in runs}
         order = list(runs)
         for r in range(repeats):  # rotate the order so no mode always runs first
-            for mode in order[r % 3 :] + order[: r % 3]:
+            for mode in order[r % len(order) :] + order[: r % len(order)]:
                 step = runs[mode]
                 sync()
                 start = time.perf_counter()
@@ -130,23 +103,28 @@ def step_times(
                     step()
                 sync()
                 times[mode].append((time.perf_counter() - start) / steps)
-    med = {m: statistics.median(t) for m, t in times.items()}
-    n_params = sum(p.numel() for p in MODELS[name]()[0].parameters())
+    torch.manual_seed(0)
+    model, x, _ = MODELS[name].build(tiny)
 
     def paired(mode: str) -> list[float]:  # ratios within one repeat: drifts cancel
         return sorted(a / b for a, b in zip(times[mode], times["plain"], strict=True))
 
-    return {
-        "parameters": n_params,
-        "seconds_per_step": med,
+    others = [m for m in runs if m != "plain"]
+    report = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "runs_as": MODELS[name].describe(x),
+        "seconds_per_step": {m: statistics.median(t) for m, t in times.items()},
         "spread": {m: [min(t), max(t)] for m, t in times.items()},
-        "calibrate_over_plain": statistics.median(paired("calibrate")),
-        "allocate_over_plain": statistics.median(paired("allocate")),
+        "over_plain": {m: statistics.median(paired(m)) for m in others},
         "ratio_quartiles": {
-            m: [statistics.quantiles(paired(m), n=4)[i] for i in (0, 2)]
-            for m in ("allocate", "calibrate")
+            m: [statistics.quantiles(paired(m), n=4)[i] for i in (0, 2)] for m in others
         },
+        "unavailable": unavailable,
     }
+    for mode in ("allocate", "calibrate"):  # the keys the report has always had
+        if mode in report["over_plain"]:
+            report[f"{mode}_over_plain"] = report["over_plain"][mode]
+    return report
 
 
 def profile_steps(
@@ -157,7 +135,8 @@ def profile_steps(
 
     out: dict[str, Any] = {"model": name, "optimizer": optimizer, "steps": steps, "modes": {}}
     with ExitStack() as stack:
-        for mode, step in _warmed_up(name, optimizer, stack).items():
+        runs, _ = _warmed_up(name, optimizer, stack)
+        for mode, step in runs.items():
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 for _ in range(steps):
                     step()
@@ -177,7 +156,7 @@ def profile_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _child_rss(args: list[str]) -> dict[str, Any]:
+def _child(args: list[str]) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "pacnet.experiments.perf", *args],
         capture_output=True,
@@ -187,16 +166,47 @@ def _child_rss(args: list[str]) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def peak_memory(name: str, steps: int, optimizer: str = "adam") -> dict[str, Any]:
-    """Max RSS (MiB) of a fresh process that builds the model and runs ``steps`` steps."""
-    rss = {
-        mode: _child_rss(["memory", name, mode, str(steps), optimizer])["max_rss_mib"]
-        for mode in ("plain", "allocate", "calibrate")
-    }
+def _mode_peak(
+    name: str, mode: str, steps: int, optimizer: str, device: str, tiny: bool
+) -> float | str:
+    """MiB at the peak of ``steps`` steps of ``mode`` run alone (what the allocator held on
+    CUDA, the process's VmHWM on the CPU), or why the mode cannot run."""
+    if torch.device(device).type != "cuda":
+        args = ["memory", name, mode, str(steps), optimizer, "1" if tiny else "0"]
+        r = _child(args)
+        return r.get("error") or r["max_rss_mib"]
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    try:
+        torch.manual_seed(0)
+        model, x, y = placed(name, device, tiny)
+        step, context = stepper(mode, name, model, x, y, optimizer)
+        with context():
+            for _ in range(steps):
+                step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    except Unavailable as why:
+        return str(why)
+
+
+def peak_memory(
+    name: str,
+    steps: int,
+    optimizer: str = "adam",
+    device: str = "cpu",
+    modes: Sequence[str] = OURS,
+    tiny: bool = False,
+) -> dict[str, Any]:
+    """Peak memory (MiB) of each of ``modes`` run alone, and each over plain's."""
+    peaks = {m: _mode_peak(name, m, steps, optimizer, device, tiny) for m in modes}
+    plain = peaks["plain"]
+    measured = {m: v for m, v in peaks.items() if isinstance(v, float)}
     return {
-        "max_rss_mib": rss,
-        "calibrate_over_plain": rss["calibrate"] / rss["plain"],
-        "allocate_over_plain": rss["allocate"] / rss["plain"],
+        "peak_mib": measured,
+        "over_plain": {m: v / plain for m, v in measured.items() if m != "plain"},
+        "unavailable": {m: v for m, v in peaks.items() if isinstance(v, str)},
     }
 
 
@@ -230,7 +240,7 @@ def checkpoint_sizes() -> dict[str, Any]:
 
 
 def mask_time(weights: int) -> dict[str, Any]:
-    return _child_rss(["mask", str(weights)])
+    return _child(["mask", str(weights)])
 
 
 def throughput() -> dict[str, Any]:
@@ -255,20 +265,37 @@ def throughput() -> dict[str, Any]:
     return out
 
 
-def run_all(quick: bool = False, optimizer: str = "adam") -> dict[str, Any]:
+def run_all(
+    quick: bool = False,
+    optimizer: str = "adam",
+    device: str = "cpu",
+    models: Sequence[str] | None = None,
+    modes: Sequence[str] = MODES,
+    tiny: bool = False,
+) -> dict[str, Any]:
+    """The whole bench on ``device``: step times and peak memory of ``modes`` on ``models``
+    (by default the CPU's or the GPU's set), then, on the CPU, checkpoint sizes, the global
+    mask's cost and data generation. ``tiny``: every model in its tiny form (for tests)."""
+    cuda = torch.device(device).type == "cuda"
+    models = list(models or (GPU_MODELS if cuda else CPU_MODELS))
     repeats, steps = (5, 3) if quick else (15, 10)
     report: dict[str, Any] = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "device": "cpu",
+        "device": device,
+        "device_name": torch.cuda.get_device_name(device) if cuda else "CPU",
         "optimizer": optimizer,
         "steps": {},
         "memory": {},
     }
-    for name in MODELS:
-        report["steps"][name] = step_times(name, repeats, steps, optimizer)
-    for name in ("wide_mlp", "resnet18"):
-        report["memory"][name] = peak_memory(name, 3 if quick else 10, optimizer)
+    for name in models:
+        report["steps"][name] = step_times(name, repeats, steps, optimizer, device, modes, tiny)
+    for name in [m for m in models if m != "friedman_mlp"] or models:
+        report["memory"][name] = peak_memory(
+            name, 3 if quick else 10, optimizer, device, modes, tiny
+        )
+    if cuda or tiny:
+        return report
     report["checkpoint"] = checkpoint_sizes()
     report["global_mask"] = {
         str(w): mask_time(w) for w in ((10_000_000,) if quick else (10_000_000, 100_000_000))
@@ -278,33 +305,38 @@ def run_all(quick: bool = False, optimizer: str = "adam") -> dict[str, Any]:
 
 
 def summary(report: dict[str, Any]) -> str:
+    """The report in a few lines: per model, each mode's step time over plain (median of
+    paired ratios and quartiles), then peak memory over plain, and the rest."""
     lines = [
-        f"step time ({report.get('optimizer', 'adam')}), median of paired ratios [quartiles]",
-        "model          params  plain s/step  allocate/plain         calibrate/plain",
+        f"{report.get('device_name', 'CPU')} ({report.get('device', 'cpu')}), torch "
+        f"{report['torch']}, optimizer {report.get('optimizer', 'adam')}",
+        "step time over plain: median of paired ratios [quartiles]",
     ]
     for name, r in report["steps"].items():
-        q = r["ratio_quartiles"]
         lines.append(
-            f"{name:<13} {r['parameters'] / 1e6:6.1f}M  {r['seconds_per_step']['plain']:12.4f}"
-            f"  {r['allocate_over_plain']:.3f} [{q['allocate'][0]:.3f}-{q['allocate'][1]:.3f}]"
-            f"  {r['calibrate_over_plain']:.3f} [{q['calibrate'][0]:.3f}-{q['calibrate'][1]:.3f}]"
+            f"{name} ({r['parameters']:,} parameters, {r.get('runs_as', '')}): plain "
+            f"{r['seconds_per_step']['plain'] * 1e3:.3f} ms/step"
         )
+        for mode, ratio in r["over_plain"].items():
+            q = r["ratio_quartiles"][mode]
+            lines.append(f"  {mode:<12} {ratio:.3f} [{q[0]:.3f}-{q[1]:.3f}]")
+        for mode, why in r.get("unavailable", {}).items():
+            lines.append(f"  {mode:<12} not run: {why}")
     for name, r in report["memory"].items():
+        ratios = ", ".join(f"{m} {v:.3f}" for m, v in r["over_plain"].items())
+        lines.append(f"peak memory {name} over plain ({r['peak_mib']['plain']:.0f} MiB): {ratios}")
+    if "checkpoint" in report:
+        c = report["checkpoint"]
         lines.append(
-            f"peak RSS {name}: allocate/plain {r['allocate_over_plain']:.3f}, "
-            f"calibrate/plain {r['calibrate_over_plain']:.3f} ({r['max_rss_mib']})"
+            f"checkpoint: {c['ratio']:.3f} of two dense files; mask "
+            f"{c['mask_bits_per_weight']:.4f} bits/weight"
         )
-    c = report["checkpoint"]
-    lines.append(
-        f"checkpoint: {c['ratio']:.3f} of two dense files; mask "
-        f"{c['mask_bits_per_weight']:.4f} bits/weight"
-    )
-    for n, r in report["global_mask"].items():
+    for n, r in report.get("global_mask", {}).items():
         lines.append(
             f"global mask over {int(n) / 1e6:.0f}M weights: {r['seconds']:.2f} s, "
             f"peak extra memory {r['extra_over_weights']:.2f}x the weights"
         )
-    for label, r in report["data_generation"].items():
+    for label, r in report.get("data_generation", {}).items():
         lines.append(f"{label} data: {r['trajectory_steps_per_s']:,.0f} trajectory-steps/s")
     return "\n".join(lines)
 
@@ -318,10 +350,14 @@ def _high_water_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _memory_child(name: str, mode: str, steps: int, optimizer: str) -> None:
+def _memory_child(name: str, mode: str, steps: int, optimizer: str, tiny: bool) -> None:
     torch.manual_seed(0)
-    model, x, y = MODELS[name]()
-    step, context = _stepper(mode, model, x, y, optimizer)
+    model, x, y = placed(name, "cpu", tiny)
+    try:
+        step, context = stepper(mode, name, model, x, y, optimizer)
+    except Unavailable as why:
+        print(json.dumps({"error": str(why)}))
+        return
     with context():
         for _ in range(steps):
             step()
@@ -351,6 +387,6 @@ def _mask_child(weights: int) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "memory":
-        _memory_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
+        _memory_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6] == "1")
     elif sys.argv[1] == "mask":
         _mask_child(int(sys.argv[2]))

@@ -1,6 +1,7 @@
 """Writes the files in this folder with whatever pacnet is importable; they were written by
 pacnet as it stood before the package was redesigned (the same formats), and
-tests/test_checkpoint.py loads them with the pacnet of today and compares bit for bit.
+tests/test_checkpoint.py loads them with the pacnet of today and compares the weights bit
+for bit (weights.safetensors: what pacnet loaded then, for each task).
 
     python tests/data/before-redesign/make.py tests/data/before-redesign
 """
@@ -80,6 +81,15 @@ def main(folder: Path) -> None:
     network.eval()
     expected["network/target"] = network(x).detach().clone()
     save_file(expected, folder / "expected.safetensors")
+    weights = {}  # what pacnet loads for each task, bit for bit on any machine
+    for name, names in [("tasks", tasks.order), ("one-target", one.order)]:
+        for task in names:
+            loaded = pacnet.load(folder / f"{name}.safetensors", Net(), task=task)
+            for key, value in loaded.state_dict().items():
+                weights[f"{name}/{task}/{key}"] = value.detach().clone().contiguous()
+    for key, value in pacnet.load(folder / "network.safetensors", Net()).state_dict().items():
+        weights[f"network/target/{key}"] = value.detach().clone().contiguous()
+    save_file(weights, folder / "weights.safetensors")
 
 
 if __name__ == "__main__":
