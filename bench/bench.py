@@ -1,10 +1,9 @@
-"""Run the performance benchmark (the same as ``pacnet bench``): python bench/bench.py [--quick]."""
+"""Run the performance benchmark, the same as ``pacnet bench`` with the same flags:
+python bench/bench.py [--device cuda] [--quick] [--json] ..."""
 
-import json
 import sys
 
-from pacnet.experiments.perf import run_all, summary
+from pacnet.cli import main
 
 if __name__ == "__main__":
-    report = run_all(quick="--quick" in sys.argv)
-    print(json.dumps(report, indent=2) if "--json" in sys.argv else summary(report))
+    sys.exit(main(["bench", *sys.argv[1:]]))

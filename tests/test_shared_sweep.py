@@ -346,7 +346,8 @@ def test_each_worker_of_a_gpu_machine_gets_its_own_devices():
 
 def test_ctrl_c_gives_the_runs_in_flight_back(tmp_path):
     db = str(tmp_path / "runs.sqlite")
-    argv = reproduce(db, tmp_path, "t", "--target-steps", "600", "--jobs", "2")
+    # runs long enough (seconds each) that the interrupt lands with most of the grid to go
+    argv = reproduce(db, tmp_path, "t", "--target-steps", "4000", "--jobs", "2")
     proc = start(argv, tmp_path / "log")
     store = until(lambda: _open(db), "the grid")
     until(lambda: store.status()[0].running, "a run in flight")
