@@ -1,5 +1,6 @@
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -50,11 +51,23 @@ def test_ties_are_broken_by_position():
 def test_global_selection_matches_a_full_sort(dtype, ratio):
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(40, 30), nn.Linear(30, 20), nn.Linear(20, 2)).to(dtype)
-    mask = prune(model, ratio)
-    weights = torch.cat([model[0].weight.flatten(), model[1].weight.flatten()]).abs().double()
-    essential = torch.cat([mask["0.weight"].flatten(), mask["1.weight"].flatten()])
-    assert int((~essential).sum()) == round(ratio * weights.numel())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mask = prune(model, ratio)
+    said = " ".join(str(w.message) for w in caught if "would keep no" in str(w.message))
+    floored = [n for n in mask if n in said]  # one global threshold would empty them
+    assert floored == ([] if ratio < 0.9 else ["0.weight"])  # the 40-input layer's small |w|
+    kept = [n for n in mask if n not in floored]
+    weights = torch.cat([model.get_parameter(n).flatten() for n in kept]).abs().double()
+    essential = torch.cat([mask[n].flatten() for n in kept])
+    n_floored = sum(mask[n].numel() for n in floored)  # all redundant under the threshold
+    total = weights.numel() + n_floored
+    assert int((~essential).sum()) + n_floored == round(ratio * total)
     assert weights[~essential].max() <= weights[essential].min()
+    for n in floored:  # its own largest share instead
+        w, keep = model.get_parameter(n).detach().abs().double(), mask[n]
+        assert int(keep.sum()) == w.numel() - round(ratio * w.numel())
+        assert w[~keep].max() <= w[keep].min()
 
 
 def test_default_rule_skips_head_biases_and_norms():

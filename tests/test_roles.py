@@ -200,8 +200,13 @@ def test_prune_names_large_frozen_weights_and_empty_layers():
         warnings.simplefilter("error")  # the caller chose to freeze the tables: no warning
         mask = prune(model, 0.8, embeddings=False, scope="layer")
     assert list(mask) == ["hidden.weight"]
-    with pytest.warns(UserWarning, match=r"hidden.weight keep no essential weight"):
-        prune(model, 0.8)  # N(0, 1) embeddings outweigh the small Linear weights
+    with pytest.warns(UserWarning, match=r"hidden.weight would keep no essential weight"):
+        mask = prune(model, 0.8)  # N(0, 1) embeddings outweigh the small Linear weights
+    hidden = model.hidden.weight.detach().abs()
+    kept = mask["hidden.weight"]  # its own largest 20 %, as scope="layer" would keep
+    assert torch.equal(kept, prune(model, 0.8, scope="layer")["hidden.weight"])
+    assert int(kept.sum()) == hidden.numel() - round(0.8 * hidden.numel())
+    assert hidden[kept].min() >= hidden[~kept].max()
     line = prune(model, 0.8, scope="layer").plan.describe()
     assert line.startswith("mask covers 2 of 7 parameter tensors") and "head: out" in line
 

@@ -13,12 +13,13 @@ Whisper, ConvNeXt, Swin) are checked through task switches and checkpoints.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
 import torch
 from torch import nn
-from zoo import CASES, KEYWORD_CASES, MORE_CASES, Case, loss_fn
+from zoo import CASES, EXPERT_CASES, KEYWORD_CASES, MORE_CASES, VOCAB, Case, loss_fn
 
 import pacnet
 from pacnet import Data, FitConfig, Tasks, allocate, calibrate, prune, train_only, zero_redundant
@@ -26,7 +27,7 @@ from pacnet.core.roles import aliases
 
 ALL = CASES + MORE_CASES
 pytestmark = [  # random-init layers of small magnitude; LSTM projections on oneDNN
-    pytest.mark.filterwarnings("ignore:prune.*keep no essential weight"),
+    pytest.mark.filterwarnings("ignore:prune.*would keep no essential weight"),
     pytest.mark.filterwarnings("ignore:LSTM with projections"),
 ]
 FIT = FitConfig(steps=4, batch_size=4, lr=1e-2)
@@ -65,12 +66,14 @@ def probe(case: Case) -> torch.Tensor:
     return case.inputs(torch.Generator().manual_seed(99))
 
 
-@pytest.mark.parametrize("case", ALL, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", ALL + EXPERT_CASES, ids=lambda c: c.name)
 def test_default_mask_covers_the_weights(case):
     model = case.build()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ViT's position table is named as left out
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # ViT's position table is named as left out
         mask = prune(model, 0.8, case.scope)
+    said = " ".join(str(w.message) for w in caught if "would keep no" in str(w.message))
+    floored = [n for n in mask if n in said]  # tensors one global threshold would empty
     frozen = mask.plan.frozen  # only free-standing tensors (ViT's position table), named
     assert not [n for n in frozen if n.endswith(".weight")], frozen
     head = mask.plan.head + "."
@@ -85,13 +88,17 @@ def test_default_mask_covers_the_weights(case):
     covered = sum(v for n, v in weights.items() if n in mask)
     assert covered / sum(weights.values()) >= 0.95, mask.plan.describe()
     assert "%" in mask.summary().splitlines()[-1]  # the coverage line
-    if case.scope == "global":  # exact counts
-        assert mask.redundant == round(0.8 * mask.total)
+    counts = mask.counts()
+    assert all(kept >= 1 for kept, _ in counts.values())  # no tensor left all zeros
+    if case.scope == "global":  # exact counts: the global share, plus each floored
+        # tensor's own share (see prune's scope)
+        own = sum(t - round(0.8 * t) for n, (_, t) in counts.items() if n in floored)
+        assert mask.essential == mask.total - round(0.8 * mask.total) + own
     else:
         assert all(t - kept == round(0.8 * t) for kept, t in mask.counts().values())
 
 
-@pytest.mark.parametrize("case", ALL, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", ALL + EXPERT_CASES, ids=lambda c: c.name)
 def test_source_survives_calibration_train_mode_and_checkpoints(case, tmp_path):
     model = case.build()
     mask = prune(model, 0.8, case.scope)
@@ -156,7 +163,7 @@ OPTIMIZERS = {
 
 
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
-@pytest.mark.parametrize("case", ALL, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", ALL + EXPERT_CASES, ids=lambda c: c.name)
 def test_train_only_holds_frozen_entries_at_every_step(case, optimizer):
     model = case.build()
     mask = prune(model, 0.8, case.scope)
@@ -229,3 +236,66 @@ def test_keyword_models_keep_the_source_through_task_switches_and_checkpoints(na
             assert torch.equal(outputs(fresh, **kw), want)
     links = aliases(fresh)
     assert links == tasks.plan.aliases  # every tie kept
+
+
+def _clip():
+    from transformers import CLIPConfig, CLIPModel
+
+    text = {
+        "vocab_size": VOCAB,
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 16,
+    }
+    vision = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "image_size": 16, "patch_size": 4}  # fmt: skip
+    torch.manual_seed(0)
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+
+
+def test_a_contrastive_model_keeps_every_table_and_allocates_with_a_finite_loss():
+    """One global threshold would leave CLIP's token, position and patch embeddings without
+    an essential entry (the text embedding all zeros, 0/0 in its normalisation): each such
+    tensor keeps its own share, the guessed head is named, and Allocate's loss stays finite."""
+    model = _clip()
+    with pytest.warns(UserWarning) as caught:
+        mask = prune(model, 0.8)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "is a guess" in messages  # the last weight layer of a two-tower model
+    assert all(bool(keep.any()) for keep in mask.values())
+    gen = torch.Generator().manual_seed(0)
+    batches = [
+        {
+            "input_ids": torch.randint(1, VOCAB, (4, 8), generator=gen),
+            "pixel_values": torch.randn(4, 3, 16, 16, generator=gen),
+            "return_loss": True,
+        }
+        for _ in range(3)
+    ]
+    result = allocate(model, mask, batches, None, FitConfig(steps=3, batch_size=4, lr=1e-3))
+    assert math.isfinite(result.final_loss)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_head_guessed_inside_one_tower_warns():
+    from transformers import SiglipConfig, SiglipModel
+
+    text = {
+        "vocab_size": VOCAB,
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 16,
+    }
+    vision = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "image_size": 16, "patch_size": 4}  # fmt: skip
+    model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
+    with pytest.warns(UserWarning, match="is a guess"):
+        mask = prune(model, 0.8)
+    assert mask.plan.head.startswith("vision_model.head")  # the guess, named in the warning
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*is a guess")  # a head given is not
+        prune(model, 0.8, head=None)

@@ -358,3 +358,79 @@ KEYWORD_CASES = {
 }  # fmt: skip
 """Models called with keyword inputs (encoder-decoders, shared layers, images): checked
 through the masking, task switching and checkpoints directly, without pacnet's loop."""
+
+
+# -- mixture-of-experts models and relative attention: stacks of matrices ------------------
+
+
+def _decoder(**kw: object) -> dict:
+    return {
+        "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
+        "num_key_value_heads": 1, "intermediate_size": 48, "vocab_size": VOCAB,
+        "max_position_embeddings": 32, "pad_token_id": 0, "bos_token_id": 0,
+        "eos_token_id": 0, **kw,
+    }  # fmt: skip
+
+
+def mixtral() -> nn.Module:
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    return MixtralForCausalLM(MixtralConfig(**_decoder(num_local_experts=4)))
+
+
+def qwen3_moe() -> nn.Module:
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    cfg = Qwen3MoeConfig(**_decoder(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24))
+    return Qwen3MoeForCausalLM(cfg)
+
+
+def deepseek_v3() -> nn.Module:
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    cfg = DeepseekV3Config(**_decoder(
+        n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, n_group=1,
+        topk_group=1, first_k_dense_replace=1, kv_lora_rank=16, q_lora_rank=16,
+        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, head_dim=8, num_key_value_heads=2,
+    ))  # fmt: skip
+    return DeepseekV3ForCausalLM(cfg)
+
+
+def gpt_oss() -> nn.Module:
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    cfg = GptOssConfig(**_decoder(
+        num_local_experts=4, num_experts_per_tok=2, head_dim=16, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+    ))  # fmt: skip
+    return GptOssForCausalLM(cfg)
+
+
+def dbrx() -> nn.Module:
+    from transformers import DbrxConfig, DbrxForCausalLM
+
+    cfg = DbrxConfig(
+        d_model=32, n_heads=2, n_layers=2, max_seq_len=32, vocab_size=VOCAB,
+        attn_config={"kv_n_heads": 1, "clip_qkv": 8.0}, ffn_config={"ffn_hidden_size": 24,
+        "moe_num_experts": 4, "moe_top_k": 2}, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    cfg.attn_config.rope_theta = cfg.rope_parameters["rope_theta"]  # read there, not set
+    return DbrxForCausalLM(cfg)
+
+
+def xlnet() -> nn.Module:
+    from transformers import XLNetConfig, XLNetLMHeadModel
+
+    cfg = XLNetConfig(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=2, d_inner=48)
+    return XLNetLMHeadModel(cfg)
+
+
+EXPERT_CASES = [
+    Case(name, _hf(build), _tokens(4, 8), VOCAB, VOCAB, None, sequence=True)
+    for name, build in [
+        ("mixtral", mixtral), ("qwen3_moe", qwen3_moe), ("deepseek_v3", deepseek_v3),
+        ("gpt_oss", gpt_oss), ("dbrx", dbrx), ("xlnet", xlnet),
+    ]
+]  # fmt: skip
+"""Models whose weights include stacks of matrices: the 3-D experts of transformers'
+mixture-of-experts models, DBRX's experts side by side in 2-D, XLNet's relative attention."""

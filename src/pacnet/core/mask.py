@@ -315,14 +315,19 @@ def prune(
         model: any module; its weights are read, not changed.
         ratio: fraction of prunable weights that is redundant, in (0, 1); paper: 0.8.
         scope: ``"global"`` (one threshold over all prunable weights, as in the paper) or
-            ``"layer"`` (the same ratio within every parameter).
+            ``"layer"`` (the same ratio within every parameter). Under ``"global"`` a
+            parameter the threshold would leave without a single essential entry (an
+            embedding of small values next to large projections) keeps its own largest
+            ``1 − ratio`` share instead, so the source never loses a whole layer; a warning
+            names it.
         prunable: which parameters to cover (default: every weight that multiplies
             activations, see :mod:`pacnet.core.roles`), names, or a predicate.
         head: the output module, whose tensors are per-task (``"auto"``:
             :func:`~pacnet.core.roles.find_head`; None: no head).
         embeddings: cover embedding tables (default) or leave them frozen.
         warn: warn about frozen weights (two or more dimensions) that hold more than 1 % of
-            the model's parameters, about weights left without any essential entry, and
+            the model's parameters, about weights the global threshold would leave without any
+            essential entry (they keep their own share), and
             about an automatic head that is only a guess (the last weight layer, where the
             model ends in something else), naming them.
 
@@ -359,12 +364,17 @@ def prune(
         masks = select_essential(tensors, round(ratio * total))
     else:
         masks = [select_essential([t], round(ratio * t.numel()))[0] for t in tensors]
-    empty = [n for n, m in zip(names, masks, strict=True) if m.numel() and not bool(m.any())]
+    empty = [i for i, m in enumerate(masks) if m.numel() and not bool(m.any())]
+    for i in empty:  # a tensor left with no essential entry would be all zeros in the
+        # source (an embedding, a projection: the source breaks, or divides 0 by 0)
+        masks[i] = select_essential([tensors[i]], round(ratio * tensors[i].numel()))[0]
     if warn and empty:
+        listed = [names[i] for i in empty]
         warnings.warn(
-            f"prune: {', '.join(empty[:5])}{', …' if len(empty) > 5 else ''} keep no essential "
-            "weight (their magnitudes are small next to the rest under one global threshold), "
-            "so the source loses those layers; consider scope='layer'",
+            f"prune: {', '.join(listed[:5])}{', …' if len(listed) > 5 else ''} would keep no "
+            "essential weight under one global threshold (their magnitudes are small next to "
+            f"the rest); each keeps its own largest {1 - ratio:.0%} instead, as "
+            "scope='layer' would",
             UserWarning,
             stacklevel=2,
         )

@@ -21,10 +21,20 @@ The rule is by role, not by name:
 * The ``weight`` of any other layer without child modules (GPT-2's ``Conv1D``, a custom
   linear layer) is masked when at least two of its dimensions exceed 1. A *vector-like*
   parameter anywhere (every dimension but one is 1: a bias, a norm scale, a LayerScale, a
-  ``(1, 1, d)`` class token) is per-task. Any other parameter (a free-standing position
-  table, Mamba's ``A_log``, a matrix used as ``x @ self.W``) is frozen: what it does, and
-  whether 0 means "off" for it, is unknown; :func:`pacnet.prune` names such tensors when
-  they are large, and ``prunable=`` takes them in.
+  ``(1, 1, d)`` class token) is per-task, and so is a 1-D or 2-D tensor named ``*bias``
+  (one bias per expert or per head, such as GPT-OSS's ``gate_up_proj_bias`` or XLNet's
+  ``r_w_bias``).
+* Stacks of matrices are masked, each matrix as a weight: a free-standing parameter of
+  three or more dimensions, all larger than 1 (the experts of transformers' mixture-of-
+  experts models, ``experts.gate_up_proj``/``down_proj`` of shape (experts, out, in);
+  XLNet's and Funnel's relative-attention projections, (model, heads, head size)); and the
+  2-D matrices of a module named like experts (DBRX's ``ffn.experts.mlp.w1/v1/w2``, the
+  experts' matrices stacked along the rows). A ``(1, n, d)`` table has a unit dimension
+  and is not a stack.
+* Any other parameter (a free-standing 2-D position table, Mamba's ``A_log``, a matrix used
+  as ``x @ self.W``) is frozen: what it does, and whether 0 means "off" for it, is
+  unknown; :func:`pacnet.prune` names such tensors when they are large, and ``prunable=``
+  takes them in.
 * Normalisation layers (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm, and
   modules named like them) own per-task parameters, whatever their shape.
 * Parametrised weights (``torch.nn.utils.parametrizations.weight_norm``,
@@ -71,6 +81,8 @@ _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 _WEIGHT_NAMES = ("weight", "weight_v", "weight_orig")  # also under the older norm hooks
 _MHA_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 _RNN_WEIGHT = re.compile(r"weight_(ih|hh|hr)_l\d+(_reverse)?$")
+_BIAS_NAME = re.compile(r"bias$")
+_EXPERTS = re.compile(r"Expert")
 HEAD_NAMES = ("lm_head", "head", "classifier", "fc", "score", "qa_outputs", "output", "out")
 """Names of a model's direct children that :func:`find_head` takes for its output head."""
 SHARE_WARNING = 0.01
@@ -272,10 +284,14 @@ def _param_role(model: nn.Module, slot: Slot, value: Tensor, embeddings: bool) -
     weight_role = _known_weight(layer, tensor, embeddings)
     if weight_role is not None:
         return weight_role
-    if vector_like(value):
-        return PER_TASK
+    if vector_like(value) or (value.dim() <= 2 and _BIAS_NAME.search(tensor)):
+        return PER_TASK  # a bias, a scale, or one bias per expert or head
     if tensor in _WEIGHT_NAMES and _is_leaf(layer):
         return MASKED  # the weight of a layer pacnet does not know by type, e.g. Conv1D
+    if value.dim() >= 3 and all(s > 1 for s in value.shape):
+        return MASKED  # a stack of matrices: experts, relative-attention projections
+    if _EXPERTS.search(type(layer).__name__):
+        return MASKED  # experts' matrices side by side in 2-D (DBRX's w1, v1, w2)
     return FROZEN  # a free-standing table or matrix: what it does is unknown
 
 
@@ -440,21 +456,33 @@ def check_model(model: nn.Module) -> None:
 
 
 def head_doubt(model: nn.Module, head: str | None) -> str | None:
-    """Why the automatic head ``head`` may be wrong, or None: the model's last module with
-    parameters is neither the head nor inside it (a backbone without an output layer, such
-    as Hugging Face's ``GPT2Model``, ends in a norm)."""
+    """Why the automatic head ``head``, the last weight layer in registration order (step
+    3 of :func:`find_head`), may be wrong, or None where it is surely the output layer (the
+    last layer of nested ``nn.Sequential`` s, which run in that order). The reasons: the
+    model's last module with parameters is neither the head nor inside it (a backbone
+    without an output layer, such as Hugging Face's ``GPT2Model``, ends in a norm); or the
+    order its layers run in is the model's own (two towers of a contrastive model, a custom
+    ``forward``)."""
     if head is None or head == "":
         return None
     last = None
     for name, module in model.named_modules():
         if module._parameters and any(p is not None for p in module._parameters.values()):
             last = name
-    if last is None or last == head or last.startswith(head + "."):
-        return None
-    return (
-        f"the automatic head {head!r} is not where the model ends ({last!r}); pass head=None "
-        "for a backbone without an output layer, or head='name'"
-    )
+    if last is not None and last != head and not last.startswith(head + "."):
+        return (
+            f"the automatic head {head!r} is not where the model ends ({last!r}); pass "
+            "head=None for a backbone without an output layer, or head='name'"
+        )
+    parts = head.split(".")
+    chain = [model] + [model.get_submodule(".".join(parts[: i + 1])) for i in range(len(parts) - 1)]
+    if not all(isinstance(m, nn.Sequential) for m in chain):
+        return (
+            f"the head {head!r} is a guess (the last weight layer in registration order; "
+            f"the output of {type(model).__name__} may come from elsewhere): pass "
+            "head='name', or head=None for a model without an output layer"
+        )
+    return None
 
 
 def make_plan(
