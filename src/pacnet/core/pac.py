@@ -24,6 +24,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from pacnet.core.distill import Distillation, Taught, teacher_for
 from pacnet.core.freeze import train_only
 from pacnet.core.mask import Mask
 from pacnet.core.roles import unwrap
@@ -54,17 +55,57 @@ def allocate(
     *,
     val: Data | object | None = None,
     seed: int = 0,
+    teacher: nn.Module | str | None = None,
+    distill: str = "auto",
+    temperature: float = 2.0,
+    label_weight: float = 0.0,
 ) -> FitResult:
-    """Retrain the essential weights on the source task with redundant weights held at 0.
+    """Retrain the essential weights with redundant weights held at 0: on the source task,
+    or, with a ``teacher``, to give what the unpruned model gives on the same inputs.
 
     ``train`` and ``loss_fn`` take every shape :func:`pacnet.fit` takes: :class:`Data`, a
     Dataset, a DataLoader or batches; ``(inputs, labels)`` or dict batches; ``loss_fn=None``
-    for the model's own ``.loss``."""
+    for the model's own ``.loss``.
+
+    Args:
+        teacher: ``"copy"`` (a frozen copy of ``model`` as it is before pruning, freed
+            afterwards) or a module of the same architecture (the unpruned source model):
+            Allocate then distils (see :mod:`pacnet.core.distill`) and needs inputs only —
+            ``Data(x)``, a Dataset of inputs, a DataLoader, or dict batches without labels.
+        distill: the distillation loss: ``"auto"`` (by the output), ``"mse"``
+            (regression), ``"kl"`` (class logits) or ``"token"`` (per-token logits).
+        temperature: the softening ``T`` of ``"kl"`` and ``"token"``.
+        label_weight: weight of the task loss (``loss_fn``, or the output's ``.loss``)
+            added to the distillation loss, for batches that carry labels too.
+    """
     mask.check(model)
+    if teacher is None:
+        zero_redundant(model, mask)
+        params = [p for p in model.parameters() if p.requires_grad]
+        fitting = (train, loss_fn, cfg, val, seed, "allocate")
+        return _masked_fit(model, params, mask, "trainable", 0.0, *fitting)
+    check(
+        loss_fn is None or label_weight > 0,
+        "with a teacher, loss_fn is the task loss mixed in by label_weight: give "
+        "label_weight > 0, or loss_fn=None to distil only",
+    )
+    taught = teacher_for(model, teacher)  # before pruning: "copy" copies the full model
+    loss = Distillation(distill, temperature, loss_fn, label_weight)
     zero_redundant(model, mask)
     params = [p for p in model.parameters() if p.requires_grad]
-    fitting = (train, loss_fn, cfg, val, seed, "allocate")
-    return _masked_fit(model, params, mask, "trainable", 0.0, *fitting)
+    grads = [(p, p.requires_grad) for p in taught.parameters()]
+    training = taught.training
+    taught.eval().requires_grad_(False)
+    try:
+        fitting = (train, loss, cfg, val, seed, "allocate")
+        return _masked_fit(
+            model, params, mask, "trainable", 0.0, *fitting, net=Taught(model, taught)
+        )
+    finally:
+        taught.train(training)
+        for p, flag in grads:
+            p.requires_grad_(flag)
+        del taught, grads  # a copy made here is freed with the last reference
 
 
 def calibrate(
@@ -172,11 +213,13 @@ def _masked_fit(
     val: Data | object | None,
     seed: int,
     desc: str,
+    net: nn.Module | None = None,
 ) -> FitResult:
-    """pacnet's loop over ``params`` (or groups of them) inside :func:`train_only`."""
+    """pacnet's loop over ``params`` (or groups of them) inside :func:`train_only`; the loop
+    runs ``net`` (default: the model; a :class:`~pacnet.core.distill.Taught` to distil)."""
     optimizer = make_optimizer(params, cfg, sparse=sparse_grad_params(model))
     return fit(
-        model,
+        net if net is not None else model,
         loss_fn,
         train,
         cfg,

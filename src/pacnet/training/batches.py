@@ -43,18 +43,20 @@ class Data:
     """
 
     x: Tensor
-    y: Tensor
+    y: Tensor | None = None
+    """None: inputs without labels (enough for Allocate with a teacher)."""
     groups: Tensor | None = None
 
     def __post_init__(self) -> None:
         check(len(self.x) > 0, "empty data set: nothing to train or evaluate on")
         check(
-            len(self.x) == len(self.y),
-            f"inputs and labels differ in length ({len(self.x)} vs {len(self.y)})",
+            self.y is None or len(self.x) == len(self.y),
+            f"inputs and labels differ in length ({len(self.x)} vs "
+            f"{0 if self.y is None else len(self.y)})",
         )
         check(self.groups is None or len(self.groups) == len(self.x), "one group id per sample")
         for name, t in (("inputs", self.x), ("labels", self.y)):
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise PacnetError(f"the {name} hold NaN or inf values; clean the data first")
 
     def __len__(self) -> int:
@@ -70,15 +72,17 @@ class Data:
             order = torch.randperm(n, generator=generator).to(self.x.device)
             for start in range(0, n - size + 1, size):
                 idx = order[start : start + size]
-                yield self.x[idx], self.y[idx]
+                yield self.x[idx], None if self.y is None else self.y[idx]
 
     def chunks(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """The data in order, in chunks (for evaluation)."""
         for start in range(0, len(self), batch_size):
-            yield self.x[start : start + batch_size], self.y[start : start + batch_size]
+            chunk = slice(start, start + batch_size)
+            yield self.x[chunk], None if self.y is None else self.y[chunk]
 
     def to(self, device: torch.device | str) -> Data:
-        return Data(self.x.to(device), self.y.to(device), self.groups)
+        y = None if self.y is None else self.y.to(device)
+        return Data(self.x.to(device), y, self.groups)
 
 
 class BatchSource(Protocol):
@@ -266,6 +270,8 @@ def loss_of(net: nn.Module, batch: Batch, loss_fn: LossFn | None) -> Tensor:
                 "loss_fn(output, batch)"
             )
         return loss
+    if isinstance(batch, Tensor) and getattr(loss_fn, "takes_unlabelled", False):
+        batch = (batch, None)  # inputs alone (a dataset of unlabelled samples)
     check(
         isinstance(batch, tuple | list) and len(batch) == 2,
         f"a batch must be (inputs, labels) or a dict of model inputs, got {_shape(batch)}",
@@ -276,6 +282,11 @@ def loss_of(net: nn.Module, batch: Batch, loss_fn: LossFn | None) -> Tensor:
         "loss from the model's output, which needs dict batches with 'labels'",
     )
     x, y = batch
+    check(
+        y is not None or getattr(loss_fn, "takes_unlabelled", False),
+        "the data has inputs without labels: training on the task needs labels (Allocate "
+        "without them: pass teacher= to pacnet.allocate)",
+    )
     return loss_fn(net(x), y)
 
 

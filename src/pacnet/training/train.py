@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pacnet.errors import PacnetError, check
+from pacnet.errors import PacnetError, check, first_line
 from pacnet.training import distributed
 from pacnet.training.batches import (
     Batch,
@@ -284,7 +284,7 @@ def fit(
             batch = to_device(batch, device)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = loss_of(net, batch, loss_fn).float()
+                loss = _checked_loss(step, desc, net, batch, loss_fn).float()
             if share != 1.0:  # DDP averages gradients: weight so the average is the global mean
                 loss = loss * share
             for weight, term in penalties:
@@ -302,6 +302,24 @@ def fit(
         result.final_loss = distributed.mean(float(loss.detach())) if cfg.steps else math.nan
     validation.restore_best()
     return result
+
+
+def _checked_loss(
+    step: int, desc: str, net: nn.Module, batch: Any, loss_fn: LossFn | None
+) -> Tensor:
+    """:func:`loss_of` the batch; at the first step, an error from deep inside the model
+    (inputs of a shape or type it rejects) becomes one line naming it, not a traceback."""
+    if step != 1:
+        return loss_of(net, batch, loss_fn)
+    try:
+        return loss_of(net, batch, loss_fn)
+    except PacnetError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise PacnetError(
+            f"{desc}: the model cannot run on the first batch ({type(exc).__name__}: "
+            f"{first_line(exc)}); check the inputs' shape and dtype against the model"
+        ) from None
 
 
 def _backward_and_step(
