@@ -1,6 +1,7 @@
 """Property tests (hypothesis): mask counts and complements, packing, exact masked training."""
 
 import itertools
+import warnings
 
 import torch
 from hypothesis import assume, given, settings
@@ -8,6 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pacnet import Mask, prune, train_only
+from pacnet.core.mask import select_essential
 
 shapes = st.lists(st.tuples(st.integers(1, 9), st.integers(1, 9)), min_size=1, max_size=4)
 ratios = st.floats(0.01, 0.99)
@@ -27,9 +29,20 @@ def layered(dims, seed, ties):
 @given(shapes, ratios, st.integers(0, 10_000), st.booleans(), st.sampled_from(["global", "layer"]))
 def test_counts_and_complement(dims, ratio, seed, ties, scope):
     model = layered(dims, seed, ties)
-    mask = prune(model, ratio, scope=scope, prunable=[f"{i}.weight" for i in range(len(dims))])
-    if scope == "global":
-        assert mask.redundant == round(ratio * mask.total)
+    names = [f"{i}.weight" for i in range(len(dims))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a tensor the global threshold would empty
+        mask = prune(model, ratio, scope=scope, prunable=names)
+    if scope == "global":  # one threshold; a tensor it would empty keeps its own share
+        weights = [model.get_parameter(n).detach() for n in names]
+        plain = select_essential(weights, round(ratio * sum(w.numel() for w in weights)))
+        own = sum(
+            w.numel() - round(ratio * w.numel())
+            for w, m in zip(weights, plain, strict=True)
+            if not m.any()
+        )
+        assert mask.essential == sum(int(m.sum()) for m in plain) + own
+        assert all(bool(m.any()) for m in mask.values())
     else:
         for _, (kept, total) in mask.counts().items():
             assert total - kept == round(ratio * total)

@@ -44,6 +44,9 @@ def start(argv: list[str], log: Path) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
             start_new_session=True,
+            # as from a terminal: Ctrl-C acts, even if something in this test process
+            # left SIGINT ignored (a disposition a child inherits)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
 
 

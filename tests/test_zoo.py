@@ -299,3 +299,23 @@ def test_a_head_guessed_inside_one_tower_warns():
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*is a guess")  # a head given is not
         prune(model, 0.8, head=None)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in ALL + EXPERT_CASES if c.name in ("gpt2_lm", "lstm", "cnn_batchnorm", "mixtral",
+     "transformer_encoder", "weight_norm_cnn")],
+    ids=lambda c: c.name,
+)  # fmt: skip
+def test_activation_masks_cover_what_magnitude_masks_cover(case):
+    """score="activation" ranks other entries but covers the same tensors, with exact counts
+    (every covered layer kind: Conv1D, recurrent, convolutions, experts, attention)."""
+    model = case.build()
+    x = torch.cat([case.inputs(torch.Generator().manual_seed(s)) for s in range(3)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        by_size = prune(model, 0.8, "layer")
+        by_use = prune(model, 0.8, "layer", score="activation", inputs=x)
+    assert list(by_use) == list(by_size)
+    assert by_use.counts() == by_size.counts()
+    assert any(not torch.equal(by_use[n], by_size[n]) for n in by_use)

@@ -40,6 +40,7 @@ from pacnet.core.roles import (
     make_plan,
     unwrap,
 )
+from pacnet.core.scores import SCORES, activation_scores
 from pacnet.errors import PacnetError, check, check_ratio
 from pacnet.io import read_safetensors, write_safetensors
 from pacnet.training import distributed
@@ -308,8 +309,11 @@ def prune(
     *,
     embeddings: bool = True,
     warn: bool = True,
+    score: str = "magnitude",
+    inputs: object = None,
 ) -> Mask:
-    """Magnitude pruning: the ``ratio`` smallest-|w| prunable weights become redundant.
+    """Magnitude pruning: the ``ratio`` smallest-|w| prunable weights become redundant (or
+    the smallest ``|W_ij|·‖X_j‖₂`` with ``score="activation"``).
 
     Args:
         model: any module; its weights are read, not changed.
@@ -331,6 +335,13 @@ def prune(
             about an automatic head that is only a guess (the last weight layer, where the
             model ends in something else), naming them.
 
+        score: ``"magnitude"`` (``|w|``, the paper's and the default) or ``"activation"``
+            (``|W_ij|·‖X_j‖₂``, Wanda's score: the norm of each weight's input feature over
+            ``inputs``; see :mod:`pacnet.core.scores`).
+        inputs: the model's inputs for ``score="activation"`` (a few hundred samples): a
+            tensor, :class:`~pacnet.Data`, a Dataset, a DataLoader or a list of batches
+            (labels are ignored).
+
     Returns:
         A :class:`Mask` with ``True`` on essential weights; ``mask.plan`` holds the roles
         of every tensor (head, per-task, tied names) for everything that follows, and
@@ -338,6 +349,12 @@ def prune(
     """
     ratio = check_ratio(ratio)
     check(scope in ("global", "layer"), f"scope must be 'global' or 'layer', got {scope!r}")
+    check(score in SCORES, f"score must be one of {', '.join(SCORES)}, got {score!r}")
+    check(
+        score == "magnitude" or inputs is not None,
+        "score='activation' ranks |W|·‖X‖ over inputs: pass inputs= (a few hundred of the "
+        "model's inputs)",
+    )
     model = unwrap(model)
     doubt = None
     if head == "auto":
@@ -359,6 +376,15 @@ def prune(
         _warn_uncovered(model, plan, embeddings)
         if doubt:
             warnings.warn(f"prune: {doubt}", UserWarning, stacklevel=2)
+    if score == "activation":
+        tensors, unseen = activation_scores(model, names, inputs)
+        if warn and unseen:
+            warnings.warn(
+                f"prune: no input of {', '.join(unseen[:5])}{', …' if len(unseen) > 5 else ''} "
+                "was seen by a forward hook; they are scored with the median input norm",
+                UserWarning,
+                stacklevel=2,
+            )
     if scope == "global":
         total = sum(t.numel() for t in tensors)
         masks = select_essential(tensors, round(ratio * total))

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from pacnet.core.mask import Mask, prune, shared_mask
-from pacnet.core.pac import allocate, calibrate, parameter_report
+from pacnet.core.pac import allocate, calibrate, parameter_report, zero_redundant
+from pacnet.core.scores import SCORES
 from pacnet.core.tasks import Tasks
 from pacnet.errors import check, check_ratio
 from pacnet.methods.base import Method, Scorer, Targets, Transfer, TransferContext, count
-from pacnet.training.train import infer
+from pacnet.training.train import Data, FitConfig, infer, outputs
 
 
 @dataclass
@@ -25,6 +26,17 @@ class PacNetParams:
     lam: float = 0.01
     scope: str = "global"
     allocate_steps: int | None = None
+    prune_score: str = field(
+        default="magnitude",
+        metadata={"help": "magnitude (|w|, the paper's) or activation (|W|·‖X‖ over 256 "
+                  "source inputs, Wanda's)"},
+    )  # fmt: skip
+    allocate_on: str = field(
+        default="labelled",
+        metadata={"help": "what Allocate trains on: labelled (the source task), "
+                  "source-inputs or target-inputs (distilled from the unpruned model, labels "
+                  "withheld), none (prune only); generated: tables only"},
+    )  # fmt: skip
     tune: ClassVar[dict[str, tuple[str, float, float]]] = {
         "ratio": ("float", 0.3, 0.95),
         "lam": ("log", 1e-4, 10.0),
@@ -41,6 +53,70 @@ class PacNetParams:
         check(
             self.allocate_steps is None or self.allocate_steps >= 0, "allocate_steps must be >= 0"
         )
+        check(
+            self.prune_score in SCORES,
+            f"prune_score must be one of {', '.join(SCORES)}, got {self.prune_score!r}",
+        )
+        check(
+            self.allocate_on in ALLOCATE_ON,
+            f"allocate_on must be one of {', '.join(ALLOCATE_ON)}, got {self.allocate_on!r}",
+        )
+
+
+ALLOCATE_ON = ("labelled", "source-inputs", "target-inputs", "generated", "none")
+"""What Allocate trains on (``--allocate-on``)."""
+SCORE_INPUTS = 256
+"""Source inputs the activation score sees."""
+
+
+def allocate_on(
+    model: nn.Module, mask: Mask, ctx: TransferContext, on: str, cfg: FitConfig
+) -> None:
+    """Allocate as ``on`` says: on the labelled source task; by distillation from the
+    unpruned model on the source's or the target's inputs (labels withheld; the target's
+    validation inputs count as unlabelled target inputs; KL for class labels, MSE for
+    values); or not at all (prune only)."""
+    if on == "none":
+        zero_redundant(model, mask)
+        return
+    if on == "labelled":
+        val = ctx.source.val if cfg.patience is not None else None  # early stopping
+        allocate(model, mask, ctx.source.train, ctx.loss_fn, cfg, val=val, seed=0)
+        return
+    task = ctx.source if on == "source-inputs" else ctx.target
+    parts = [task.train.x] + ([task.val.x] if on == "target-inputs" and task.val else [])
+    inputs = Data(torch.cat(parts))
+    labels = ctx.source.train.y  # withheld; their kind says what the outputs are
+    kind = "mse" if labels is None or labels.is_floating_point() else "kl"
+    cfg = replace(cfg, patience=None)  # no labelled validation to stop on
+    allocate(model, mask, inputs, None, cfg, seed=0, teacher="copy", distill=kind)
+
+
+def source_fidelity(ctx: TransferContext, mask: Mask, allocated: nn.Module) -> dict[str, Any]:
+    """How much of the source model survives: the source metric (on the source's test set)
+    after Prune alone and after Allocate, and the agreement of each with the unpruned
+    model on those held-out inputs: top-1 agreement for class labels, the RMSE between
+    outputs otherwise."""
+    pruned = copy.deepcopy(ctx.source_model)
+    zero_redundant(pruned, mask)
+    test = ctx.source.test
+    classes = test.y is not None and not test.y.is_floating_point()
+    reference = _outputs(ctx.source_model, test)
+    out: dict[str, Any] = {"agreement": "top1" if classes else "output_rmse"}
+    for stage, net in (("prune", pruned), ("allocate", allocated)):
+        got = _outputs(net, test)
+        out[f"metric_after_{stage}"] = ctx.benchmark.score(net, test)
+        if classes:
+            agree = (got.argmax(-1) == reference.argmax(-1)).float().mean()
+        else:
+            agree = (got.float() - reference.float()).square().mean().sqrt()
+        out[f"agreement_after_{stage}"] = float(agree)
+    return out
+
+
+def _outputs(model: nn.Module, data: Data) -> Tensor:
+    """The model's outputs on ``data``'s inputs, in eval mode, on the CPU."""
+    return torch.cat([out.detach().cpu() for out, _ in outputs(model, data)])
 
 
 class PacNet(Method):
@@ -58,16 +134,22 @@ class PacNet(Method):
     def allocated(self, ctx: TransferContext) -> tuple[nn.Module, Mask]:
         """A copy of the source model, pruned and allocated (cached per source and setting)."""
         p: PacNetParams = self.params
+        check(
+            p.allocate_on != "generated",
+            f"allocate_on 'generated' draws table rows from stored input statistics: it is "
+            f"for pacnet transfer, and {ctx.benchmark.name} is not a table",
+        )
         model = copy.deepcopy(ctx.source_model)
-        mask = shared_mask(lambda: prune(model, p.ratio, p.scope))  # rank 0's
+        inputs = ctx.source.train.x[:SCORE_INPUTS] if p.prune_score == "activation" else None
+        mask = shared_mask(
+            lambda: prune(model, p.ratio, p.scope, score=p.prune_score, inputs=inputs)
+        )  # rank 0's
         alloc_fit = ctx.source_fit
         if p.allocate_steps is not None:
             alloc_fit = replace(alloc_fit, steps=p.allocate_steps)
 
-        val = ctx.source.val if alloc_fit.patience is not None else None  # early stopping
-
         def build() -> dict:
-            allocate(model, mask, ctx.source.train, ctx.loss_fn, alloc_fit, val=val, seed=0)
+            allocate_on(model, mask, ctx, p.allocate_on, alloc_fit)
             return model.state_dict()
 
         key = {
@@ -77,12 +159,17 @@ class PacNet(Method):
             "scope": p.scope,
             "fit": asdict(alloc_fit),
         }
+        if p.prune_score != "magnitude":
+            key["score"] = p.prune_score
+        if p.allocate_on != "labelled":
+            key["on"] = p.allocate_on
         model.load_state_dict(ctx.memo(key, build))
         return model, mask
 
     def transfer(self, ctx: TransferContext) -> Transfer:
         p: PacNetParams = self.params
         model, mask = self.allocated(ctx)
+        fidelity = source_fidelity(ctx, mask, model)
         tasks, result = calibrate(
             model,
             mask,
@@ -107,6 +194,7 @@ class PacNet(Method):
                 "essential": report["essential"],
                 "redundant": report["redundant"],
                 "per_task": report["per_task"],
+                "source_fidelity": fidelity,
             },
             tasks=tasks,
         )

@@ -304,22 +304,32 @@ def fit(
     return result
 
 
+class _Guarded(nn.Module):
+    """``net`` whose forward turns an error from deep inside the model (inputs of a shape or
+    type it rejects) into one line naming it; the loss function's own errors pass as they
+    are. Used for the first step only."""
+
+    def __init__(self, net: nn.Module, desc: str):
+        super().__init__()
+        self.net, self.desc = net, desc
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.net(*args, **kwargs)
+        except PacnetError:
+            raise
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise PacnetError(
+                f"{self.desc}: the model cannot run on the first batch ({type(exc).__name__}: "
+                f"{first_line(exc)}); check the inputs' shape and dtype against the model"
+            ) from None
+
+
 def _checked_loss(
     step: int, desc: str, net: nn.Module, batch: Any, loss_fn: LossFn | None
 ) -> Tensor:
-    """:func:`loss_of` the batch; at the first step, an error from deep inside the model
-    (inputs of a shape or type it rejects) becomes one line naming it, not a traceback."""
-    if step != 1:
-        return loss_of(net, batch, loss_fn)
-    try:
-        return loss_of(net, batch, loss_fn)
-    except PacnetError:
-        raise
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        raise PacnetError(
-            f"{desc}: the model cannot run on the first batch ({type(exc).__name__}: "
-            f"{first_line(exc)}); check the inputs' shape and dtype against the model"
-        ) from None
+    """:func:`loss_of` the batch, the first step's forward guarded (:class:`_Guarded`)."""
+    return loss_of(_Guarded(net, desc) if step == 1 else net, batch, loss_fn)
 
 
 def _backward_and_step(

@@ -1,0 +1,224 @@
+"""What :func:`pacnet.prune` ranks: ``|W|`` (magnitude, the paper's) or ``|W_ij|·‖X_j‖₂``
+(``score="activation"``, Wanda's score: Sun et al., 2023), where ``‖X_j‖₂`` is the norm of
+the weight's input feature ``j`` over the inputs given, collected by forward hooks.
+
+What ``X_j`` is for each kind of masked weight:
+
+* ``nn.Linear``, ``nn.Bilinear`` (each input) and a leaf layer's weight such as Hugging
+  Face's ``Conv1D`` (``x @ W``): the input's last dimension, over every other dimension;
+* convolutions: input channel ``j`` over the batch and every position (grouped
+  convolutions by group);
+* ``nn.MultiheadAttention``'s input projections: the query, key and value inputs for their
+  thirds of ``in_proj_weight`` (or ``q/k/v_proj_weight``);
+* recurrent layers: the sequence's features for the first layer's ``weight_ih_l0``;
+* embeddings: a row's lookups: ``‖X_j‖₂ = √(count of token j)`` (a lookup is a one-hot
+  input), so rows never looked up rank last;
+* experts (``(experts, out, in)`` stacks): the experts module's input features for the
+  stack whose last dimension they match (``gate_up_proj``).
+
+A weight whose input no hook can see (``MultiheadAttention``'s ``out_proj`` inside its
+fused forward, deeper recurrent weights, an expert's ``down_proj``, a free matrix) gets the
+median input norm of those that were seen, so it ranks by magnitude on a common scale; the
+summary names them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pacnet.core.roles import slot_of
+from pacnet.errors import PacnetError, check, first_line
+from pacnet.training.batches import as_source, to_device
+from pacnet.training.train import device_of, infer, modes_kept
+
+SCORES = ("magnitude", "activation")
+
+
+class _Norms:
+    """Running sums of squares of input features, per (module, role)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[tuple[int, str], Tensor] = {}
+
+    def add(self, key: tuple[int, str], squares: Tensor) -> None:
+        squares = squares.detach().double()
+        self.sums[key] = self.sums[key] + squares if key in self.sums else squares
+
+
+def _feature_squares(x: Tensor, dim: int) -> Tensor:
+    """Σ x² over every dimension but ``dim``."""
+    x = x.detach().double()
+    dims = [d for d in range(x.dim()) if d != dim % x.dim()]
+    return x.square().sum(dims) if dims else x.square()
+
+
+def _layer_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The layer that uses the weight ``name`` and the weight's name there: for a
+    parametrisation's ``original*`` the parametrised layer and tensor (weight norm's
+    direction, spectral norm's original), which the forward pass calls with the input."""
+    match = re.fullmatch(r"(?:(.*)\.)?parametrizations\.([^.]+)\.original\d?", name)
+    if match:
+        return model.get_submodule(match.group(1) or ""), match.group(2)
+    module, leaf, _ = slot_of(model, name)
+    return module, leaf
+
+
+def _hooks(model: nn.Module, names: list[str], norms: _Norms) -> list[Any]:
+    """Forward pre-hooks on the modules owning the masked weights ``names``."""
+    handles = []
+    seen: set[int] = set()
+    for name in names:
+        module = _layer_of(model, name)[0]
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        key = id(module)
+
+        def hook(mod: nn.Module, args: tuple, kwargs: dict, key: int = key) -> None:
+            _observe(mod, key, args, kwargs, norms)
+
+        handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+    return handles
+
+
+def _observe(module: nn.Module, key: int, args: tuple, kwargs: dict, norms: _Norms) -> None:
+    inputs = [a for a in args if isinstance(a, Tensor)]
+    if isinstance(module, nn.Embedding | nn.EmbeddingBag):
+        ids = inputs[0] if inputs else kwargs.get("input")
+        counts = torch.bincount(ids.reshape(-1).long(), minlength=module.num_embeddings)
+        norms.add((key, "rows"), counts.to(torch.float64))
+    elif isinstance(module, nn.modules.conv._ConvNd) and inputs:
+        norms.add((key, "channels"), _feature_squares(inputs[0], 1 if inputs[0].dim() > 1 else 0))
+    elif isinstance(module, nn.MultiheadAttention):
+        q = inputs[0] if inputs else kwargs.get("query")
+        k = inputs[1] if len(inputs) > 1 else kwargs.get("key", q)
+        v = inputs[2] if len(inputs) > 2 else kwargs.get("value", k)
+        for role, x in (("q", q), ("k", k), ("v", v)):
+            norms.add((key, role), _feature_squares(x, -1))
+    elif isinstance(module, nn.RNNBase) and inputs:
+        x = inputs[0]
+        if isinstance(x, nn.utils.rnn.PackedSequence):
+            x = x.data
+        norms.add((key, "last"), _feature_squares(x, -1))
+    elif isinstance(module, nn.Bilinear) and len(inputs) >= 2:
+        norms.add((key, "first"), _feature_squares(inputs[0], -1))
+        norms.add((key, "second"), _feature_squares(inputs[1], -1))
+    elif inputs:
+        norms.add((key, "last"), _feature_squares(inputs[0], -1))
+
+
+def _score(module: nn.Module, leaf: str, weight: Tensor, norms: _Norms) -> Tensor | None:
+    """``‖X_j‖₂`` broadcast to ``weight``'s shape, or None where no input was seen."""
+    key = id(module)
+    w = weight.detach()
+    if (key, "rows") in norms.sums and w.dim() == 2:
+        return norms.sums[(key, "rows")].sqrt()[:, None].expand(w.shape)
+    if (key, "channels") in norms.sums and w.dim() >= 3:
+        channels = norms.sums[(key, "channels")].sqrt()
+        groups = getattr(module, "groups", 1)
+        transposed = getattr(module, "transposed", False)
+        if transposed:  # weight (in, out / groups, k…): input channel is dim 0
+            return channels.reshape(-1, *([1] * (w.dim() - 1))).expand(w.shape)
+        per_group = w.shape[1]
+        out_per_group = w.shape[0] // groups
+        rows = [
+            channels[(o // out_per_group) * per_group : (o // out_per_group + 1) * per_group]
+            for o in range(w.shape[0])
+        ]
+        return (
+            torch.stack(rows).reshape(w.shape[0], per_group, *([1] * (w.dim() - 2))).expand(w.shape)
+        )
+    if isinstance(module, nn.MultiheadAttention) and leaf.endswith("proj_weight"):
+        if leaf == "in_proj_weight":
+            e = w.shape[0] // 3
+            parts = [norms.sums.get((key, r)) for r in ("q", "k", "v")]
+            if any(p is None or p.numel() != w.shape[1] for p in parts):
+                return None
+            return torch.cat([p.sqrt()[None].expand(e, -1) for p in parts])
+        role = leaf[0]
+        part = norms.sums.get((key, role))
+        return (
+            part.sqrt()[None].expand(w.shape)
+            if part is not None and part.numel() == w.shape[1]
+            else None
+        )
+    if isinstance(module, nn.RNNBase):
+        part = norms.sums.get((key, "last"))
+        if leaf == "weight_ih_l0" and part is not None and part.numel() == w.shape[1]:
+            return part.sqrt()[None].expand(w.shape)
+        return None
+    if isinstance(module, nn.Bilinear) and w.dim() == 3:
+        a, b = norms.sums.get((key, "first")), norms.sums.get((key, "second"))
+        if a is None or b is None:
+            return None
+        return (a.sqrt()[:, None] * b.sqrt()[None, :])[None].expand(w.shape)
+    part = norms.sums.get((key, "last"))
+    if part is None:
+        return None
+    n = part.numel()
+    if type(module).__name__ == "Conv1D" and w.dim() == 2 and w.shape[0] == n:
+        return part.sqrt()[:, None].expand(w.shape)  # Hugging Face's x @ W, W (in, out)
+    if w.shape[-1] == n:  # x @ Wᵀ (Linear) or a stack of them, (…, out, in)
+        return part.sqrt().expand(w.shape)
+    if w.dim() == 2 and w.shape[0] == n:  # x @ W (Conv1D)
+        return part.sqrt()[:, None].expand(w.shape)
+    return None
+
+
+def activation_scores(
+    model: nn.Module, names: list[str], inputs: object, batch_size: int = 64
+) -> tuple[list[Tensor], list[str]]:
+    """``|W|·‖X‖`` for each masked weight ``names`` over ``inputs`` (see the module notes),
+    and the names whose input was not seen (scored with the median norm)."""
+    params = dict(model.named_parameters())
+    norms = _Norms()
+    handles = _hooks(model, names, norms)
+    device = device_of(model)
+    try:
+        with torch.no_grad(), modes_kept(model):
+            model.eval()
+            for batch in _input_batches(inputs, batch_size):
+                try:
+                    infer(model, to_device(batch, device))
+                except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+                    raise PacnetError(
+                        "prune(score='activation'): the model cannot run on the inputs "
+                        f"({type(exc).__name__}: {first_line(exc)})"
+                    ) from None
+    finally:
+        for h in handles:
+            h.remove()
+    check(norms.sums, "prune(score='activation'): the inputs reached none of the masked weights")
+    features = [v.sqrt() for (_, role), v in norms.sums.items() if role != "rows"]
+    median = torch.cat(features).median() if features else torch.tensor(1.0, dtype=torch.float64)
+    scores, unseen = [], []
+    for name in names:
+        module, leaf = _layer_of(model, name)
+        scale = _score(module, leaf, params[name], norms)
+        if scale is None:
+            unseen.append(name)
+            scale = median
+        weight = params[name].detach()
+        scores.append(weight.float().abs() * scale.to(weight.device, torch.float32))
+    return scores, unseen
+
+
+def _input_batches(inputs: object, batch_size: int) -> Iterable[Any]:
+    """Batches of model inputs from a tensor, :class:`Data`, a Dataset, a DataLoader or a
+    list of batches (labels are dropped)."""
+    if isinstance(inputs, Tensor):
+        yield from inputs.split(batch_size)
+        return
+    if isinstance(inputs, Mapping):
+        yield inputs
+        return
+    for batch in as_source(inputs, "the inputs").chunks(batch_size):
+        if isinstance(batch, tuple | list) and len(batch) == 2 and not isinstance(batch, Mapping):
+            yield batch[0]
+        else:
+            yield batch
