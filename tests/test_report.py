@@ -94,3 +94,21 @@ def test_report_gives_chains_of_targets_a_table_of_their_own(tmp_path, capsys):
     final = [steps[-1]["scores"][t] for t in ("1", "2")]
     diffs = [f"{f - r['target_test']:+.3f}" for f, r in zip(final, singles, strict=True)]
     assert re.findall(r"([+-][\d.]+) ± nan \(1\)", paired) == diffs
+
+
+def test_source_fidelity_is_tabled_for_the_methods_that_record_it():
+    from pacnet.experiments.table import fidelity_markdown
+
+    def row(method, prune, alloc, agree_p, agree_a):
+        details = {"source_fidelity": {
+            "agreement": "top1", "metric_after_prune": prune, "metric_after_allocate": alloc,
+            "agreement_after_prune": agree_p, "agreement_after_allocate": agree_a,
+        }} if method == "pacnet" else {}  # fmt: skip
+        return {"method": method, "details": details}
+
+    rows = [row("pacnet", 0.5, 0.1, 0.6, 0.9), row("pacnet", 0.3, 0.2, 0.8, 0.95)]
+    lines = fidelity_markdown([*rows, row("finetune", 0, 0, 0, 0)], "error")
+    assert "top-1 agreement" in lines[1]
+    assert lines[-1] == "| pacnet | 0.400 | 0.150 | 0.700 | 0.925 |"
+    assert not any(line.startswith("| finetune") for line in lines)
+    assert fidelity_markdown([row("finetune", 0, 0, 0, 0)], "error") == []

@@ -349,3 +349,115 @@ def test_a_failure_while_writing_leaves_the_folder_as_it_was(good, monkeypatch, 
     _fail([*args[:-4], "--lam", "0.1", "--ratio", "0.5"], capsys)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old folder, whole
     assert not list(root.glob(".m.*"))
+
+
+def test_transfer_from_a_source_checkpoint_alone_then_predict(tmp_path):
+    """No source table: Allocate distils the checkpoint on inputs drawn from its stored
+    statistics and the target's inputs; the card says so; the source task answers exactly
+    as the source model after that Allocate, and no source file is needed anywhere."""
+    source, target, new, _ = tables(tmp_path)
+    first = tmp_path / "first"
+    assert main(["transfer", "--source", str(source), "--target", str(target), "--outputs",
+                 "y", "--out", str(first), *TINY]) == 0  # fmt: skip
+    source.unlink()  # the source data are gone; the model stays
+    out = tmp_path / "second"
+    assert main(["transfer", "--source-checkpoint", str(first), "--target", str(target),
+                 "--out", str(out), "--target-steps", "60"]) == 0  # fmt: skip
+    card = json.loads((out / "card.json").read_text())
+    seen = card["data"]["source"]
+    assert seen["file"] is None and seen["allocate_on"] == "generated+target-inputs"
+    assert seen["generated_rows"] == pipeline.GENERATED_ROWS and seen["target_input_rows"] == 12
+    assert card["training"]["source"]["checkpoint"] == str(first / "net.safetensors")
+    assert "generated inputs" in (out / "report.md").read_text()
+    for task in ("source", "target"):
+        pred = tmp_path / f"{task}.csv"
+        assert main(["predict", str(out), "--task", task, "--input", str(new), "--out",
+                     str(pred)]) == 0  # fmt: skip
+        assert np.isfinite(read_column(pred, "y")).all()
+    # the source task is the checkpoint's model after Allocate: close to the checkpoint
+    before = read_column(tmp_path / "source.csv", "y")
+    first_pred = tmp_path / "first.csv"
+    assert main(["predict", str(first), "--task", "source", "--input", str(new), "--out",
+                 str(first_pred)]) == 0  # fmt: skip
+    gap = np.sqrt(np.mean((before - read_column(first_pred, "y")) ** 2))
+    assert gap < 0.5 * np.std(read_column(first_pred, "y")), gap
+
+
+def test_a_checkpoint_without_statistics_needs_the_source_table(tmp_path, capsys):
+    _, target, _, _ = tables(tmp_path)
+    net = MLP(3, (8,), 1)
+    path = tmp_path / "net.safetensors"
+    pacnet.save_network(path, net, extra={"model": net.spec()})
+    assert main(["transfer", "--source-checkpoint", str(path), "--target", str(target),
+                 "--inputs", "x1,x2,x3", "--outputs", "y", "--out",
+                 str(tmp_path / "o")]) == 2  # fmt: skip
+    assert "holds no input statistics" in capsys.readouterr().err
+    assert main(["transfer", "--target", str(target), "--outputs", "y", "--out",
+                 str(tmp_path / "o")]) == 2  # fmt: skip
+    assert "--source is required" in capsys.readouterr().err
+
+
+def shifted_tables(root):
+    """A target that is the source plus a large offset: fine-tuning wins on such rows."""
+    rng = np.random.default_rng(3)
+    xs, xt, xn = (
+        rng.uniform(-1, 1, (400, 3)),
+        rng.uniform(-1, 1, (30, 3)),
+        rng.uniform(-1, 1, (20, 3)),
+    )
+    names = ["x1", "x2", "x3"]
+    source = write_csv(root / "s.csv", {**dict(zip(names, xs.T, strict=True)), "y": smooth(xs, 0)})
+    target = write_csv(
+        root / "t.csv", {**dict(zip(names, xt.T, strict=True)), "y": 3 * smooth(xt, 0) + 2}
+    )
+    new = write_csv(root / "n.csv", dict(zip(names, xn.T, strict=True)))
+    return source, target, new, xn
+
+
+def test_the_best_method_is_kept_and_both_tasks_answer(tmp_path, monkeypatch):
+    source, target, new, xn = shifted_tables(tmp_path)
+    outcomes = []
+    real = pipeline.transfer
+    monkeypatch.setattr(pipeline, "transfer", lambda o: outcomes.append(real(o)) or outcomes[-1])
+    out = tmp_path / "best"
+    assert main(["transfer", "--source", str(source), "--target", str(target), "--outputs", "y",
+                 "--out", str(out), "--method", "best", "--compare", "finetune,l2sp,lora",
+                 *TINY]) == 0  # fmt: skip
+    card = json.loads((out / "card.json").read_text())
+    best = min(card["methods"], key=lambda m: m["cv"])
+    assert card["method"] == best["method"] and "lowest cross-validated" in card["method_chosen"]
+    outcome = outcomes[0]
+    x = outcome.problem.x_scale.apply(xn)
+    for task, model in (("source", outcome.source_model), ("target", outcome.model)):
+        pred = tmp_path / f"{task}.csv"
+        assert main(["predict", str(out), "--task", task, "--input", str(new), "--out",
+                     str(pred)]) == 0  # fmt: skip
+        with torch.no_grad():
+            want = outcome.problem.y_scale.invert(model.eval()(x))[:, 0]
+        np.testing.assert_array_equal(read_column(pred, "y"), want)
+    if card["method"] != "pacnet":  # two networks: the source as it was, bit for bit
+        src = card["metrics"]["source"]
+        assert src["after"] == src["before"]  # the folder answers with the untouched source
+        assert (out / "source.safetensors").is_file() and card["format_version"] == 2
+        spec = MLP.from_spec(card["model"])
+        source_model = pacnet.load(out / "source.safetensors", spec, task="source")
+        with torch.no_grad():
+            before = outcome.problem.y_scale.invert(source_model.eval()(x))[:, 0]
+        np.testing.assert_array_equal(read_column(tmp_path / "source.csv", "y"), before)
+    assert card["method"] in (out / "report.md").read_text()
+
+
+def test_a_named_baseline_is_kept_as_asked(tmp_path, capsys):
+    source, target, _, _ = shifted_tables(tmp_path)
+    out = tmp_path / "ft"
+    assert main(["transfer", "--source", str(source), "--target", str(target), "--outputs", "y",
+                 "--out", str(out), "--method", "finetune", *TINY]) == 0  # fmt: skip
+    card = json.loads((out / "card.json").read_text())
+    assert card["method"] == "finetune" and card["method_chosen"] == "asked for (--method finetune)"
+    assert [m["method"] for m in card["methods"]] == ["pacnet", "finetune"]
+    assert "kept: finetune" in capsys.readouterr().out
+    assert main(["inspect", str(out)]) == 0
+    assert "kept: finetune" in capsys.readouterr().out
+    assert main(["transfer", "--source", str(source), "--target", str(target), "--outputs", "y",
+                 "--out", str(out), "--method", "magic"]) == 2  # fmt: skip
+    assert "magic" in capsys.readouterr().err

@@ -30,7 +30,13 @@ def add_parser(sub: Any, named: Named) -> None:
     """The ``transfer`` and ``predict`` commands and their flags."""
     tr = sub.add_parser("transfer", help=HELP)
     tr.add_argument(
-        "--source", type=Path, required=True, metavar="FILE", help="the source table (many rows)"
+        "--source",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the source table (many rows); optional with a --source-checkpoint that holds its "
+        "input statistics: Allocate then distils the checkpoint on generated inputs and the "
+        "target's inputs",
     )
     tr.add_argument(
         "--target", type=Path, required=True, metavar="FILE", help="the target table (few rows)"
@@ -73,6 +79,13 @@ def add_parser(sub: Any, named: Named) -> None:
         metavar="METHODS",
         help=f"also cross-validate these methods on the same folds (comma-separated, or all): "
         f"{', '.join(m for m in METHODS if m != 'pacnet')}",
+    )
+    tr.add_argument(
+        "--method",
+        default="pacnet",
+        help="the method whose network the folder keeps: pacnet (default), a baseline (it "
+        "is cross-validated too), or best (the lowest cross-validated error of all that ran); "
+        "a baseline's folder keeps the source network beside its own",
     )
     tr.add_argument(
         "--folds", type=int, default=3, help="cross-validation folds on the target rows (3)"
@@ -132,6 +145,7 @@ def run_transfer(args: argparse.Namespace) -> None:
         lam=args.lam,
         ratio=args.ratio,
         compare=[m.strip() for m in args.compare.split(",") if m.strip()],
+        method=args.method,
         source_checkpoint=args.source_checkpoint,
         device=args.device,
         threads=args.threads,
@@ -142,13 +156,19 @@ def run_transfer(args: argparse.Namespace) -> None:
     card = outcome.card
     metric, hp = card["metric"], card["hyperparameters"]
     src, tgt = card["metrics"]["source"], card["metrics"]["target"]
-    print(
-        f"pacnet ratio {hp['ratio']}, lam {hp['lam']}: target CV {metric} {tgt['cv']:.4g} "
-        f"± {tgt['cv_std']:.4g}; source {metric} {src['before'][metric]:.4g} -> "
-        f"{src['after'][metric]:.4g}; {card['seconds']:.1f}s"
+    settings = ", ".join(f"{k} {v}" for k, v in hp.items() if k in ("ratio", "lam")) or ", ".join(
+        f"{k} {v}" for k, v in hp.items()
     )
-    for row in card["methods"][1:]:
-        print(f"  {row['method']}: target CV {metric} {row['cv']:.4g} ± {row['cv_std']:.4g}")
+    print(
+        f"{card['method']}{' ' + settings if settings else ''}: target CV {metric} "
+        f"{tgt['cv']:.4g} ± {tgt['cv_std']:.4g}; source {metric} "
+        f"{src['before'][metric]:.4g} -> {src['after'][metric]:.4g}; {card['seconds']:.1f}s"
+    )
+    for row in card["methods"]:
+        if row["method"] != card["method"]:
+            print(f"  {row['method']}: target CV {metric} {row['cv']:.4g} ± {row['cv_std']:.4g}")
+    if card["method"] != "pacnet" or args.method == "best":
+        print(f"  kept: {card['method']}, {card['method_chosen']}")
     print(f"wrote {args.out / card['network']['file']}, {card_path}, {args.out / REPORT_FILE}")
 
 

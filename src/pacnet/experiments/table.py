@@ -129,7 +129,49 @@ def markdown(results: Sequence[dict[str, Any]], metric: str = "rmse") -> str:
             f"| {m} | {before:.3f} | {after[0]:.3f} ± {after[1]:.3f} | "
             f"{rows[0]['trainable_params']:,} | {rows[0].get('stored_params', 0):,} |"
         )
+    lines += fidelity_markdown(results, metric)
     return "\n".join(lines)
+
+
+def fidelity_markdown(results: Sequence[dict[str, Any]], metric: str) -> list[str]:
+    """How much of the source survives Prune and then Allocate, for the methods that record
+    it (PAC-Net): the source metric and the agreement with the unpruned model."""
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    found = {
+        m: [r["details"]["source_fidelity"] for r in results
+            if r["method"] == m and "source_fidelity" in (r.get("details") or {})]
+        for m in methods
+    }  # fmt: skip
+    found = {m: f for m, f in found.items() if f}
+    if not found:
+        return []
+    kinds = {f["agreement"] for fs in found.values() for f in fs}
+    agreement = (
+        "top-1 agreement"
+        if kinds == {"top1"}
+        else "the RMSE between outputs, in the model's units"
+        if kinds == {"output_rmse"}
+        else "top-1 agreement or the RMSE between outputs"
+    )
+    lines = [
+        "",
+        f"Source fidelity: source test {metric} after Prune alone and after Allocate, and the "
+        f"agreement with the unpruned source model on its test inputs ({agreement}); mean "
+        "over runs:",
+        "",
+        "| method | after Prune | after Allocate | agreement after Prune | after Allocate |",
+        "|---|---|---|---|---|",
+    ]
+    for m, fs in found.items():
+
+        def mean(key: str, fs: list[dict[str, Any]] = fs) -> float:
+            return statistics.fmean(f[key] for f in fs)
+
+        lines.append(
+            f"| {m} | {mean('metric_after_prune'):.3f} | {mean('metric_after_allocate'):.3f} | "
+            f"{mean('agreement_after_prune'):.3f} | {mean('agreement_after_allocate'):.3f} |"
+        )
+    return lines
 
 
 def paired(

@@ -23,13 +23,13 @@ import torch
 from torch import nn
 
 from pacnet.benchmarks.mlp import MLP
-from pacnet.core.checkpoint import inspect, load, save
+from pacnet.core.checkpoint import inspect, load, save, save_network
 from pacnet.errors import PacnetError, check
 from pacnet.io import read_json, umask, write_json
 from pacnet.tabular.files import Table
 from pacnet.tabular.pipeline import CARD_FORMAT, CARD_VERSION, Outcome
 from pacnet.tabular.problem import Scaling, predict
-from pacnet.tabular.source import NETWORK_FILE
+from pacnet.tabular.source import NETWORK_FILE, SOURCE_NETWORK_FILE
 
 CARD_FILE = "card.json"
 CHUNK = 1 << 16
@@ -74,9 +74,17 @@ def write_artifact(outcome: Outcome, out: str | Path) -> Path:
             "inputs": card["inputs"],
             "outputs": card["outputs"],
             "scaling": card["scaling"],
-            "method": "pacnet",
+            "method": card["method"],
         }
-        digest = save(staging / NETWORK_FILE, outcome.model, outcome.tasks, extra)
+        files = [NETWORK_FILE]
+        if outcome.tasks is not None:  # PAC-Net: both tasks in one network
+            digest = save(staging / NETWORK_FILE, outcome.model, outcome.tasks, extra)
+        else:  # two networks: the target's, and the source's beside it
+            digest = save_network(staging / NETWORK_FILE, outcome.model, "target", extra)
+            card["network"]["source_sha256"] = save_network(
+                staging / SOURCE_NETWORK_FILE, outcome.source_model, "source", extra
+            )
+            files.append(SOURCE_NETWORK_FILE)
         card["network"]["sha256"] = digest
         write_report(card, staging)
         write_json(staging / CARD_FILE, card)
@@ -84,8 +92,10 @@ def write_artifact(outcome: Outcome, out: str | Path) -> Path:
         if not out.exists():
             os.rename(staging, out)
         else:
-            for name in (NETWORK_FILE, PLOT_FILE, REPORT_FILE, CARD_FILE):
+            for name in (*files, PLOT_FILE, REPORT_FILE, CARD_FILE):
                 os.replace(staging / name, out / name)
+            if SOURCE_NETWORK_FILE not in files:  # from an earlier transfer into this folder
+                (out / SOURCE_NETWORK_FILE).unlink(missing_ok=True)
     except OSError as exc:
         raise PacnetError(f"cannot write {out}: {exc.strerror or exc}") from None
     finally:
@@ -124,7 +134,11 @@ class Artifact:
             f"{self.folder}: no task {task!r} (it has {', '.join(self.tasks)})",
         )
         if task not in self._models:
-            model = load(self.network, MLP.from_spec(self.spec), task=task)
+            source_file = self.card["network"].get("source_file")
+            if task == "source" and source_file:  # a method that kept two networks
+                model = load(self.folder / source_file, MLP.from_spec(self.spec), task="source")
+            else:
+                model = load(self.network, MLP.from_spec(self.spec), task=task)
             self._models[task] = model.to(self.device).eval()
         return self._models[task]
 
@@ -197,10 +211,16 @@ def open_artifact(path: str | Path, device: str | torch.device = "cpu") -> Artif
     artifact = Artifact(card_path.parent, card, torch.device(device))
     network = artifact.network
     check(network.is_file(), f"{card_path.parent}: {NETWORK_FILE} is missing")
-    info = inspect(network)  # verifies the checksum
-    check(
-        info["sha256"] == card["network"].get("sha256"),
-        f"{card_path.parent}: {CARD_FILE} does not describe {network.name} (their checksums "
-        "differ: the files come from different runs); run pacnet transfer again",
-    )
+    pairs = [(network, card["network"].get("sha256"))]
+    source_file = card["network"].get("source_file")
+    if source_file:
+        pairs.append((card_path.parent / source_file, card["network"].get("source_sha256")))
+    for path, digest in pairs:
+        check(path.is_file(), f"{card_path.parent}: {path.name} is missing")
+        info = inspect(path)  # verifies the checksum
+        check(
+            info["sha256"] == digest,
+            f"{card_path.parent}: {CARD_FILE} does not describe {path.name} (their checksums "
+            "differ: the files come from different runs); run pacnet transfer again",
+        )
     return artifact

@@ -153,6 +153,28 @@ def _why(text: str, table: Table) -> str:
     return why
 
 
+class ArrayTable(Table):
+    """Rows made in memory (a generated source table), one float column per name."""
+
+    def __init__(
+        self,
+        path: str,
+        columns: Sequence[str],
+        values: np.ndarray,
+        origin: dict[str, Any] | None = None,
+    ):
+        self._values = np.asarray(values, dtype=np.float64)
+        self.origin = dict(origin or {})
+        """How the rows were made (for the card)."""
+        super().__init__(path, columns, len(self._values))
+
+    def values(self, name: str) -> list[Any]:
+        return self._values[:, self.columns.index(name)].tolist()
+
+    def _numeric(self, name: str) -> np.ndarray:
+        return self._values[:, self.columns.index(name)].copy()
+
+
 class CsvTable(Table):
     """A delimited text file, every cell kept as text until a column is asked for."""
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -38,20 +39,29 @@ from pacnet.experiments.source import train_source
 from pacnet.io import tensor_digest
 from pacnet.methods import METHODS, Method, Transfer, TransferContext, get_method
 from pacnet.methods.base import candidates
-from pacnet.tabular.files import Table, read_table
+from pacnet.tabular.files import ArrayTable, Table, read_table
 from pacnet.tabular.problem import Problem, TableBenchmark, TableConfig
-from pacnet.tabular.source import NETWORK_FILE, SourceCheckpoint, read_source_checkpoint
+from pacnet.tabular.source import (
+    NETWORK_FILE,
+    SOURCE_NETWORK_FILE,
+    SourceCheckpoint,
+    read_source_checkpoint,
+)
 from pacnet.training.device import check_device
+from pacnet.training.train import device_of, infer
 
 CARD_FORMAT = "pacnet.tabular"
-CARD_VERSION = 1
+CARD_VERSION = 2
+"""The newest card format this pacnet writes and reads: 2 for a folder that keeps two
+networks (a baseline's, ``network.source_file``); a PAC-Net folder still writes 1."""
 
 
 @dataclass
 class TransferOptions:
     """What ``pacnet transfer`` is asked to do (see ``pacnet transfer --help``)."""
 
-    source: Path
+    source: Path | None
+    """None: only the source model is given (``source_checkpoint`` with its statistics)."""
     target: Path
     outputs: list[str] | None = None
     inputs: list[str] | None = None
@@ -65,13 +75,17 @@ class TransferOptions:
     lam: float | None = None
     ratio: float | None = None
     compare: list[str] = field(default_factory=list)
+    method: str = "pacnet"
+    """The method whose network the folder keeps: ``pacnet``, a baseline (cross-validated
+    too), or ``best`` (the lowest cross-validated error among all that ran)."""
     source_checkpoint: Path | None = None
     device: str = "cpu"
     threads: int | None = None
     progress: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
-        self.source, self.target = Path(self.source), Path(self.target)
+        self.target = Path(self.target)
+        self.source = Path(self.source) if self.source is not None else None
         if self.source_checkpoint is not None:
             self.source_checkpoint = Path(self.source_checkpoint)
 
@@ -82,8 +96,9 @@ class Outcome:
 
     card: dict[str, Any]
     model: nn.Module
-    """The network, active as the target task; ``tasks`` holds both tasks' own tensors."""
-    tasks: Tasks
+    """The network, active as the target task; for PAC-Net ``tasks`` holds both tasks' own
+    tensors (None for a method that keeps two networks)."""
+    tasks: Tasks | None
     source_model: nn.Module
     """The source model after Allocate, as a standalone copy (what ``--task source``
     answers)."""
@@ -231,11 +246,23 @@ def transfer(options: TransferOptions) -> Outcome:
     fixed = {k: getattr(options, k) for k in ("lam", "ratio") if getattr(options, k) is not None}
     make(PacNetParams, fixed)  # a bad λ or ratio fails before anything is read
     compare = parse_methods(options.compare)
+    if options.method not in ("pacnet", "best"):
+        get_method(options.method)  # an unknown name fails in one line
+        compare = [*compare, *([options.method] if options.method not in compare else [])]
+        parse_methods(compare)
     ckpt = None
+    check(
+        options.source is not None or options.source_checkpoint is not None,
+        "--source is required unless --source-checkpoint gives the source model",
+    )
     if options.source_checkpoint is not None:
         ckpt = read_source_checkpoint(options.source_checkpoint)
         ckpt.check_flags(options.given)
-    source, target = read_table(options.source), read_table(options.target)
+    target = read_table(options.target)
+    if options.source is not None:
+        source = read_table(options.source)
+    else:
+        source = generated_source(ckpt, target, options.seed)
     inputs, outputs = _columns(options, source, target, ckpt)
     source_rows = (source.numbers(inputs, "--inputs"), source.numbers(outputs, "--outputs"))
     target_rows = (target.numbers(inputs, "--inputs"), target.numbers(outputs, "--outputs"))
@@ -282,26 +309,41 @@ def _run(
     target = bench.target(seed, len(problem.target_x))
     ctx = TransferContext(bench, model, src, target, seed, f"table-{state_key}", _Memo())
     rows: list[dict[str, Any]] = []
+    done: dict[str, tuple[Method, Transfer, dict[str, Any]]] = {}
     for name in ["pacnet", *compare]:
         row, method, result, selection = _cross_validated(options, name, ctx)
         rows.append(row)
-        if name == "pacnet":
-            ours = (method, result, selection)
-    method, result, selection = ours
+        done[name] = (method, result, selection)
+    kept, why = _kept(options.method, rows)
+    method, result, selection = done[kept]
+    done_row = next(r for r in rows if r["method"] == kept)
+    # what the folder's source task answers with: PAC-Net's source view, or, for a method
+    # that changed a copy of the source (or left it alone), the source model as it was
+    kept_source = result.source_model if result.tasks is not None else model
+    network: dict[str, Any] = {"file": NETWORK_FILE, "tasks": ["source", "target"]}
+    if result.tasks is not None:
+        network["tasks"] = list(result.tasks.order)
+    else:  # the method overwrote a copy of the source: both networks are kept
+        network["source_file"] = SOURCE_NETWORK_FILE
     card = {
         "format": CARD_FORMAT,
-        "format_version": CARD_VERSION,
-        "network": {"file": NETWORK_FILE, "tasks": list(result.tasks.order)},
+        "format_version": 1 if result.tasks is not None else CARD_VERSION,
+        "network": network,
         "inputs": problem.inputs,
         "outputs": problem.outputs,
         "scaling": {"inputs": problem.x_scale.to_dict(), "outputs": problem.y_scale.to_dict()},
         "model": dict(bench.spec),
-        "method": "pacnet",
+        "method": kept,
+        "method_chosen": why,
         "hyperparameters": to_dict(method.params),
-        "chosen_by": {
-            k: ("fixed" if getattr(options, k) is not None else "cross-validation")
-            for k in ("lam", "ratio")
-        },
+        "chosen_by": (
+            {
+                k: ("fixed" if getattr(options, k) is not None else "cross-validation")
+                for k in ("lam", "ratio")
+            }
+            if kept == "pacnet"
+            else dict.fromkeys(selection["chosen"], "cross-validation")
+        ),
         "metric": bench.metric,
         "selection": {
             "protocol": selection["protocol"],
@@ -313,12 +355,12 @@ def _run(
             "source": {
                 "rows_held_out": len(bench.source_test_rows),
                 "before": bench.metrics(model, src.test),
-                "after": bench.metrics(result.source_model, src.test),
+                "after": bench.metrics(kept_source, src.test),
             },
             "target": {
-                "cv": rows[0]["cv"],
-                "cv_std": rows[0]["cv_std"],
-                "cv_folds": rows[0]["cv_folds"],
+                "cv": done_row["cv"],
+                "cv_std": done_row["cv_std"],
+                "cv_folds": done_row["cv_folds"],
                 "in_sample": bench.metrics(result.target_model, target.test),
                 "source_model_as_is": bench.metrics(model, target.test),
             },
@@ -336,7 +378,58 @@ def _run(
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "versions": versions(),
     }
-    return Outcome(card, result.target_model, result.tasks, result.source_model, problem)
+    return Outcome(card, result.target_model, result.tasks, kept_source, problem)
+
+
+def _kept(asked: str, rows: list[dict[str, Any]]) -> tuple[str, str]:
+    """The method whose network is kept, and why (for the card)."""
+    if asked != "best":
+        return asked, f"asked for (--method {asked})"
+    best = min(rows, key=lambda r: r["cv"])
+    others = ", ".join(f"{r['method']} {r['cv']:.4g}" for r in rows if r is not best)
+    return best["method"], (
+        f"lowest cross-validated error ({best['cv']:.4g}"
+        + (f"; {others}" if others else "")
+        + ") under --method best"
+    )
+
+
+GENERATED_ROWS = 2000
+"""Rows drawn from a checkpoint's input statistics when no source table is given."""
+
+
+def generated_source(ckpt: SourceCheckpoint | None, target: Table, seed: int) -> ArrayTable:
+    """A stand-in source table for a source model without its data: ``GENERATED_ROWS``
+    inputs drawn from the checkpoint's stored input statistics (independent normals with
+    each column's mean and spread; constant columns at their value) and the target's
+    inputs, each labelled with the source model's own prediction. Training on it is
+    Allocate by distillation (MSE to the unpruned model's outputs), on those inputs."""
+    assert ckpt is not None
+    check(
+        ckpt.scaling is not None and ckpt.inputs is not None and ckpt.outputs is not None,
+        f"--source-checkpoint {ckpt.path} holds no input statistics and column names (a "
+        "pacnet transfer folder does): pass --source TABLE",
+    )
+    x_scale, y_scale = ckpt.scaling
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(GENERATED_ROWS, len(ckpt.inputs), generator=gen, dtype=torch.float64)
+    spread = torch.tensor([0.0 if n in x_scale.constant else 1.0 for n in ckpt.inputs])
+    drawn = x_scale.invert(z * spread.double())  # the scaling is in the model's input order
+    ours = target.numbers(ckpt.inputs, "--inputs")
+    x = np.concatenate([drawn, ours])
+    model = ckpt.model
+    with torch.no_grad():
+        y = y_scale.invert(infer(model, x_scale.apply(x).to(device_of(model))))
+    origin = {
+        "allocate_on": "generated+target-inputs",
+        "generated_rows": GENERATED_ROWS,
+        "target_input_rows": len(ours),
+        "labels": "the source checkpoint's predictions (distillation, MSE)",
+    }
+    return ArrayTable(GENERATED, [*ckpt.inputs, *ckpt.outputs], np.concatenate([x, y], 1), origin)
+
+
+GENERATED = "(generated from the source checkpoint)"
 
 
 def _source_model(
@@ -407,7 +500,8 @@ def _data_record(
     used = set(problem.inputs) | set(problem.outputs)
     return {
         "source": {
-            "file": str(options.source),
+            "file": str(options.source) if options.source is not None else None,
+            **_allocate_inputs(tables[0]),
             "rows": len(problem.source_x),
             "rows_train": len(bench.source_train_rows),
             "rows_early_stopping": len(bench.source_val_rows),
@@ -419,6 +513,13 @@ def _data_record(
             "target": [c for c in tables[1].columns if c and c not in used],
         },
     }
+
+
+def _allocate_inputs(source: Table) -> dict[str, Any]:
+    """What Allocate saw: the source table's labelled rows, or (no source table) inputs
+    drawn from the checkpoint's statistics and the target's inputs, labelled by the source
+    model (distillation)."""
+    return source.origin if isinstance(source, ArrayTable) else {"allocate_on": "labelled"}
 
 
 def progress_to_stderr(text: str) -> None:

@@ -59,7 +59,7 @@ def report_lines(card: dict[str, Any]) -> list[str]:
         "",
         f"![CV error and source error per method]({PLOT_FILE})",
         "",
-        "## The saved network (PAC-Net)",
+        f"## The saved network ({_kept_name(card)})",
         "",
         *_network_lines(card, ours, before, metrics["source"]["rows_held_out"]),
         "",
@@ -90,7 +90,7 @@ def _header_lines(card: dict[str, Any], before: float) -> list[str]:
         )
     folds = card["selection"]["folds"]
     return [
-        f"# PAC-Net transfer: {Path(source['file']).name} → {Path(target['file']).name}",
+        f"# PAC-Net transfer: {source_name(card)} → {Path(target['file']).name}",
         "",
         f"Inputs ({len(card['inputs'])}): {', '.join(card['inputs'])}. "
         f"Outputs ({len(outputs)}): {', '.join(outputs)}.",
@@ -181,6 +181,19 @@ def _network_lines(card: dict[str, Any], ours: dict[str, Any], before: float, he
     params = card["parameters"]
     after = metrics["source"]["after"][metric]
     target = metrics["target"]
+    kept = card.get("method", "pacnet")
+    if kept != "pacnet":
+        return [
+            f"* Kept: {kept}, {card['method_chosen']}; settings "
+            f"{', '.join(f'{k} {v}' for k, v in hp.items()) or 'none'}.",
+            f"* Source task: {metric} {_num(before)} on the {held:,} held-out source rows; "
+            f"{kept} changed a copy of the source model, so the source network is stored "
+            "beside the target's (`source.safetensors`) and `pacnet predict --task source` "
+            "answers with it, bit for bit.",
+            f"* Target task: CV {metric} {_num(target['cv'])} ± {_num(target['cv_std'])} (the "
+            f"estimate for new rows); {_num(target['in_sample'][metric])} on the target rows it "
+            "trained on (in-sample).",
+        ]
     lines = [
         f"* Pruning ratio {hp['ratio']} ({chosen['ratio']}): {params['essential']:,} "
         f"essential weights keep the source task, {params['redundant']:,} redundant ones were "
@@ -260,12 +273,16 @@ def card_lines(card: dict[str, Any]) -> list[str]:
     target = metrics["target"]
     versions = card.get("versions", {})
     lines = [
-        f"card: pacnet transfer of {data['source']['file']} ({data['source']['rows']:,} rows) "
+        f"card: pacnet transfer of {source_name(card)} ({data['source']['rows']:,} rows) "
         f"-> {data['target']['file']} ({data['target']['rows']:,} rows), {card['created']}",
         f"  inputs ({len(card['inputs'])}): {', '.join(card['inputs'])}",
         f"  outputs ({len(card['outputs'])}): {', '.join(card['outputs'])}",
         f"  model: {describe_spec(card['model'])}; source model {made}",
-        f"  PAC-Net: ratio {hp['ratio']} ({chosen['ratio']}), lam {hp['lam']} ({chosen['lam']})",
+        (
+            f"  PAC-Net: ratio {hp['ratio']} ({chosen['ratio']}), lam {hp['lam']} ({chosen['lam']})"
+            if card.get("method", "pacnet") == "pacnet"
+            else f"  kept: {card['method']}, {card['method_chosen']}"
+        ),
         f"  CV {metric} on the target rows ({card['selection']['folds']} folds): {cv}",
         f"  source {metric} on {source['rows_held_out']:,} held-out rows: "
         f"{source['before'][metric]:.4g} before, {source['after'][metric]:.4g} after",
@@ -284,3 +301,20 @@ def card_lines(card: dict[str, Any]) -> list[str]:
     if versions:
         lines.append("  versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     return lines
+
+
+def source_name(card: dict[str, Any]) -> str:
+    """The source table's file name, or what stood in for it (inputs drawn from the source
+    checkpoint's statistics and the target's inputs, labelled by the checkpoint)."""
+    source = card["data"]["source"]
+    if source.get("file"):
+        return Path(source["file"]).name
+    return (
+        f"the source checkpoint ({source.get('generated_rows', 0):,} generated inputs and "
+        f"{source.get('target_input_rows', 0):,} target inputs, labelled by it)"
+    )
+
+
+def _kept_name(card: dict[str, Any]) -> str:
+    kept = card.get("method", "pacnet")
+    return "PAC-Net" if kept == "pacnet" else kept

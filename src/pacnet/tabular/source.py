@@ -22,6 +22,8 @@ from pacnet.errors import PacnetError, check
 from pacnet.tabular.problem import Scaling
 
 NETWORK_FILE = "net.safetensors"
+SOURCE_NETWORK_FILE = "source.safetensors"
+"""The source network beside the target's, for a method that overwrote a copy of it."""
 
 
 @dataclass
@@ -75,15 +77,17 @@ def _shown(value: Any) -> str:
 def read_source_checkpoint(path: str | Path) -> SourceCheckpoint:
     """The source model in ``path`` (a checkpoint file, or a folder with ``net.safetensors``).
 
-    From a PAC-Net network the source task is used; from a one-network file its network.
+    From a PAC-Net network the source task is used; from a one-network file its network;
+    from a folder that keeps two networks (a baseline's) its ``source.safetensors``.
     """
     path = Path(path)
     if path.is_dir():
         check(
             (path / NETWORK_FILE).is_file(),
             f"--source-checkpoint {path}: a folder without {NETWORK_FILE}",
-        )
-        path = path / NETWORK_FILE
+        )  # a folder of a method that kept two networks: its source network
+        beside = path / SOURCE_NETWORK_FILE
+        path = beside if beside.is_file() else path / NETWORK_FILE
     check(path.exists(), f"--source-checkpoint {path}: file not found")
     info = inspect(path)
     extra = info.get("extra") or {}
