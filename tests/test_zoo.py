@@ -238,21 +238,21 @@ def test_keyword_models_keep_the_source_through_task_switches_and_checkpoints(na
     assert links == tasks.plan.aliases  # every tie kept
 
 
+def _towers(layers: int) -> dict[str, dict[str, int]]:
+    """Text and vision configs of a tiny two-tower (contrastive) model."""
+    shared = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": layers,
+              "num_attention_heads": 2}  # fmt: skip
+    return {
+        "text_config": {**shared, "vocab_size": VOCAB, "max_position_embeddings": 16},
+        "vision_config": {**shared, "image_size": 16, "patch_size": 4},
+    }
+
+
 def _clip():
     from transformers import CLIPConfig, CLIPModel
 
-    text = {
-        "vocab_size": VOCAB,
-        "hidden_size": 32,
-        "intermediate_size": 48,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "max_position_embeddings": 16,
-    }
-    vision = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
-              "num_attention_heads": 2, "image_size": 16, "patch_size": 4}  # fmt: skip
     torch.manual_seed(0)
-    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    return CLIPModel(CLIPConfig(**_towers(2), projection_dim=16))
 
 
 def test_a_contrastive_model_keeps_every_table_and_allocates_with_a_finite_loss():
@@ -282,17 +282,7 @@ def test_a_contrastive_model_keeps_every_table_and_allocates_with_a_finite_loss(
 def test_a_head_guessed_inside_one_tower_warns():
     from transformers import SiglipConfig, SiglipModel
 
-    text = {
-        "vocab_size": VOCAB,
-        "hidden_size": 32,
-        "intermediate_size": 48,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "max_position_embeddings": 16,
-    }
-    vision = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
-              "num_attention_heads": 2, "image_size": 16, "patch_size": 4}  # fmt: skip
-    model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
+    model = SiglipModel(SiglipConfig(**_towers(1)))
     with pytest.warns(UserWarning, match="is a guess"):
         mask = prune(model, 0.8)
     assert mask.plan.head.startswith("vision_model.head")  # the guess, named in the warning
