@@ -81,6 +81,8 @@ def test_pacnet_keeps_the_source_and_finetune_forgets(tmp_path):
         "lam": 0.01,
         "scope": "global",
         "allocate_steps": None,
+        "prune_score": "magnitude",
+        "allocate_on": "labelled",
     }
     # PAC-Net's source model is the allocated one: run twice, identical source error
     main(

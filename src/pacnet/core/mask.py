@@ -377,22 +377,38 @@ def prune(
         if doubt:
             warnings.warn(f"prune: {doubt}", UserWarning, stacklevel=2)
     if score == "activation":
-        tensors, unseen = activation_scores(model, names, inputs)
-        if warn and unseen:
-            warnings.warn(
-                f"prune: no input of {', '.join(unseen[:5])}{', …' if len(unseen) > 5 else ''} "
-                "was seen by a forward hook; they are scored with the median input norm",
-                UserWarning,
-                stacklevel=2,
-            )
+        tensors = _activation(model, names, inputs, warn)
+    masks = _essential(names, tensors, ratio, scope, warn)
+    return Mask(dict(zip(names, masks, strict=True)), plan)
+
+
+def _activation(model: nn.Module, names: list[str], inputs: object, warn: bool) -> list[Tensor]:
+    """The activation scores of ``names`` (see :mod:`pacnet.core.scores`), naming the
+    weights whose input no hook saw."""
+    tensors, unseen = activation_scores(model, names, inputs)
+    if warn and unseen:
+        warnings.warn(
+            f"prune: no input of {', '.join(unseen[:5])}{', …' if len(unseen) > 5 else ''} "
+            "was seen by a forward hook; they are scored with the median input norm",
+            UserWarning,
+            stacklevel=3,
+        )
+    return tensors
+
+
+def _essential(
+    names: list[str], tensors: list[Tensor], ratio: float, scope: str, warn: bool
+) -> list[Tensor]:
+    """The essential entries by ``scope``; under one global threshold a tensor it would
+    empty keeps its own largest share (a tensor left all zeros in the source, an embedding
+    or a projection, breaks the source or divides 0 by 0), named in a warning."""
     if scope == "global":
         total = sum(t.numel() for t in tensors)
         masks = select_essential(tensors, round(ratio * total))
     else:
         masks = [select_essential([t], round(ratio * t.numel()))[0] for t in tensors]
     empty = [i for i, m in enumerate(masks) if m.numel() and not bool(m.any())]
-    for i in empty:  # a tensor left with no essential entry would be all zeros in the
-        # source (an embedding, a projection: the source breaks, or divides 0 by 0)
+    for i in empty:
         masks[i] = select_essential([tensors[i]], round(ratio * tensors[i].numel()))[0]
     if warn and empty:
         listed = [names[i] for i in empty]
@@ -402,9 +418,9 @@ def prune(
             f"the rest); each keeps its own largest {1 - ratio:.0%} instead, as "
             "scope='layer' would",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    return Mask(dict(zip(names, masks, strict=True)), plan)
+    return masks
 
 
 def shared_mask(compute: Callable[[], Mask]) -> Mask:

@@ -69,6 +69,24 @@ SCORE_INPUTS = 256
 """Source inputs the activation score sees."""
 
 
+MAX_INPUTS = 20_000
+"""Inputs at most that distillation and the activation score read from streamed data."""
+
+
+def inputs_of(data: Any, limit: int = MAX_INPUTS) -> Tensor:
+    """The inputs of ``data`` (labels dropped): all of a :class:`Data`, the first ``limit``
+    of data streamed in chunks (image folders)."""
+    if isinstance(data, Data):
+        return data.x
+    parts, count = [], 0
+    for x, _ in data.chunks(256):
+        parts.append(x)
+        count += len(x)
+        if count >= limit:
+            break
+    return torch.cat(parts)[:limit]
+
+
 def allocate_on(
     model: nn.Module, mask: Mask, ctx: TransferContext, on: str, cfg: FitConfig
 ) -> None:
@@ -84,9 +102,13 @@ def allocate_on(
         allocate(model, mask, ctx.source.train, ctx.loss_fn, cfg, val=val, seed=0)
         return
     task = ctx.source if on == "source-inputs" else ctx.target
-    parts = [task.train.x] + ([task.val.x] if on == "target-inputs" and task.val else [])
+    parts = [inputs_of(task.train)]
+    if on == "target-inputs" and task.val is not None:
+        parts.append(inputs_of(task.val))
     inputs = Data(torch.cat(parts))
-    labels = ctx.source.train.y  # withheld; their kind says what the outputs are
+    labels = getattr(ctx.source.train, "y", None)  # withheld; their kind says what the
+    # outputs are (streamed images: class labels)
+    labels = labels if labels is not None else torch.zeros(1, dtype=torch.long)
     kind = "mse" if labels is None or labels.is_floating_point() else "kl"
     cfg = replace(cfg, patience=None)  # no labelled validation to stop on
     allocate(model, mask, inputs, None, cfg, seed=0, teacher="copy", distill=kind)
@@ -100,11 +122,11 @@ def source_fidelity(ctx: TransferContext, mask: Mask, allocated: nn.Module) -> d
     pruned = copy.deepcopy(ctx.source_model)
     zero_redundant(pruned, mask)
     test = ctx.source.test
-    classes = test.y is not None and not test.y.is_floating_point()
-    reference = _outputs(ctx.source_model, test)
+    reference, labels = _outputs(ctx.source_model, test)
+    classes = labels is not None and not labels.is_floating_point()
     out: dict[str, Any] = {"agreement": "top1" if classes else "output_rmse"}
     for stage, net in (("prune", pruned), ("allocate", allocated)):
-        got = _outputs(net, test)
+        got, _ = _outputs(net, test)
         out[f"metric_after_{stage}"] = ctx.benchmark.score(net, test)
         if classes:
             agree = (got.argmax(-1) == reference.argmax(-1)).float().mean()
@@ -114,9 +136,14 @@ def source_fidelity(ctx: TransferContext, mask: Mask, allocated: nn.Module) -> d
     return out
 
 
-def _outputs(model: nn.Module, data: Data) -> Tensor:
-    """The model's outputs on ``data``'s inputs, in eval mode, on the CPU."""
-    return torch.cat([out.detach().cpu() for out, _ in outputs(model, data)])
+def _outputs(model: nn.Module, data: Any) -> tuple[Tensor, Tensor | None]:
+    """The model's outputs on ``data``'s inputs (in eval mode, on the CPU) and the labels
+    of the first chunk (their kind says what the outputs are)."""
+    outs, first = [], None
+    for out, y in outputs(model, data):
+        outs.append(out.detach().cpu())
+        first = y if first is None else first
+    return torch.cat(outs), first if isinstance(first, Tensor) else None
 
 
 class PacNet(Method):
@@ -140,7 +167,9 @@ class PacNet(Method):
             f"for pacnet transfer, and {ctx.benchmark.name} is not a table",
         )
         model = copy.deepcopy(ctx.source_model)
-        inputs = ctx.source.train.x[:SCORE_INPUTS] if p.prune_score == "activation" else None
+        inputs = (
+            inputs_of(ctx.source.train, SCORE_INPUTS) if p.prune_score == "activation" else None
+        )
         mask = shared_mask(
             lambda: prune(model, p.ratio, p.scope, score=p.prune_score, inputs=inputs)
         )  # rank 0's
