@@ -204,3 +204,27 @@ def test_bad_teachers_and_inputs_are_one_line():
         allocate(model, mask, Data(x), F.mse_loss, cfg, teacher="copy")
     with pytest.raises(PacnetError, match="distill must be one of"):
         allocate(model, mask, Data(x), None, cfg, teacher="copy", distill="l1")
+
+
+def test_benchmark_runs_allocate_on_what_they_are_told(tmp_path, capsys):
+    """--allocate-on source-inputs distils (source fidelity recorded), none skips Allocate,
+    generated is refused for a benchmark in one line."""
+    import json
+
+    from conftest import TINY_FLAGS
+
+    from pacnet.cli import main
+
+    base = ["run", "friedman", "--method", "pacnet", "--quick", *TINY_FLAGS,
+            "--cache", str(tmp_path / "cache")]  # fmt: skip
+    fidelity = {}
+    for on in ("labelled", "source-inputs", "none"):
+        assert main([*base, "--allocate-on", on, "--out", str(tmp_path / on)]) == 0
+        result = json.loads((tmp_path / on / "result.json").read_text())
+        fidelity[on] = result["details"]["source_fidelity"]
+    none = fidelity["none"]
+    assert none["metric_after_allocate"] == none["metric_after_prune"]
+    for on in ("labelled", "source-inputs"):  # Allocate brings the source back
+        assert fidelity[on]["agreement_after_allocate"] < none["agreement_after_allocate"]
+    assert main([*base, "--allocate-on", "generated", "--out", str(tmp_path / "g")]) == 2
+    assert "friedman is not a table" in capsys.readouterr().err
