@@ -159,15 +159,15 @@ class MaskedTraining:
         steady = self._steady
         if steady is None or getattr(self.optimizer, "grad_scale", None) is not None:
             return False
-        params, pairs, shifted, offsets, zero = steady
+        params, pairs, fold, zero = steady
         for p in params:
             g = p.grad
             if g is None or g.is_sparse:
                 return False
-        if offsets or pairs or zero:
+        if fold or pairs or zero:
             with no_grad():
-                if offsets:
-                    torch._foreach_add_([p.grad for p in shifted], offsets)
+                if fold:
+                    self.folding.add_offsets(None)
                 if pairs:
                     add_l2(pairs, 2 * self.l2)
                 if zero:
@@ -209,14 +209,8 @@ class MaskedTraining:
             zero_at_frozen(zero)
         complete = len(live) == len(self.masked) and len(whole) == len(self.whole)
         if complete and not (everything or sparse or self.folding.idle):
-            offsets = self.folding.offsets if fold else []
-            self._steady = (
-                [m.param for m in self.masked] + [p for p, _ in self.whole],
-                pairs,
-                [p for p, _ in offsets],
-                [c for _, c in offsets],
-                zero,
-            )
+            params = [m.param for m in self.masked] + [p for p, _ in self.whole]
+            self._steady = (params, pairs, fold and bool(self.folding.offsets), zero)
 
     # -- which way holds the frozen entries ----------------------------------------------
 
