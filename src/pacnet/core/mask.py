@@ -322,7 +322,8 @@ def prune(
             ``"layer"`` (the same ratio within every parameter). Under ``"global"`` a
             parameter the threshold would leave without a single essential entry (an
             embedding of small values next to large projections) keeps its own largest
-            ``1 − ratio`` share instead, so the source never loses a whole layer; a warning
+            ``1 − ratio`` share instead (at least one entry), so the source never loses a whole
+            layer; a warning
             names it.
         prunable: which parameters to cover (default: every weight that multiplies
             activations, see :mod:`pacnet.core.roles`), names, or a predicate.
@@ -408,8 +409,9 @@ def _essential(
     else:
         masks = [select_essential([t], round(ratio * t.numel()))[0] for t in tensors]
     empty = [i for i, m in enumerate(masks) if m.numel() and not bool(m.any())]
-    for i in empty:
-        masks[i] = select_essential([tensors[i]], round(ratio * tensors[i].numel()))[0]
+    for i in empty:  # its own share, and at least one entry
+        n = tensors[i].numel()
+        masks[i] = select_essential([tensors[i]], min(round(ratio * n), n - 1))[0]
     if warn and empty:
         listed = [names[i] for i in empty]
         warnings.warn(
