@@ -110,8 +110,7 @@ def _run(spec: RunSpec, out: str | Path | None, cache: StateCache, save: bool) -
             raise PacnetError(f"cannot create the output folder {out}: {exc.strerror}") from None
     start = time.perf_counter()
     ctx = prepare(spec, cache)
-    bench, source, target = ctx.benchmark, ctx.source, ctx.target
-    source_before = bench.score(ctx.source_model, source.test)
+    source_before = ctx.benchmark.score(ctx.source_model, ctx.source.test)
     if spec.targets:
         return _run_chain(spec, out, ctx, method, source_before, start, save)
     selection = None
@@ -120,7 +119,7 @@ def _run(spec: RunSpec, out: str | Path | None, cache: StateCache, save: bool) -
             type(method),
             spec.method_params,
             ctx,
-            bench,
+            ctx.benchmark,
             spec.folds,
             seeded_transfer,
             mode=spec.select,
@@ -128,6 +127,22 @@ def _run(spec: RunSpec, out: str | Path | None, cache: StateCache, save: bool) -
         )
         method = spec.make_method(selection["chosen"])
     transfer = seeded_transfer(method, ctx)
+    trained = completed(spec, method, ctx, transfer, selection, start, source_before)
+    return finish(spec, trained, out, save)
+
+
+def completed(
+    spec: RunSpec,
+    method: Method,
+    ctx: TransferContext,
+    transfer: Transfer,
+    selection: dict[str, Any] | None,
+    start: float,
+    source_before: float,
+) -> Trained:
+    """The finished run of ``spec``: its record (scores of ``transfer`` on the test sets)
+    and its network; ``method`` is the one that ran (the chosen candidate)."""
+    bench, source, target = ctx.benchmark, ctx.source, ctx.target
     result = _record(
         spec,
         method,
@@ -144,7 +159,7 @@ def _run(spec: RunSpec, out: str | Path | None, cache: StateCache, save: bool) -
         benchmark_details=bench.details(),
         selection=selection,
     )
-    return _finish(spec, Trained(result, transfer.target_model, transfer.tasks), out, save)
+    return Trained(result, transfer.target_model, transfer.tasks)
 
 
 def _record(spec: RunSpec, method: Method, start: float, **fields: Any) -> dict[str, Any]:
@@ -166,7 +181,7 @@ def _record(spec: RunSpec, method: Method, start: float, **fields: Any) -> dict[
     }
 
 
-def _finish(spec: RunSpec, trained: Trained, out: str | Path | None, save: bool) -> Trained:
+def finish(spec: RunSpec, trained: Trained, out: str | Path | None, save: bool) -> Trained:
     """Record the process layout (and, under torchrun, that every rank holds the same
     weights); only rank 0 writes ``result.json`` (and, with ``save``, the network first)."""
     result, model = trained.result, trained.model
@@ -221,4 +236,4 @@ def _run_chain(
         source_test_after=final["source"],
         chain=chain,
     )
-    return _finish(spec, Trained(result, model, tasks), out, save)
+    return finish(spec, Trained(result, model, tasks), out, save)

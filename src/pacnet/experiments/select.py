@@ -70,8 +70,7 @@ def fold_scores(
     """Validation score of ``method`` on each (train, validation) split of ``splits``."""
     scores = []
     for train, val in splits:
-        fold_ctx = replace(ctx, target=TaskData(train, ctx.target.val, val))
-        transfer = run_one(method, fold_ctx)
+        transfer = run_one(method, fold_context(ctx, train, val))
         scores.append(bench.score(transfer.target_model, val))
     return scores
 
@@ -106,10 +105,24 @@ def cross_validate(
         method = method_cls(make(method_cls.Params, {**fixed, **candidate}))
         scores = fold_scores(method, ctx, bench, splits, run_one)
         tried.append({"params": candidate, "val": statistics.fmean(scores), "folds_val": scores})
+    return selection_record(method_cls, tried, ctx.target.train, folds, mode)
+
+
+def fold_context(ctx: TransferContext, train: Data, val: Data) -> TransferContext:
+    """``ctx`` with the target's training data replaced by one split's training part (the
+    held-out part, scored afterwards, stands in for the test set)."""
+    return replace(ctx, target=TaskData(train, ctx.target.val, val))
+
+
+def selection_record(
+    method_cls: type[Method], tried: list[dict[str, Any]], train: Data, folds: int, mode: str
+) -> dict[str, Any]:
+    """The record of a selection from the candidates ``tried`` (each with its ``params``,
+    mean ``val`` and ``folds_val``) on validation splits of ``train``: the lowest mean
+    wins, ties to the earlier candidate."""
     check(tried, f"{method_cls.__name__}: no candidates to choose from")
     best = min(range(len(tried)), key=lambda i: tried[i]["val"])
-    whole = " (whole trajectories held out)" if ctx.target.train.groups is not None else ""
-    train = ctx.target.train
+    whole = " (whole trajectories held out)" if train.groups is not None else ""
     k = min(folds, len(torch.unique(train.groups)) if train.groups is not None else len(train))
     if mode == "holdout":
         text = f"one held-out validation fold (1/{k} of the target training samples)"

@@ -129,6 +129,28 @@ class Transfer:
 
 
 @dataclass
+class Plan:
+    """A method's target training laid out for the stacked trainer
+    (:mod:`pacnet.training.stacked`), which trains many such plans as one model.
+
+    ``model`` is set up as the method sets it up before training (a copy of the source, a
+    new head, PAC-Net's pruned and allocated network with the target task active);
+    ``trainable`` says per parameter name which entries train (a bool tensor, or True for
+    all); ``pulls`` adds ``c·‖w − a‖²`` per parameter as ``name: (c, a)``, counted in the
+    reported loss with ``pulls_in_loss``; ``lr`` overrides the target learning rate.
+    Once the trained values are in ``model``, ``finish(fit)`` hands back the
+    :class:`Transfer` that :meth:`Method.transfer` would.
+    """
+
+    model: nn.Module
+    trainable: dict[str, Tensor | bool]
+    finish: Callable[[FitResult], Transfer]
+    lr: float | None = None
+    pulls: dict[str, tuple[float, Tensor]] = field(default_factory=dict)
+    pulls_in_loss: bool = False
+
+
+@dataclass
 class NoParams:
     """A method without hyperparameters of its own."""
 
@@ -184,6 +206,12 @@ class Method(ABC):
     @abstractmethod
     def transfer(self, ctx: TransferContext) -> Transfer:
         """Adapt to the target task described by ``ctx``."""
+
+    def plan(self, ctx: TransferContext, final: bool = True) -> Plan | None:
+        """The run laid out for the stacked trainer, or None where the method has no such
+        layout (it then runs alone, through :meth:`transfer`). ``final=False`` (a
+        cross-validation fold, whose model is only scored) may skip extra measurements."""
+        return None
 
     def chain(self, ctx: TransferContext, targets: Targets, score: Scorer) -> dict[str, Any]:
         """Serve ``targets`` one after another from one network, where the method can

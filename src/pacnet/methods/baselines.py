@@ -12,12 +12,14 @@ from pacnet.core.mask import find_head
 from pacnet.errors import check
 from pacnet.methods.base import (
     Method,
+    Plan,
     Transfer,
     TransferContext,
     count,
     one_network,
     with_target_head,
 )
+from pacnet.training.train import FitResult
 
 LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 
@@ -32,6 +34,11 @@ class LearningRate:
 
     def __post_init__(self) -> None:
         check(self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}")
+
+
+def everything(model: nn.Module) -> dict[str, bool]:
+    """Every parameter that requires a gradient trains, all of its entries."""
+    return {name: True for name, p in model.named_parameters() if p.requires_grad}
 
 
 def head_of(model: nn.Module) -> tuple[str, nn.Module]:
@@ -56,18 +63,19 @@ class Scratch(Method):
     starts_from_source = False
 
     def transfer(self, ctx: TransferContext) -> Transfer:
+        plan = self.plan(ctx)
+        return plan.finish(self.fit_target(ctx, plan.model, lr=self.params.lr))
+
+    def plan(self, ctx: TransferContext, final: bool = True) -> Plan:
         model = with_target_head(ctx.benchmark.make_model(ctx.seed), ctx)
         model.to(next(ctx.source_model.parameters()).device)
-        result = self.fit_target(ctx, model, lr=self.params.lr)
         n = count(model)
-        return Transfer(
-            model,
-            ctx.source_model,
-            trainable=n,
-            total=n,
-            stored=n + count(ctx.source_model),
-            fit=result,
-        )
+
+        def finish(result: FitResult) -> Transfer:
+            stored = n + count(ctx.source_model)
+            return Transfer(model, ctx.source_model, n, n, stored, fit=result)
+
+        return Plan(model, everything(model), finish, lr=self.params.lr)
 
 
 class FineTune(Method):
@@ -76,9 +84,17 @@ class FineTune(Method):
     Params = LearningRate
 
     def transfer(self, ctx: TransferContext) -> Transfer:
+        plan = self.plan(ctx)
+        return plan.finish(self.fit_target(ctx, plan.model, lr=self.params.lr))
+
+    def plan(self, ctx: TransferContext, final: bool = True) -> Plan:
         model = with_target_head(copy.deepcopy(ctx.source_model), ctx)
-        result = self.fit_target(ctx, model, lr=self.params.lr)
-        return one_network(model, ctx, result)
+        return Plan(
+            model,
+            everything(model),
+            lambda result: one_network(model, ctx, result),
+            lr=self.params.lr,
+        )
 
 
 class LinearProbe(Method):
@@ -87,6 +103,11 @@ class LinearProbe(Method):
     Params = LearningRate
 
     def transfer(self, ctx: TransferContext) -> Transfer:
+        plan = self.plan(ctx)
+        head = [p for p in plan.model.parameters() if p.requires_grad]
+        return plan.finish(self.fit_target(ctx, plan.model, params=head, lr=self.params.lr))
+
+    def plan(self, ctx: TransferContext, final: bool = True) -> Plan:
         model = with_target_head(copy.deepcopy(ctx.source_model), ctx)
         head_name, head = head_of(model)
         model.requires_grad_(False)
@@ -94,14 +115,10 @@ class LinearProbe(Method):
         for name, child in model.named_children():
             if head_name != name and not head_name.startswith(name + "."):
                 keep_eval(child)
-        params = list(head.parameters())
-        result = self.fit_target(ctx, model, params=params, lr=self.params.lr)
-        n_head = sum(p.numel() for p in params)
-        return Transfer(
-            model,
-            ctx.source_model,
-            trainable=n_head,
-            total=count(model),
-            stored=count(model) + n_head,
-            fit=result,
-        )
+        n_head = sum(p.numel() for p in head.parameters())
+
+        def finish(result: FitResult) -> Transfer:
+            total = count(model)
+            return Transfer(model, ctx.source_model, n_head, total, total + n_head, fit=result)
+
+        return Plan(model, everything(model), finish, lr=self.params.lr)

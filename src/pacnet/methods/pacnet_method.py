@@ -10,12 +10,26 @@ import torch
 from torch import Tensor, nn
 
 from pacnet.core.mask import Mask, prune, shared_mask
-from pacnet.core.pac import allocate, calibrate, parameter_report, zero_redundant
+from pacnet.core.pac import (
+    allocate,
+    calibrate,
+    parameter_report,
+    zero_entries,
+    zero_redundant,
+)
 from pacnet.core.scores import SCORES
 from pacnet.core.tasks import Tasks
 from pacnet.errors import check, check_ratio
-from pacnet.methods.base import Method, Scorer, Targets, Transfer, TransferContext, count
-from pacnet.training.train import Data, FitConfig, infer, outputs
+from pacnet.methods.base import (
+    Method,
+    Plan,
+    Scorer,
+    Targets,
+    Transfer,
+    TransferContext,
+    count,
+)
+from pacnet.training.train import Data, FitConfig, FitResult, infer, outputs
 
 
 @dataclass
@@ -210,6 +224,30 @@ class PacNet(Method):
             seed=ctx.seed,
             init=ctx.new_head,
         )
+        return self._handed_back(model, tasks, result, fidelity)
+
+    def plan(self, ctx: TransferContext, final: bool = True) -> Plan:
+        """Stacked Calibrate: the target task added and active, its free entries at 0;
+        what it owns trains, pulled toward its start with λ (as :func:`calibrate` does)."""
+        p: PacNetParams = self.params
+        model, mask = self.allocated(ctx)
+        fidelity = source_fidelity(ctx, mask, model) if final else {}
+        tasks = Tasks(model, mask)
+        tasks.add("target", ctx.new_head)
+        tasks.activate(model, "target")
+        zero_entries(model, tasks.owned("target"))
+        trainable = tasks.trainable(model)
+        params = dict(model.named_parameters())
+        pulls = {n: (p.lam, params[n].detach().clone()) for n in trainable}
+
+        def finish(result: FitResult) -> Transfer:
+            return self._handed_back(model, tasks, result, fidelity)
+
+        return Plan(model, dict(trainable), finish, pulls=pulls)
+
+    def _handed_back(
+        self, model: nn.Module, tasks: Tasks, result: FitResult, fidelity: dict[str, Any]
+    ) -> Transfer:
         report = parameter_report(model, tasks)
         source_view: nn.Module = tasks.export(model, "source")
         return Transfer(

@@ -13,17 +13,19 @@ import copy
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from pacnet.errors import check
 from pacnet.methods.base import (
     Method,
+    Plan,
     Transfer,
     TransferContext,
     one_network,
     with_target_head,
 )
-from pacnet.methods.baselines import head_of
+from pacnet.methods.baselines import everything, head_of
 from pacnet.methods.regularizers import (
     L2,
     SpectralShrinkage,
@@ -71,6 +73,27 @@ class L2SP(Method):
         penalties = [(p.alpha, StartingPoint(body)), (p.beta, head_term(model, head_name, ctx))]
         result = self.fit_target(ctx, model, penalties=penalties)
         return one_network(model, ctx, result)
+
+    def plan(self, ctx: TransferContext, final: bool = True) -> Plan:
+        """Stacked: the terms ``α/2·‖w − w_source‖²`` (body) and ``β/2·‖w − w_head‖²`` (the
+        head's start, or 0 for a new head) as pulls, counted in the loss as here."""
+        p: L2SPParams = self.params
+        model = with_target_head(copy.deepcopy(ctx.source_model), ctx)
+        head_name, _ = head_of(model)
+        pulls = {}
+        for name, w in model.named_parameters():
+            if name.startswith(head_name + "."):
+                anchor = torch.zeros_like(w) if ctx.new_head is not None else w
+                pulls[name] = (p.beta / 2, anchor.detach().clone())
+            else:
+                pulls[name] = (p.alpha / 2, w.detach().clone())
+        return Plan(
+            model,
+            everything(model),
+            lambda result: one_network(model, ctx, result),
+            pulls=pulls,
+            pulls_in_loss=True,
+        )
 
 
 @dataclass

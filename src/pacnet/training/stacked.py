@@ -1,0 +1,334 @@
+"""Many small MLP trainings as one: the members' weights stacked ``[M, …]``, one batched
+matmul per layer, one Adam step for all.
+
+A cross-validated comparison on the MLP benchmarks trains hundreds of small networks (6
+candidates × 3 folds per run, and a run per seed and target size). One of them alone
+spends most of a step in Python and in the optimizer's per-tensor overhead, not in
+arithmetic; stacked, the overhead is paid once per step for every member.
+
+Each :class:`Member` keeps what its own run would have:
+
+* its data, batch size and seeded batch order (the very batches :meth:`Data.batches`
+  draws with that seed, padded to the largest batch with zero-weight rows);
+* its learning rate, and its pulls ``c·‖w − a‖²`` (L2-SP's α and β, PAC-Net's λ);
+* which entries train: a frozen entry of member *i* gets a zero gradient, so its Adam
+  state stays zero and its update is exactly ``−0.0`` — it never moves, whatever the other
+  members do;
+* its validation data and early stopping: a member that stops is frozen from then on (its
+  step size is zero) and gets its best state back at the end.
+
+The result matches what :func:`pacnet.fit` gives each member alone with the same seed up to
+float rounding (sums in another order; Adam written out instead of the fused kernel):
+:data:`TOLERANCE` states how close, and the tests hold it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from pacnet.benchmarks.mlp import MLP
+from pacnet.errors import check
+from pacnet.training.train import Data, FitConfig, FitResult
+
+TOLERANCE = {"weights_rtol": 1e-3, "weights_atol": 1e-4, "metric_rtol": 1e-3}
+"""How close a stacked member ends to the same run trained alone, in float32: final weights
+within ``weights_atol + weights_rtol·|w|`` entrywise, and the benchmark metric within
+``metric_rtol`` relative. Frozen entries are identical, bit for bit."""
+
+_ACTIVATIONS = {
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "gelu": nn.functional.gelu,
+    "silu": nn.functional.silu,
+}
+
+
+@dataclass
+class Member:
+    """One training run of an MLP, described for :func:`fit_stacked`.
+
+    ``start`` holds every parameter's starting value by name (as ``model.state_dict()``
+    names them); ``trainable`` says per parameter which entries train (a bool tensor, or
+    True/False for all/none; a parameter missing is frozen); ``pulls`` adds
+    ``c·‖w − a‖²`` for parameter ``name`` as ``name: (c, a)`` (its gradient, ``2c(w − a)``,
+    acts on the trainable entries); with ``pulls_in_loss`` the terms count in the reported
+    loss, as they do when a method adds them to the loss (L2-SP) rather than to the
+    gradient (PAC-Net's Calibrate).
+    """
+
+    start: Mapping[str, Tensor]
+    train: Data
+    cfg: FitConfig
+    seed: int = 0
+    trainable: Mapping[str, Tensor | bool] = field(default_factory=dict)
+    pulls: Mapping[str, tuple[float, Tensor]] = field(default_factory=dict)
+    pulls_in_loss: bool = False
+    val: Data | None = None
+
+
+def layer_names(spec: Mapping[str, object]) -> list[tuple[str, str]]:
+    """``(weight, bias)`` parameter names of an MLP spec's layers, input to output."""
+    hidden = list(spec["hidden"])  # type: ignore[call-overload]
+    names = [(f"body.{2 * i}.weight", f"body.{2 * i}.bias") for i in range(len(hidden))]
+    return [*names, ("head.weight", "head.bias")]
+
+
+def supports(model: nn.Module, cfg: FitConfig) -> str | None:
+    """Why ``model`` trained under ``cfg`` cannot be stacked (None: it can)."""
+    if type(model) is not MLP:
+        return "the model is not pacnet's MLP"
+    if cfg.optimizer != "adam" or cfg.weight_decay:
+        return f"optimizer {cfg.optimizer} with weight decay {cfg.weight_decay} (stacked: Adam)"
+    if cfg.grad_clip is not None or cfg.amp != "none":
+        return "gradient clipping or mixed precision"
+    return None
+
+
+class _Stack:
+    """The members' parameters as stacked leaves, their masks, pulls and Adam state."""
+
+    def __init__(self, members: Sequence[Member], names: list[str], device: torch.device):
+        def stacked(get) -> Tensor:
+            return torch.stack([get(m, name) for m in members]).to(device)
+
+        self.names = names
+        self.params: list[Tensor] = []
+        self.masks: list[Tensor | None] = []
+        self.pulls: list[tuple[Tensor, Tensor] | None] = []
+        for name in names:
+            start = stacked(lambda m, n: m.start[n].detach().float())
+            self.params.append(start.clone().requires_grad_(True))
+            mask = stacked(lambda m, n: _mask(m, n).float())
+            self.masks.append(None if bool((mask == 1).all()) else mask)
+            if any(name in m.pulls for m in members):
+                coef = stacked(lambda m, n: torch.tensor(2 * float(m.pulls.get(n, (0.0,))[0])))
+                anchor = stacked(
+                    lambda m, n: m.pulls[n][1].detach().float()
+                    if n in m.pulls
+                    else torch.zeros_like(m.start[n], dtype=torch.float32)
+                )
+                self.pulls.append((coef.view(-1, *[1] * (start.dim() - 1)), anchor))
+            else:
+                self.pulls.append(None)
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+
+
+def _mask(member: Member, name: str) -> Tensor:
+    where = member.trainable.get(name, False)
+    if isinstance(where, bool):
+        return torch.full_like(member.start[name], where, dtype=torch.bool)
+    return where.to(torch.bool)
+
+
+def _orders(members: Sequence[Member], steps: int, width: int) -> Tensor:
+    """Each member's training rows per step, ``[steps, M, width]`` (padding: row 0), the very
+    order :meth:`Data.batches` draws with the member's seed."""
+    out = torch.zeros(steps, len(members), width, dtype=torch.long)
+    for i, m in enumerate(members):
+        n = len(m.train)
+        size = min(m.cfg.batch_size, n)
+        generator = torch.Generator().manual_seed(m.seed)
+        rows: list[Tensor] = []
+        need = m.cfg.steps
+        while need > 0:
+            order = torch.randperm(n, generator=generator)
+            per_epoch = n // size
+            take = min(per_epoch, need)
+            rows.append(order[: take * size].view(take, size))
+            need -= take
+        if rows:
+            out[: m.cfg.steps, i, :size] = torch.cat(rows)
+    return out
+
+
+def _padded(parts: Sequence[Tensor], device: torch.device) -> Tensor:
+    width = max(len(p) for p in parts)
+    out = torch.zeros(len(parts), width, *parts[0].shape[1:], dtype=parts[0].dtype)
+    for i, p in enumerate(parts):
+        out[i, : len(p)] = p
+    return out.to(device)
+
+
+def _counts(sizes: Sequence[int], width: int, device: torch.device) -> Tensor:
+    """``[M, width]`` weights: 1 for a member's first ``sizes[i]`` rows, 0 after."""
+    return (torch.arange(width)[None, :] < torch.tensor(sizes)[:, None]).float().to(device)
+
+
+def fit_stacked(
+    members: Sequence[Member],
+    spec: Mapping[str, object],
+    device: torch.device | str = "cpu",
+) -> list[tuple[dict[str, Tensor], FitResult]]:
+    """Train every member (MLPs of architecture ``spec``, MSE loss, Adam) as one stacked
+    model; return each member's final state (the best one where it stopped early) and its
+    :class:`FitResult`, as :func:`pacnet.fit` would for that member alone."""
+    check(members, "nothing to train: no members")
+    device = torch.device(device)
+    layers = layer_names(spec)
+    names = [n for pair in layers for n in pair]
+    act = _ACTIVATIONS[str(spec.get("activation", "relu"))]
+    stack = _Stack(members, names, device)
+    M = len(members)
+    steps = max(m.cfg.steps for m in members)
+    sizes = [min(m.cfg.batch_size, len(m.train)) for m in members]
+    width = max(sizes)
+    weights = _counts(sizes, width, device)
+    out_dim = members[0].train.y.shape[-1]
+    denom = (torch.tensor(sizes, dtype=torch.float32) * out_dim).to(device)
+    xs = _padded([m.train.x.float() for m in members], device)
+    ys = _padded([m.train.y.float().reshape(len(m.train), -1) for m in members], device)
+    orders = _orders(members, steps, width).to(device)
+    lr = torch.tensor([m.cfg.lr for m in members], dtype=torch.float32, device=device)
+    stop_at = torch.tensor([m.cfg.steps for m in members], device=device)
+    live = torch.ones(M, dtype=torch.bool, device=device)
+    validation = _StackedValidation(members, stack, layers, act, device)
+    results = [FitResult() for _ in members]
+    last_loss = torch.full((M,), math.nan, dtype=torch.float64)
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    view = [(-1,) + (1,) * (p.dim() - 1) for p in stack.params]
+
+    def forward(x: Tensor) -> Tensor:
+        h = x
+        for i in range(len(layers)):
+            w, b = stack.params[2 * i], stack.params[2 * i + 1]
+            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if i < len(layers) - 1:
+                h = act(h)
+        return h
+
+    for step in range(1, steps + 1):
+        live &= stop_at >= step
+        if not bool(live.any()):
+            break
+        idx = orders[step - 1]
+        x = torch.gather(xs, 1, idx.unsqueeze(-1).expand(-1, -1, xs.shape[-1]))
+        y = torch.gather(ys, 1, idx.unsqueeze(-1).expand(-1, -1, ys.shape[-1]))
+        for p in stack.params:
+            p.grad = None
+        err = (forward(x) - y).square().sum(-1) * weights
+        losses = err.sum(1) / denom
+        losses.sum().backward()
+        shown = losses.detach()
+        with torch.no_grad():
+            if any(pull is not None for pull in stack.pulls) and any(
+                m.pulls_in_loss for m in members
+            ):
+                shown = shown + _pull_values(stack, members)
+            step_size = torch.where(live, lr / (1 - beta1**step), torch.zeros_like(lr))
+            root = math.sqrt(1 - beta2**step)
+            for k, p in enumerate(stack.params):
+                g = p.grad
+                if stack.pulls[k] is not None:
+                    coef, anchor = stack.pulls[k]
+                    g.add_((p - anchor) * coef)
+                if stack.masks[k] is not None:
+                    g.mul_(stack.masks[k])
+                m_, v_ = stack.exp_avg[k], stack.exp_avg_sq[k]
+                m_.lerp_(g, 1 - beta1)
+                v_.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                update = m_ / (v_.sqrt() / root).add_(eps)
+                p.sub_(update.mul_(step_size.view(view[k])))
+        live_now = live.cpu()
+        last_loss = torch.where(live_now, shown.double().cpu(), last_loss)
+        for i in torch.nonzero(live_now).flatten().tolist():
+            results[i].steps = step
+        stopped = validation.after(step, live_now, results)
+        if stopped:
+            live[torch.tensor(stopped, device=device)] = False
+    states = validation.final_states()
+    for i, r in enumerate(results):
+        r.final_loss = float(last_loss[i]) if r.steps else math.nan
+    return [(states[i], results[i]) for i in range(M)]
+
+
+def _pull_values(stack: _Stack, members: Sequence[Member]) -> Tensor:
+    """Each member's pull terms ``Σ c·‖w − a‖²`` where they count in its loss."""
+    total = torch.zeros(len(members), device=stack.params[0].device)
+    for p, pull in zip(stack.params, stack.pulls, strict=True):
+        if pull is not None:
+            coef, anchor = pull
+            total += (coef / 2 * (p - anchor).square()).flatten(1).sum(1)
+    counts = torch.tensor([m.pulls_in_loss for m in members], device=total.device)
+    return torch.where(counts, total, torch.zeros_like(total))
+
+
+class _StackedValidation:
+    """Validation every ``eval_every`` steps per member (as :func:`pacnet.fit` does), the
+    best state of members with patience, and their stopping."""
+
+    def __init__(
+        self,
+        members: Sequence[Member],
+        stack: _Stack,
+        layers: list[tuple[str, str]],
+        act,
+        device: torch.device,
+    ):
+        self.members, self.stack, self.layers, self.act = members, stack, layers, act
+        self.with_val = [i for i, m in enumerate(members) if m.val is not None]
+        self.best: dict[int, list[Tensor]] = {}
+        self.stale = [0] * len(members)
+        if self.with_val:
+            vals = [members[i].val for i in self.with_val]
+            self.x = _padded([v.x.float() for v in vals], device)
+            self.y = _padded([v.y.float().reshape(len(v), -1) for v in vals], device)
+            sizes = [len(v) for v in vals]
+            self.weights = _counts(sizes, self.x.shape[1], device)
+            self.count = torch.tensor(sizes, dtype=torch.float64) * self.y.shape[-1]
+            self.rows = torch.tensor(self.with_val, device=device)
+
+    @torch.no_grad()
+    def _scores(self) -> list[float]:
+        params = [p.index_select(0, self.rows) for p in self.stack.params]
+        h = self.x
+        for i in range(len(self.layers)):
+            h = torch.baddbmm(params[2 * i + 1].unsqueeze(1), h, params[2 * i].transpose(1, 2))
+            if i < len(self.layers) - 1:
+                h = self.act(h)
+        err = ((h - self.y).square().sum(-1) * self.weights).sum(1).double().cpu()
+        return (err / self.count).tolist()
+
+    def after(self, step: int, live: Tensor, results: list[FitResult]) -> list[int]:
+        """Evaluate the members due at ``step``; the members that stop here."""
+        due = [
+            j
+            for j, i in enumerate(self.with_val)
+            if bool(live[i])
+            and (step % self.members[i].cfg.eval_every == 0 or step == self.members[i].cfg.steps)
+        ]
+        if not due:
+            return []
+        scores = self._scores()
+        stopped = []
+        for j in due:
+            i = self.with_val[j]
+            member, result, score = self.members[i], results[i], scores[j]
+            result.val_curve.append((step, score))
+            if result.best_val is None or score < result.best_val:
+                result.best_val, result.best_step, self.stale[i] = score, step, 0
+                if member.cfg.patience is not None:
+                    self.best[i] = [p[i].detach().clone() for p in self.stack.params]
+                continue
+            self.stale[i] += 1
+            if member.cfg.patience is not None and self.stale[i] >= member.cfg.patience:
+                stopped.append(i)
+        return stopped
+
+    def final_states(self) -> list[dict[str, Tensor]]:
+        names = self.stack.names
+        out = []
+        for i, member in enumerate(self.members):
+            values = self.best.get(i) or [p[i].detach() for p in self.stack.params]
+            out.append(
+                {
+                    n: v.to(member.start[n].device, member.start[n].dtype).clone()
+                    for n, v in zip(names, values, strict=True)
+                }
+            )
+        return out
