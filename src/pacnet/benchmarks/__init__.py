@@ -9,11 +9,18 @@ from pacnet.benchmarks.fashion import Fashion
 from pacnet.benchmarks.friedman import Friedman
 from pacnet.benchmarks.ode import ODE
 from pacnet.benchmarks.pde import PDE
+from pacnet.benchmarks.tables import MEMBERS as TABLES
 from pacnet.errors import PacnetError
 
 BENCHMARKS: dict[str, type[Benchmark]] = {
-    b.name: b for b in (Friedman, ODE, PDE, Fashion, Digits, CelebA)
+    b.name: b for b in (Friedman, ODE, PDE, Fashion, Digits, CelebA, *TABLES)
 }
+
+FAMILIES: dict[str, str] = {
+    "tables": "real regression tables split by a column into source and target groups "
+    "(pip install 'pacnet[tables]')",
+}
+"""What each benchmark family is, in one line (see :attr:`Benchmark.family`)."""
 
 
 def get_benchmark(name: str) -> type[Benchmark]:
@@ -26,4 +33,4 @@ def get_benchmark(name: str) -> type[Benchmark]:
         ) from None
 
 
-__all__ = ["BENCHMARKS", "Benchmark", "TaskData", "get_benchmark"]
+__all__ = ["BENCHMARKS", "FAMILIES", "Benchmark", "TaskData", "get_benchmark"]

@@ -114,6 +114,9 @@ class Benchmark(ABC):
     source_name: ClassVar[str | None] = None
     """Benchmarks with the same ``source_name`` and source settings share one source model
     (None: the benchmark's own name)."""
+    family: ClassVar[str | None] = None
+    """The family a benchmark belongs to (``tables``: the real tables, one benchmark each),
+    under which ``pacnet benchmarks`` lists it; None: it stands alone."""
 
     def __init__(self, config: Any, cache: StateCache | None = None):
         self.config = config
