@@ -101,22 +101,38 @@ class _Stack:
         self.masks: list[Tensor | None] = []
         self.pulls: list[tuple[Tensor, Tensor] | None] = []
         for name in names:
-            start = stacked(lambda m, n: m.start[n].detach().float())
+            start = stacked(lambda m, n: _laid(n, m.start[n].detach().float()))
             self.params.append(start.clone().requires_grad_(True))
-            mask = stacked(lambda m, n: _mask(m, n).float())
+            mask = stacked(lambda m, n: _laid(n, _mask(m, n).float()))
             self.masks.append(None if bool((mask == 1).all()) else mask)
             if any(name in m.pulls for m in members):
                 coef = stacked(lambda m, n: torch.tensor(2 * float(m.pulls.get(n, (0.0,))[0])))
                 anchor = stacked(
-                    lambda m, n: m.pulls[n][1].detach().float()
-                    if n in m.pulls
-                    else torch.zeros_like(m.start[n], dtype=torch.float32)
+                    lambda m, n: (
+                        _laid(n, m.pulls[n][1].detach().float())
+                        if n in m.pulls
+                        else torch.zeros_like(_laid(n, m.start[n]), dtype=torch.float32)
+                    )
                 )
                 self.pulls.append((coef.view(-1, *[1] * (start.dim() - 1)), anchor))
             else:
                 self.pulls.append(None)
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+
+    def values(self, i: int) -> list[Tensor]:
+        """Member ``i``'s parameters, laid out as the model holds them."""
+        return [
+            _laid(n, p[i].detach(), back=True) for n, p in zip(self.names, self.params, strict=True)
+        ]
+
+
+def _laid(name: str, t: Tensor, back: bool = False) -> Tensor:
+    """A parameter as the stack holds it: a weight ``[out, in]`` as ``[in, out]`` (so a
+    layer is one ``x @ W`` and its gradient comes out contiguous), a bias as ``[1, out]``."""
+    if name.endswith("weight"):
+        return t.t().contiguous() if not back else t.t()
+    return t.unsqueeze(0) if not back else t.squeeze(0)
 
 
 def _mask(member: Member, name: str) -> Tensor:
@@ -169,7 +185,17 @@ def fit_stacked(
     model; return each member's final state (the best one where it stopped early) and its
     :class:`FitResult`, as :func:`pacnet.fit` would for that member alone."""
     check(members, "nothing to train: no members")
-    device = torch.device(device)
+    order = sorted(range(len(members)), key=lambda i: members[i].cfg.lr)  # same lr: adjacent
+    trained = _fit_sorted([members[i] for i in order], spec, torch.device(device))
+    out: list[tuple[dict[str, Tensor], FitResult]] = [trained[0]] * len(members)
+    for position, i in enumerate(order):
+        out[i] = trained[position]
+    return out
+
+
+def _fit_sorted(
+    members: Sequence[Member], spec: Mapping[str, object], device: torch.device
+) -> list[tuple[dict[str, Tensor], FitResult]]:
     layers = layer_names(spec)
     names = [n for pair in layers for n in pair]
     act = _ACTIVATIONS[str(spec.get("activation", "relu"))]
@@ -184,44 +210,42 @@ def fit_stacked(
     xs = _padded([m.train.x.float() for m in members], device)
     ys = _padded([m.train.y.float().reshape(len(m.train), -1) for m in members], device)
     orders = _orders(members, steps, width).to(device)
-    lr = torch.tensor([m.cfg.lr for m in members], dtype=torch.float32, device=device)
-    stop_at = torch.tensor([m.cfg.steps for m in members], device=device)
-    live = torch.ones(M, dtype=torch.bool, device=device)
+    stop_at = [m.cfg.steps for m in members]
+    live = [True] * M
+    adam = _Adam(stack, [m.cfg.lr for m in members], device)
+    adam.live(live)
+    live_t = torch.ones(M, dtype=torch.bool, device=device)
     validation = _StackedValidation(members, stack, layers, act, device)
     results = [FitResult() for _ in members]
-    last_loss = torch.full((M,), math.nan, dtype=torch.float64)
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-    view = [(-1,) + (1,) * (p.dim() - 1) for p in stack.params]
+    last_loss = torch.full((M,), math.nan, dtype=torch.float64, device=device)
+    taken = torch.zeros(M, dtype=torch.long, device=device)
+    pulls_shown = any(m.pulls_in_loss for m in members) and any(stack.pulls)
 
     def forward(x: Tensor) -> Tensor:
         h = x
         for i in range(len(layers)):
-            w, b = stack.params[2 * i], stack.params[2 * i + 1]
-            h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            h = torch.baddbmm(stack.params[2 * i + 1], h, stack.params[2 * i])
             if i < len(layers) - 1:
                 h = act(h)
         return h
 
     for step in range(1, steps + 1):
-        live &= stop_at >= step
-        if not bool(live.any()):
+        ended = [i for i in range(M) if live[i] and stop_at[i] < step]
+        if ended:
+            _stop(ended, live, live_t, adam)
+        if not any(live):
             break
         idx = orders[step - 1]
         x = torch.gather(xs, 1, idx.unsqueeze(-1).expand(-1, -1, xs.shape[-1]))
         y = torch.gather(ys, 1, idx.unsqueeze(-1).expand(-1, -1, ys.shape[-1]))
         for p in stack.params:
             p.grad = None
-        err = (forward(x) - y).square().sum(-1) * weights
-        losses = err.sum(1) / denom
+        losses = ((forward(x) - y).square().sum(-1) * weights).sum(1) / denom
         losses.sum().backward()
-        shown = losses.detach()
         with torch.no_grad():
-            if any(pull is not None for pull in stack.pulls) and any(
-                m.pulls_in_loss for m in members
-            ):
+            shown = losses.detach()
+            if pulls_shown:
                 shown = shown + _pull_values(stack, members)
-            step_size = torch.where(live, lr / (1 - beta1**step), torch.zeros_like(lr))
-            root = math.sqrt(1 - beta2**step)
             for k, p in enumerate(stack.params):
                 g = p.grad
                 if stack.pulls[k] is not None:
@@ -229,22 +253,74 @@ def fit_stacked(
                     g.add_((p - anchor) * coef)
                 if stack.masks[k] is not None:
                     g.mul_(stack.masks[k])
-                m_, v_ = stack.exp_avg[k], stack.exp_avg_sq[k]
-                m_.lerp_(g, 1 - beta1)
-                v_.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                update = m_ / (v_.sqrt() / root).add_(eps)
-                p.sub_(update.mul_(step_size.view(view[k])))
-        live_now = live.cpu()
-        last_loss = torch.where(live_now, shown.double().cpu(), last_loss)
-        for i in torch.nonzero(live_now).flatten().tolist():
-            results[i].steps = step
-        stopped = validation.after(step, live_now, results)
+            adam.step(step)
+            last_loss = torch.where(live_t, shown.double(), last_loss)
+            taken += live_t
+        stopped = validation.after(step, live, results)
         if stopped:
-            live[torch.tensor(stopped, device=device)] = False
+            _stop(stopped, live, live_t, adam)
     states = validation.final_states()
-    for i, r in enumerate(results):
-        r.final_loss = float(last_loss[i]) if r.steps else math.nan
-    return [(states[i], results[i]) for i in range(M)]
+    for r, n, loss in zip(results, taken.tolist(), last_loss.tolist(), strict=True):
+        r.steps = n
+        r.final_loss = loss if n else math.nan
+    return list(zip(states, results, strict=True))
+
+
+def _stop(which: list[int], live: list[bool], live_t: Tensor, adam: _Adam) -> None:
+    """Members ``which`` take no more steps: frozen from here on."""
+    for i in which:
+        live[i] = False
+    live_t[torch.tensor(which, device=live_t.device)] = False
+    adam.live(live)
+
+
+class _Adam:
+    """Adam (PyTorch's defaults) over the stacked parameters, each member with its own
+    learning rate: PyTorch's fused kernel on each run of live members that share one (the
+    members come sorted by learning rate), or the same update written out on devices
+    without the kernel. A stopped member is left out, so it does not move."""
+
+    BETAS, EPS = (0.9, 0.999), 1e-8
+
+    def __init__(self, stack: _Stack, lrs: list[float], device: torch.device):
+        self.stack, self.lrs, self.device = stack, lrs, device
+        self.fused = device.type in ("cpu", "cuda")
+        self.runs: list[tuple[float, int, int]] = []
+
+    def live(self, live: list[bool]) -> None:
+        """Recompute the runs ``(lr, start, end)`` of live members with one learning rate."""
+        runs: list[tuple[float, int, int]] = []
+        for i, alive in enumerate(live):
+            if not alive:
+                continue
+            if runs and runs[-1][2] == i and runs[-1][0] == self.lrs[i]:
+                runs[-1] = (runs[-1][0], runs[-1][1], i + 1)
+            else:
+                runs.append((self.lrs[i], i, i + 1))
+        self.runs = runs
+
+    def step(self, step: int) -> None:
+        s = self.stack
+        count = torch.tensor(float(step), device=self.device)
+        for lr, a, b in self.runs:
+            part = [[t[a:b] for t in ts] for ts in (s.params, s.exp_avg, s.exp_avg_sq)]
+            grads = [p.grad[a:b] for p in s.params]
+            if self.fused:
+                torch._fused_adam_(
+                    part[0], grads, part[1], part[2], [], [count] * len(grads), lr=lr,
+                    beta1=self.BETAS[0], beta2=self.BETAS[1], weight_decay=0.0, eps=self.EPS,
+                    amsgrad=False, maximize=False,
+                )  # fmt: skip
+            else:
+                self._by_hand(part, grads, lr, step)
+
+    def _by_hand(self, part: list[list[Tensor]], grads: list[Tensor], lr: float, t: int) -> None:
+        (beta1, beta2), eps = self.BETAS, self.EPS
+        root = math.sqrt(1 - beta2**t)
+        for p, m, v, g in zip(*part, grads, strict=True):
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            p.addcdiv_(m, (v.sqrt() / root).add_(eps), value=-lr / (1 - beta1**t))
 
 
 def _pull_values(stack: _Stack, members: Sequence[Member]) -> Tensor:
@@ -288,18 +364,18 @@ class _StackedValidation:
         params = [p.index_select(0, self.rows) for p in self.stack.params]
         h = self.x
         for i in range(len(self.layers)):
-            h = torch.baddbmm(params[2 * i + 1].unsqueeze(1), h, params[2 * i].transpose(1, 2))
+            h = torch.baddbmm(params[2 * i + 1], h, params[2 * i])
             if i < len(self.layers) - 1:
                 h = self.act(h)
         err = ((h - self.y).square().sum(-1) * self.weights).sum(1).double().cpu()
         return (err / self.count).tolist()
 
-    def after(self, step: int, live: Tensor, results: list[FitResult]) -> list[int]:
+    def after(self, step: int, live: list[bool], results: list[FitResult]) -> list[int]:
         """Evaluate the members due at ``step``; the members that stop here."""
         due = [
             j
             for j, i in enumerate(self.with_val)
-            if bool(live[i])
+            if live[i]
             and (step % self.members[i].cfg.eval_every == 0 or step == self.members[i].cfg.steps)
         ]
         if not due:
@@ -313,7 +389,7 @@ class _StackedValidation:
             if result.best_val is None or score < result.best_val:
                 result.best_val, result.best_step, self.stale[i] = score, step, 0
                 if member.cfg.patience is not None:
-                    self.best[i] = [p[i].detach().clone() for p in self.stack.params]
+                    self.best[i] = [v.clone() for v in self.stack.values(i)]
                 continue
             self.stale[i] += 1
             if member.cfg.patience is not None and self.stale[i] >= member.cfg.patience:
@@ -324,7 +400,7 @@ class _StackedValidation:
         names = self.stack.names
         out = []
         for i, member in enumerate(self.members):
-            values = self.best.get(i) or [p[i].detach() for p in self.stack.params]
+            values = self.best.get(i) or self.stack.values(i)
             out.append(
                 {
                     n: v.to(member.start[n].device, member.start[n].dtype).clone()
