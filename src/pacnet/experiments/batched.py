@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pacnet.benchmarks.mlp import MLP
 from pacnet.config import make
 from pacnet.errors import PacnetError
 from pacnet.experiments.environment import using_threads
@@ -34,6 +35,7 @@ from pacnet.experiments.spec import RunSpec
 from pacnet.methods.base import Method, Plan, Transfer, TransferContext, candidates
 from pacnet.training.cache import StateCache
 from pacnet.training.stacked import Member, fit_stacked, supports
+from pacnet.training.train import Data
 
 ENGINES = ("batched", "sequential")
 """``--engine``: stack what can be stacked (default), or every run alone."""
@@ -45,11 +47,7 @@ def stackable(spec: RunSpec) -> bool:
     """Whether ``spec``'s method can run on the batched engine at all (its benchmark's
     model is checked once the run is prepared)."""
     method_cls = spec.resolved.method
-    return (
-        method_cls.plan is not Method.plan
-        and not spec.targets
-        and spec.amp == "none"
-    )
+    return method_cls.plan is not Method.plan and not spec.targets and spec.amp == "none"
 
 
 def group_key(spec: RunSpec) -> str:
@@ -95,7 +93,7 @@ def _run_group(specs: list[RunSpec], cache: StateCache) -> list[Trained]:
                 for train, val in cv_splits(ctx.target.train, spec.folds, spec.select):
                     jobs.append((i, tried[i][-1], val, method, fold_context(ctx, train, val)))
         transfers = stacked_transfers([(m, c) for *_, m, c in jobs], final=False)
-        for (i, entry, val, _, ctx), transfer in zip(jobs, transfers, strict=True):
+        for (_, entry, val, _, ctx), transfer in zip(jobs, transfers, strict=True):
             entry["scores"].append(ctx.benchmark.score(transfer.target_model, val))
         for i in choosing:
             method_cls = type(methods[i])
@@ -122,11 +120,11 @@ def why_not(ctx: TransferContext) -> str | None:
     """Why the runs of ``ctx``'s benchmark cannot be stacked (None: they can)."""
     if ctx.benchmark.loss_fn() is not nn.functional.mse_loss:
         return "the benchmark's loss is not the mean squared error"
-    from pacnet.training.train import Data
-
+    if type(ctx.source_model) is not MLP:
+        return "the model is not pacnet's MLP"
     if not isinstance(ctx.target.train, Data):
         return "the target data are not held in memory"
-    return supports(ctx.source_model, ctx.target_fit)
+    return supports(ctx.target_fit)
 
 
 def stacked_transfers(
@@ -177,4 +175,3 @@ def _chunks(members: Sequence[Member]) -> list[list[int]]:
         for group in by_size.values()
         for k in range(0, len(group), MAX_MEMBERS)
     ]
-

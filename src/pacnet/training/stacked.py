@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from pacnet.benchmarks.mlp import MLP
 from pacnet.errors import check
 from pacnet.training.train import Data, FitConfig, FitResult
 
@@ -72,16 +71,15 @@ class Member:
 
 
 def layer_names(spec: Mapping[str, object]) -> list[tuple[str, str]]:
-    """``(weight, bias)`` parameter names of an MLP spec's layers, input to output."""
+    """``(weight, bias)`` parameter names of the layers of an MLP of architecture ``spec``
+    (:meth:`pacnet.benchmarks.mlp.MLP.spec`), input to output."""
     hidden = list(spec["hidden"])  # type: ignore[call-overload]
     names = [(f"body.{2 * i}.weight", f"body.{2 * i}.bias") for i in range(len(hidden))]
     return [*names, ("head.weight", "head.bias")]
 
 
-def supports(model: nn.Module, cfg: FitConfig) -> str | None:
-    """Why ``model`` trained under ``cfg`` cannot be stacked (None: it can)."""
-    if type(model) is not MLP:
-        return "the model is not pacnet's MLP"
+def supports(cfg: FitConfig) -> str | None:
+    """Why training under ``cfg`` cannot be stacked (None: it can)."""
     if cfg.optimizer != "adam" or cfg.weight_decay:
         return f"optimizer {cfg.optimizer} with weight decay {cfg.weight_decay} (stacked: Adam)"
     if cfg.grad_clip is not None or cfg.amp != "none":
@@ -99,7 +97,8 @@ class _Stack:
         self.names = names
         self.params: list[Tensor] = []
         self.masks: list[Tensor | None] = []
-        self.pulls: list[tuple[Tensor, Tensor] | None] = []
+        self.pulls: list[tuple[Tensor, Tensor, Tensor] | None] = []
+        """Per parameter: ``2c`` (broadcast), the anchors ``a`` and ``2c·a``, or None."""
         for name in names:
             start = stacked(lambda m, n: _laid(n, m.start[n].detach().float()))
             self.params.append(start.clone().requires_grad_(True))
@@ -114,7 +113,8 @@ class _Stack:
                         else torch.zeros_like(_laid(n, m.start[n]), dtype=torch.float32)
                     )
                 )
-                self.pulls.append((coef.view(-1, *[1] * (start.dim() - 1)), anchor))
+                coef = coef.view(-1, *[1] * (start.dim() - 1))
+                self.pulls.append((coef, anchor, coef * anchor))
             else:
                 self.pulls.append(None)
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
@@ -146,21 +146,28 @@ def _orders(members: Sequence[Member], steps: int, width: int) -> Tensor:
     """Each member's training rows per step, ``[steps, M, width]`` (padding: row 0), the very
     order :meth:`Data.batches` draws with the member's seed."""
     out = torch.zeros(steps, len(members), width, dtype=torch.long)
+    drawn: dict[tuple[int, int, int, int], Tensor] = {}  # candidates share their folds' orders
     for i, m in enumerate(members):
         n = len(m.train)
         size = min(m.cfg.batch_size, n)
-        generator = torch.Generator().manual_seed(m.seed)
-        rows: list[Tensor] = []
-        need = m.cfg.steps
-        while need > 0:
-            order = torch.randperm(n, generator=generator)
-            per_epoch = n // size
-            take = min(per_epoch, need)
-            rows.append(order[: take * size].view(take, size))
-            need -= take
-        if rows:
-            out[: m.cfg.steps, i, :size] = torch.cat(rows)
+        key = (m.seed, n, size, m.cfg.steps)
+        if key not in drawn:
+            drawn[key] = _drawn(n, size, m.cfg.steps, m.seed)
+        out[: m.cfg.steps, i, :size] = drawn[key]
     return out
+
+
+def _drawn(n: int, size: int, steps: int, seed: int) -> Tensor:
+    """``[steps, size]`` rows: the batches :meth:`Data.batches` gives with ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    rows: list[Tensor] = []
+    need = steps
+    while need > 0:
+        order = torch.randperm(n, generator=generator)
+        take = min(n // size, need)
+        rows.append(order[: take * size].view(take, size))
+        need -= take
+    return torch.cat(rows) if rows else torch.zeros(0, size, dtype=torch.long)
 
 
 def _padded(parts: Sequence[Tensor], device: torch.device) -> Tensor:
@@ -248,9 +255,9 @@ def _fit_sorted(
                 shown = shown + _pull_values(stack, members)
             for k, p in enumerate(stack.params):
                 g = p.grad
-                if stack.pulls[k] is not None:
-                    coef, anchor = stack.pulls[k]
-                    g.add_((p - anchor) * coef)
+                if stack.pulls[k] is not None:  # + 2c(w − a), in place
+                    coef, _, offset = stack.pulls[k]
+                    g.addcmul_(p, coef).sub_(offset)
                 if stack.masks[k] is not None:
                     g.mul_(stack.masks[k])
             adam.step(step)
@@ -328,7 +335,7 @@ def _pull_values(stack: _Stack, members: Sequence[Member]) -> Tensor:
     total = torch.zeros(len(members), device=stack.params[0].device)
     for p, pull in zip(stack.params, stack.pulls, strict=True):
         if pull is not None:
-            coef, anchor = pull
+            coef, anchor, _ = pull
             total += (coef / 2 * (p - anchor).square()).flatten(1).sum(1)
     counts = torch.tensor([m.pulls_in_loss for m in members], device=total.device)
     return torch.where(counts, total, torch.zeros_like(total))
