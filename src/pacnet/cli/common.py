@@ -81,6 +81,14 @@ def run_flags(parser: argparse.ArgumentParser) -> None:
         help="equal: the baselines start from a source model trained as many more steps as "
         "PAC-Net's Allocate (equal source compute); reproduce takes standard,equal for both",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("batched", "sequential"),
+        default="batched",
+        help="batched: train the MLP benchmarks' runs stacked as one model (cross-validation "
+        "candidates x folds, and groups of runs in a sweep); sequential: one after another "
+        "(the same results up to float rounding)",
+    )
     device_flag(parser)
     parser.add_argument(
         "--deterministic",

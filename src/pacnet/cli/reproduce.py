@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> None:
                 ("lease", args.lease),
                 ("max_attempts", args.max_attempts),
                 ("nproc_per_run", args.nproc_per_run),
+                ("engine", args.engine),
             )
             if value is not None
         }

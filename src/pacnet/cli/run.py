@@ -15,7 +15,7 @@ from pacnet.cli.common import (
     setting_flags,
     spec_from_args,
 )
-from pacnet.experiments import runner
+from pacnet.experiments import batched
 from pacnet.experiments.saving import RESULT_FILE
 from pacnet.training import distributed
 from pacnet.training.cache import StateCache
@@ -49,7 +49,9 @@ def run(args: argparse.Namespace) -> None:
     with distributed.session(args.device) as device:
         args.device = device
         spec = spec_from_args(args)
-        result = runner.run(spec, args.out, StateCache(args.cache), save=args.save)
+        result = batched.run_trained(
+            spec, args.out, StateCache(args.cache), save=args.save, engine=args.engine
+        ).result
         main_rank = distributed.is_main()
     if not main_rank:
         return

@@ -43,7 +43,9 @@ def run(args: argparse.Namespace) -> None:
         storage = tuning.optuna_storage(args.storage, any_rdb=True)
     else:
         storage = tuning.optuna_storage(args.db or DEFAULT_DB)
-    study = tuning.tune(spec, args.trials, storage, args.study, args.folds, StateCache(args.cache))
+    study = tuning.tune(
+        spec, args.trials, storage, args.study, args.folds, StateCache(args.cache), args.engine
+    )
     best = study.best_trial
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in best.params.items())
     where = hide_password(str(args.storage or args.db or DEFAULT_DB))

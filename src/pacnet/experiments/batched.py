@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,12 +28,14 @@ from torch import nn
 
 from pacnet.benchmarks.mlp import MLP
 from pacnet.config import make
-from pacnet.errors import PacnetError
+from pacnet.errors import PacnetError, check
+from pacnet.experiments import runner
 from pacnet.experiments.environment import using_threads
-from pacnet.experiments.runner import Trained, completed, prepare
+from pacnet.experiments.runner import Trained, prepare
 from pacnet.experiments.select import cv_splits, fold_context, selection_record
 from pacnet.experiments.spec import RunSpec
 from pacnet.methods.base import Method, Plan, Transfer, TransferContext, candidates
+from pacnet.training import distributed
 from pacnet.training.cache import StateCache
 from pacnet.training.stacked import Member, fit_stacked, supports
 from pacnet.training.train import Data
@@ -59,23 +62,48 @@ def group_key(spec: RunSpec) -> str:
     return json.dumps([identity, spec.device, spec.threads], sort_keys=True, default=str)
 
 
+def run_trained(
+    spec: RunSpec,
+    out: str | Path | None = None,
+    cache: StateCache | None = None,
+    save: bool = False,
+    engine: str = "batched",
+) -> Trained:
+    """:func:`pacnet.experiments.runner.run_trained` on ``engine``: ``batched`` stacks the
+    run's cross-validation trainings where the run allows (:func:`stackable`; under
+    torchrun it runs as before), ``sequential`` trains them one after another."""
+    check(engine in ENGINES, f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == "sequential" or not stackable(spec) or distributed.active():
+        return runner.run_trained(spec, out, cache, save)
+    check(not save or out is not None, "saving the network needs an output folder (--out)")
+    runner.make_folder(out)
+    return runner.finish(spec, run_group([spec], cache)[0], out, save)
+
+
 def run_group(specs: Sequence[RunSpec], cache: StateCache | None = None) -> list[Trained]:
     """Run ``specs`` (all :func:`stackable`, with one :func:`group_key`) together; return
-    each run's :class:`~pacnet.experiments.runner.Trained`, in order. Runs whose model
-    turns out not to stack run alone, as :func:`~pacnet.experiments.runner.run` would."""
+    each run's :class:`~pacnet.experiments.runner.Trained`, in order. Where the benchmark
+    turns out not to stack (its model is not pacnet's MLP, its data are streamed), each
+    run runs alone, as :func:`~pacnet.experiments.runner.run` would run it."""
+    check(specs, "no runs to run")
     cache = cache or StateCache()
     first = specs[0]
     with using_threads(first.thread_count, first.deterministic):
-        return _run_group(list(specs), cache)
+        start = time.perf_counter()
+        trained = _run_group(list(specs), cache)
+        share = (time.perf_counter() - start) / len(specs)
+    for t in trained:
+        if t.result.get("engine") == "batched":
+            t.result["seconds"] = round(share, 3)  # each run's share of the group's time
+    return trained
 
 
 def _run_group(specs: list[RunSpec], cache: StateCache) -> list[Trained]:
     starts = [time.perf_counter() for _ in specs]
     contexts = [prepare(spec, cache) for spec in specs]
+    if why_not(contexts[0]) is not None:
+        return [runner.run_trained(spec, None, cache) for spec in specs]
     befores = [c.benchmark.score(c.source_model, c.source.test) for c in contexts]
-    why = why_not(contexts[0])
-    if why is not None:
-        raise PacnetError(f"these runs cannot be stacked: {why}")
     selections: list[dict[str, Any] | None] = [None] * len(specs)
     methods = [spec.make_method() for spec in specs]
     choosing = [i for i, spec in enumerate(specs) if spec.select != "none"]
@@ -108,12 +136,14 @@ def _run_group(specs: list[RunSpec], cache: StateCache) -> list[Trained]:
             )
             methods[i] = spec.make_method(selections[i]["chosen"])
     finals = stacked_transfers(list(zip(methods, contexts, strict=True)), final=True)
-    return [
-        completed(spec, method, ctx, transfer, selection, start, before)
-        for spec, method, ctx, transfer, selection, start, before in zip(
-            specs, methods, contexts, finals, selections, starts, befores, strict=True
-        )
-    ]
+    done = []
+    for spec, method, ctx, transfer, selection, start, before in zip(
+        specs, methods, contexts, finals, selections, starts, befores, strict=True
+    ):
+        trained = runner.completed(spec, method, ctx, transfer, selection, start, before)
+        trained.result["engine"] = "batched"
+        done.append(trained)
+    return done
 
 
 def why_not(ctx: TransferContext) -> str | None:

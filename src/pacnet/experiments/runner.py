@@ -103,11 +103,7 @@ def seeded_transfer(method: Method, ctx: TransferContext) -> Transfer:
 
 def _run(spec: RunSpec, out: str | Path | None, cache: StateCache, save: bool) -> Trained:
     method = spec.make_method()
-    if out is not None and distributed.is_main():
-        try:
-            Path(out).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PacnetError(f"cannot create the output folder {out}: {exc.strerror}") from None
+    make_folder(out)
     start = time.perf_counter()
     ctx = prepare(spec, cache)
     source_before = ctx.benchmark.score(ctx.source_model, ctx.source.test)
@@ -160,6 +156,15 @@ def completed(
         selection=selection,
     )
     return Trained(result, transfer.target_model, transfer.tasks)
+
+
+def make_folder(out: str | Path | None) -> None:
+    """Create the output folder ``out`` (rank 0; nothing for None), or fail in one line."""
+    if out is not None and distributed.is_main():
+        try:
+            Path(out).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PacnetError(f"cannot create the output folder {out}: {exc.strerror}") from None
 
 
 def _record(spec: RunSpec, method: Method, start: float, **fields: Any) -> dict[str, Any]:

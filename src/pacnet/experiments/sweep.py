@@ -37,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pacnet.errors import PacnetError, check, first_line
+from pacnet.experiments.batched import ENGINES, group_key, run_group, stackable
 from pacnet.experiments.claims import DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, Claim, GridRun
 from pacnet.experiments.environment import using_threads
 from pacnet.experiments.grid import default_label
@@ -55,8 +56,17 @@ class WorkerOptions:
     lease: float = DEFAULT_LEASE
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     nproc_per_run: int = 1
+    engine: str = "batched"
+    """``batched``: a worker claims up to ``group`` runs at a time and trains those that
+    stack together (:mod:`pacnet.experiments.batched`); ``sequential``: one at a time."""
+    group: int = 16
 
     def __post_init__(self) -> None:
+        check(
+            self.engine in ENGINES,
+            f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}",
+        )
+        check(self.group >= 1, f"the group size must be >= 1, got {self.group}")
         check(self.lease >= 1, f"--lease must be at least 1 second, got {self.lease}")
         check(self.max_attempts >= 1, f"--max-attempts must be >= 1, got {self.max_attempts}")
         check(self.nproc_per_run >= 1, f"--nproc-per-run must be >= 1, got {self.nproc_per_run}")
@@ -198,17 +208,89 @@ def _work(
         if spec is None:  # cannot happen: a grid's id is the hash of its run ids
             store.release(claim)
             raise PacnetError(f"run {claim.run_id} of grid {grid_id} is not in this grid")
-        stored += _execute(store, claim, spec, cache, options, interrupted)
+        if not _stacks(spec, options):
+            stored += _execute(store, claim, spec, cache, options, interrupted)
+        else:
+            claims = [claim, *_more_claims(store, grid_id, options)]
+            groups: dict[str, list[Claim]] = {}
+            for c in claims:
+                key = group_key(specs[c.run_id]) if _stacks(specs[c.run_id], options) else c.token
+                groups.setdefault(key, []).append(c)
+            for group in groups.values():
+                stored += _execute_group(store, group, specs, cache, options, interrupted)
         if tick:
             tick()
 
 
-class _Lease:
-    """Renews a claim every third of its lease in a background thread while the run works;
-    ``lost`` tells whether another worker took the run over meanwhile."""
+def _stacks(spec: RunSpec, options: WorkerOptions) -> bool:
+    return options.engine == "batched" and options.nproc_per_run == 1 and stackable(spec)
 
-    def __init__(self, store: Store, claim: Claim, lease: float):
-        self.store, self.claim, self.lease = store, claim, lease
+
+def _more_claims(store: Store, grid_id: str, options: WorkerOptions) -> list[Claim]:
+    """Up to ``group − 1`` more of the grid's runs, as many as are free now."""
+    claims: list[Claim] = []
+    while len(claims) < options.group - 1:
+        claim = store.claim(grid_id, options.lease, options.max_attempts)
+        if claim is None:
+            break
+        claims.append(claim)
+    return claims
+
+
+def _execute_group(
+    store: Store,
+    claims: list[Claim],
+    specs: Mapping[str, RunSpec],
+    cache: StateCache,
+    options: WorkerOptions,
+    interrupted: threading.Event,
+) -> int:
+    """Run claimed specs that stack, together, under renewed leases; store each. If the
+    group fails, each of its runs runs alone, so that only a failing run fails."""
+    group = [specs[c.run_id] for c in claims]
+    if len(claims) == 1 and not _stacks(group[0], options):
+        return _execute(store, claims[0], group[0], cache, options, interrupted)
+    with _Lease(store, claims, options.lease) as lease:
+        try:
+            trained = run_group(group, cache)
+        except Exception:
+            if interrupted.is_set():
+                for claim in claims:
+                    with contextlib.suppress(PacnetError):
+                        store.release(claim)
+                raise KeyboardInterrupt from None
+            trained = None
+        except BaseException:
+            for claim in claims:
+                with contextlib.suppress(PacnetError):
+                    store.release(claim)
+            raise
+    if trained is None:
+        return sum(
+            _execute(store, c, s, cache, options, interrupted)
+            for c, s in zip(claims, group, strict=True)
+        )
+    stored = 0
+    for claim, spec, done in zip(claims, group, trained, strict=True):
+        if store.finish(claim, done.result):
+            stored += 1
+            continue
+        print(
+            f"pacnet: run {spec.method} N={spec.target_size} seed {spec.seed} "
+            f"({claim.run_id}): its lease expired{' and was taken over' if lease.lost else ''} "
+            "before it finished; another worker runs it, this result is discarded",
+            file=sys.stderr,
+        )
+    return stored
+
+
+class _Lease:
+    """Renews claims every third of their lease in a background thread while their runs
+    work; ``lost`` tells whether another worker took one of them over meanwhile."""
+
+    def __init__(self, store: Store, claims: Claim | list[Claim], lease: float):
+        self.claims = claims if isinstance(claims, list) else [claims]
+        self.store, self.lease = store, lease
         self.lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name="pacnet-lease", daemon=True)
@@ -216,7 +298,7 @@ class _Lease:
     def _renew(self) -> None:
         while not self._stop.wait(self.lease / 3):
             try:
-                if not self.store.renew(self.claim, self.lease):
+                if not all([self.store.renew(c, self.lease) for c in self.claims]):
                     self.lost = True
                     return
             except PacnetError as exc:  # the database is unreachable: keep trying

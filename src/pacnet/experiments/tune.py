@@ -10,13 +10,15 @@ The search space of a method is its ``Params.tune``: ``name -> (kind, low, high)
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
 from pacnet.errors import PacnetError, check, first_line
+from pacnet.experiments.batched import stackable, stacked_transfers, why_not
 from pacnet.experiments.environment import using_threads
 from pacnet.experiments.runner import prepare, seeded_transfer
-from pacnet.experiments.select import cv_score, cv_splits
+from pacnet.experiments.select import cv_score, cv_splits, fold_context
 from pacnet.experiments.spec import RunSpec
 from pacnet.training.cache import StateCache
 
@@ -58,8 +60,10 @@ def tune(
     study_name: str | None = None,
     folds: int = 3,
     cache: StateCache | None = None,
+    engine: str = "batched",
 ) -> Any:
-    """Run ``trials`` more trials for ``spec``'s method on its target task; return the study."""
+    """Run ``trials`` more trials for ``spec``'s method on its target task; return the study.
+    On the ``batched`` engine a trial's folds train stacked where the run allows."""
     import optuna
 
     check(trials >= 1, f"trials must be >= 1, got {trials}")
@@ -87,11 +91,19 @@ def tune(
     with using_threads(spec.thread_count, spec.deterministic):
         ctx = prepare(spec, cache)
         splits = cv_splits(ctx.target.train, folds)
+        stacks = engine == "batched" and stackable(spec) and why_not(ctx) is None
 
         def objective(trial: Any) -> float:
             values = {k: suggest(trial, k, *bounds) for k, bounds in space.items()}
             method = spec.make_method(values)
-            return cv_score(method, ctx, ctx.benchmark, splits, seeded_transfer)
+            if not stacks:
+                return cv_score(method, ctx, ctx.benchmark, splits, seeded_transfer)
+            pairs = [(method, fold_context(ctx, train, val)) for train, val in splits]
+            trained = stacked_transfers(pairs, final=False)
+            return statistics.fmean(
+                ctx.benchmark.score(t.target_model, val)
+                for t, (_, val) in zip(trained, splits, strict=True)
+            )
 
         study.optimize(objective, n_trials=trials)
     return study
