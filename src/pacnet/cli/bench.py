@@ -41,6 +41,13 @@ def add_parser(sub: Any, named: Named) -> None:
         default="adam",
         help="the optimizer of every mode: adam (pacnet's default), adamw or sgd (momentum 0.9)",
     )
+    parser.add_argument(
+        "--engines",
+        action="store_true",
+        help="instead: the batched engine against the sequential one on the same grid of "
+        "cross-validated runs (Friedman, 5 methods, N=10,50,200, 2 seeds; --quick: N=10,50 "
+        "on quick settings), side by side, and the ratio",
+    )
     device_flag(parser)
     parser.add_argument(
         "--models",
@@ -74,6 +81,16 @@ def run(args: argparse.Namespace) -> None:
     for mode in modes or []:
         check(mode in MODES, f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     modes = ["plain", *(m for m in modes or MODES if m != "plain")]
+    if args.engines:
+        from pacnet.experiments import bench_engines
+
+        specs = bench_engines.grid(
+            sizes=(10, 50) if args.quick else (10, 50, 200), quick=args.quick,
+            device=str(device),
+        )  # fmt: skip
+        report = bench_engines.compare(specs)
+        print(json.dumps(report, indent=2) if args.json else bench_engines.summary(report))
+        return
     if args.profile is not None:
         check(
             args.profile in MODELS,

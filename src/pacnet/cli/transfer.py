@@ -92,6 +92,13 @@ def add_parser(sub: Any, named: Named) -> None:
     )
     tr.add_argument("--seed", type=int, default=0, help="seeds training and the source split")
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1)")
+    tr.add_argument(
+        "--engine",
+        choices=("batched", "sequential"),
+        default="batched",
+        help="batched: cross-validate and train the methods that stack as one stacked model; "
+        "sequential: one training after another (the same results up to float rounding)",
+    )
     device_flag(tr)
     debug_flag(tr)
     add_flags(tr, TableConfig, "model and training budgets")
@@ -149,6 +156,7 @@ def run_transfer(args: argparse.Namespace) -> None:
         source_checkpoint=args.source_checkpoint,
         device=args.device,
         threads=args.threads,
+        engine=args.engine,
         progress=pipeline.progress_to_stderr,
     )
     outcome = pipeline.transfer(options)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,13 @@ import torch
 from torch import nn
 
 from pacnet.benchmarks.mlp import MLP
-from pacnet.config import make
 from pacnet.errors import PacnetError, check
 from pacnet.experiments import runner
 from pacnet.experiments.environment import using_threads
 from pacnet.experiments.runner import Trained, prepare
 from pacnet.experiments.select import cv_splits, fold_context, selection_record
 from pacnet.experiments.spec import RunSpec
-from pacnet.methods.base import Method, Plan, Transfer, TransferContext, candidates
+from pacnet.methods.base import Method, Plan, Transfer, TransferContext
 from pacnet.training import distributed
 from pacnet.training.cache import StateCache
 from pacnet.training.stacked import Member, fit_stacked, supports
@@ -104,46 +103,70 @@ def _run_group(specs: list[RunSpec], cache: StateCache) -> list[Trained]:
     if why_not(contexts[0]) is not None:
         return [runner.run_trained(spec, None, cache) for spec in specs]
     befores = [c.benchmark.score(c.source_model, c.source.test) for c in contexts]
-    selections: list[dict[str, Any] | None] = [None] * len(specs)
-    methods = [spec.make_method() for spec in specs]
-    choosing = [i for i, spec in enumerate(specs) if spec.select != "none"]
-    if choosing:
-        jobs: list[tuple[int, dict[str, Any], Any, Method, TransferContext]] = []
-        tried: dict[int, list[dict[str, Any]]] = {}
-        for i in choosing:
-            spec, ctx = specs[i], contexts[i]
-            method_cls = type(methods[i])
-            grid = spec.grid()
-            tried[i] = []
-            for candidate in grid if grid is not None else candidates(method_cls.Params):
-                method = method_cls(make(method_cls.Params, {**spec.method_params, **candidate}))
-                tried[i].append({"params": candidate, "scores": []})
-                for train, val in cv_splits(ctx.target.train, spec.folds, spec.select):
-                    jobs.append((i, tried[i][-1], val, method, fold_context(ctx, train, val)))
-        transfers = stacked_transfers([(m, c) for *_, m, c in jobs], final=False)
-        for (_, entry, val, _, ctx), transfer in zip(jobs, transfers, strict=True):
-            entry["scores"].append(ctx.benchmark.score(transfer.target_model, val))
-        for i in choosing:
-            method_cls = type(methods[i])
-            listed = [
-                {"params": e["params"], "val": statistics.fmean(e["scores"]),
-                 "folds_val": e["scores"]}
-                for e in tried[i]
-            ]  # fmt: skip
-            spec = specs[i]
-            selections[i] = selection_record(
-                method_cls, listed, contexts[i].target.train, spec.folds, spec.select
-            )
-            methods[i] = spec.make_method(selections[i]["chosen"])
-    finals = stacked_transfers(list(zip(methods, contexts, strict=True)), final=True)
+    choices = [
+        Choice(spec.make_method, ctx, spec.grid(), spec.folds, spec.select)
+        for spec, ctx in zip(specs, contexts, strict=True)
+    ]
     done = []
-    for spec, method, ctx, transfer, selection, start, before in zip(
-        specs, methods, contexts, finals, selections, starts, befores, strict=True
+    for spec, ctx, (selection, method, transfer), start, before in zip(
+        specs, contexts, choose_and_train(choices), starts, befores, strict=True
     ):
         trained = runner.completed(spec, method, ctx, transfer, selection, start, before)
         trained.result["engine"] = "batched"
         done.append(trained)
     return done
+
+
+@dataclass
+class Choice:
+    """One method to choose a candidate for and train: ``make(chosen)`` builds the method
+    with a candidate's values (``make(None)``: as given); ``grid`` the candidates tried on
+    ``folds`` validation splits of ``ctx``'s target (``mode`` ``cv`` or ``holdout``; with
+    ``none`` nothing is chosen)."""
+
+    make: Callable[[dict[str, Any] | None], Method]
+    ctx: TransferContext
+    grid: list[dict[str, Any]]
+    folds: int = 3
+    mode: str = "cv"
+
+
+def choose_and_train(
+    choices: Sequence[Choice],
+) -> list[tuple[dict[str, Any] | None, Method, Transfer]]:
+    """For every choice, what :func:`~pacnet.experiments.select.cross_validate` and then
+    :meth:`Method.transfer` of the winner give (the selection record, the chosen method,
+    its transfer), every training of a stage stacked: first all candidates × folds of all
+    choices, then all the winners."""
+    jobs: list[tuple[dict[str, Any], Data, Method, TransferContext]] = []
+    tried: list[list[dict[str, Any]]] = []
+    for c in choices:
+        tried.append([])
+        if c.mode == "none":
+            continue
+        splits = cv_splits(c.ctx.target.train, c.folds, c.mode)
+        for candidate in c.grid:
+            method = c.make(candidate)
+            tried[-1].append({"params": candidate, "val": 0.0, "folds_val": []})
+            for train, val in splits:
+                jobs.append((tried[-1][-1], val, method, fold_context(c.ctx, train, val)))
+    transfers = stacked_transfers([(m, ctx) for *_, m, ctx in jobs], final=False)
+    for (entry, val, _, ctx), transfer in zip(jobs, transfers, strict=True):
+        entry["folds_val"].append(ctx.benchmark.score(transfer.target_model, val))
+    selections: list[dict[str, Any] | None] = []
+    methods = []
+    for c, listed in zip(choices, tried, strict=True):
+        if c.mode == "none":
+            selections.append(None)
+            methods.append(c.make(None))
+            continue
+        for entry in listed:
+            entry["val"] = statistics.fmean(entry["folds_val"])
+        method_cls = type(c.make(None))
+        selections.append(selection_record(method_cls, listed, c.ctx.target.train, c.folds, c.mode))
+        methods.append(c.make(selections[-1]["chosen"]))
+    finals = stacked_transfers([(m, c.ctx) for m, c in zip(methods, choices, strict=True)])
+    return list(zip(selections, methods, finals, strict=True))
 
 
 def why_not(ctx: TransferContext) -> str | None:
@@ -167,7 +190,9 @@ def stacked_transfers(
     members: list[Member] = []
     for method, ctx in pairs:
         with torch.random.fork_rng(devices=[]):  # as seeded_transfer seeds a run alone
-            torch.manual_seed(ctx.seed)
+            torch.default_generator.manual_seed(ctx.seed)  # (torch.manual_seed costs 1 ms)
+            if torch.cuda.is_initialized():
+                torch.cuda.manual_seed_all(ctx.seed)
             plan = method.plan(ctx, final)
         if plan is None:
             raise PacnetError(f"method {method.name!r} has no stacked layout")
@@ -195,10 +220,11 @@ def stacked_transfers(
 
 
 def _chunks(members: Sequence[Member]) -> list[list[int]]:
-    """Member indices by batch size (so little padding), in chunks of ≤ MAX_MEMBERS."""
+    """Member indices by batch size rounded up to a multiple of 8 (so little padding) and
+    steps, in chunks of ≤ MAX_MEMBERS."""
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, m in enumerate(members):
-        key = (min(m.cfg.batch_size, len(m.train)), m.cfg.steps)
+        key = (-(-min(m.cfg.batch_size, len(m.train)) // 8), m.cfg.steps)
         by_size.setdefault(key, []).append(i)
     return [
         group[k : k + MAX_MEMBERS]

@@ -177,6 +177,7 @@ def _record(spec: RunSpec, method: Method, start: float, **fields: Any) -> dict[
         "metric": spec.resolved.benchmark.metric,
         **fields,
         "seconds": round(time.perf_counter() - start, 3),
+        "engine": "sequential",  # the batched engine (pacnet.experiments.batched) says so
         "run_id": spec.run_id(),
         "identity": spec.identity(),
         "config": spec.config(),

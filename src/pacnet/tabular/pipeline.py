@@ -32,6 +32,7 @@ from pacnet.benchmarks.mlp import MLP
 from pacnet.config import make, to_dict
 from pacnet.core.tasks import Tasks
 from pacnet.errors import PacnetError, check
+from pacnet.experiments import batched
 from pacnet.experiments.environment import versions
 from pacnet.experiments.runner import seeded_transfer
 from pacnet.experiments.select import cross_validate
@@ -81,6 +82,9 @@ class TransferOptions:
     source_checkpoint: Path | None = None
     device: str = "cpu"
     threads: int | None = None
+    engine: str = "batched"
+    """``batched``: the methods that stack cross-validate and train together
+    (:mod:`pacnet.experiments.batched`); ``sequential``: one training after another."""
     progress: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
@@ -310,8 +314,9 @@ def _run(
     ctx = TransferContext(bench, model, src, target, seed, f"table-{state_key}", _Memo())
     rows: list[dict[str, Any]] = []
     done: dict[str, tuple[Method, Transfer, dict[str, Any]]] = {}
+    stacked = _stacked(options, ["pacnet", *compare], ctx)
     for name in ["pacnet", *compare]:
-        row, method, result, selection = _cross_validated(options, name, ctx)
+        row, method, result, selection = _cross_validated(options, name, ctx, stacked.get(name))
         rows.append(row)
         done[name] = (method, result, selection)
     kept, why = _kept(options.method, rows)
@@ -449,12 +454,10 @@ def _source_model(
     return model, {"trained": fitted.as_dict()}
 
 
-def _cross_validated(
-    options: TransferOptions, name: str, ctx: TransferContext
-) -> tuple[dict[str, Any], Method, Transfer, dict[str, Any]]:
-    """Method ``name`` cross-validated on the target rows, then its best candidate trained
-    on all of them: (the report's row, the method, its transfer, the selection record)."""
-    bench = ctx.benchmark
+def _candidates(
+    options: TransferOptions, name: str
+) -> tuple[type[Method], dict[str, Any], list[dict[str, Any]]]:
+    """Method ``name``'s class, its fixed values and the candidates cross-validation tries."""
     method_cls = get_method(name)
     grid = _grid(options) if name == "pacnet" else candidates(method_cls.Params)
     fixed = {}
@@ -462,17 +465,64 @@ def _cross_validated(
         fixed = {
             k: getattr(options, k) for k in ("lam", "ratio") if getattr(options, k) is not None
         }
+    return method_cls, fixed, grid
+
+
+Chosen = tuple[dict[str, Any], Method, Transfer, float]
+"""A selection record, the chosen method, its transfer and the seconds it took."""
+
+
+def _stacked(options: TransferOptions, names: list[str], ctx: TransferContext) -> dict[str, Chosen]:
+    """The methods of ``names`` that stack (:mod:`pacnet.experiments.batched`), chosen and
+    trained together on the batched engine; the others are left out (they run alone)."""
+    if options.engine != "batched" or batched.why_not(ctx) is not None:
+        return {}
+    choices, stacking = [], []
+    for name in names:
+        method_cls, fixed, grid = _candidates(options, name)
+        if method_cls.plan is Method.plan:
+            continue
+
+        def build(chosen: dict[str, Any] | None, cls=method_cls, fixed=fixed) -> Method:
+            return cls(make(cls.Params, {**fixed, **(chosen or {})}))
+
+        choices.append(batched.Choice(build, ctx, grid, options.folds, "cv"))
+        stacking.append(name)
+    if not choices:
+        return {}
+    _say(options, f"cross-validating {', '.join(stacking)} together (batched engine)")
     began = time.perf_counter()
-    _say(
-        options,
-        f"cross-validating {name}: {len(grid)} candidate{'s' if len(grid) != 1 else ''} x "
-        f"{options.folds} folds on {len(ctx.target.train)} target rows",
-    )
-    selection = cross_validate(
-        method_cls, fixed, ctx, bench, options.folds, seeded_transfer, grid=grid
-    )
-    method = method_cls(make(method_cls.Params, {**fixed, **selection["chosen"]}))
-    result = seeded_transfer(method, ctx)
+    trained = batched.choose_and_train(choices)
+    share = (time.perf_counter() - began) / len(choices)
+    return {
+        name: (selection, method, result, share)
+        for name, (selection, method, result) in zip(stacking, trained, strict=True)
+    }
+
+
+def _cross_validated(
+    options: TransferOptions, name: str, ctx: TransferContext, stacked: Chosen | None = None
+) -> tuple[dict[str, Any], Method, Transfer, dict[str, Any]]:
+    """Method ``name`` cross-validated on the target rows, then its best candidate trained
+    on all of them: (the report's row, the method, its transfer, the selection record);
+    ``stacked``: what the batched engine gave for it."""
+    bench = ctx.benchmark
+    method_cls, fixed, grid = _candidates(options, name)
+    began = time.perf_counter()
+    if stacked is not None:
+        selection, method, result, seconds = stacked
+        began -= seconds
+    else:
+        _say(
+            options,
+            f"cross-validating {name}: {len(grid)} candidate{'s' if len(grid) != 1 else ''} "
+            f"x {options.folds} folds on {len(ctx.target.train)} target rows",
+        )
+        selection = cross_validate(
+            method_cls, fixed, ctx, bench, options.folds, seeded_transfer, grid=grid
+        )
+        method = method_cls(make(method_cls.Params, {**fixed, **selection["chosen"]}))
+        result = seeded_transfer(method, ctx)
     best = next(c for c in selection["candidates"] if c["params"] == selection["chosen"])
     row = {
         "method": name,

@@ -99,11 +99,16 @@ class _Stack:
         self.masks: list[Tensor | None] = []
         self.pulls: list[tuple[Tensor, Tensor, Tensor] | None] = []
         """Per parameter: ``2c`` (broadcast), the anchors ``a`` and ``2c·a``, or None."""
-        for name in names:
+        self.trains: list[int] = []
+        """The parameters some member trains (the others need no gradient)."""
+        for k, name in enumerate(names):
             start = stacked(lambda m, n: _laid(n, m.start[n].detach().float()))
-            self.params.append(start.clone().requires_grad_(True))
             mask = stacked(lambda m, n: _laid(n, _mask(m, n).float()))
+            trains = bool(mask.any())
+            self.params.append(start.requires_grad_(trains))
             self.masks.append(None if bool((mask == 1).all()) else mask)
+            if trains:
+                self.trains.append(k)
             if any(name in m.pulls for m in members):
                 coef = stacked(lambda m, n: torch.tensor(2 * float(m.pulls.get(n, (0.0,))[0])))
                 anchor = stacked(
@@ -207,6 +212,7 @@ def _fit_sorted(
     names = [n for pair in layers for n in pair]
     act = _ACTIVATIONS[str(spec.get("activation", "relu"))]
     stack = _Stack(members, names, device)
+    check(stack.trains, "nothing to train: no parameter is trainable")
     M = len(members)
     steps = max(m.cfg.steps for m in members)
     sizes = [min(m.cfg.batch_size, len(m.train)) for m in members]
@@ -245,15 +251,16 @@ def _fit_sorted(
         idx = orders[step - 1]
         x = torch.gather(xs, 1, idx.unsqueeze(-1).expand(-1, -1, xs.shape[-1]))
         y = torch.gather(ys, 1, idx.unsqueeze(-1).expand(-1, -1, ys.shape[-1]))
-        for p in stack.params:
-            p.grad = None
+        for k in stack.trains:
+            stack.params[k].grad = None
         losses = ((forward(x) - y).square().sum(-1) * weights).sum(1) / denom
         losses.sum().backward()
         with torch.no_grad():
             shown = losses.detach()
             if pulls_shown:
                 shown = shown + _pull_values(stack, members)
-            for k, p in enumerate(stack.params):
+            for k in stack.trains:
+                p = stack.params[k]
                 g = p.grad
                 if stack.pulls[k] is not None:  # + 2c(w − a), in place
                     coef, _, offset = stack.pulls[k]
@@ -309,9 +316,10 @@ class _Adam:
     def step(self, step: int) -> None:
         s = self.stack
         count = torch.tensor(float(step), device=self.device)
+        trained = [(s.params[k], s.exp_avg[k], s.exp_avg_sq[k]) for k in s.trains]
         for lr, a, b in self.runs:
-            part = [[t[a:b] for t in ts] for ts in (s.params, s.exp_avg, s.exp_avg_sq)]
-            grads = [p.grad[a:b] for p in s.params]
+            part = [[t[a:b] for t in ts] for ts in zip(*trained, strict=True)]
+            grads = [p.grad[a:b] for p, _, _ in trained]
             if self.fused:
                 torch._fused_adam_(
                     part[0], grads, part[1], part[2], [], [count] * len(grads), lr=lr,

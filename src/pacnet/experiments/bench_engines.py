@@ -1,0 +1,106 @@
+"""``pacnet bench --engines``: the batched engine against the sequential one on the same grid
+of runs, in one process, one after the other; the ratio of their wall times.
+
+Both engines start from the same source model, trained (and cached) before the clock
+starts. The sequential engine runs the runs one by one (:func:`runner.run`); the batched
+one groups them as a sweep's worker does (:data:`GROUP` runs of one method at a time,
+:func:`pacnet.experiments.batched.run_group`). The report also gives the largest relative
+difference in the target metric between the two engines' records of each run.
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from pacnet.experiments import batched, runner
+from pacnet.experiments.environment import using_threads
+from pacnet.experiments.source import source_model
+from pacnet.experiments.spec import RunSpec
+from pacnet.training.cache import StateCache
+
+METHODS = ("pacnet", "finetune", "linear_probe", "l2sp", "scratch")
+GROUP = 16
+"""Runs a sweep worker claims at a time on the batched engine (WorkerOptions.group)."""
+
+
+def grid(
+    benchmark: str = "friedman",
+    methods: tuple[str, ...] = METHODS,
+    sizes: tuple[int, ...] = (10, 50, 200),
+    seeds: int = 2,
+    quick: bool = False,
+    device: str = "cpu",
+) -> list[RunSpec]:
+    """The runs timed: every method × size × seed, each with 3-fold cross-validation."""
+    return [
+        RunSpec(benchmark, m, seed=s, target_size=n, quick=quick, select="cv", device=device)
+        for m in methods
+        for n in sizes
+        for s in range(seeds)
+    ]
+
+
+def compare(specs: list[RunSpec], cache: StateCache | None = None) -> dict[str, Any]:
+    """Time ``specs`` on both engines; return the report."""
+    cache = cache or StateCache(tempfile.mkdtemp(prefix="pacnet-engines-"))
+    first = specs[0]
+    with using_threads(first.thread_count, first.deterministic):
+        bench = first.make_benchmark(cache)
+        source_model(bench, cache, first.device)  # trained before the clock starts
+        start = time.perf_counter()
+        alone = [runner.run(spec, cache=cache) for spec in specs]
+        sequential = time.perf_counter() - start
+        start = time.perf_counter()
+        together = []
+        for group in _groups(specs):
+            together += [t.result for t in batched.run_group(group, cache)]
+        stacked = time.perf_counter() - start
+    by_id = {r["run_id"]: r for r in together}
+    differences = [
+        abs(by_id[a["run_id"]]["target_test"] - a["target_test"]) / abs(a["target_test"])
+        for a in alone
+    ]
+    return {
+        "benchmark": first.benchmark,
+        "methods": sorted({s.method for s in specs}),
+        "target_sizes": sorted({s.target_size for s in specs}),
+        "seeds": len({s.seed for s in specs}),
+        "runs": len(specs),
+        "select": "3-fold cross-validation (each run: candidates x folds, then the winner)",
+        "quick": first.quick,
+        "device": first.device,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "sequential_seconds": round(sequential, 2),
+        "batched_seconds": round(stacked, 2),
+        "speedup": round(sequential / stacked, 2),
+        "max_relative_metric_difference": max(differences),
+        "engines_in_records": sorted({r.get("engine", "?") for r in together}),
+    }
+
+
+def _groups(specs: list[RunSpec]) -> list[list[RunSpec]]:
+    """Runs with one group key, in chunks of GROUP (in the grid's order, as claimed)."""
+    keyed: dict[str, list[RunSpec]] = {}
+    for spec in specs:
+        keyed.setdefault(batched.group_key(spec), []).append(spec)
+    return [g[i : i + GROUP] for g in keyed.values() for i in range(0, len(g), GROUP)]
+
+
+def summary(report: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    r = report
+    return (
+        f"{r['runs']} runs of {r['benchmark']} ({', '.join(r['methods'])}; N = "
+        f"{', '.join(map(str, r['target_sizes']))}; {r['seeds']} seeds; cross-validated"
+        f"{'; quick' if r['quick'] else ''}) on {r['device']}, {r['threads']} thread(s):\n"
+        f"  sequential {r['sequential_seconds']:.1f} s, batched {r['batched_seconds']:.1f} s: "
+        f"{r['speedup']:.2f}x\n"
+        f"  largest relative difference of a run's target metric: "
+        f"{r['max_relative_metric_difference']:.2e}"
+    )

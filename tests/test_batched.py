@@ -1,0 +1,202 @@
+"""The batched engine: stacked members against the same runs trained alone.
+
+Tolerance (``pacnet.training.stacked.TOLERANCE``): float32 weights within
+``1e-4 + 1e-3·|w|`` entrywise, metrics within 1e-3 relative; frozen entries bit-exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pacnet.benchmarks.mlp import MLP
+from pacnet.experiments import batched, runner
+from pacnet.experiments.spec import RunSpec
+from pacnet.experiments.store import Store
+from pacnet.experiments.sweep import WorkerOptions, sweep
+from pacnet.training.cache import StateCache
+from pacnet.training.stacked import TOLERANCE, Member, fit_stacked
+from pacnet.training.train import Data, FitConfig, fit
+
+TINY = {
+    "source_samples": 400,
+    "source_steps": 80,
+    "target_steps": 40,
+    "target_test": 200,
+    "hidden": (16, 16),
+    "target_pool": 60,
+}
+STACKED = ("pacnet", "finetune", "linear_probe", "l2sp", "scratch")
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.allclose(a, b, rtol=TOLERANCE["weights_rtol"], atol=TOLERANCE["weights_atol"])
+
+
+def same_metric(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=TOLERANCE["metric_rtol"])
+
+
+def specs(method: str, sizes=(12, 30), seeds=(0, 1), **extra) -> list[RunSpec]:
+    return [
+        RunSpec("friedman", method, seed=s, target_size=n, bench_settings=TINY, **extra)
+        for n in sizes
+        for s in seeds
+    ]
+
+
+@pytest.mark.parametrize("method", STACKED)
+def test_each_stacked_method_matches_its_runs_alone(method, tmp_path):
+    cache = StateCache(tmp_path / "cache")
+    group = specs(method, select="cv")
+    alone = [runner.run_trained(s, cache=cache) for s in group]
+    together = batched.run_group(group, cache)
+    for a, b in zip(alone, together, strict=True):
+        ra, rb = a.result, b.result
+        assert rb["engine"] == "batched" and ra["engine"] == "sequential"
+        assert ra["run_id"] == rb["run_id"]
+        assert ra["selection"]["chosen"] == rb["selection"]["chosen"]
+        for x, y in zip(
+            [c["val"] for c in ra["selection"]["candidates"]],
+            [c["val"] for c in rb["selection"]["candidates"]],
+            strict=True,
+        ):
+            assert same_metric(x, y)
+        for key in ("target_test", "source_test_after"):
+            assert same_metric(ra[key], rb[key]), (key, ra[key], rb[key])
+        assert ra["fit"]["steps"] == rb["fit"]["steps"]
+        assert math.isclose(ra["fit"]["final_loss"], rb["fit"]["final_loss"], rel_tol=1e-2)
+        for key in ("trainable_params", "total_params", "stored_params"):
+            assert ra[key] == rb[key]
+        sa, sb = a.model.state_dict(), b.model.state_dict()
+        assert sa.keys() == sb.keys()
+        for name in sa:
+            assert close(sa[name], sb[name]), name
+
+
+def test_frozen_entries_stay_bit_exact(tmp_path):
+    """PAC-Net's essential entries and the source task; the linear probe's body."""
+    cache = StateCache(tmp_path / "cache")
+    runs = batched.run_group(specs("pacnet", seeds=(0,)) + specs("pacnet", seeds=(3,)), cache)
+    for trained in runs:
+        model, tasks = trained.model, trained.tasks
+        allocated = dict(tasks.export(model, "source").named_parameters())
+        for name, p in model.named_parameters():
+            if name in tasks.mask:
+                keep = tasks.mask[name]
+                assert torch.equal(p[keep], allocated[name][keep]), name
+                assert not torch.equal(p[~keep], allocated[name][~keep])  # the target trained
+    probe = batched.run_group(specs("linear_probe"), cache)
+    ctx = runner.prepare(specs("linear_probe")[0], cache)
+    source = dict(ctx.source_model.named_parameters())
+    for trained in probe:
+        for name, p in trained.model.named_parameters():
+            if not name.startswith("head."):
+                assert torch.equal(p, source[name]), name
+
+
+def members_for_stopping() -> tuple[list[Member], dict]:
+    """Three members with early stopping: the first's validation data disagree with its
+    training data, so it stops long before the others."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(40, 4, generator=gen)
+    y = x.sum(1, keepdim=True)
+    torch.manual_seed(1)
+    model = MLP(4, (8,), 1)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = FitConfig(steps=200, batch_size=8, lr=3e-2, eval_every=5, patience=2)
+    members = [
+        Member(start, Data(x[:30], y[:30]), cfg, seed=0, trainable={n: True for n in start},
+               val=Data(x[30:], -5 * y[30:])),
+        Member(start, Data(x[:30], y[:30]), cfg, seed=1, trainable={n: True for n in start},
+               val=Data(x[30:], y[30:])),
+        Member(start, Data(x[:20], y[:20]), FitConfig(steps=120, batch_size=32, lr=1e-2),
+               seed=2, trainable={"head.weight": True, "body.0.weight": start["body.0.weight"] > 0}),
+    ]  # fmt: skip
+    return members, model.spec()
+
+
+def alone(member: Member, spec: dict) -> tuple[dict, object]:
+    """``member`` trained by ``pacnet.fit`` alone (frozen entries by gradient masking)."""
+    model = MLP.from_spec(spec)
+    model.load_state_dict(member.start)
+    params = dict(model.named_parameters())
+    for name, p in params.items():
+        where = member.trainable.get(name, False)
+        if isinstance(where, torch.Tensor):
+            p.register_hook(lambda g, w=where: g * w)
+        else:
+            p.requires_grad_(bool(where))
+    result = fit(model, nn.functional.mse_loss, member.train, member.cfg,
+                 val=member.val, seed=member.seed)  # fmt: skip
+    return model.state_dict(), result
+
+
+def test_a_member_that_stops_early_while_the_others_go_on():
+    members, spec = members_for_stopping()
+    stacked = fit_stacked(members, spec)
+    (first, r0), (second, r1), (third, r2) = stacked
+    assert r0.steps < r1.steps and r2.steps == 120
+    for member, (state, result) in zip(members, stacked, strict=True):
+        ref_state, ref = alone(member, spec)
+        assert result.steps == ref.steps and result.best_step == ref.best_step
+        assert [s for s, _ in result.val_curve] == [s for s, _ in ref.val_curve]
+        for name in state:
+            assert close(state[name], ref_state[name]), name
+    # the early stopper holds its best state; the frozen entries of the third never moved
+    start = members[2].start
+    assert torch.equal(third["body.0.bias"], start["body.0.bias"])
+    frozen = start["body.0.weight"] <= 0
+    assert torch.equal(third["body.0.weight"][frozen], start["body.0.weight"][frozen])
+    assert not torch.equal(third["head.weight"], start["head.weight"])
+
+
+def test_early_protocol_runs_match(tmp_path):
+    cache = StateCache(tmp_path / "cache")
+    settings = {**TINY, "protocol": "early", "eval_every": 5, "patience": 2, "target_steps": 80}
+    group = [
+        RunSpec("friedman", "finetune", seed=s, target_size=30, bench_settings=settings,
+                method_params={"lr": lr})
+        for s in (0, 1) for lr in (0.03,)
+    ]  # fmt: skip
+    ra = [runner.run(s, cache=cache) for s in group]
+    rb = [t.result for t in batched.run_group(group, cache)]
+    for a, b in zip(ra, rb, strict=True):
+        assert a["fit"]["steps"] == b["fit"]["steps"] and a["fit"]["best_step"] == b["fit"][
+            "best_step"
+        ]
+        assert same_metric(a["target_test"], b["target_test"])
+
+
+def test_runs_that_cannot_stack_run_alone(tmp_path):
+    cache = StateCache(tmp_path / "cache")
+    spec = RunSpec("friedman", "delta", seed=0, target_size=20, bench_settings=TINY)
+    assert not batched.stackable(spec)
+    trained = batched.run_trained(spec, tmp_path / "out", cache)
+    assert trained.result["engine"] == "sequential"
+    assert (tmp_path / "out" / "result.json").exists()
+
+
+def test_a_sweep_on_either_engine_stores_the_same_runs(tmp_path):
+    cache = StateCache(tmp_path / "cache")
+    grid = specs("finetune", seeds=(0, 1, 2), select="cv") + specs("delta", seeds=(0,))
+    found = {}
+    for engine in ("batched", "sequential"):
+        with Store(tmp_path / f"{engine}.sqlite") as store:
+            results = sweep(grid, store, cache=cache, options=WorkerOptions(engine=engine))
+        found[engine] = {r["run_id"]: r for r in results}
+    assert found["batched"].keys() == found["sequential"].keys() == {s.run_id() for s in grid}
+    for run_id, a in found["sequential"].items():
+        b = found["batched"][run_id]
+        assert same_metric(a["target_test"], b["target_test"])
+        assert b["engine"] == ("sequential" if b["method"] == "delta" else "batched")
+
+
+def test_engine_option_is_checked():
+    from pacnet.errors import PacnetError
+
+    with pytest.raises(PacnetError, match="unknown engine"):
+        WorkerOptions(engine="vectorised")
