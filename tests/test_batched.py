@@ -114,7 +114,8 @@ def members_for_stopping() -> tuple[list[Member], dict]:
         Member(start, Data(x[:30], y[:30]), cfg, seed=1, trainable={n: True for n in start},
                val=Data(x[30:], y[30:])),
         Member(start, Data(x[:20], y[:20]), FitConfig(steps=120, batch_size=32, lr=1e-2),
-               seed=2, trainable={"head.weight": True, "body.0.weight": start["body.0.weight"] > 0}),
+               seed=2, trainable={"head.weight": True,
+                                  "body.0.weight": start["body.0.weight"] > 0}),
     ]  # fmt: skip
     return members, model.spec()
 
@@ -138,7 +139,7 @@ def alone(member: Member, spec: dict) -> tuple[dict, object]:
 def test_a_member_that_stops_early_while_the_others_go_on():
     members, spec = members_for_stopping()
     stacked = fit_stacked(members, spec)
-    (first, r0), (second, r1), (third, r2) = stacked
+    (_, r0), (_, r1), (third, r2) = stacked
     assert r0.steps < r1.steps and r2.steps == 120
     for member, (state, result) in zip(members, stacked, strict=True):
         ref_state, ref = alone(member, spec)
@@ -165,9 +166,10 @@ def test_early_protocol_runs_match(tmp_path):
     ra = [runner.run(s, cache=cache) for s in group]
     rb = [t.result for t in batched.run_group(group, cache)]
     for a, b in zip(ra, rb, strict=True):
-        assert a["fit"]["steps"] == b["fit"]["steps"] and a["fit"]["best_step"] == b["fit"][
-            "best_step"
-        ]
+        assert (
+            a["fit"]["steps"] == b["fit"]["steps"]
+            and a["fit"]["best_step"] == b["fit"]["best_step"]
+        )
         assert same_metric(a["target_test"], b["target_test"])
 
 

@@ -37,7 +37,7 @@ from pacnet.methods.base import Method, Plan, Transfer, TransferContext
 from pacnet.training import distributed
 from pacnet.training.cache import StateCache
 from pacnet.training.stacked import Member, fit_stacked, supports
-from pacnet.training.train import Data
+from pacnet.training.train import Data, FitConfig
 
 ENGINES = ("batched", "sequential")
 """``--engine``: stack what can be stacked (default), or every run alone."""
@@ -138,6 +138,7 @@ def choose_and_train(
     :meth:`Method.transfer` of the winner give (the selection record, the chosen method,
     its transfer), every training of a stage stacked: first all candidates × folds of all
     choices, then all the winners."""
+    _allocate_together(choices)
     jobs: list[tuple[dict[str, Any], Data, Method, TransferContext]] = []
     tried: list[list[dict[str, Any]]] = []
     for c in choices:
@@ -167,6 +168,42 @@ def choose_and_train(
         methods.append(c.make(selections[-1]["chosen"]))
     finals = stacked_transfers([(m, c.ctx) for m, c in zip(methods, choices, strict=True)])
     return list(zip(selections, methods, finals, strict=True))
+
+
+def _allocate_together(choices: Sequence[Choice]) -> None:
+    """PAC-Net's Allocate for every setting the choices try (one per ratio, say), stacked,
+    where more than one is missing from a cache that can tell (``ctx.memo.contains``);
+    the states go into that cache, where the plans find them. Allocate trains the essential
+    entries and every other parameter on the labelled source task, redundant entries at 0."""
+    from pacnet.core.pac import zero_redundant
+    from pacnet.methods.pacnet_method import PacNet
+
+    missing: dict[str, tuple[TransferContext, nn.Module, Any, dict, FitConfig]] = {}
+    for c in choices:
+        contains = getattr(c.ctx.memo, "contains", None)
+        for candidate in c.grid or [None]:
+            method = c.make(candidate)
+            if not isinstance(method, PacNet) or method.params.allocate_on != "labelled":
+                continue
+            model, mask, key, cfg = method.allocation(c.ctx)
+            name = json.dumps(key, sort_keys=True, default=str)
+            if contains is not None and name not in missing and not contains(key):
+                missing[name] = (c.ctx, model, mask, key, cfg)
+    if len(missing) < 2:
+        return
+    members = []
+    for ctx, model, mask, _, cfg in missing.values():
+        zero_redundant(model, mask)
+        start = {n: p.detach() for n, p in model.named_parameters()}
+        trainable = {n: True for n, p in model.named_parameters() if p.requires_grad}
+        trainable.update({n: mask[n] for n in mask if n in trainable})
+        val = ctx.source.val if cfg.patience is not None else None
+        members.append(Member(start, ctx.source.train, cfg, 0, trainable, val=val))
+    first = next(iter(missing.values()))[1]
+    trained = fit_stacked(members, first.spec(), next(first.parameters()).device)
+    for (ctx, model, _, key, _), (state, _) in zip(missing.values(), trained, strict=True):
+        model.load_state_dict(state)
+        ctx.memo(key, lambda m=model: m.state_dict())
 
 
 def why_not(ctx: TransferContext) -> str | None:

@@ -14,6 +14,7 @@ the axis with its range instead of drawn). Runs that served several
 targets from one network (``pacnet run --targets``) get a table of their own per setting:
 every task's error after each addition, with one-target runs of the same targets beside it.
 Runs saved with ``pacnet run --save`` are listed at the end with where their network is.
+Rows of several benchmarks get a summary across them (:mod:`pacnet.experiments.summary`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pacnet.experiments.environment import DETERMINISM_NOTE
+from pacnet.experiments.summary import summary
 from pacnet.experiments.table import (
     REFERENCE,
     chain_markdown,
@@ -464,6 +466,8 @@ def report(rows: Sequence[dict[str, Any]], out: str | Path, across: Sequence[str
         lines += _section(title, chain, "chains")
         lines.append(chain_markdown(chain, groups.get(key, []), chain[0]["metric"]))
     singles = [r for group in groups.values() for r in group]
+    if len({r["benchmark"] for r in singles}) > 1:
+        lines += ["", *summary(singles)]
     for name in across:
         lines += across_section(singles, name, out, len(groups) + len(chains) + 1)
     lines += saved_networks(rows)

@@ -59,6 +59,10 @@ class TransferContext:
     source_key: str = ""
     memo: Callable[[Mapping[str, Any], StateBuilder], Mapping[str, Tensor]] = _no_cache
     amp: str = "none"
+    kept: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    """What a method computes once per run from the source model and reuses in every fold
+    and candidate of its selection (shared by the copies ``dataclasses.replace`` makes):
+    PAC-Net's mask per ratio."""
 
     @property
     def loss_fn(self) -> LossFn:

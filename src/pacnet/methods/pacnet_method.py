@@ -175,26 +175,38 @@ class PacNet(Method):
     def allocated(self, ctx: TransferContext) -> tuple[nn.Module, Mask]:
         """A copy of the source model, pruned and allocated (cached per source and setting)."""
         p: PacNetParams = self.params
+        model, mask, key, alloc_fit = self.allocation(ctx)
+
+        def build() -> dict:
+            allocate_on(model, mask, ctx, p.allocate_on, alloc_fit)
+            return model.state_dict()
+
+        model.load_state_dict(ctx.memo(key, build))
+        return model, mask
+
+    def allocation(self, ctx: TransferContext) -> tuple[nn.Module, Mask, dict[str, Any], FitConfig]:
+        """What Allocate starts from and how it is cached: a copy of the source model (not
+        yet pruned), its mask, the cache key of the allocated state and Allocate's budget."""
+        p: PacNetParams = self.params
         check(
             p.allocate_on != "generated",
             f"allocate_on 'generated' draws table rows from stored input statistics: it is "
             f"for pacnet transfer, and {ctx.benchmark.name} is not a table",
         )
         model = copy.deepcopy(ctx.source_model)
-        inputs = (
-            inputs_of(ctx.source.train, SCORE_INPUTS) if p.prune_score == "activation" else None
-        )
-        mask = shared_mask(
-            lambda: prune(model, p.ratio, p.scope, score=p.prune_score, inputs=inputs)
-        )  # rank 0's
+        found = ("mask", p.ratio, p.scope, p.prune_score)
+        if found not in ctx.kept:
+            inputs = (
+                inputs_of(ctx.source.train, SCORE_INPUTS) if p.prune_score == "activation" else None
+            )
+            ctx.kept[found] = shared_mask(
+                lambda: prune(model, p.ratio, p.scope, score=p.prune_score, inputs=inputs)
+            )  # rank 0's
+        kept = ctx.kept[found]
+        mask = Mask({n: t.clone() for n, t in kept.items()}, kept.plan)
         alloc_fit = ctx.source_fit
         if p.allocate_steps is not None:
             alloc_fit = replace(alloc_fit, steps=p.allocate_steps)
-
-        def build() -> dict:
-            allocate_on(model, mask, ctx, p.allocate_on, alloc_fit)
-            return model.state_dict()
-
         key = {
             "step": "allocate",
             "source": ctx.source_key,
@@ -206,8 +218,7 @@ class PacNet(Method):
             key["score"] = p.prune_score
         if p.allocate_on != "labelled":
             key["on"] = p.allocate_on
-        model.load_state_dict(ctx.memo(key, build))
-        return model, mask
+        return model, mask, key, alloc_fit
 
     def transfer(self, ctx: TransferContext) -> Transfer:
         p: PacNetParams = self.params
@@ -241,15 +252,22 @@ class PacNet(Method):
         pulls = {n: (p.lam, params[n].detach().clone()) for n in trainable}
 
         def finish(result: FitResult) -> Transfer:
-            return self._handed_back(model, tasks, result, fidelity)
+            return self._handed_back(model, tasks, result, fidelity, final)
 
         return Plan(model, dict(trainable), finish, pulls=pulls)
 
     def _handed_back(
-        self, model: nn.Module, tasks: Tasks, result: FitResult, fidelity: dict[str, Any]
+        self,
+        model: nn.Module,
+        tasks: Tasks,
+        result: FitResult,
+        fidelity: dict[str, Any],
+        final: bool = True,
     ) -> Transfer:
+        """The Transfer of a calibrated ``model``; ``final=False`` (a fold, only scored on
+        the target) leaves out the source view (the model stands in for it)."""
         report = parameter_report(model, tasks)
-        source_view: nn.Module = tasks.export(model, "source")
+        source_view: nn.Module = tasks.export(model, "source") if final else model
         return Transfer(
             model,
             source_view,

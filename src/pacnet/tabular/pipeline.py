@@ -212,6 +212,9 @@ class _Memo:
     def __init__(self) -> None:
         self.states: dict[str, dict[str, Tensor]] = {}
 
+    def contains(self, key: Mapping[str, Any]) -> bool:
+        return json.dumps(dict(key), sort_keys=True, default=str) in self.states
+
     def __call__(
         self, key: Mapping[str, Any], build: Callable[[], Mapping[str, Tensor]]
     ) -> Mapping[str, Tensor]:

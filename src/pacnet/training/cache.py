@@ -39,6 +39,10 @@ class StateCache:
     def path(self, key: Mapping[str, Any]) -> Path:
         return self.root / f"{config_hash(dict(key))}.safetensors"
 
+    def contains(self, key: Mapping[str, Any]) -> bool:
+        """Whether a state for ``key`` is stored (it may still fail to read)."""
+        return self.path(key).exists()
+
     def __call__(
         self, key: Mapping[str, Any], build: Callable[[], Mapping[str, Tensor]]
     ) -> Mapping[str, Tensor]:

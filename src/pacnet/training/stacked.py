@@ -233,6 +233,7 @@ def _fit_sorted(
     last_loss = torch.full((M,), math.nan, dtype=torch.float64, device=device)
     taken = torch.zeros(M, dtype=torch.long, device=device)
     pulls_shown = any(m.pulls_in_loss for m in members) and any(stack.pulls)
+    last_steps = _last_steps(members)  # where a member's loss may be its final one
 
     def forward(x: Tensor) -> Tensor:
         h = x
@@ -257,7 +258,7 @@ def _fit_sorted(
         losses.sum().backward()
         with torch.no_grad():
             shown = losses.detach()
-            if pulls_shown:
+            if pulls_shown and step in last_steps:
                 shown = shown + _pull_values(stack, members)
             for k in stack.trains:
                 p = stack.params[k]
@@ -278,6 +279,16 @@ def _fit_sorted(
         r.steps = n
         r.final_loss = loss if n else math.nan
     return list(zip(states, results, strict=True))
+
+
+def _last_steps(members: Sequence[Member]) -> set[int]:
+    """The steps after which some member may stop: its last, and with early stopping its
+    evaluations (the reported loss is the last step's)."""
+    steps = {m.cfg.steps for m in members}
+    for m in members:
+        if m.val is not None and m.cfg.patience is not None:
+            steps.update(range(m.cfg.eval_every, m.cfg.steps + 1, m.cfg.eval_every))
+    return steps
 
 
 def _stop(which: list[int], live: list[bool], live_t: Tensor, adam: _Adam) -> None:
