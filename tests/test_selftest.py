@@ -23,6 +23,8 @@ def test_selftest_on_the_cpu_passes_and_names_every_case(capsys):
     assert sum(m[1] == "exact" for m in marks) == models * optimizers * 3
     runs = [line for line in lines if line.split()[1:2] == ["runs"]]
     assert len(runs) == len(selftest.RUN_SETTINGS) * 8
+    engines = [line for line in lines if line.split()[1:2] == ["engines"]]
+    assert len(engines) == 5 and all(line.startswith(selftest.PASS) for line in engines)
     assert [m for m in marks if m[0] == selftest.FAIL] == []
     skipped = [line for line in lines if line.startswith(selftest.SKIP)]
     assert all("capturable" in line or "not installed" in line for line in skipped), skipped

@@ -104,6 +104,8 @@ def test_sigint_stops_cleanly_keeping_what_finished(tmp_path):
         *TINY,
         "--target-steps",
         "300",  # runs long enough that the sweep is still going when the signal comes
+        "--engine",
+        "sequential",  # one run at a time (the batched engine stores a group at once)
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for_rows(proc, db, 2)
@@ -118,3 +120,25 @@ def test_sigint_stops_cleanly_keeping_what_finished(tmp_path):
     assert subprocess.run(argv, capture_output=True, timeout=300).returncode == 0
     with Store(db) as store:
         assert len(store.ids()) == 16
+
+
+def test_sigint_during_a_batched_group_gives_the_whole_group_back(tmp_path):
+    """A group is stored when it ends, all of it: interrupted, its runs are pending again
+    (none left running), and the groups finished before are kept."""
+    db = tmp_path / "runs.sqlite"
+    argv = [
+        sys.executable, "-m", "pacnet", "reproduce", "friedman", "--methods",
+        "finetune,scratch", "--target-sizes", "10,20", "--seeds", "8", "--quick",
+        "--db", str(db), "--out", str(tmp_path), "--cache", str(tmp_path / "cache"),
+        "--jobs", "1", *TINY, "--target-steps", "2000",
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_rows(proc, db, 16)  # the first group of 16 (finetune) is stored
+    assert proc.poll() is None, "the sweep ended before the second group could be cut"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    with Store(db) as store:
+        assert len(store.ids()) == 16
+        states = [st for g in store.status() for st in g.running]
+    assert states == []

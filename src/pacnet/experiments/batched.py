@@ -42,7 +42,10 @@ from pacnet.training.train import Data, FitConfig
 ENGINES = ("batched", "sequential")
 """``--engine``: stack what can be stacked (default), or every run alone."""
 MAX_MEMBERS = 512
-"""Members trained in one stacked model at most (bounds memory: ~0.5 KB per weight)."""
+"""Members trained in one stacked model at most."""
+MAX_WEIGHTS = 2**25
+"""Weights (members × weights per member) in one stacked model at most: with gradients,
+Adam's state, masks and anchors about 1 GiB."""
 
 
 def stackable(spec: RunSpec) -> bool:
@@ -258,13 +261,11 @@ def stacked_transfers(
 
 def _chunks(members: Sequence[Member]) -> list[list[int]]:
     """Member indices by batch size rounded up to a multiple of 8 (so little padding) and
-    steps, in chunks of ≤ MAX_MEMBERS."""
+    steps, in chunks of at most MAX_MEMBERS members and MAX_WEIGHTS weights."""
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, m in enumerate(members):
         key = (-(-min(m.cfg.batch_size, len(m.train)) // 8), m.cfg.steps)
         by_size.setdefault(key, []).append(i)
-    return [
-        group[k : k + MAX_MEMBERS]
-        for group in by_size.values()
-        for k in range(0, len(group), MAX_MEMBERS)
-    ]
+    weights = sum(t.numel() for t in members[0].start.values()) if members else 1
+    most = max(1, min(MAX_MEMBERS, MAX_WEIGHTS // max(weights, 1)))
+    return [group[k : k + most] for group in by_size.values() for k in range(0, len(group), most)]

@@ -60,10 +60,19 @@ def compare(specs: list[RunSpec], cache: StateCache | None = None) -> dict[str, 
         for group in _groups(specs):
             together += [t.result for t in batched.run_group(group, cache)]
         stacked = time.perf_counter() - start
+        threads = torch.get_num_threads()
     by_id = {r["run_id"]: r for r in together}
-    differences = [
-        abs(by_id[a["run_id"]]["target_test"] - a["target_test"]) / abs(a["target_test"])
+    differences = {
+        f"{a['method']} N={a['target_size']} seed {a['seed']}": abs(
+            by_id[a["run_id"]]["target_test"] - a["target_test"]
+        )
+        / abs(a["target_test"])
         for a in alone
+    }
+    flips = [
+        f"{a['method']} N={a['target_size']} seed {a['seed']}"
+        for a in alone
+        if a["selection"]["chosen"] != by_id[a["run_id"]]["selection"]["chosen"]
     ]
     return {
         "benchmark": first.benchmark,
@@ -74,12 +83,14 @@ def compare(specs: list[RunSpec], cache: StateCache | None = None) -> dict[str, 
         "select": "3-fold cross-validation (each run: candidates x folds, then the winner)",
         "quick": first.quick,
         "device": first.device,
-        "threads": torch.get_num_threads(),
+        "threads": threads,
         "machine": platform.processor() or platform.machine(),
         "sequential_seconds": round(sequential, 2),
         "batched_seconds": round(stacked, 2),
         "speedup": round(sequential / stacked, 2),
-        "max_relative_metric_difference": max(differences),
+        "max_relative_metric_difference": max(differences.values()),
+        "largest_differences": dict(sorted(differences.items(), key=lambda kv: -kv[1])[:3]),
+        "cv_choices_differing": flips,
         "engines_in_records": sorted({r.get("engine", "?") for r in together}),
     }
 

@@ -1,6 +1,6 @@
 """``pacnet selftest``: does pacnet work on this machine's hardware?
 
-On one device it runs three groups of cases and prints a line for each:
+On one device it runs four groups of cases and prints a line for each:
 
 * **exact** — the device's optimizer kernels (Adam fused, foreach, for-loop and capturable;
   AdamW fused with weight decay and with amsgrad; SGD with momentum and weight decay, and
@@ -13,6 +13,8 @@ On one device it runs three groups of cases and prints a line for each:
 * **runs** — a short run of every benchmark with every method on the device. CelebA runs on
   a folder written here in CelebA's layout; Fashion-MNIST and the digits run where their
   data are installed and are otherwise named as skipped.
+* **engines** — every method the batched engine stacks, run on both engines (Friedman,
+  tiny, 2 seeds, cross-validated): the metrics agree within the stated tolerance.
 * **bench** — Allocate and Calibrate step time over a plain step (paired, median), for the
   record: no timing passes or fails.
 
@@ -43,11 +45,14 @@ from pacnet.core.mask import prune
 from pacnet.core.pac import trainable_groups, zero_redundant
 from pacnet.core.tasks import Tasks
 from pacnet.errors import first_line, pacnet_version
+from pacnet.experiments.batched import run_group
+from pacnet.experiments.bench_engines import METHODS as STACKED
 from pacnet.experiments.perf import step_times
 from pacnet.experiments.runner import run
 from pacnet.experiments.spec import RunSpec
 from pacnet.methods import METHODS
 from pacnet.training.cache import StateCache
+from pacnet.training.stacked import TOLERANCE
 from pacnet.training.train import infer
 
 PASS, FAIL, SKIP, INFO = "✓", "✗", "-", "i"
@@ -404,6 +409,39 @@ def runs(device: torch.device, folder: Path) -> Iterator[Case]:
             yield Case("runs", name, mark, detail, time.perf_counter() - start)
 
 
+def engines(device: torch.device, folder: Path) -> Iterator[Case]:
+    """Every stacked method on the batched engine against the same runs trained one at a
+    time on ``device`` (Friedman, tiny, 2 seeds, cross-validated): the metrics within the
+    stated tolerance."""
+    if "friedman" not in RUN_SETTINGS:
+        return
+    cache = StateCache(folder / "engines")
+    settings, size = RUN_SETTINGS["friedman"]
+    for method in STACKED:
+        start = time.perf_counter()
+        try:
+            specs = [
+                RunSpec("friedman", method, seed=seed, target_size=size, select="cv",
+                        bench_settings=settings, device=str(device))
+                for seed in (0, 1)
+            ]  # fmt: skip
+            alone = [run(spec, None, cache) for spec in specs]
+            together = [t.result for t in run_group(specs, cache)]
+            worst = max(
+                abs(a["target_test"] - b["target_test"]) / abs(a["target_test"])
+                for a, b in zip(alone, together, strict=True)
+            )
+            good = worst <= TOLERANCE["metric_rtol"] and all(
+                b["engine"] == "batched" and a["run_id"] == b["run_id"]
+                for a, b in zip(alone, together, strict=True)
+            )
+            mark = PASS if good else FAIL
+            detail = f"largest relative difference {worst:.1e}"
+        except Exception as exc:
+            mark, detail = FAIL, f"{type(exc).__name__}: {first_line(exc)}"
+        yield Case("engines", f"friedman {method}", mark, detail, time.perf_counter() - start)
+
+
 # -- bench -----------------------------------------------------------------------------
 
 
@@ -446,7 +484,13 @@ def selftest(
         tempfile.TemporaryDirectory(prefix="pacnet-selftest-") as tmp,
         torch.random.fork_rng(devices=[] if device.type == "cpu" else None),
     ):
-        for group in (exactness(device, quick), runs(device, Path(tmp)), bench(device, quick)):
+        groups = (
+            exactness(device, quick),
+            runs(device, Path(tmp)),
+            engines(device, Path(tmp)),
+            bench(device, quick),
+        )
+        for group in groups:
             for case in group:
                 cases.append(case)
                 say(case.line())

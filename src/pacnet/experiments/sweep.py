@@ -156,24 +156,49 @@ def work(
 
 
 @contextlib.contextmanager
-def _watching_for_interrupts() -> Iterator[threading.Event]:
+def _watching_for_interrupts() -> Iterator[_Interrupted]:
     """An event set by Ctrl-C (SIGINT), which still raises KeyboardInterrupt: so a worker
     stops even where a library caught the interrupt inside a run and raised something else
     (a half-imported module, say) instead."""
-    interrupted = threading.Event()
+    interrupted = _Interrupted()
     if threading.current_thread() is not threading.main_thread():
         yield interrupted
         return
 
     def on_sigint(signum: int, frame: Any) -> None:
         interrupted.set()
-        raise KeyboardInterrupt
+        if not interrupted.holding:
+            raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         yield interrupted
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+class _Interrupted(threading.Event):
+    """Set by Ctrl-C. While ``holding`` (a claim is being taken) the interrupt waits: the
+    claim is then recorded, so it can be given back, and :func:`_claim` raises."""
+
+    holding = False
+
+
+def _claim(
+    store: Store, grid_id: str, options: WorkerOptions, interrupted: _Interrupted
+) -> Claim | None:
+    """``store.claim`` of the grid's next run, shielded from Ctrl-C while it commits: a run
+    claimed as the interrupt came is given back before KeyboardInterrupt is raised."""
+    interrupted.holding = True
+    try:
+        claim = store.claim(grid_id, options.lease, options.max_attempts)
+    finally:
+        interrupted.holding = False
+    if interrupted.is_set():
+        if claim is not None:
+            _release(store, [claim])
+        raise KeyboardInterrupt
+    return claim
 
 
 def _work(
@@ -183,13 +208,13 @@ def _work(
     cache: StateCache,
     options: WorkerOptions,
     tick: Callable[[], None] | None,
-    interrupted: threading.Event,
+    interrupted: _Interrupted,
 ) -> int:
     stored = 0
     while True:
         if interrupted.is_set():
             raise KeyboardInterrupt
-        claim = store.claim(grid_id, options.lease, options.max_attempts)
+        claim = _claim(store, grid_id, options, interrupted)
         if claim is None:
             counts = store.progress(grid_id)
             if counts.open == 0:
@@ -211,13 +236,14 @@ def _work(
         if not _stacks(spec, options):
             stored += _execute(store, claim, spec, cache, options, interrupted)
         else:
-            claims = [claim, *_more_claims(store, grid_id, options)]
-            groups: dict[str, list[Claim]] = {}
-            for c in claims:
-                key = group_key(specs[c.run_id]) if _stacks(specs[c.run_id], options) else c.token
-                groups.setdefault(key, []).append(c)
-            for group in groups.values():
-                stored += _execute_group(store, group, specs, cache, options, interrupted)
+            claims = [claim]
+            try:
+                more = _more_claims(store, grid_id, specs, group_key(spec), options, interrupted)
+                claims += more
+                stored += _execute_group(store, claims, specs, cache, options, interrupted)
+            except BaseException:  # give back what is still held (a stored run stays)
+                _release(store, claims)
+                raise
         if tick:
             tick()
 
@@ -226,15 +252,39 @@ def _stacks(spec: RunSpec, options: WorkerOptions) -> bool:
     return options.engine == "batched" and options.nproc_per_run == 1 and stackable(spec)
 
 
-def _more_claims(store: Store, grid_id: str, options: WorkerOptions) -> list[Claim]:
-    """Up to ``group − 1`` more of the grid's runs, as many as are free now."""
+def _more_claims(
+    store: Store,
+    grid_id: str,
+    specs: Mapping[str, RunSpec],
+    key: str,
+    options: WorkerOptions,
+    interrupted: _Interrupted,
+) -> list[Claim]:
+    """Up to ``group − 1`` more of the grid's runs that stack with group ``key``, as many as
+    are free now; the first that does not is given back (claims go by grid position, so
+    it is claimed next, on its own)."""
     claims: list[Claim] = []
-    while len(claims) < options.group - 1:
-        claim = store.claim(grid_id, options.lease, options.max_attempts)
-        if claim is None:
-            break
-        claims.append(claim)
+    try:
+        while len(claims) < options.group - 1:
+            claim = _claim(store, grid_id, options, interrupted)
+            if claim is None:
+                break
+            spec = specs.get(claim.run_id)
+            if spec is None or not _stacks(spec, options) or group_key(spec) != key:
+                store.release(claim)
+                break
+            claims.append(claim)
+    except BaseException:
+        _release(store, claims)
+        raise
     return claims
+
+
+def _release(store: Store, claims: Sequence[Claim]) -> None:
+    """Give back the runs of ``claims`` this worker still holds (finished ones stay)."""
+    for claim in claims:
+        with contextlib.suppress(PacnetError):
+            store.release(claim)
 
 
 def _execute_group(
@@ -243,28 +293,18 @@ def _execute_group(
     specs: Mapping[str, RunSpec],
     cache: StateCache,
     options: WorkerOptions,
-    interrupted: threading.Event,
+    interrupted: _Interrupted,
 ) -> int:
-    """Run claimed specs that stack, together, under renewed leases; store each. If the
+    """Run claimed specs that stack together, under renewed leases; store each. If the
     group fails, each of its runs runs alone, so that only a failing run fails."""
     group = [specs[c.run_id] for c in claims]
-    if len(claims) == 1 and not _stacks(group[0], options):
-        return _execute(store, claims[0], group[0], cache, options, interrupted)
     with _Lease(store, claims, options.lease) as lease:
         try:
             trained = run_group(group, cache)
         except Exception:
             if interrupted.is_set():
-                for claim in claims:
-                    with contextlib.suppress(PacnetError):
-                        store.release(claim)
                 raise KeyboardInterrupt from None
             trained = None
-        except BaseException:
-            for claim in claims:
-                with contextlib.suppress(PacnetError):
-                    store.release(claim)
-            raise
     if trained is None:
         return sum(
             _execute(store, c, s, cache, options, interrupted)
@@ -319,7 +359,7 @@ def _execute(
     spec: RunSpec,
     cache: StateCache,
     options: WorkerOptions,
-    interrupted: threading.Event,
+    interrupted: _Interrupted,
 ) -> int:
     """Run a claimed spec under a renewed lease; store it (1) or record its failure (0)."""
     what = f"{spec.method} N={spec.target_size} seed {spec.seed} ({claim.run_id})"

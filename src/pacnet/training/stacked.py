@@ -34,10 +34,12 @@ from torch import Tensor, nn
 from pacnet.errors import check
 from pacnet.training.train import Data, FitConfig, FitResult
 
-TOLERANCE = {"weights_rtol": 1e-3, "weights_atol": 1e-4, "metric_rtol": 1e-3}
+TOLERANCE = {"weights_rtol": 1e-3, "weights_atol": 1e-4, "metric_rtol": 5e-3}
 """How close a stacked member ends to the same run trained alone, in float32: final weights
-within ``weights_atol + weights_rtol·|w|`` entrywise, and the benchmark metric within
-``metric_rtol`` relative. Frozen entries are identical, bit for bit."""
+within ``weights_atol + weights_rtol·|w|`` entrywise and the benchmark metric within
+``metric_rtol`` relative (held by the tests' runs of 40–200 steps; rounding differences grow
+with the steps, and over 500-step Friedman runs the metrics differed by at most 1.2e-3
+relative, ``pacnet bench --engines``). Frozen entries are identical, bit for bit."""
 
 _ACTIVATIONS = {
     "relu": torch.relu,
