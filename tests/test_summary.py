@@ -37,3 +37,15 @@ def test_summary_counts_ranks_wins_and_cv_winners():
 
 def test_no_summary_for_one_method():
     assert summary([row("t1", 10, 0, "pacnet", 1.0)]) == []
+
+
+def test_report_names_the_engine_of_each_method():
+    from pacnet.experiments.report import _engines
+
+    rows = [{"method": "pacnet", "engine": "batched"}, {"method": "delta", "engine": "sequential"},
+            {"method": "bss"}]  # fmt: skip
+    assert _engines(rows) == (
+        " Batched engine (runs stacked as one model): pacnet; one run at a time (no stacked "
+        "layout): delta."
+    )
+    assert _engines([{"method": "delta", "engine": "sequential"}]) == ""

@@ -150,9 +150,25 @@ def _section(title: str, rows: Sequence[dict[str, Any]], noun: str) -> list[str]
         "",
         protocol(rows),
         f"{len(rows)} {noun}; their run times add up to {seconds / 60:.1f} minutes"
-        f"{_span(rows)}. {_machines(rows)}",
+        f"{_span(rows)}. {_machines(rows)}{_engines(rows)}",
         "",
     ]
+
+
+def _engines(rows: Sequence[dict[str, Any]]) -> str:
+    """Which methods' runs trained stacked (the batched engine) and which one at a time
+    (rows from before the engines existed say nothing)."""
+    by: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        if "engine" in row:
+            by[row["engine"]].add(row["method"])
+    if not by.get("batched"):
+        return ""
+    text = f" Batched engine (runs stacked as one model): {', '.join(sorted(by['batched']))}"
+    alone = sorted(by.get("sequential", set()) - by["batched"])
+    if alone:
+        text += f"; one run at a time (no stacked layout): {', '.join(alone)}"
+    return text + "."
 
 
 PAUSE = 60.0
