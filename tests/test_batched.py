@@ -202,3 +202,34 @@ def test_engine_option_is_checked():
 
     with pytest.raises(PacnetError, match="unknown engine"):
         WorkerOptions(engine="vectorised")
+
+
+def test_transfer_compares_the_same_on_either_engine(tmp_path):
+    """pacnet transfer: PAC-Net and the stacked baselines choose the same candidates with
+    cross-validated errors within the tolerance; DELTA runs alone on either engine."""
+    from pacnet.tabular import pipeline
+
+    rng = torch.Generator().manual_seed(0)
+
+    def table(path, n, shift):
+        x = torch.rand(n, 3, generator=rng) * 2 - 1
+        y = torch.sin(2 * x[:, 0]) + x[:, 1] * (1 + shift) + 0.1 * torch.randn(n, generator=rng)
+        rows = zip(x.tolist(), y.tolist(), strict=True)
+        lines = ["a,b,c,y", *(",".join(f"{v:.6f}" for v in [*r, t]) for r, t in rows)]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    source, target = table(tmp_path / "s.csv", 400, 0.0), table(tmp_path / "t.csv", 15, 1.0)
+    found = {}
+    for engine in ("batched", "sequential"):
+        options = pipeline.TransferOptions(
+            source, target, outputs=["y"], compare=["finetune", "l2sp", "delta"],
+            config=pipeline.TableConfig(source_steps=150, target_steps=40, hidden=(16, 16)),
+            engine=engine,
+        )  # fmt: skip
+        found[engine] = {r["method"]: r for r in pipeline.transfer(options).card["methods"]}
+    assert found["batched"].keys() == found["sequential"].keys()
+    for name, a in found["sequential"].items():
+        b = found["batched"][name]
+        assert a["chosen"] == b["chosen"], name
+        assert math.isclose(a["cv"], b["cv"], rel_tol=TOLERANCE["metric_rtol"]), name

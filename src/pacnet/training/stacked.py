@@ -220,10 +220,10 @@ def _fit_sorted(
     sizes = [min(m.cfg.batch_size, len(m.train)) for m in members]
     width = max(sizes)
     weights = _counts(sizes, width, device)
-    out_dim = members[0].train.y.shape[-1]
-    denom = (torch.tensor(sizes, dtype=torch.float32) * out_dim).to(device)
+    check(all(m.train.y is not None for m in members), "stacked training needs labels")
     xs = _padded([m.train.x.float() for m in members], device)
     ys = _padded([m.train.y.float().reshape(len(m.train), -1) for m in members], device)
+    denom = (torch.tensor(sizes, dtype=torch.float32) * ys.shape[-1]).to(device)
     orders = _orders(members, steps, width).to(device)
     stop_at = [m.cfg.steps for m in members]
     live = [True] * M
