@@ -17,15 +17,16 @@ from pacnet.experiments import runner
 
 
 def _spy(monkeypatch) -> list:
-    """Keep what ``pacnet run`` trained (the network behind its result.json)."""
+    """Keep what ``pacnet run`` trained (the network behind its result.json), on either
+    engine: both end a run with :func:`runner.finish`."""
     kept = []
-    real = runner.run_trained
+    real = runner.finish
 
     def keep(*args, **kwargs):
         kept.append(real(*args, **kwargs))
         return kept[-1]
 
-    monkeypatch.setattr(runner, "run_trained", keep)
+    monkeypatch.setattr(runner, "finish", keep)
     return kept
 
 
@@ -38,15 +39,19 @@ def _probe(result: dict) -> torch.Tensor:
     return torch.rand(64, 10, generator=torch.Generator().manual_seed(5))
 
 
-def test_run_pacnet_quick_save_restores_bit_for_bit(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("engine", ["batched", "sequential"])
+def test_run_pacnet_quick_save_restores_bit_for_bit(tmp_path, monkeypatch, capsys, engine):
     kept = _spy(monkeypatch)
     out = tmp_path / "run"
-    argv = ["run", "friedman", "--method", "pacnet", "--quick", "--save", "--out", str(out)]
+    argv = ["run", "friedman", "--method", "pacnet", "--quick", "--save", "--out", str(out),
+            "--engine", engine]  # fmt: skip
     assert main(argv) == 0
+    assert len(kept) == 1
     assert f"network (source, target) saved to {out / 'net.safetensors'}" in capsys.readouterr().out
     trained = kept[0]
     result = json.loads((out / "result.json").read_text())
     assert result["network"]["file"] == "net.safetensors"
+    assert result["engine"] == engine
     assert result["network"]["tasks"] == ["source", "target"]
 
     assert main(["inspect", str(out)]) == 0

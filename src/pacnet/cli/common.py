@@ -48,6 +48,17 @@ def seed_list(text: str) -> list[int]:
     return values
 
 
+def engine_flag(parser: argparse.ArgumentParser, batched: str) -> None:
+    """``--engine batched|sequential``; ``batched`` says what the command stacks."""
+    parser.add_argument(
+        "--engine",
+        choices=("batched", "sequential"),
+        default="batched",
+        help=f"{batched}; sequential: one training after another (the same results up to "
+        "float rounding)",
+    )
+
+
 def run_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of every command that runs transfers: budgets, cache, threads, selection,
     source compute, device, precision, and --debug."""
@@ -81,13 +92,10 @@ def run_flags(parser: argparse.ArgumentParser) -> None:
         help="equal: the baselines start from a source model trained as many more steps as "
         "PAC-Net's Allocate (equal source compute); reproduce takes standard,equal for both",
     )
-    parser.add_argument(
-        "--engine",
-        choices=("batched", "sequential"),
-        default="batched",
-        help="batched: train the MLP benchmarks' runs stacked as one model (cross-validation "
-        "candidates x folds, and groups of runs in a sweep); sequential: one after another "
-        "(the same results up to float rounding)",
+    engine_flag(
+        parser,
+        "batched: train the MLP benchmarks' runs stacked as one model (cross-validation "
+        "candidates x folds, and groups of runs in a sweep)",
     )
     device_flag(parser)
     parser.add_argument(

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from pacnet.cli.common import Named, column_list, debug_flag, device_flag
+from pacnet.cli.common import Named, column_list, debug_flag, device_flag, engine_flag
 from pacnet.config import add_flags, given, make
 from pacnet.errors import PacnetError, check
 from pacnet.methods import METHODS
@@ -92,17 +92,15 @@ def add_parser(sub: Any, named: Named) -> None:
     )
     tr.add_argument("--seed", type=int, default=0, help="seeds training and the source split")
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1)")
-    tr.add_argument(
-        "--engine",
-        choices=("batched", "sequential"),
-        default="batched",
-        help="batched: cross-validate and train the methods that stack as one stacked model; "
-        "sequential: one training after another (the same results up to float rounding)",
-    )
+    engine_flag(tr, "batched: cross-validate and train the methods that stack as one stacked model")
     device_flag(tr)
     debug_flag(tr)
     add_flags(tr, TableConfig, "model and training budgets")
     tr.set_defaults(handler=run)
+    _predict_parser(sub)
+
+
+def _predict_parser(sub: Any) -> None:
     pr = sub.add_parser(
         "predict", help="predictions of a pacnet transfer folder for the rows of a table"
     )
