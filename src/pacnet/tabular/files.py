@@ -150,6 +150,11 @@ def _why(text: str, table: Table) -> str:
     why = f"{text!r} is not a number"
     if _DECIMAL_COMMA.match(text):
         why += " (a decimal comma? write 1.5, not 1,5)"
+    elif not any(ch.isdigit() for ch in text):
+        why += (
+            " (a text column: name it in --ignore, or encode it as numbers; pacnet run "
+            "tables-custom one-hot encodes text columns)"
+        )
     return why
 
 
