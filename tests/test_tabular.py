@@ -150,7 +150,8 @@ def _edit(path, old, new, count=1):
         ("misspelled", r"sim.csv: no column 'x_3' \(--inputs\); did you mean 'x3'\?"),
         ("missing-in-target", r"measured.csv: no column 'x3' \(--inputs\); its columns: "
                               r"x1, x2, y$"),
-        ("text-cell", r"measured.csv, line 4, column 'x2': 'abc' is not a number"),
+        ("text-cell", r"measured.csv, line 4, column 'x2': 'abc' is not a number \(a text "
+         r"column: name it in --ignore"),
         ("nan-cell", r"sim.csv, line 3, column 'y': 'NaN' \(NaN, a missing value\)"),
         ("empty-cell", r"measured.csv, line 2, column 'x1': an empty cell"),
         ("few-rows", r"measured.csv: 2 target rows, fewer than the 3 cross-validation folds; "

@@ -87,13 +87,19 @@ class Table:
             hint += " (numbers: does the file lack a header row?)"
         return hint
 
-    def numbers(self, names: Sequence[str], what: str) -> np.ndarray:
+    def numbers(self, names: Sequence[str], what: str, text_hint: str = "") -> np.ndarray:
         """The columns ``names`` as a float64 array (rows × names), every cell a finite
-        number; ``what`` says what the columns are for (e.g. ``--inputs``)."""
+        number; ``what`` says what the columns are for (e.g. ``--inputs``), ``text_hint``
+        what to do when a column holds words (added to that error)."""
         self.require(names, what)
         out = np.empty((self.rows, len(names)), dtype=np.float64)
         for j, name in enumerate(names):
-            column = self._numeric(name)
+            try:
+                column = self._numeric(name)
+            except _TextCell as exc:
+                if not text_hint:
+                    raise
+                raise PacnetError(f"{exc} ({text_hint})") from None
             bad = np.flatnonzero(~np.isfinite(column))
             if bad.size:
                 i = int(bad[0])
@@ -129,7 +135,8 @@ class Table:
             try:
                 float(text)
             except ValueError:
-                raise PacnetError(
+                wordy = text.lower() not in _MISSING and not any(c.isdigit() for c in text)
+                raise (_TextCell if wordy else PacnetError)(
                     f"{self.path}, {self.where(i)}, column {name!r}: {_why(text, self)}"
                 ) from None
         raise PacnetError(f"{self.path}, column {name!r}: not a column of numbers")
@@ -150,12 +157,11 @@ def _why(text: str, table: Table) -> str:
     why = f"{text!r} is not a number"
     if _DECIMAL_COMMA.match(text):
         why += " (a decimal comma? write 1.5, not 1,5)"
-    elif not any(ch.isdigit() for ch in text):
-        why += (
-            " (a text column: name it in --ignore, or encode it as numbers; pacnet run "
-            "tables-custom one-hot encodes text columns)"
-        )
     return why
+
+
+class _TextCell(PacnetError):
+    """A cell of words where a number belongs (the column is likely text, not numbers)."""
 
 
 class ArrayTable(Table):

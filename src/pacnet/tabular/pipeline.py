@@ -53,6 +53,11 @@ from pacnet.training.train import device_of, infer
 
 CARD_FORMAT = "pacnet.tabular"
 CARD_VERSION = 2
+TEXT_INPUT = (
+    "a text column: name it in --ignore, or encode it as numbers; pacnet run tables-custom "
+    "one-hot encodes text columns"
+)
+"""What to do about an input column of words, added to its error."""
 """The newest card format this pacnet writes and reads: 2 for a folder that keeps two
 networks (a baseline's, ``network.source_file``); a PAC-Net folder still writes 1."""
 
@@ -271,8 +276,14 @@ def transfer(options: TransferOptions) -> Outcome:
     else:
         source = generated_source(ckpt, target, options.seed)
     inputs, outputs = _columns(options, source, target, ckpt)
-    source_rows = (source.numbers(inputs, "--inputs"), source.numbers(outputs, "--outputs"))
-    target_rows = (target.numbers(inputs, "--inputs"), target.numbers(outputs, "--outputs"))
+    source_rows = (
+        source.numbers(inputs, "--inputs", TEXT_INPUT),
+        source.numbers(outputs, "--outputs"),
+    )
+    target_rows = (
+        target.numbers(inputs, "--inputs", TEXT_INPUT),
+        target.numbers(outputs, "--outputs"),
+    )
     check(
         target.rows >= options.folds,
         f"{target.path}: {target.rows} target row{'s' if target.rows != 1 else ''}, fewer than "
@@ -423,7 +434,7 @@ def generated_source(ckpt: SourceCheckpoint | None, target: Table, seed: int) ->
     z = torch.randn(GENERATED_ROWS, len(ckpt.inputs), generator=gen, dtype=torch.float64)
     spread = torch.tensor([0.0 if n in x_scale.constant else 1.0 for n in ckpt.inputs])
     drawn = x_scale.invert(z * spread.double())  # the scaling is in the model's input order
-    ours = target.numbers(ckpt.inputs, "--inputs")
+    ours = target.numbers(ckpt.inputs, "--inputs", TEXT_INPUT)
     x = np.concatenate([drawn, ours])
     model = ckpt.model
     with torch.no_grad():
