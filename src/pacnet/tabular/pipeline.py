@@ -305,7 +305,7 @@ def transfer(options: TransferOptions) -> Outcome:
             TableConfig,
             {**to_dict(config), "hidden": spec["hidden"], "activation": spec["activation"]},
         )
-    bench = TableBenchmark(config, problem, spec, options.seed)
+    bench = TableBenchmark(config, problem, spec, options.seed, trains_source=ckpt is None)
     device = check_device(options.device)
     with _threads(options.threads):
         return _run(options, bench, ckpt, compare, device, (source, target))
@@ -322,7 +322,7 @@ def _run(
     start = time.perf_counter()
     problem, seed = bench.problem, options.seed
     src = bench.source()
-    model, origin = _source_model(options, bench, ckpt, device)
+    model, origin, source_steps = _source_model(options, bench, ckpt, device)
     state_key = tensor_digest(model.state_dict())[:16]
     target = bench.target(seed, len(problem.target_x))
     ctx = TransferContext(bench, model, src, target, seed, f"table-{state_key}", _Memo())
@@ -392,6 +392,7 @@ def _run(
             "folds": options.folds,
             "device": str(device),
             "source": origin,
+            "source_steps": source_steps,
         },
         "seconds": round(time.perf_counter() - start, 3),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -456,16 +457,22 @@ def _source_model(
     bench: TableBenchmark,
     ckpt: SourceCheckpoint | None,
     device: torch.device,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The source model (trained here, or the checkpoint's) and how it came about."""
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """The source model (trained here, or the checkpoint's), its origin, how its steps were set."""
     if ckpt is not None:
         _say(options, f"source model: {ckpt.describe()}")
-        return ckpt.model.to(device), {"checkpoint": str(ckpt.path), "sha256": ckpt.sha256}
-    steps, rows = bench.source_fit().steps, len(bench.source().train)
+        origin = {"checkpoint": str(ckpt.path), "sha256": ckpt.sha256}
+        return ckpt.model.to(device), origin, bench.source_steps_record()
+    folds, rows = bench.source_cv_folds, len(bench.source().train)
     model = bench.make_model(options.seed).to(device)
-    _say(options, f"training the source model (up to {steps} steps on {rows} rows)")
+    chosen = bench.source_steps_record()
+    if folds:  # too few rows to stop on: the steps by cross-validation
+        _say(options, f"choosing the source steps by {folds}-fold cross-validation on {rows} rows")
+        chosen = bench.choose_source_steps(model, options.seed)
+    steps = f"{'' if folds else 'up to '}{bench.source_fit().steps} steps"
+    _say(options, f"training the source model ({steps} on {rows} rows)")
     fitted = train_source(bench, model, seed=options.seed)
-    return model, {"trained": fitted.as_dict()}
+    return model, {"trained": fitted.as_dict()}, chosen
 
 
 def _candidates(

@@ -14,6 +14,14 @@ the user's data unchanged.
   ``source_val`` of the rest (10 %) are held out to stop the source training and Allocate
   early (after ``source_patience`` evaluations without gain, keeping the best state); the
   rest train the source model and PAC-Net's Allocate.
+* A small source table: when that early-stopping split would hold fewer than
+  ``SOURCE_CV_BELOW`` rows (a stopping point chosen on a few tens of rows is mostly noise)
+  and the source model is trained here, nothing is split off for stopping. Instead
+  ``SOURCE_CV_FOLDS``-fold cross-validation on the source training rows (row i of them in
+  fold i mod K) trains the full budget on the other folds, scores the held-out fold every
+  ``eval_every`` steps, and the step with the lowest mean error over the folds becomes the
+  budget: the source model then trains on all those rows for that many steps, and
+  Allocate takes as many (:meth:`TableBenchmark.choose_source_steps`).
 * The target task trains on every target row; its "test" data are the same rows, so the
   target error after training is an in-sample fit. The honest estimate of the target error
   is the cross-validation score.
@@ -25,6 +33,7 @@ the user's data unchanged.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -36,7 +45,14 @@ from torch import Tensor, nn
 from pacnet.benchmarks.base import SOURCE_STEPS, TARGET_STEPS, Benchmark, BudgetConfig, TaskData
 from pacnet.benchmarks.mlp import MLP
 from pacnet.errors import PacnetError, check
-from pacnet.training.train import Data, FitConfig, LossFn, evaluate, infer
+from pacnet.training.stacked import Member, fit_stacked
+from pacnet.training.train import Data, FitConfig, LossFn, device_of, evaluate, infer
+
+SOURCE_CV_BELOW = 100
+"""An early-stopping split of fewer source rows than this is too small to stop on: the
+source training's step count is chosen by cross-validation instead."""
+SOURCE_CV_FOLDS = 5
+"""Folds of that cross-validation (fewer if there are fewer rows)."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +146,10 @@ class TableConfig(BudgetConfig):
     )
     source_val: float = field(
         default=0.1,
-        metadata={"help": "share of the source training rows held out for that stopping"},
+        metadata={
+            "help": "share of the source training rows held out for that stopping (if that is "
+            "fewer than 100 rows, 5-fold cross-validation chooses the steps instead)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -189,7 +208,17 @@ class TableBenchmark(Benchmark):
     Config = TableConfig
     threads = 1
 
-    def __init__(self, config: TableConfig, problem: Problem, spec: Mapping[str, Any], seed: int):
+    def __init__(
+        self,
+        config: TableConfig,
+        problem: Problem,
+        spec: Mapping[str, Any],
+        seed: int,
+        *,
+        trains_source: bool = True,
+    ):
+        """``trains_source``: the source model is trained here (False: it comes from a
+        checkpoint, and only Allocate uses the source budget)."""
         super().__init__(config)
         self.problem = problem
         self.spec = dict(spec)
@@ -201,6 +230,14 @@ class TableBenchmark(Benchmark):
             f"the source table has {n} rows: too few to hold out {held + val} (to measure the "
             "source error and to stop training early) and train on the rest",
         )
+        self.source_split_val = val
+        """The rows the early-stopping split holds, or would hold under cross-validation."""
+        self.source_cv_folds = 0
+        """Folds of the cross-validation that chooses the source steps (0: not used)."""
+        if trains_source and 0 < val < SOURCE_CV_BELOW:
+            self.source_cv_folds, val = min(SOURCE_CV_FOLDS, n - held), 0
+        self.source_steps: int | None = None
+        """The source budget chosen by :meth:`choose_source_steps` (None: not yet)."""
         order = np.random.default_rng(seed).permutation(n)
         self.source_test_rows = np.sort(order[:held])
         self.source_val_rows = np.sort(order[held : held + val])
@@ -208,6 +245,76 @@ class TableBenchmark(Benchmark):
         if len(problem.outputs) > 1:
             self.metric = "rmse (standardised)"
         self._source: TaskData | None = None
+
+    def source_fit(self) -> FitConfig:
+        """The source budget (source training and Allocate): stopping early on the held-out
+        source rows, or, for a small source table, the steps cross-validation chose."""
+        cfg = self.config.source_fit()
+        if not self.source_cv_folds:
+            return cfg
+        return replace(cfg, patience=None, steps=self.source_steps or cfg.steps)
+
+    def choose_source_steps(self, model: nn.Module, seed: int) -> dict[str, Any]:
+        """Choose the source budget by K-fold cross-validation on the source training rows
+        (small source tables): from ``model``'s weights (left as they are), each fold's model
+        trains the full budget on the other folds with minibatch seed ``seed`` (all folds
+        together, as one stacked model) and is scored on its fold every ``eval_every``
+        steps; the step with the lowest mean score becomes the budget (the earlier on a tie).
+        Returns the record the card keeps."""
+        check(self.source_cv_folds >= 2, "the source table is not cross-validated")
+        train, k = self.source().train, self.source_cv_folds
+        cfg = replace(self.config.source_fit(), patience=None)
+        fold = torch.arange(len(train)) % k
+        start = {name: t.detach() for name, t in model.state_dict().items()}
+        trains = dict.fromkeys((n for n, _ in model.named_parameters()), True)
+        members = [
+            Member(
+                start,
+                Data(train.x[fold != i], train.y[fold != i]),
+                cfg,
+                seed,
+                trains,
+                val=Data(train.x[fold == i], train.y[fold == i]),
+            )
+            for i in range(k)
+        ]
+        results = [result for _, result in fit_stacked(members, self.spec, device_of(model))]
+        steps = [step for step, _ in results[0].val_curve]
+        curve = [
+            (step, statistics.fmean(dict(r.val_curve)[step] for r in results)) for step in steps
+        ]
+        best_step, best = min(curve, key=lambda point: point[1])
+        self.source_steps = best_step
+        return {
+            "chosen_by": "cross-validation",
+            "steps": best_step,
+            "budget": cfg.steps,
+            "folds": k,
+            "rows": len(train),
+            "fold_of_row": "source training row i (in file order) is held out in fold i mod K",
+            "cv_loss": best,
+            "fold_best_steps": [r.best_step for r in results],
+            "curve": [[step, score] for step, score in curve],
+            "why": f"an early-stopping split would hold {self.source_split_val} rows, fewer "
+            f"than {SOURCE_CV_BELOW}",
+        }
+
+    def source_steps_record(self) -> dict[str, Any]:
+        """How the source budget is set when it is not cross-validated (for the card)."""
+        if not len(self.source_val_rows):
+            return {"chosen_by": "fixed", "steps": self.config.source_steps}
+        record = {
+            "chosen_by": "early stopping",
+            "budget": self.config.source_steps,
+            "rows": len(self.source_val_rows),
+            "patience": self.config.source_patience,
+        }
+        if len(self.source_val_rows) < SOURCE_CV_BELOW:
+            record["note"] = (
+                f"Allocate stops early on only {len(self.source_val_rows)} held-out source "
+                f"rows (fewer than {SOURCE_CV_BELOW}): a noisy stopping point"
+            )
+        return record
 
     def data(self, x: np.ndarray, y: np.ndarray) -> Data:
         """Standardised :class:`Data` of raw rows."""

@@ -73,14 +73,23 @@ def _header_lines(card: dict[str, Any], before: float) -> list[str]:
     data, metric, outputs = card["data"], card["metric"], card["outputs"]
     source, target = data["source"], data["target"]
     origin = card["training"]["source"]
+    chosen = card["training"].get("source_steps") or {}  # absent from older cards
     if "checkpoint" in origin:
         made = f"the source model is {origin['checkpoint']}"
     else:
         run = origin["trained"]
         made = f"the source model was trained here ({run['steps']} steps"
-        if run.get("best_step") is not None and card["training"]["settings"]["source_patience"]:
+        if chosen.get("chosen_by") == "cross-validation":
+            made += (
+                f" on all {source['rows_train']:,} training rows: {chosen['folds']}-fold "
+                f"cross-validation on those rows chose the number, as {chosen['why']}; "
+                "Allocate takes as many"
+            )
+        elif run.get("best_step") is not None and card["training"]["settings"]["source_patience"]:
             made += f", kept as at step {run['best_step']}, its best on held-out source rows"
         made += ")"
+    if chosen.get("note"):
+        made += f"; {chosen['note']}"
     if len(outputs) == 1:
         unit = f"{metric.upper()} of {outputs[0]} in its own units"
     else:
@@ -266,6 +275,12 @@ def card_lines(card: dict[str, Any]) -> list[str]:
     made = (
         f"from {origin['checkpoint']}" if "checkpoint" in origin else "trained on the source table"
     )
+    steps_by = card["training"].get("source_steps") or {}  # absent from older cards
+    if steps_by.get("chosen_by") == "cross-validation":
+        made += (
+            f" for {steps_by['steps']} steps, chosen by {steps_by['folds']}-fold "
+            f"cross-validation on {steps_by['rows']:,} rows"
+        )
     scaling = {"inputs": card["scaling"]["inputs"], "outputs": card["scaling"]["outputs"]}
     constant = scaling["inputs"]["constant"] + scaling["outputs"]["constant"]
     cv = ", ".join(f"{m['method']} {m['cv']:.4g} ± {m['cv_std']:.4g}" for m in card["methods"])
