@@ -203,7 +203,9 @@ def test_console_script_has_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == "pacnet: error: ratio must lie strictly between 0 and 1, got 2.0"
+    assert (
+        proc.stderr.strip() == "pacnet: error: --ratio must lie strictly between 0 and 1, got 2.0"
+    )
 
 
 def test_reproduce_prints_a_table_and_resumes(tmp_path, capsys):
@@ -230,7 +232,7 @@ def test_reproduce_prints_a_table_and_resumes(tmp_path, capsys):
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "| pacnet |" in out and "N=20" in out and "Protocol: fixed budget of 30" in out
+    assert "| pacnet (lam=0.1) |" in out and "N=20" in out and "Protocol: fixed budget of 30" in out
     from pacnet.experiments.store import Store
 
     with Store(db) as store:

@@ -1,10 +1,13 @@
 """Typed dataclasses as the one source of truth for settings: CLI flags, parsing, hashing.
 
 ``add_flags`` turns every field of a settings dataclass into a ``--flag`` (``ratio`` ->
-``--ratio``, ``allocate_steps`` -> ``--allocate-steps``; a field's ``metadata["shown"]``
-words a default that is resolved later, ``metadata["help"]`` what it means, for the
-help); ``given`` reads back the flags that were set, ``read_value`` one value as its flag
-would; ``make`` builds the dataclass with one-line errors; ``config_hash`` names a resolved
+``--ratio``, ``allocate_steps`` -> ``--allocate-steps``; a field's ``metadata["flag"]``
+names its flag otherwise, ``metadata["aliases"]`` older spellings still read but not shown,
+``metadata["metavar"]`` what the help shows for its value (default: from the type),
+``metadata["shown"]`` words a default that is resolved later, ``metadata["help"]`` what it
+means, for the help); ``given`` reads back the flags that were set, ``read_value`` one value
+as its flag would; ``make`` builds the dataclass with one-line errors; ``name_flags`` puts
+the flags in place of the field names in such an error; ``config_hash`` names a resolved
 configuration.
 """
 
@@ -12,17 +15,51 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from typing import Any
 
 from pacnet.errors import PacnetError
 
+COMMAND_LINE_ONLY = (
+    "quick", "cache", "db", "out", "threads", "device", "amp", "deterministic", "engine",
+    "lease", "max_attempts", "retry_failed", "nproc_per_run", "debug",
+)  # fmt: skip
+"""Names that are command-line flags only, never keys of a settings table or config file."""
+
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def flag_of(cls: type, name: str) -> str:
+    """The flag of field ``name`` of ``cls`` (``source_steps`` -> ``--source-steps``)."""
+    found = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return _flag(found.metadata.get("flag", name))
+
+
+def name_flags(message: str, flags: dict[str, str]) -> str:
+    """``message`` with each name of ``flags`` that stands as a word replaced by its flag:
+    ``source_steps must be >= 0`` -> ``--source-steps must be >= 0``."""
+    for name, flag in flags.items():
+        message = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w-])", flag, message)
+    return message
+
+
+def unknown_hint(unknown: set[str], known: list[str]) -> str:
+    """What to say about names that are not ``known``: a close match for a misspelling, the
+    flag for a command-line flag (`` (did you mean 'noise'?)``); empty when nothing helps."""
+    hints = []
+    for name in sorted(unknown):
+        if name in COMMAND_LINE_ONLY:
+            hints.append(f"{name} is a command-line flag: use {_flag(name)}")
+        elif close := difflib.get_close_matches(name, known, n=1):
+            hints.append(f"did you mean {close[0]!r} for {name!r}?")
+    return f" ({'; '.join(hints)})" if hints else ""
 
 
 def _parser_for(tp: Any, name: str) -> tuple[Any, str]:
@@ -66,19 +103,29 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         convert, meta = _parser_for(hints[f.name], f.name)
+        meta = f.metadata.get("metavar", meta)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         default = f.metadata.get("shown", default)  # a default resolved later, in words
         if isinstance(default, tuple):
             default = ",".join(str(v) for v in default)
         words = f.metadata.get("help")
+        dest = f"{cls.__name__}.{f.name}"
         group.add_argument(
-            _flag(f.name),
-            dest=f"{cls.__name__}.{f.name}",
+            flag_of(cls, f.name),
+            dest=dest,
             type=convert,
             metavar=meta,
             default=argparse.SUPPRESS,
             help=f"{words} (default: {default})" if words else f"(default: {default})",
         )
+        for old in f.metadata.get("aliases", ()):  # an older spelling, read but not shown
+            group.add_argument(
+                _flag(old),
+                dest=dest,
+                type=convert,
+                default=argparse.SUPPRESS,
+                help=argparse.SUPPRESS,
+            )
 
 
 def given(namespace: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -100,10 +147,13 @@ def read_value(cls: type, name: str, text: str, what: str) -> Any:
 
 def make(cls: type, values: dict[str, Any]) -> Any:
     """``cls(**values)`` with a one-line error for unknown names (lists become tuples)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = set(values) - set(names)
     if unknown:
-        raise PacnetError(f"unknown setting(s) for {cls.__name__}: {', '.join(sorted(unknown))}")
+        raise PacnetError(
+            f"unknown setting(s) for {cls.__name__}: {', '.join(sorted(unknown))}"
+            f"{unknown_hint(unknown, names)}; known: {', '.join(names)}"
+        )
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 

@@ -24,7 +24,11 @@ from pacnet.errors import PacnetError, first_line
 
 
 def _atomic_target(path: str | Path) -> tuple[Path, str]:
+    """``path`` and a new temporary file beside it; every error names ``path``, never the
+    temporary file."""
     path = Path(path)
+    if path.is_dir():
+        raise PacnetError(f"{path}: is a directory; name a file to write")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -43,12 +47,16 @@ def umask() -> int:
 
 def write_bytes_atomic(path: str | Path, write: Any) -> None:
     """Call ``write(tmp_path)``, then rename the finished file onto ``path`` (with the
-    permissions a new file gets, not the temporary file's owner-only ones)."""
+    permissions a new file gets, not the temporary file's owner-only ones); a failure
+    leaves ``path`` as it was and is one line naming ``path``."""
     path, tmp = _atomic_target(path)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise PacnetError(f"cannot write {path}: {exc.strerror or first_line(exc)}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from pacnet.benchmarks.mlp import check_activation
 from pacnet.errors import check
 from pacnet.training.cache import StateCache
 from pacnet.training.train import Data, FitConfig, LossFn
@@ -57,14 +58,19 @@ class BudgetConfig:
             self.protocol in ("fixed", "early"),
             f"protocol must be 'fixed' or 'early', got {self.protocol!r}",
         )
-        check(0 < self.target_val_fraction < 1, "target_val_fraction must lie in (0, 1)")
+        check(
+            0 < self.target_val_fraction < 1,
+            f"target_val_fraction must lie in (0, 1), got {self.target_val_fraction}",
+        )
         check(self.patience >= 1, f"patience must be >= 1, got {self.patience}")
         for name in ("source_steps", "target_steps"):
-            check(getattr(self, name) >= 0, f"{name} must be >= 0")
+            check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("source_batch", "target_batch", "eval_every"):
-            check(getattr(self, name) >= 1, f"{name} must be >= 1")
+            check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("source_lr", "target_lr"):
-            check(getattr(self, name) > 0, f"{name} must be > 0")
+            check(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        if hasattr(self, "activation"):  # the settings of an MLP benchmark
+            check_activation(self.activation)
 
     def source_fit(self) -> FitConfig:
         """Budget for training the source model (and for Allocate)."""

@@ -82,8 +82,10 @@ class FriedmanConfig(BudgetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(self.source_samples >= 100, "source_samples must be >= 100")
-        check(self.target_pool >= 1, "target_pool must be >= 1")
+        check(
+            self.source_samples >= 100, f"source_samples must be >= 100, got {self.source_samples}"
+        )
+        check(self.target_pool >= 1, f"target_pool must be >= 1, got {self.target_pool}")
         check(self.distance >= 0, f"distance must be >= 0, got {self.distance}")
         check(self.noise >= 0, f"noise must be >= 0, got {self.noise}")
         check(0 < self.source_val_fraction < 1, "source_val_fraction must lie in (0, 1)")

@@ -40,7 +40,7 @@ class ImageConfig(BudgetConfig):
         super().__post_init__()
         check(self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}")
         check(self.width > 0, f"width must be > 0, got {self.width}")
-        check(self.source_val >= 1, "source_val must be >= 1")
+        check(self.source_val >= 1, f"source_val must be >= 1, got {self.source_val}")
         check(self.target_test >= 0, "target_test must be >= 0 (0: all test images)")
 
 

@@ -12,6 +12,15 @@ from pacnet.errors import PacnetError, check
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
+def check_activation(name: str) -> None:
+    """Fail in one line, listing the choices, unless ``name`` is an activation an
+    :class:`MLP` has."""
+    check(
+        name in _ACTIVATIONS,
+        f"activation must be one of {', '.join(_ACTIVATIONS)}, got {name!r}",
+    )
+
+
 class MLP(nn.Module):
     """``in -> hidden... -> out`` with a named ``head`` (the output layer, per task).
 
@@ -28,7 +37,7 @@ class MLP(nn.Module):
         activation: str = "relu",
     ):
         super().__init__()
-        check(activation in _ACTIVATIONS, f"unknown activation {activation!r}")
+        check_activation(activation)
         check(all(h >= 1 for h in hidden), f"hidden sizes must be >= 1, got {list(hidden)}")
         check(in_features >= 1 and out_features >= 1, "an MLP needs >= 1 input and output")
         layers: list[nn.Module] = []

@@ -127,13 +127,21 @@ class CustomTablesConfig(TablesConfig):
     )
     inputs: tuple[str, ...] = field(
         default=(),
-        metadata={"help": "input columns", "shown": "every column but --output and --split-by"},
+        metadata={
+            "help": "input columns",
+            "shown": "every column but --output and --split-by",
+            "metavar": "COLUMNS",
+        },
     )
     log_output: bool = field(
         default=False, metadata={"help": "predict log(output) (for skewed positive outputs)"}
     )
     log_inputs: tuple[str, ...] = field(
-        default=(), metadata={"help": "input columns taken the log of before standardising"}
+        default=(),
+        metadata={
+            "help": "input columns taken the log of before standardising",
+            "metavar": "COLUMNS",
+        },
     )
 
     def __post_init__(self) -> None:

@@ -8,6 +8,7 @@
     pacnet inspect DIR | FILE
     pacnet selftest [--device cuda] [--quick]
     pacnet methods | pacnet benchmarks
+    pacnet --version
 
 Each command module (:mod:`~pacnet.cli.run`, :mod:`~pacnet.cli.reproduce`,
 :mod:`~pacnet.cli.tune`, :mod:`~pacnet.cli.report` with ``status``,
@@ -17,12 +18,17 @@ Each command module (:mod:`~pacnet.cli.run`, :mod:`~pacnet.cli.reproduce`,
 ``run(args)``; :mod:`~pacnet.cli.common` holds the flags they share. Benchmark settings
 and method hyperparameters are flags derived from their dataclasses: ``pacnet run friedman
 --method pacnet --help`` lists them. Bad input ends with one line ``pacnet: error: ...``
-and exit status 2; ``--debug`` shows the traceback.
+and exit status 2; ``--debug`` shows the traceback. A command that fails leaves no empty
+output folder it created (:mod:`~pacnet.cli.outputs`). Output into a pipe that closes early
+(``pacnet inspect --json DIR | head``) ends quietly with exit status 141, as a process
+killed by SIGPIPE does in a shell.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -39,7 +45,8 @@ from pacnet.cli import (
     tune,
 )
 from pacnet.cli.common import Named, Parser
-from pacnet.errors import PacnetError, check, first_line
+from pacnet.cli.outputs import created_by
+from pacnet.errors import PacnetError, check, first_line, pacnet_version
 from pacnet.methods import get_method
 from pacnet.training.distributed import launched
 
@@ -47,6 +54,9 @@ COMMANDS = (run, reproduce, tune, report, bench, selftest, inspect, transfer, li
 """The command modules, in the order ``pacnet --help`` lists their commands."""
 NAMING = ("run", "reproduce", "tune")
 """The commands whose benchmark and method add flags of their own."""
+BROKEN_PIPE = 141
+"""The exit status when standard output is a pipe closed early: 128 + SIGPIPE, what a shell
+reports for a process that SIGPIPE ended (``yes | head`` leaves ``yes`` with it)."""
 
 
 def prescan(argv: Sequence[str]) -> Named:
@@ -76,6 +86,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The whole parser; ``argv`` (if given) decides which settings flags exist."""
     named = prescan(argv) if argv else Named()
     parser = Parser(prog="pacnet", description="PAC-Net transfer learning")
+    parser.add_argument("--version", action="version", version=f"pacnet {pacnet_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(sub, named)
@@ -84,7 +95,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command ``argv`` names; 0 on success, 2 for bad input, 1 for a bug, 130 when
-    interrupted."""
+    interrupted, 141 when standard output is a pipe closed early."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
@@ -96,8 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if getattr(args, "threads", None) is not None:
             check(args.threads >= 1, f"--threads must be >= 1, got {args.threads}")
-        args.handler(args)
+        with created_by(getattr(args, "out", None)):
+            args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
         return 0
+    except BrokenPipeError:
+        quiet_stdout()
+        return BROKEN_PIPE
     except PacnetError as exc:
         if debug:
             raise
@@ -121,3 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def quiet_stdout() -> None:
+    """Point standard output at the null device: its reader is gone, and the flush at exit
+    would fail again and print a traceback."""
+    with contextlib.suppress(OSError, ValueError):  # not a file descriptor: captured output
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -39,6 +39,7 @@ def add_parser(sub: Any, named: Named) -> None:
     parser.add_argument(
         "--optimizer",
         default="adam",
+        metavar="NAME",
         help="the optimizer of every mode: adam (pacnet's default), adamw or sgd (momentum 0.9)",
     )
     parser.add_argument(
@@ -51,13 +52,13 @@ def add_parser(sub: Any, named: Named) -> None:
     device_flag(parser)
     parser.add_argument(
         "--models",
-        metavar="A,B",
+        metavar="A,B,...",
         help=f"the models to time (default: {', '.join(CPU_MODELS)} on the CPU, "
         f"{', '.join(GPU_MODELS)} on a GPU); any of {', '.join(MODELS)}",
     )
     parser.add_argument(
         "--modes",
-        metavar="A,B",
+        metavar="A,B,...",
         help=f"the modes side by side (default: all; plain is always timed): {', '.join(MODES)}",
     )
     debug_flag(parser)

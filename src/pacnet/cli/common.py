@@ -1,16 +1,18 @@
 """What the commands share: the parser whose errors are one line, the flags of a run, the
-results database flag, and reading lists from flags."""
+results database flag, reading lists from flags, and errors that name the flags given."""
 
 from __future__ import annotations
 
 import argparse
 import csv
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pacnet.benchmarks import BENCHMARKS, get_benchmark
-from pacnet.config import add_flags, given
+from pacnet.config import add_flags, flag_of, given, name_flags
 from pacnet.errors import PacnetError, check
 from pacnet.experiments.spec import RunSpec
 from pacnet.methods import METHODS, get_method
@@ -63,16 +65,12 @@ def run_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of every command that runs transfers: budgets, cache, threads, selection,
     source compute, device, precision, and --debug."""
     parser.add_argument("--quick", action="store_true", help="shrink budgets for a smoke run")
-    parser.add_argument(
-        "--cache",
-        type=Path,
-        default=None,
-        help="cache folder for source models (default: $PACNET_CACHE or ~/.cache/pacnet)",
-    )
+    cache_flag(parser)
     parser.add_argument(
         "--threads",
         type=int,
         default=None,
+        metavar="N",
         help="torch CPU threads per process (default: the benchmark's choice, 1 for small MLPs)",
     )
     parser.add_argument(
@@ -83,7 +81,11 @@ def run_flags(parser: argparse.ArgumentParser) -> None:
         "cross-validation (cv) or one held-out fold (holdout, K times cheaper)",
     )
     parser.add_argument(
-        "--folds", type=int, default=3, help="folds for --select (holdout holds out 1/K)"
+        "--folds",
+        type=int,
+        default=3,
+        metavar="K",
+        help="folds for --select (holdout holds out 1/K)",
     )
     parser.add_argument(
         "--source-compute",
@@ -112,6 +114,17 @@ def run_flags(parser: argparse.ArgumentParser) -> None:
     debug_flag(parser)
 
 
+def cache_flag(parser: argparse.ArgumentParser) -> None:
+    """``--cache DIR``: where trained source models are kept for the next run."""
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="cache folder for source models (default: $PACNET_CACHE or ~/.cache/pacnet)",
+    )
+
+
 def db_flag(parser: Any, text: str = "the results database") -> None:
     """``--db PATH|URL``: a SQLite file or a PostgreSQL URL."""
     parser.add_argument(
@@ -125,7 +138,9 @@ def db_flag(parser: Any, text: str = "the results database") -> None:
 
 def device_flag(parser: argparse.ArgumentParser) -> None:
     """``--device``: where the model runs."""
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    parser.add_argument(
+        "--device", default="cpu", metavar="DEVICE", help="cpu (default), cuda, cuda:N"
+    )
 
 
 def debug_flag(parser: argparse.ArgumentParser) -> None:
@@ -167,9 +182,30 @@ def setting_flags(parser: argparse.ArgumentParser, named: Named, method: bool = 
         add_flags(parser, get_method(named.method).Params, f"{named.method} hyperparameters")
 
 
+@contextmanager
+def flags_named(
+    args: argparse.Namespace, classes: Iterable[type], plain: Iterable[str] = ()
+) -> Iterator[None]:
+    """Errors raised inside name the flags given, not the fields they set: the settings of
+    ``classes`` given as flags and the ``plain`` flags (their dest names) given, e.g.
+    ``--source-steps must be >= 0, got -5`` for ``source_steps must be >= 0, got -5``."""
+    flags = {name: flag_of(cls, name) for cls in classes for name in given(args, cls)}
+    flags.update({name: "--" + name.replace("_", "-") for name in plain})
+    try:
+        yield
+    except PacnetError as exc:
+        raise PacnetError(name_flags(str(exc), flags)) from exc
+
+
 def spec_from_args(args: argparse.Namespace) -> RunSpec:
-    """The run that ``run`` and ``tune`` flags describe."""
+    """The run that ``run`` and ``tune`` flags describe (errors name the flags)."""
     bench_cls, method_cls = get_benchmark(args.benchmark), get_method(args.method)
+    plain = [n for n in ("folds", "source_compute") if getattr(args, n) is not None]
+    with flags_named(args, (bench_cls.Config, method_cls.Params), plain):
+        return _spec(args, bench_cls, method_cls)
+
+
+def _spec(args: argparse.Namespace, bench_cls: Any, method_cls: Any) -> RunSpec:
     return RunSpec(
         args.benchmark,
         args.method,
@@ -192,7 +228,13 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
 def run_target_flags(parser: argparse.ArgumentParser) -> None:
     """The benchmark, ``--method``, ``--seed`` and ``--target-size`` of one run (``run``
     and ``tune``)."""
-    parser.add_argument("benchmark", help=f"one of: {', '.join(BENCHMARKS)}")
-    parser.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
-    parser.add_argument("--seed", type=int, default=0, help="fixes the target task and its samples")
-    parser.add_argument("--target-size", type=int, default=50, help="labelled target samples")
+    parser.add_argument("benchmark", metavar="BENCHMARK", help=f"one of: {', '.join(BENCHMARKS)}")
+    parser.add_argument(
+        "--method", required=True, metavar="NAME", help=f"one of: {', '.join(METHODS)}"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="fixes the target task and its samples"
+    )
+    parser.add_argument(
+        "--target-size", type=int, default=50, metavar="N", help="labelled target samples"
+    )

@@ -21,17 +21,22 @@ def add_parser(sub: Any, named: Named) -> None:
     rpt = sub.add_parser("report", help="Markdown report with plots from stored results")
     db_flag(rpt)
     rpt.add_argument(
-        "--results", type=Path, help="instead of --db: a folder searched for result.json files"
+        "--results",
+        type=Path,
+        metavar="DIR",
+        help="instead of --db: a folder searched for result.json files",
     )
-    rpt.add_argument("--benchmark", default=None, help="only this benchmark")
+    rpt.add_argument("--benchmark", default=None, metavar="NAME", help="only this benchmark")
     rpt.add_argument(
         "--across",
         default=None,
-        metavar="SETTING[,SETTING]",
+        metavar="A,B,...",
         help="also show the paired difference to fine-tuning against a benchmark setting, "
         "e.g. width (over runs that differ only in it)",
     )
-    rpt.add_argument("--out", type=Path, default=Path("runs/report"), help="report folder")
+    rpt.add_argument(
+        "--out", type=Path, default=Path("runs/report"), metavar="DIR", help="report folder"
+    )
     debug_flag(rpt)
     rpt.set_defaults(handler=run)
 
@@ -39,7 +44,9 @@ def add_parser(sub: Any, named: Named) -> None:
         "status", help="the grids in a results database: pending, running, done, failed, ETA"
     )
     db_flag(sts)
-    sts.add_argument("--grid", default=None, help="only the grid whose id starts with this")
+    sts.add_argument(
+        "--grid", default=None, metavar="ID", help="only the grid whose id starts with this"
+    )
     sts.add_argument("--json", action="store_true", help="print JSON")
     debug_flag(sts)
     sts.set_defaults(handler=run)

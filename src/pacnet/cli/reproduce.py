@@ -9,11 +9,20 @@ from pathlib import Path
 from typing import Any
 
 from pacnet.benchmarks import BENCHMARKS
-from pacnet.cli.common import Named, db_flag, ints, run_flags, seed_list, setting_flags
+from pacnet.cli.common import (
+    Named,
+    db_flag,
+    flags_named,
+    ints,
+    run_flags,
+    seed_list,
+    setting_flags,
+)
 from pacnet.config import given
 from pacnet.errors import PacnetError, check
 from pacnet.experiments.claims import grid_id
 from pacnet.experiments.grid import Grid, default_label, parse_params
+from pacnet.experiments.report import variant
 from pacnet.experiments.store import DEFAULT_DB, Store
 from pacnet.experiments.sweep import WorkerOptions, sweep
 from pacnet.experiments.table import markdown, protocol
@@ -28,16 +37,28 @@ def add_parser(sub: Any, named: Named) -> None:
         help="a methods x target sizes x seeds grid (resumable, shareable by many machines, "
         "stored in the results database), then a table",
     )
-    parser.add_argument("benchmark", help=f"one of: {', '.join(BENCHMARKS)}")
+    parser.add_argument("benchmark", metavar="BENCHMARK", help=f"one of: {', '.join(BENCHMARKS)}")
     parser.add_argument(
         "--config",
         type=Path,
+        metavar="FILE",
         help="TOML file with the grid (see configs/); flags given override it",
     )
-    parser.add_argument("--methods", default=None, help="comma-separated (default: all methods)")
-    parser.add_argument("--target-sizes", type=ints, default=None, help="default: 10,50,200")
     parser.add_argument(
-        "--seeds", type=seed_list, default=None, help="K (seeds 0..K-1) or a list; 3"
+        "--methods",
+        default=None,
+        metavar="A,B,...",
+        help="comma-separated (default: all methods)",
+    )
+    parser.add_argument(
+        "--target-sizes", type=ints, default=None, metavar="A,B,...", help="default: 10,50,200"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=seed_list,
+        default=None,
+        metavar="K|A,B,...",
+        help="K (seeds 0..K-1) or a list; 3",
     )
     parser.add_argument(
         "--seeds-at",
@@ -57,6 +78,7 @@ def add_parser(sub: Any, named: Named) -> None:
         "--jobs",
         type=int,
         default=None,
+        metavar="N",
         help="worker processes on this machine (1); workers on other machines running the "
         "same grid against the same --db share it",
     )
@@ -87,7 +109,9 @@ def add_parser(sub: Any, named: Named) -> None:
         help="run each run as a torchrun job of N processes (DDP; with --device cuda, N GPUs "
         "per worker)",
     )
-    parser.add_argument("--out", type=Path, default=None, help="table folder (runs/BENCHMARK)")
+    parser.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="table folder (runs/BENCHMARK)"
+    )
     run_flags(parser)
     setting_flags(parser, named, method=False)
     parser.set_defaults(handler=run)
@@ -126,16 +150,21 @@ def run(args: argparse.Namespace) -> None:
     grid = grid_of(args)
     grid.check()
     params = parse_params(args.param, grid.method_names())
-    specs = grid.specs(
-        args.benchmark,
-        quick=args.quick,
-        settings=given(args, BENCHMARKS[args.benchmark].Config),
-        params=params,
-        threads=args.threads,
-        device=args.device,
-        amp=args.amp,
-        deterministic=args.deterministic,
-    )
+    config_cls = BENCHMARKS[args.benchmark].Config
+    plain = [
+        n for n, v in (("folds", args.folds != 3), ("source_compute", args.source_compute)) if v
+    ]
+    with flags_named(args, [config_cls], plain):
+        specs = grid.specs(
+            args.benchmark,
+            quick=args.quick,
+            settings=given(args, config_cls),
+            params=params,
+            threads=args.threads,
+            device=args.device,
+            amp=args.amp,
+            deterministic=args.deterministic,
+        )
     options = WorkerOptions(
         **{
             name: value
@@ -177,7 +206,8 @@ def run(args: argparse.Namespace) -> None:
 
 def write_table(args: argparse.Namespace, grid: Grid, results: list[dict], out: Path) -> None:
     """``out/table.md``: the grid's results per method and target size (printed too)."""
-    table = markdown(results, BENCHMARKS[args.benchmark].metric)
+    labelled = [{**r, "method": variant(r)} for r in results]  # as pacnet report labels them
+    table = markdown(labelled, BENCHMARKS[args.benchmark].metric)
     seeds = grid.seeds_by_size()
     seeds_text = ", ".join(f"N={n}: {len(s)}" for n, s in seeds.items())
     header = (

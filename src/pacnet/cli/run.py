@@ -25,11 +25,14 @@ def add_parser(sub: Any, named: Named) -> None:
     """The ``run`` command and its flags."""
     parser = sub.add_parser("run", help="one transfer run; writes OUT/result.json")
     run_target_flags(parser)
-    parser.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/latest"), metavar="DIR", help="output folder"
+    )
     parser.add_argument(
         "--targets",
         type=ints,
         default=(),
+        metavar="A,B,...",
         help="pacnet only: serve the targets of these seeds (e.g. 1,2,3) in sequence from one "
         "network, each earlier task kept bit-exact; --seed still seeds training",
     )

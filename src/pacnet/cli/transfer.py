@@ -10,12 +10,21 @@ from typing import Any
 
 import numpy as np
 
-from pacnet.cli.common import Named, column_list, debug_flag, device_flag, engine_flag
+from pacnet.cli.common import (
+    Named,
+    column_list,
+    debug_flag,
+    device_flag,
+    engine_flag,
+    flags_named,
+)
 from pacnet.config import add_flags, given, make
 from pacnet.errors import PacnetError, check
 from pacnet.methods import METHODS
+from pacnet.methods.pacnet_method import PacNetParams
 from pacnet.tabular import open_artifact, pipeline, read_table, write_table
 from pacnet.tabular.artifact import check_out, write_artifact
+from pacnet.tabular.files import WRITES, check_table_out
 from pacnet.tabular.problem import TableConfig
 from pacnet.tabular.report import REPORT_FILE
 from pacnet.training.device import check_device
@@ -69,9 +78,15 @@ def add_parser(sub: Any, named: Named) -> None:
         help="start from this source model instead of training one: a pacnet checkpoint with "
         "a model spec (a pacnet transfer folder, a pacnet run --save network of an MLP)",
     )
-    tr.add_argument("--lam", type=float, default=None, help="fix λ (default: chosen by CV)")
     tr.add_argument(
-        "--ratio", type=float, default=None, help="fix the pruning ratio (default: chosen by CV)"
+        "--lam", type=float, default=None, metavar="FLOAT", help="fix λ (default: chosen by CV)"
+    )
+    tr.add_argument(
+        "--ratio",
+        type=float,
+        default=None,
+        metavar="FLOAT",
+        help="fix the pruning ratio (default: chosen by CV)",
     )
     tr.add_argument(
         "--compare",
@@ -83,15 +98,24 @@ def add_parser(sub: Any, named: Named) -> None:
     tr.add_argument(
         "--method",
         default="pacnet",
+        metavar="NAME",
         help="the method whose network the folder keeps: pacnet (default), a baseline (it "
         "is cross-validated too), or best (the lowest cross-validated error of all that ran); "
         "a baseline's folder keeps the source network beside its own",
     )
     tr.add_argument(
-        "--folds", type=int, default=3, help="cross-validation folds on the target rows (3)"
+        "--folds",
+        type=int,
+        default=3,
+        metavar="K",
+        help="cross-validation folds on the target rows (3)",
     )
-    tr.add_argument("--seed", type=int, default=0, help="seeds training and the source split")
-    tr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1)")
+    tr.add_argument(
+        "--seed", type=int, default=0, metavar="N", help="seeds training and the source split"
+    )
+    tr.add_argument(
+        "--threads", type=int, default=None, metavar="N", help="torch CPU threads (default 1)"
+    )
     engine_flag(tr, "batched: cross-validate and train the methods that stack as one stacked model")
     device_flag(tr)
     debug_flag(tr)
@@ -109,13 +133,17 @@ def _predict_parser(sub: Any) -> None:
         "--input", type=Path, required=True, metavar="FILE", help="a CSV or Parquet table"
     )
     pr.add_argument(
-        "--task", default="target", help="target (default) or source: which model answers"
+        "--task",
+        default="target",
+        metavar="NAME",
+        help="target (default) or source: which model answers",
     )
     pr.add_argument(
         "--out",
         default="-",
         metavar="FILE",
-        help="CSV file (Parquet for .parquet) to write; - for standard output (default)",
+        help=f"the table to write, as its name says: {', '.join(WRITES)}; - for standard "
+        "output as CSV (default)",
     )
     pr.add_argument(
         "--keep",
@@ -137,13 +165,17 @@ def run_transfer(args: argparse.Namespace) -> None:
     """Transfer from the source table to the target table and write the folder."""
     check_out(args.out)
     settings = given(args, TableConfig)
+    fixed = {k: getattr(args, k) for k in ("lam", "ratio") if getattr(args, k) is not None}
+    with flags_named(args, [TableConfig], fixed):
+        config = make(TableConfig, settings)
+        make(PacNetParams, fixed)
     options = pipeline.TransferOptions(
         source=args.source,
         target=args.target,
         outputs=column_list(args.outputs, "--outputs"),
         inputs=column_list(args.inputs, "--inputs"),
         ignore=column_list(args.ignore, "--ignore") if args.ignore.strip() else [],
-        config=make(TableConfig, settings),
+        config=config,
         given=settings,
         folds=args.folds,
         seed=args.seed,
@@ -180,6 +212,7 @@ def run_transfer(args: argparse.Namespace) -> None:
 
 def run_predict(args: argparse.Namespace) -> None:
     """Write a transfer folder's predictions for the rows of a table."""
+    check_table_out(args.out)
     artifact = open_artifact(args.artifact, check_device(args.device))
     check(
         args.task in artifact.tasks,

@@ -26,11 +26,17 @@ def add_parser(sub: Any, named: Named) -> None:
         "tune", help="Optuna search of a method's main strength (validation only)"
     )
     run_target_flags(parser)
-    parser.add_argument("--trials", type=int, default=20, help="trials to add to the study")
+    parser.add_argument(
+        "--trials", type=int, default=20, metavar="N", help="trials to add to the study"
+    )
     where = parser.add_mutually_exclusive_group()
     db_flag(where, "the database of the study: a path or URL as for reproduce")
-    where.add_argument("--storage", default=None, help="an Optuna RDB URL, instead of --db")
-    parser.add_argument("--study", default=None, help="study name (default from the run)")
+    where.add_argument(
+        "--storage", default=None, metavar="URL", help="an Optuna RDB URL, instead of --db"
+    )
+    parser.add_argument(
+        "--study", default=None, metavar="NAME", help="study name (default from the run)"
+    )
     run_flags(parser)
     setting_flags(parser, named)
     parser.set_defaults(handler=run)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from pacnet.config import read_value
+from pacnet.config import read_value, unknown_hint
 from pacnet.errors import PacnetError, check
 from pacnet.experiments.spec import RunSpec
 from pacnet.methods import METHODS, get_method
@@ -65,7 +65,10 @@ class Grid:
             raise PacnetError(f"{path}: not valid TOML ({exc})") from None
         known = sorted(cls.keys())
         unknown = set(loaded) - set(known)
-        check(not unknown, f"{path}: unknown keys {sorted(unknown)}; known: {known}")
+        check(
+            not unknown,
+            f"{path}: unknown keys {sorted(unknown)}{unknown_hint(unknown, known)}; known: {known}",
+        )
         for key, value in loaded.items():
             what, fits = _SCHEMA[key]
             check(fits(value), f"{path}: {key} must be {what}, got {value!r}")
@@ -73,8 +76,13 @@ class Grid:
 
     def updated(self, **given: Any) -> Grid:
         """This grid with the values ``given`` that are not None (flags that were set);
-        ``source_compute`` may be comma-separated text."""
-        grid = replace(self, **{k: v for k, v in given.items() if v is not None})
+        ``source_compute`` may be comma-separated text. New ``target_sizes`` without new
+        ``seeds_at`` keep the seed counts of the sizes still chosen and drop the others."""
+        given = {k: v for k, v in given.items() if v is not None}
+        if "target_sizes" in given and "seeds_at" not in given:
+            chosen = {int(n) for n in given["target_sizes"]}
+            given["seeds_at"] = {k: v for k, v in self.seeds_at.items() if int(k) in chosen}
+        grid = replace(self, **given)
         if isinstance(grid.source_compute, str):
             grid = replace(grid, source_compute=[v.strip() for v in grid.source_compute.split(",")])
         return grid

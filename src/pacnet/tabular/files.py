@@ -281,12 +281,34 @@ def _decode(path: Path) -> str:
             return raw.decode("utf-16")
         except UnicodeDecodeError:
             raise PacnetError(f"{path}: not valid UTF-16 text") from None
+    _check_text(path, raw)
     for encoding in ("utf-8-sig", "cp1252"):
         try:
             return raw.decode(encoding)
         except UnicodeDecodeError:
             continue
     return raw.decode("latin-1")
+
+
+_BINARY = {
+    b"PAR1": "a Parquet file; name it .parquet",
+    b"\x1f\x8b": "gzip-compressed; name it .csv.gz",
+    b"PK\x03\x04": "a zip archive (an Excel workbook?); save the sheet as CSV",
+}
+"""What a binary file that starts with these bytes is, and what to do."""
+
+
+def _check_text(path: Path, raw: bytes) -> None:
+    """Fail in one line if ``raw`` (a file's bytes, decompressed) is not text: a NUL byte in
+    its first KiB, as in Parquet, Excel, gzip, images and other binary files."""
+    for magic, what in _BINARY.items():
+        if raw.startswith(magic):
+            raise PacnetError(f"{path}: not a text table: {what}")
+    if b"\0" in raw[:1024]:
+        raise PacnetError(
+            f"{path}: not a text table (binary data); give a CSV or TSV text file, or a "
+            "Parquet file named .parquet"
+        )
 
 
 def _separator(path: Path, header: str) -> str:
@@ -334,10 +356,35 @@ def _read_csv(path: Path) -> Table:
     return CsvTable(path, header, cells, lines)
 
 
+WRITES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet", ".pq")
+"""The file names :func:`write_table` writes, by how they end."""
+
+
+def check_table_out(path: str | Path) -> None:
+    """Fail in one line unless :func:`write_table` can write ``path``: a name ending in one
+    of :data:`WRITES` that is not a folder, or ``-`` (standard output)."""
+    if str(path) == "-":
+        return
+    path = Path(path)
+    check(not path.is_dir(), f"{path}: is a directory; name a file to write")
+    if not path.name.lower().endswith(WRITES):
+        gz = path.suffix.lower() == ".gz"
+        kind = (
+            "".join(path.suffixes[-2:] if gz else path.suffixes[-1:]) or "a name without a suffix"
+        )
+        raise PacnetError(
+            f"{path}: cannot write {kind}; name a {', '.join(WRITES[:-1])} or {WRITES[-1]} "
+            "file, or - for standard output"
+        )
+
+
 def write_table(path: str | Path, columns: Mapping[str, Sequence[Any]]) -> None:
-    """Write ``columns`` (name -> values, in order) as CSV, or Parquet for a ``.parquet``
-    path, atomically; ``-`` writes CSV to standard output. Floats are written with the
-    shortest text that reads back as the same float64."""
+    """Write ``columns`` (name -> values, in order) atomically as the name says (see
+    :data:`WRITES`): CSV, TSV (tab-separated), either gzip-compressed (``.gz``), or Parquet;
+    ``-`` writes CSV to standard output. Any other name fails in one line before anything
+    is written. Floats are written with the shortest text that reads back as the same
+    float64."""
+    check_table_out(path)
     names = list(columns)
     if str(path) != "-" and is_parquet(path):
         try:
@@ -350,8 +397,11 @@ def write_table(path: str | Path, columns: Mapping[str, Sequence[Any]]) -> None:
         table = pa.table({name: list(columns[name]) for name in names})
         write_bytes_atomic(path, lambda tmp: pq.write_table(table, tmp))
         return
+    name = Path(str(path)).name.lower().removesuffix(".gz")
     buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(
+        buffer, delimiter="\t" if name.endswith(".tsv") else ",", lineterminator="\n"
+    )
     writer.writerow(names)
     rows = zip(*(columns[n] for n in names), strict=True)
     writer.writerows([_cell(v) for v in row] for row in rows)
@@ -359,6 +409,8 @@ def write_table(path: str | Path, columns: Mapping[str, Sequence[Any]]) -> None:
         sys.stdout.write(buffer.getvalue())
         return
     data = buffer.getvalue().encode()
+    if str(path).lower().endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
     write_bytes_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 
 

@@ -135,7 +135,11 @@ class TableConfig(BudgetConfig):
     activation: str = field(default="relu", metadata={"help": "relu, tanh, gelu or silu"})
     source_holdout: float = field(
         default=0.1,
-        metadata={"help": "share of the source rows held out to measure the source error"},
+        metadata={
+            "help": "share of the source rows held out to measure the source error",
+            "flag": "source_test_fraction",
+            "aliases": ("source_holdout",),
+        },
     )
     source_patience: int = field(
         default=10,
@@ -147,8 +151,10 @@ class TableConfig(BudgetConfig):
     source_val: float = field(
         default=0.1,
         metadata={
+            "flag": "source_val_fraction",
+            "aliases": ("source_val",),
             "help": "share of the source training rows held out for that stopping (if that is "
-            "fewer than 100 rows, 5-fold cross-validation chooses the steps instead)"
+            "fewer than 100 rows, 5-fold cross-validation chooses the steps instead)",
         },
     )
 
