@@ -25,7 +25,7 @@ from pacnet.cli.outputs import created_by
 from pacnet.cli.reproduce import grid_of
 from pacnet.config import make
 from pacnet.errors import PacnetError
-from pacnet.experiments.grid import Grid
+from pacnet.experiments.grid import Grid, parse_params
 from pacnet.io import write_json
 from pacnet.tabular import read_table, write_table
 
@@ -279,6 +279,23 @@ def test_a_settings_file_keeps_its_own_names(tmp_path, capsys):
 def test_an_unknown_activation_lists_the_choices():
     with pytest.raises(PacnetError, match="one of relu, tanh, gelu, silu, got 'sigmoidx'"):
         MLP(3, (4,), 1, "sigmoidx")
+
+
+def test_other_unknown_names_list_the_choices(tmp_path, capsys):
+    with pytest.raises(PacnetError) as caught:
+        parse_params(["pacnet.lamb=1"], ["pacnet"])
+    assert "did you mean 'lam' for 'lamb'?" in str(caught.value)
+    assert "its hyperparameters: ratio, lam," in str(caught.value)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    tasks = pacnet.Tasks(model, pacnet.prune(model, 0.5))
+    tasks.add("target")
+    with pytest.raises(PacnetError, match="unknown task 'tagret'; known: source, target"):
+        tasks.add("second", copy_from="tagret")
+    run = tmp_path / "run"
+    argv = ["run", "friedman", "--method", "finetune", "--quick", *TINY_FLAGS, "--out", str(run)]
+    assert main(argv) == 0
+    line = error_of(["report", "--results", str(run), "--across", "widht"], capsys)
+    assert "their settings: " in line and "hidden" in line
 
 
 # -- one label per method variant ---------------------------------------------------------

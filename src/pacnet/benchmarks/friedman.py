@@ -19,7 +19,7 @@ measured on noisy test labels (the noise floor is ``noise``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -78,7 +78,7 @@ class FriedmanConfig(BudgetConfig):
     noisy_test: bool = True
     source_concept: int = 0
     hidden: tuple[int, ...] = (128, 128)
-    activation: str = "relu"
+    activation: str = field(default="relu", metadata={"help": "relu, tanh, gelu or silu"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

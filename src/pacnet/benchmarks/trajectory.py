@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -48,7 +48,7 @@ class TrajectoryConfig(BudgetConfig):
     target_pool: int = 50
     target_test: int = 200
     hidden: tuple[int, ...] = (128, 128)
-    activation: str = "tanh"
+    activation: str = field(default="tanh", metadata={"help": "relu, tanh, gelu or silu"})
     source_batch: int = 256
     target_batch: int = 64
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pacnet.cli.common import Named, db_flag, debug_flag
+from pacnet.config import unknown_hint
 from pacnet.errors import check
 from pacnet.experiments.report import report
 from pacnet.experiments.saving import read_results
@@ -66,10 +67,12 @@ def run_report(args: argparse.Namespace) -> None:
             rows = store.results(args.benchmark)
     check(rows, "no stored results to report")
     across = [a.strip() for a in (args.across or "").split(",") if a.strip()]
+    settings = sorted({name for r in rows for name in r["config"]["benchmark"]})
     for name in across:
         check(
-            any(name in r["config"]["benchmark"] for r in rows),
-            f"--across {name}: no stored run has a benchmark setting of that name",
+            name in settings,
+            f"--across {name}: no stored run has a benchmark setting of that name"
+            f"{unknown_hint({name}, settings)}; their settings: {', '.join(settings)}",
         )
     path = report(rows, args.out, across)
     print(f"report of {len(rows)} runs written to {path}")

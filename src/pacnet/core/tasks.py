@@ -140,7 +140,10 @@ class Tasks:
     ) -> None:
         """Create ``task``'s per-task tensors: copies of ``copy_from``'s, or ``init[name]``."""
         check(task not in self.tensors, f"task {task!r} already exists")
-        check(copy_from in self.tensors, f"unknown task {copy_from!r}")
+        check(
+            copy_from in self.tensors,
+            f"unknown task {copy_from!r}; known: {', '.join(self.order)}",
+        )
         check(len(self.order) < FREE, f"at most {FREE - 1} targets fit in one network")
         if len(self.order) > 1:
             check(
@@ -206,7 +209,11 @@ class Tasks:
         model = unwrap(model)
         check(task != SOURCE, "the source task cannot be dropped")
         check(task == self.order[-1], f"only the newest task ({self.order[-1]!r}) can be dropped")
-        check(then in self.tensors and then != task, f"unknown task {then!r}")
+        check(
+            then in self.tensors and then != task,
+            f"unknown task {then!r}; known (besides {task!r}): "
+            f"{', '.join(t for t in self.order if t != task)}",
+        )
         params = dict(model.named_parameters())
         for name, where in self.owned(task).items():
             params[name].masked_fill_(where.to(params[name].device), 0)

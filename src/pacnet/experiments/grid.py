@@ -258,9 +258,11 @@ def parse_params(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict
         check(sep and dot, f"--param needs METHOD.NAME=VALUE, got {item!r}")
         check(method in methods, f"--param {item!r}: method {method!r} is not in this sweep")
         params_cls = get_method(method).Params
+        names = [f.name for f in fields(params_cls)]
         check(
-            name in {f.name for f in fields(params_cls)},
-            f"--param {item!r}: {method} has no hyperparameter {name!r}",
+            name in names,
+            f"--param {item!r}: {method} has no hyperparameter {name!r}"
+            f"{unknown_hint({name}, names)}; its hyperparameters: {', '.join(names)}",
         )
         params.setdefault(method, {})[name] = read_value(
             params_cls, name, value, f"--param {item!r}"
