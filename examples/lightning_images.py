@@ -84,6 +84,7 @@ def fit(module: Classifier, data: TensorDataset, steps: int, callbacks: list) ->
     loader = DataLoader(
         data, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)
     )
+    module.train()  # Lightning trains each layer in the mode it finds it in (accuracy: eval)
     trainer.fit(module, loader)
 
 

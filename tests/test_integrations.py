@@ -4,6 +4,8 @@ source exact after Calibrate, and Hugging Face-style directories reloading bit f
 
 from __future__ import annotations
 
+import warnings
+
 import lightning  # the extras pacnet[hf] and pacnet[lightning]; `make test` installs them
 import pytest
 import torch
@@ -205,6 +207,7 @@ def test_lightning_trainer_allocate_calibrate_and_checkpoint(tmp_path):
     probe = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(7))
     net.eval()
     source = net(probe)
+    net.train()  # Lightning trains each layer in the mode it finds it in
 
     tasks = pacnet.Tasks(net, mask)
     tasks.add("target")
@@ -223,6 +226,35 @@ def test_lightning_trainer_allocate_calibrate_and_checkpoint(tmp_path):
     assert torch.equal(
         pacnet.load(tmp_path / "net.safetensors", fresh, "source").eval()(probe), source
     )
+
+
+def test_lightning_warns_when_the_network_would_train_in_eval_mode():
+    from pacnet.integrations.lightning import PacNetCallback
+
+    module = Images()
+    net = module.net
+    mask = pacnet.prune(net, 0.8)
+    pacnet.zero_redundant(net, mask)
+
+    def fit() -> list[str]:
+        trainer = lightning.Trainer(
+            max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False,
+            callbacks=[PacNetCallback(net, mask)],
+        )  # fmt: skip
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(module, images(8, 0, 0))
+        return [str(w.message) for w in caught if str(w.message).startswith("pacnet:")]
+
+    net.eval()  # e.g. after measuring the source: Lightning would train it so
+    counted = int(net[1].num_batches_tracked)
+    said = fit()
+    assert len(said) == 1 and "2 BatchNorm or dropout layer(s) of the network ('1', …)" in said[0]
+    assert "call module.train() before trainer.fit" in said[0]
+    assert int(net[1].num_batches_tracked) == counted  # what it warns about: no statistics
+    net.train()
+    assert fit() == [] and int(net[1].num_batches_tracked) == counted + 2
 
 
 def test_import_pacnet_imports_no_optional_library():

@@ -7,7 +7,9 @@ The λ term and the zeroed frozen gradient entries are applied in
 ``on_before_optimizer_step``, before Lightning clips, so the clipping norm sees what the
 optimizer will. ``module`` is the network the mask was made for (the LightningModule, or
 the ``nn.Module`` inside it that was pruned); ``trainable`` is the mask for Allocate,
-``tasks.trainable(module)`` for Calibrate.
+``tasks.trainable(module)`` for Calibrate. Lightning trains each module in the mode it finds
+it in, so a network left in eval mode would train with its BatchNorm statistics fixed and
+its dropout off: the callback warns when that is so as training starts.
 
 This module needs ``lightning`` (``pip install pacnet[lightning]``); ``import pacnet``
 does not import it.
@@ -15,6 +17,7 @@ does not import it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +33,8 @@ from pacnet.integrations.session import Session
 
 TRUE_PRECISIONS = {"bf16-true": torch.bfloat16, "16-true": torch.float16, "64-true": torch.float64}
 """Lightning precisions that convert the network's weights when ``fit`` starts."""
+MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+"""Layers that train differently in eval mode (BatchNorm's statistics stay put, no dropout)."""
 
 
 class PacNetCallback(pl.Callback):
@@ -84,6 +89,20 @@ class PacNetCallback(pl.Callback):
             f"{len(trainer.optimizers)}",
         )
         self.session.open(trainer.optimizers[0])
+        fixed = [
+            name
+            for name, m in unwrap(self.session.model).named_modules()
+            if isinstance(m, MODE_DEPENDENT) and not m.training
+        ]
+        if fixed:  # Lightning trains each module in the mode it finds it in
+            warnings.warn(
+                f"pacnet: {len(fixed)} BatchNorm or dropout layer(s) of the network ({fixed[0]!r}"
+                f"{', …' if len(fixed) > 1 else ''}) are in eval mode as training starts, so "
+                "they train in eval mode (BatchNorm's running statistics stay as they are); "
+                "call module.train() before trainer.fit unless that is meant",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
