@@ -14,6 +14,10 @@ TINY_FLAGS = [
 ]  # fmt: skip
 """A Friedman benchmark small enough for a test (command-line flags)."""
 
+HANG_GUARD = 1800.0
+"""Seconds a test waits for a subprocess, a thread or a condition before it calls it hung:
+a guard against hangs, never a time limit (a test passes on a machine many times slower)."""
+
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from conftest import HANG_GUARD
+
 INSTALL_HINT = (
     "the PostgreSQL tests need the server binaries (initdb, pg_ctl): install Debian's "
     "postgresql package (apt-get install postgresql; `make test` does it)"
@@ -64,7 +66,7 @@ class PostgresServer:
         command = [str(a) for a in argv]
         if self.as_postgres:
             command = ["runuser", "-u", "postgres", "--", *command]
-        return subprocess.run(command, capture_output=True, text=True, timeout=180)
+        return subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD)
 
     def start(self) -> None:
         self.socket_dir.mkdir()
@@ -107,7 +109,7 @@ class PostgresServer:
                 options,
                 "-w",
                 "-t",
-                "120",
+                "600",  # seconds to wait for the server: a hang guard
                 "start",
             )
             if started.returncode == 0:

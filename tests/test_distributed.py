@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_FLAGS
+from conftest import HANG_GUARD, TINY_FLAGS
 
 from pacnet.cli import main
 from pacnet.training import distributed
@@ -21,7 +21,11 @@ def pacnet_run(args, out, cache, launcher=()):
     cmd = [*launcher] if launcher else [sys.executable]
     cmd += ["-m", "pacnet", "run", "friedman", "--method", "pacnet", "--quick", *TINY_FLAGS]
     proc = subprocess.run(
-        [*cmd, *args, "--out", str(out)], capture_output=True, text=True, env=env, timeout=120
+        [*cmd, *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=HANG_GUARD,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(Path(out, "result.json").read_text()), proc.stdout
@@ -118,7 +122,7 @@ def test_a_distributed_samplers_batches_are_not_split_again(tmp_path):
     script.write_text(SAMPLER_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [*TORCHRUN, str(script)], capture_output=True, text=True, env=env, timeout=120
+        [*TORCHRUN, str(script)], capture_output=True, text=True, env=env, timeout=HANG_GUARD
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("[trained on 32]") == 2  # 4 batches of 8 per rank, every sample

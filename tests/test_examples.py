@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import HANG_GUARD
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -21,7 +22,7 @@ def test_example_runs_and_keeps_the_source_exact(script):
     name, *args = script.split()
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / name), *args],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=HANG_GUARD,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout

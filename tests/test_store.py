@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from conftest import HANG_GUARD
 
 from pacnet import PacnetError
 from pacnet.experiments.claims import GridRun
@@ -71,7 +72,7 @@ def test_two_workers_racing_for_the_last_pending_run_exactly_one_gets_it(db_url)
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=120)
+        t.join(timeout=HANG_GUARD)
     for s in stores:
         s.close()
     assert sorted(won[0] + won[1]) == sorted(grids)  # every run claimed by exactly one
@@ -81,10 +82,10 @@ def test_two_workers_racing_for_the_last_pending_run_exactly_one_gets_it(db_url)
 def test_an_expired_lease_is_taken_over_and_the_late_finisher_stores_nothing(db_url):
     with Store(db_url) as store:
         g = store.register(grid("x", 1), "friedman", "one run")
-        first = store.claim(g, lease=1.0, host="a", pid=1)
+        first = store.claim(g, lease=600, host="a", pid=1)
         assert store.claim(g, lease=1.0, host="b", pid=2) is None  # held
-        assert store.renew(first, lease=1.0)
-        time.sleep(1.3)
+        assert store.renew(first, lease=0.5)  # now short: it lapses while this test sleeps
+        time.sleep(0.8)
         second = store.claim(g, lease=30, host="b", pid=2)
         assert second is not None and second.took_over and second.attempt == 2
         assert not store.renew(first)  # the first worker learns it lost the run

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import time
 
+from conftest import HANG_GUARD
+
 from pacnet.experiments.store import Store
 
 TINY = [
@@ -23,8 +25,8 @@ TINY = [
 
 
 def wait_for_rows(proc: subprocess.Popen, db, rows: int) -> None:
-    """Wait (at most 2 minutes) until the sweep has stored ``rows`` runs or has ended."""
-    deadline = time.time() + 120
+    """Wait until the sweep has stored ``rows`` runs or has ended (or seems hung)."""
+    deadline = time.time() + HANG_GUARD
     while time.time() < deadline and proc.poll() is None:
         if db.exists():
             with Store(db) as store:
@@ -67,7 +69,7 @@ def test_sigkill_midway_then_rerun_completes_without_loss_or_duplicates(tmp_path
         before = {r["run_id"]: r["finished"] for r in store.results()}
     assert 3 <= len(before) < 12
 
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=HANG_GUARD)
     assert done.returncode == 0, done.stderr
     with Store(db) as store:
         rows = store.results()
@@ -111,13 +113,13 @@ def test_sigint_stops_cleanly_keeping_what_finished(tmp_path):
     wait_for_rows(proc, db, 2)
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 130
     assert "interrupted; finished runs are saved" in err and "Traceback" not in err
     with Store(db) as store:
         kept = len(store.ids())
     assert 2 <= kept < 16
-    assert subprocess.run(argv, capture_output=True, timeout=300).returncode == 0
+    assert subprocess.run(argv, capture_output=True, timeout=HANG_GUARD).returncode == 0
     with Store(db) as store:
         assert len(store.ids()) == 16
 
@@ -136,7 +138,7 @@ def test_sigint_during_a_batched_group_gives_the_whole_group_back(tmp_path):
     wait_for_rows(proc, db, 16)  # the first group of 16 (finetune) is stored
     assert proc.poll() is None, "the sweep ended before the second group could be cut"
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 130 and "Traceback" not in err
     with Store(db) as store:
         assert len(store.ids()) == 16
