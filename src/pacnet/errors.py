@@ -28,6 +28,20 @@ def check_ratio(ratio: float, what: str = "ratio") -> float:
     return value
 
 
+def check_module(model: object) -> None:
+    """Fail in one line unless ``model`` is a ``torch.nn.Module`` (a path, a name or a
+    state dict given where the model belongs)."""
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        hint = (
+            ": build the model and pass it (a state dict is loaded with model.load_state_dict)"
+            if isinstance(model, dict | str)
+            else ""
+        )
+        raise PacnetError(f"the model must be a torch.nn.Module, got {type(model).__name__}{hint}")
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message (libraries such as safetensors
     start theirs with a newline), or its type name when it has no text."""

@@ -34,9 +34,9 @@ from pacnet.core.roles import (
     check_model,
     default_roles,
     find_head,
+    frozen_by_rule,
     guess_head,
     head_doubt,
-    large_frozen,
     make_plan,
     unwrap,
 )
@@ -330,8 +330,8 @@ def prune(
         head: the output module, whose tensors are per-task (``"auto"``:
             :func:`~pacnet.core.roles.find_head`; None: no head).
         embeddings: cover embedding tables (default) or leave them frozen.
-        warn: warn about frozen weights (two or more dimensions) that hold more than 1 % of
-            the model's parameters, about weights the global threshold would leave without any
+        warn: warn about every tensor left frozen (the mask does not cover it and it is
+            not per-task), however small, about weights the global threshold would leave without any
             essential entry (they keep their own share), and
             about an automatic head that is only a guess (the last weight layer, where the
             model ends in something else), naming them.
@@ -445,16 +445,17 @@ def shared_mask(compute: Callable[[], Mask]) -> Mask:
 
 
 def _warn_uncovered(model: nn.Module, plan: Plan, embeddings: bool) -> None:
-    """Name the large weights the mask leaves frozen (not those ``embeddings=False`` chose)."""
+    """Name every tensor the mask leaves frozen, however small (not those
+    ``embeddings=False`` chose)."""
     explicit: set[str] = set()
     if not embeddings:
         with_tables = default_roles(model, plan.head, embeddings=True)
         explicit = {n for n in plan.frozen if with_tables.get(n) == MASKED}
-    large = large_frozen(plan, model, explicit)
-    if large:
-        share = sum(plan.sizes[n] for n in large) / sum(plan.sizes.values())
+    frozen = frozen_by_rule(plan, explicit)
+    if frozen:
+        share = sum(plan.sizes[n] for n in frozen) / sum(plan.sizes.values())
         warnings.warn(
-            f"prune: {', '.join(large)} ({share:.1%} of the parameters) are not covered by "
+            f"prune: {', '.join(frozen)} ({share:.2%} of the parameters) are not covered by "
             "the mask and stay frozen for every target; pass prunable= to include them",
             UserWarning,
             stacklevel=3,

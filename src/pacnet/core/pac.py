@@ -19,7 +19,9 @@ kernel's own weight decay), so ``fit``'s reported loss is the task loss alone.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -30,11 +32,13 @@ from pacnet.core.mask import Mask
 from pacnet.core.roles import unwrap
 from pacnet.core.tasks import Tasks
 from pacnet.errors import check
+from pacnet.training.batches import as_source, size_of, split_off
 from pacnet.training.train import (
     Data,
     FitConfig,
     FitResult,
     LossFn,
+    evaluate,
     fit,
     make_optimizer,
     sparse_grad_params,
@@ -59,6 +63,7 @@ def allocate(
     distill: str = "auto",
     temperature: float = 2.0,
     label_weight: float = 0.0,
+    holdout: float = 0.2,
 ) -> FitResult:
     """Retrain the essential weights with redundant weights held at 0: on the source task,
     or, with a ``teacher``, to give what the unpruned model gives on the same inputs.
@@ -77,6 +82,13 @@ def allocate(
         temperature: the softening ``T`` of ``"kl"`` and ``"token"``.
         label_weight: weight of the task loss (``loss_fn``, or the output's ``.loss``)
             added to the distillation loss, for batches that carry labels too.
+        holdout: with a teacher and no ``val``, the share of the inputs (at most 512)
+            held out to check the distillation loss on; 0 checks nothing. With ``val``
+            or a held-out share, Allocate keeps its best state over the checks, the pruned
+            start included, so it never ends further from the teacher than it started on
+            inputs it did not train on; where no step beats the start it keeps the start
+            and warns. (Inputs that cannot be split, a DataLoader, are checked on their
+            first few hundred.)
     """
     mask.check(model)
     if teacher is None:
@@ -89,6 +101,7 @@ def allocate(
         "with a teacher, loss_fn is the task loss mixed in by label_weight: give "
         "label_weight > 0, or loss_fn=None to distil only",
     )
+    check(0 <= holdout < 1, f"holdout must lie in [0, 1), got {holdout}")
     taught = teacher_for(model, teacher)  # before pruning: "copy" copies the full model
     loss = Distillation(distill, temperature, loss_fn, label_weight)
     zero_redundant(model, mask)
@@ -97,15 +110,79 @@ def allocate(
     training = taught.training
     taught.eval().requires_grad_(False)
     try:
-        fitting = (train, loss, cfg, val, seed, "allocate")
-        return _masked_fit(
-            model, params, mask, "trainable", 0.0, *fitting, net=Taught(model, taught)
-        )
+        net = Taught(model, taught)
+        train, held, where = _fidelity_check(train, val, holdout, seed)
+        if held is None:
+            fitting = (train, loss, cfg, val, seed, "allocate")
+            return _masked_fit(model, params, mask, "trainable", 0.0, *fitting, net=net)
+        return _distil_no_worse(model, net, params, mask, train, held, where, loss, cfg, seed)
     finally:
         taught.train(training)
         for p, flag in grads:
             p.requires_grad_(flag)
         del taught, grads  # a copy made here is freed with the last reference
+
+
+def _fidelity_check(
+    train: Data | object, val: Data | object | None, holdout: float, seed: int
+) -> tuple[object, object | None, str]:
+    """``(train, held, where)``: the inputs to train on and those the distillation loss is
+    checked on: ``val`` where given; else ``holdout`` of the inputs split off
+    (:func:`~pacnet.training.batches.split_off`); else, where they cannot be split, the
+    first few hundred training inputs; ``held`` is None with ``holdout=0``."""
+    if val is not None:
+        return train, val, "the validation inputs"
+    if not holdout:
+        return train, None, ""
+    parts = split_off(train, holdout, seed)
+    if parts is not None:
+        return parts[0], parts[1], "the held-out inputs"
+    first: list[object] = []
+    count = 0
+    for batch in as_source(train, "the training data").chunks(256):
+        first.append(batch)
+        count += size_of(batch)
+        if count >= 256:
+            break
+    return train, first, "the first training inputs (they could not be split)"
+
+
+def _distil_no_worse(
+    model: nn.Module,
+    net: Taught,
+    params: list[nn.Parameter],
+    mask: Mask,
+    train: object,
+    held: object,
+    where: str,
+    loss: Distillation,
+    cfg: FitConfig,
+    seed: int,
+) -> FitResult:
+    """Distil, checking the loss on ``held`` every ``cfg.eval_every`` steps and keeping the
+    best state, the pruned start included: Allocate never ends further from the teacher
+    (on ``held``) than where it started; where no step beats the start, the start is kept
+    and a warning says so."""
+    start = evaluate(net, held, loss, desc="allocate")
+    kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if cfg.patience is None:  # keep the best state, train the whole budget
+        cfg = replace(cfg, patience=cfg.steps // cfg.eval_every + 2)
+    fitting = (train, loss, cfg, held, seed, "allocate")
+    result = _masked_fit(model, params, mask, "trainable", 0.0, *fitting, net=net)
+    result.start_val = start
+    if result.best_val is not None and result.best_val < start:
+        return result
+    model.load_state_dict(kept)
+    warnings.warn(
+        f"allocate: distillation did not bring the model closer to the teacher on {where} "
+        f"(loss {start:.4g} after Prune, {result.best_val:.4g} at best after training); "
+        "the pruned model is kept as it started. Give more inputs (a few hundred or more), "
+        "a lower lr or more steps",
+        UserWarning,
+        stacklevel=3,
+    )
+    result.best_step, result.best_val = 0, start
+    return result
 
 
 def calibrate(

@@ -21,9 +21,9 @@ The rule is by role, not by name:
 * The ``weight`` of any other layer without child modules (GPT-2's ``Conv1D``, a custom
   linear layer) is masked when at least two of its dimensions exceed 1. A *vector-like*
   parameter anywhere (every dimension but one is 1: a bias, a norm scale, a LayerScale, a
-  ``(1, 1, d)`` class token) is per-task, and so is a 1-D or 2-D tensor named ``*bias``
-  (one bias per expert or per head, such as GPT-OSS's ``gate_up_proj_bias`` or XLNet's
-  ``r_w_bias``).
+  ``(1, 1, d)`` class token) is per-task, and so is a 1-D or 2-D tensor named ``*bias`` or
+  ``*biases`` (one bias per expert or per head, such as GPT-OSS's ``gate_up_proj_bias``,
+  XLNet's ``r_w_bias`` or LeViT's ``attention_biases``).
 * Stacks of matrices are masked, each matrix as a weight: a free-standing parameter of
   three or more dimensions, all larger than 1 (the experts of transformers' mixture-of-
   experts models, ``experts.gate_up_proj``/``down_proj`` of shape (experts, out, in);
@@ -32,9 +32,10 @@ The rule is by role, not by name:
   experts' matrices stacked along the rows). A ``(1, n, d)`` table has a unit dimension
   and is not a stack.
 * Any other parameter (a free-standing 2-D position table, Mamba's ``A_log``, a matrix used
-  as ``x @ self.W``) is frozen: what it does, and whether 0 means "off" for it, is
-  unknown; :func:`pacnet.prune` names such tensors when they are large, and ``prunable=``
-  takes them in.
+  as ``x @ self.W``, Swin's relative-position bias tables, Perceiver's latents, a router's
+  weight inside a module with children) is frozen: what it does, and whether 0 means "off"
+  for it, is unknown; :func:`pacnet.prune` names every such tensor in a warning and
+  :meth:`Plan.describe` lists them, however small, and ``prunable=`` takes them in.
 * Normalisation layers (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm, and
   modules named like them) own per-task parameters, whatever their shape.
 * Parametrised weights (``torch.nn.utils.parametrizations.weight_norm``,
@@ -63,7 +64,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from pacnet.errors import PacnetError, check
+from pacnet.errors import PacnetError, check, check_module
 
 PrunableRule = Iterable[str] | Callable[[str, nn.Parameter], bool] | None
 
@@ -81,13 +82,10 @@ _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 _WEIGHT_NAMES = ("weight", "weight_v", "weight_orig")  # also under the older norm hooks
 _MHA_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 _RNN_WEIGHT = re.compile(r"weight_(ih|hh|hr)_l\d+(_reverse)?$")
-_BIAS_NAME = re.compile(r"bias$")
+_BIAS_NAME = re.compile(r"bias(es)?$")
 _EXPERTS = re.compile(r"Expert")
 HEAD_NAMES = ("lm_head", "head", "classifier", "fc", "score", "qa_outputs", "output", "out")
 """Names of a model's direct children that :func:`find_head` takes for its output head."""
-SHARE_WARNING = 0.01
-"""Frozen weights holding more than this share of a model's parameters are named in a
-warning by :func:`pacnet.prune`."""
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -380,7 +378,7 @@ class Plan:
         }
 
     def describe(self) -> str:
-        """One line: coverage, head, and what stays frozen."""
+        """One line: coverage, head, and every tensor that stays frozen, by name."""
         c = self.coverage()
         line = (
             f"mask covers {c['masked_tensors']} of {c['parameter_tensors']} parameter tensors, "
@@ -389,7 +387,7 @@ class Plan:
             f"frozen {c['frozen_parameters']:,}"
         )
         if self.frozen:
-            line += f" ({', '.join(self.frozen[:3])}{', …' if len(self.frozen) > 3 else ''})"
+            line += f" ({', '.join(self.frozen)})"
         return line
 
     def to_json(self) -> str:
@@ -429,7 +427,9 @@ def _head_label(head: str | None) -> str:
 def unwrap(model: nn.Module) -> nn.Module:
     """The module that holds the parameters under their plain names: ``torch.compile``'s
     wrapper and (Distributed)DataParallel are looked through, so masks, plans and
-    checkpoints made on a wrapped model fit the plain one."""
+    checkpoints made on a wrapped model fit the plain one. Anything but a module is
+    refused in one line."""
+    check_module(model)
     while True:
         if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
             model = model.module
@@ -554,13 +554,7 @@ def make_plan(
     )
 
 
-def large_frozen(plan: Plan, model: nn.Module, explicit: set[str] = frozenset()) -> list[str]:
-    """Frozen parameters of two or more dimensions that hold more than
-    :data:`SHARE_WARNING` of the model (``explicit``: frozen by the caller's choice)."""
-    total = sum(plan.sizes.values())
-    params = dict(model.named_parameters())
-    return [
-        n
-        for n in plan.frozen
-        if n not in explicit and params[n].dim() >= 2 and plan.sizes[n] > SHARE_WARNING * total
-    ]
+def frozen_by_rule(plan: Plan, explicit: set[str] = frozenset()) -> list[str]:
+    """The frozen parameters of ``plan``, however small, but for those in ``explicit``
+    (frozen by the caller's choice)."""
+    return [n for n in plan.frozen if n not in explicit]

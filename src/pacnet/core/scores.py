@@ -37,6 +37,8 @@ from pacnet.training.batches import as_source, to_device
 from pacnet.training.train import device_of, infer, modes_kept
 
 SCORES = ("magnitude", "activation")
+_INPUT_KEYWORDS = ("input", "hidden_states", "x", "inputs", "input_ids")
+"""Keyword names under which a layer may get its input (``layer(hidden_states=h)``)."""
 
 
 class _Norms:
@@ -69,42 +71,61 @@ def _layer_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 
 def _hooks(model: nn.Module, names: list[str], norms: _Norms) -> list[Any]:
-    """Forward pre-hooks on the modules owning the masked weights ``names``."""
+    """Forward pre-hooks on the modules owning the masked weights ``names``, and on every
+    other module of the same kind holding the same tensor (a tied embedding that the
+    forward pass reaches under another name, as T5's encoder and decoder tables), all
+    adding to the owner's sums."""
+    holders: dict[int, list[nn.Module]] = {}
+    for module in model.modules():
+        for value in module._parameters.values():
+            if value is not None:
+                holders.setdefault(id(value), []).append(module)
+    params = dict(model.named_parameters())
     handles = []
     seen: set[int] = set()
     for name in names:
-        module = _layer_of(model, name)[0]
-        if id(module) in seen:
-            continue
-        seen.add(id(module))
-        key = id(module)
+        owner = _layer_of(model, name)[0]
+        key = id(owner)
+        tied = [m for m in holders.get(id(params[name]), []) if type(m) is type(owner)]
+        for module in [owner, *tied]:
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
 
-        def hook(mod: nn.Module, args: tuple, kwargs: dict, key: int = key) -> None:
-            _observe(mod, key, args, kwargs, norms)
+            def hook(mod: nn.Module, args: tuple, kwargs: dict, key: int = key) -> None:
+                _observe(mod, key, args, kwargs, norms)
 
-        handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
     return handles
 
 
 def _observe(module: nn.Module, key: int, args: tuple, kwargs: dict, norms: _Norms) -> None:
+    """Add the input features ``module`` is called with (positional tensors first, then
+    keyword ones, as a model may call a layer either way); a call without a tensor input
+    is not seen."""
     inputs = [a for a in args if isinstance(a, Tensor)]
+    inputs += [v for k, v in kwargs.items() if isinstance(v, Tensor) and k in _INPUT_KEYWORDS]
     if isinstance(module, nn.Embedding | nn.EmbeddingBag):
-        ids = inputs[0] if inputs else kwargs.get("input")
+        ids = inputs[0] if inputs else None
+        if ids is None or ids.is_floating_point():
+            return
         counts = torch.bincount(ids.reshape(-1).long(), minlength=module.num_embeddings)
         norms.add((key, "rows"), counts.to(torch.float64))
     elif isinstance(module, nn.modules.conv._ConvNd) and inputs:
         norms.add((key, "channels"), _feature_squares(inputs[0], 1 if inputs[0].dim() > 1 else 0))
     elif isinstance(module, nn.MultiheadAttention):
-        q = inputs[0] if inputs else kwargs.get("query")
-        k = inputs[1] if len(inputs) > 1 else kwargs.get("key", q)
-        v = inputs[2] if len(inputs) > 2 else kwargs.get("value", k)
+        q = args[0] if args else kwargs.get("query")
+        k = args[1] if len(args) > 1 else kwargs.get("key", q)
+        v = args[2] if len(args) > 2 else kwargs.get("value", k)
         for role, x in (("q", q), ("k", k), ("v", v)):
-            norms.add((key, role), _feature_squares(x, -1))
-    elif isinstance(module, nn.RNNBase) and inputs:
-        x = inputs[0]
+            if isinstance(x, Tensor):
+                norms.add((key, role), _feature_squares(x, -1))
+    elif isinstance(module, nn.RNNBase):
+        x = args[0] if args else kwargs.get("input")
         if isinstance(x, nn.utils.rnn.PackedSequence):
             x = x.data
-        norms.add((key, "last"), _feature_squares(x, -1))
+        if isinstance(x, Tensor):
+            norms.add((key, "last"), _feature_squares(x, -1))
     elif isinstance(module, nn.Bilinear) and len(inputs) >= 2:
         norms.add((key, "first"), _feature_squares(inputs[0], -1))
         norms.add((key, "second"), _feature_squares(inputs[1], -1))

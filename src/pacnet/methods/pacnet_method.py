@@ -125,7 +125,7 @@ def allocate_on(
     labels = labels if labels is not None else torch.zeros(1, dtype=torch.long)
     kind = "mse" if labels is None or labels.is_floating_point() else "kl"
     cfg = replace(cfg, patience=None)  # no labelled validation to stop on
-    allocate(model, mask, inputs, None, cfg, seed=0, teacher="copy", distill=kind)
+    allocate(model, mask, inputs, None, cfg, seed=0, teacher="copy", distill=kind, holdout=0)
 
 
 def source_fidelity(ctx: TransferContext, mask: Mask, allocated: nn.Module) -> dict[str, Any]:

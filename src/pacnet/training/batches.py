@@ -18,6 +18,7 @@ expected.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from pacnet.errors import PacnetError, check
+from pacnet.errors import PacnetError, check, first_line
 
 Batch = Any
 LossFn = Callable[[Any, Any], Tensor]
@@ -254,12 +255,21 @@ def place(tensor: Tensor, device: torch.device) -> Tensor:
     return tensor
 
 
+def forward(net: nn.Module, inputs: Batch) -> Any:
+    """``net`` on a batch's inputs: ``net(**inputs)`` for a dict of model inputs (the
+    Hugging Face style), ``net(inputs)`` for anything else. The one way pacnet calls a
+    model on inputs (training, evaluation, scoring, predictions)."""
+    if isinstance(inputs, Mapping):
+        return net(**inputs)
+    return net(inputs)
+
+
 def loss_of(net: nn.Module, batch: Batch, loss_fn: LossFn | None) -> Tensor:
     """Run ``net`` on ``batch`` and return the scalar loss (see the module notes)."""
     if isinstance(batch, Mapping):
         output = net(**batch)
         if loss_fn is not None:
-            return loss_fn(output, batch)
+            return _user_loss(loss_fn, output, batch)
         loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
         if not isinstance(loss, Tensor):
             raise PacnetError(
@@ -287,10 +297,122 @@ def loss_of(net: nn.Module, batch: Batch, loss_fn: LossFn | None) -> Tensor:
         "the data has inputs without labels: training on the task needs labels (Allocate "
         "without them: pass teacher= to pacnet.allocate)",
     )
-    return loss_fn(net(x), y)
+    return _user_loss(loss_fn, net(x), y)
+
+
+def _user_loss(loss_fn: LossFn, output: Any, labels: Any) -> Tensor:
+    """``loss_fn(output, labels)``, checked: an error the loss function raises on what it
+    is given (a dict batch to a loss written for label tensors, say) becomes one line
+    naming what it got; a PacnetError passes as it is."""
+    try:
+        loss = loss_fn(output, labels)
+    except (PacnetError, torch.OutOfMemoryError):
+        raise
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError, RuntimeError) as exc:
+        hint = (
+            "; with dict batches pacnet calls loss_fn(output, batch): read the labels from "
+            "the batch (e.g. batch['labels']), or pass loss_fn=None for the output's own .loss"
+            if isinstance(labels, Mapping)
+            else ""
+        )
+        given = "the batch (a dict)" if isinstance(labels, Mapping) else _what(labels)
+        raise PacnetError(
+            f"loss_fn(output, labels) failed on {_what(output)} and {given} "
+            f"({type(exc).__name__}: {first_line(exc)}){hint}"
+        ) from None
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        more = " (reduce it, e.g. with .mean())" if isinstance(loss, Tensor) else ""
+        raise PacnetError(f"loss_fn must return a scalar tensor, got {_what(loss)}{more}")
+    return loss
+
+
+def _what(value: Any) -> str:
+    """A short description of a value for an error message."""
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if value is None:
+        return "None"
+    return type(value).__name__
 
 
 def _shape(batch: Batch) -> str:
     if isinstance(batch, tuple | list):
         return f"a {type(batch).__name__} of {len(batch)}"
     return type(batch).__name__
+
+
+def split_off(
+    data: object, share: float, seed: int = 0, most: int = 512
+) -> tuple[object, object] | None:
+    """``(rest, held)``: ``share`` of the samples of ``data`` (at least one, at most
+    ``most``), drawn by ``seed``, held out from the rest; None where ``data`` cannot be
+    split without reading it all (a DataLoader, a one-shot source) or has fewer than two
+    samples.
+
+    :class:`Data` and map-style Datasets are split by sample; a list of batches is split by
+    whole batches where it has five or more, else inside each batch by rows (every tensor
+    whose first dimension is the batch's length; other values are shared)."""
+    generator = torch.Generator().manual_seed(seed)
+    if isinstance(data, Data):
+        n = len(data)
+        count = _held_count(n, share, most)
+        if count is None:
+            return None
+        order = torch.randperm(n, generator=generator).to(data.x.device)
+        return _rows_of(data, order[count:]), _rows_of(data, order[:count])
+    if isinstance(data, list | tuple) and data and not isinstance(data, Mapping):
+        if len(data) >= 5:
+            count = _held_count(len(data), share, len(data))
+            order = torch.randperm(len(data), generator=generator).tolist()
+            return [data[i] for i in order[count:]], [data[i] for i in order[:count]]
+        parts = [_split_batch(b, share, generator) for b in data]
+        if any(p is None for p in parts):
+            return None
+        return [p[0] for p in parts], [p[1] for p in parts]
+    if isinstance(data, Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        n = len(data)
+        count = _held_count(n, share, most)
+        if count is None:
+            return None
+        order = torch.randperm(n, generator=generator).tolist()
+        return (
+            torch.utils.data.Subset(data, order[count:]),
+            torch.utils.data.Subset(data, order[:count]),
+        )
+    return None
+
+
+def _held_count(n: int, share: float, most: int) -> int | None:
+    """How many of ``n`` samples to hold out (None: too few to split)."""
+    if n < 2:
+        return None
+    return max(1, min(most, n - 1, math.ceil(share * n)))
+
+
+def _rows_of(data: Data, index: Tensor) -> Data:
+    groups = None if data.groups is None else data.groups[index.to(data.groups.device)]
+    return Data(data.x[index], None if data.y is None else data.y[index], groups)
+
+
+def _split_batch(batch: Batch, share: float, generator: torch.Generator) -> tuple | None:
+    """A batch's rows in two parts (see :func:`split_off`), or None for fewer than two."""
+    try:
+        n = size_of(batch)
+    except PacnetError:
+        return None
+    count = _held_count(n, share, n)
+    if count is None:
+        return None
+    order = torch.randperm(n, generator=generator)
+    return _take(batch, order[count:], n), _take(batch, order[:count], n)
+
+
+def _take(value: Any, index: Tensor, n: int) -> Any:
+    """The rows ``index`` of every tensor in ``value`` whose first dimension is ``n``."""
+    if isinstance(value, Tensor):
+        return value[index.to(value.device)] if value.dim() and len(value) == n else value
+    if isinstance(value, Mapping):
+        return {k: _take(v, index, n) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return type(value)(_take(v, index, n) for v in value)
+    return value

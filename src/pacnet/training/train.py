@@ -3,7 +3,8 @@
 :func:`fit` runs a fixed number of optimizer steps on shuffled minibatches, optionally
 evaluates a validation set every ``eval_every`` steps, keeps the best state and stops early
 after ``patience`` evaluations without improvement. Regularisers are plain callables added
-to the loss with their weight. Seeded: the same seed gives the same batches.
+to the loss with their weight. Seeded: the same seed gives the same batches and the same
+random draws inside the model (dropout), without moving the caller's generators.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pacnet.errors import PacnetError, check, first_line
+from pacnet.errors import PacnetError, check, check_module, first_line
 from pacnet.training import distributed
 from pacnet.training.batches import (
     Batch,
@@ -26,6 +27,7 @@ from pacnet.training.batches import (
     Data,
     LossFn,
     as_source,
+    forward,
     loss_of,
     size_of,
     to_device,
@@ -146,6 +148,9 @@ class FitResult:
     best_step: int | None = None
     best_val: float | None = None
     val_curve: list[tuple[int, float]] = field(default_factory=list)
+    start_val: float | None = None
+    """The validation score before the first step, where it was measured (Allocate's
+    distillation check)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -164,10 +169,16 @@ def device_of(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: Data | object, loss_fn: LossFn | None, batch_size: int = 4096
+    model: nn.Module,
+    data: Data | object,
+    loss_fn: LossFn | None,
+    batch_size: int = 4096,
+    desc: str = "evaluate",
 ) -> float:
     """Mean loss over ``data`` (any shape :mod:`pacnet.training.batches` accepts; weighted by batch
-    size), in eval mode, full precision; every module's mode is put back afterwards."""
+    size), in eval mode, full precision; every module's mode is put back afterwards. A first
+    batch the model cannot run on is one line (labelled ``desc``)."""
+    check_module(model)
     source = as_source(data, "the evaluation data")
     device = device_of(model)
     total, count = 0.0, 0
@@ -176,7 +187,7 @@ def evaluate(
         for batch in source.chunks(batch_size):
             batch = to_device(batch, device)
             n = size_of(batch)
-            total += float(loss_of(model, batch, loss_fn)) * n
+            total += float(_checked_loss(count + 1, desc, model, batch, loss_fn)) * n
             count += n
     if getattr(source, "per_rank", False) and distributed.active():  # each rank its share:
         total, count = distributed.total(total), int(distributed.total(count))  # all ranks'
@@ -186,11 +197,13 @@ def evaluate(
 
 @torch.no_grad()
 def infer(model: nn.Module, inputs: Batch) -> Any:
-    """``model(inputs)`` in eval mode and without gradients, ``inputs`` moved to the model's
-    device; every module's mode is put back afterwards. The output stays on that device."""
+    """The model on ``inputs`` (``model(**inputs)`` for a dict of model inputs,
+    ``model(inputs)`` otherwise) in eval mode and without gradients, ``inputs`` moved to the
+    model's device; every module's mode is put back afterwards. The output stays on that
+    device."""
     with modes_kept(model):
         model.eval()
-        return model(to_device(inputs, device_of(model)))
+        return forward(model, to_device(inputs, device_of(model)))
 
 
 def outputs(model: nn.Module, data: Data, batch_size: int = 4096) -> Iterator[tuple[Any, Tensor]]:
@@ -247,12 +260,15 @@ def fit(
         val: validation data for early stopping (needed when ``cfg.patience`` is set).
         penalties: ``(weight, term)`` pairs; ``term()`` is added to the loss with ``weight``
             after each forward pass.
-        seed: seeds the minibatch order.
+        seed: seeds the minibatch order and every random draw of the run (dropout,
+            random masking, a DataLoader's shuffling; see :func:`seeded`); the caller's
+            global generators are left as they were.
         desc: label of the progress bar.
         wrap: ``wrap(optimizer)`` returns a context manager entered around the loop (e.g.
             ``lambda opt: train_only(model, mask, opt)``); if what it yields has a
             ``finish_grads()`` method, that is called before gradient clipping.
     """
+    check_module(model)
     check(
         cfg.patience is None or val is not None, "early stopping (patience) needs a validation set"
     )
@@ -262,6 +278,54 @@ def fit(
             cfg,
             sparse=sparse_grad_params(model),
         )
+    with seeded(seed, device_of(model)):
+        return _fit(model, loss_fn, train, cfg, optimizer, val, penalties, seed, desc, wrap)
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Inside, the random generators a training run may draw from — torch's (CPU and the
+    model's accelerator), NumPy's global one and Python's ``random`` — are seeded by
+    ``seed``; on exit each is put back as the caller had it. So dropout, random masking
+    in a model's forward pass (NumPy's too, as wav2vec2's) and a DataLoader's shuffling
+    repeat with the seed, and the caller's own streams are not moved."""
+    import random
+
+    import numpy as np
+
+    accelerator = device.type not in ("cpu", "meta")
+    kind = device.type if accelerator else "cuda"
+    index = device.index if device.index is not None else 0
+    state_np, state_py = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=[index] if accelerator else [], device_type=kind):
+        torch.default_generator.manual_seed(seed)  # (torch.manual_seed would seed every GPU)
+        if kind == "cuda" and accelerator:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        elif accelerator:
+            torch.get_device_module(kind).manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(state_np)
+            random.setstate(state_py)
+
+
+def _fit(
+    model: nn.Module,
+    loss_fn: LossFn | None,
+    train: Data | object,
+    cfg: FitConfig,
+    optimizer: torch.optim.Optimizer | None,
+    val: Data | object | None,
+    penalties: Sequence[Penalty],
+    seed: int,
+    desc: str,
+    wrap: Callable[[torch.optim.Optimizer], Any] | None,
+) -> FitResult:
+    """:func:`fit`'s loop, inside :func:`seeded`."""
     generator = torch.Generator().manual_seed(seed)
     result = FitResult()
     validation = _Validation(model, val, loss_fn, cfg, result)
@@ -328,7 +392,8 @@ class _Guarded(nn.Module):
 def _checked_loss(
     step: int, desc: str, net: nn.Module, batch: Any, loss_fn: LossFn | None
 ) -> Tensor:
-    """:func:`loss_of` the batch, the first step's forward guarded (:class:`_Guarded`)."""
+    """:func:`loss_of` the batch, the first step's (or chunk's) forward guarded
+    (:class:`_Guarded`)."""
     return loss_of(_Guarded(net, desc) if step == 1 else net, batch, loss_fn)
 
 
