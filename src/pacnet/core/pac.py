@@ -32,15 +32,17 @@ from pacnet.core.mask import Mask
 from pacnet.core.roles import unwrap
 from pacnet.core.tasks import Tasks
 from pacnet.errors import check
-from pacnet.training.batches import as_source, size_of, split_off
+from pacnet.training.batches import as_source, loss_of, samples, size_of, split_off, to_device
 from pacnet.training.train import (
     Data,
     FitConfig,
     FitResult,
     LossFn,
+    device_of,
     evaluate,
     fit,
     make_optimizer,
+    modes_kept,
     sparse_grad_params,
 )
 
@@ -160,22 +162,29 @@ def _distil_no_worse(
     seed: int,
 ) -> FitResult:
     """Distil, checking the loss on ``held`` every ``cfg.eval_every`` steps and keeping the
-    best state, the pruned start included: Allocate never ends further from the teacher
-    (on ``held``) than where it started; where no step beats the start, the start is kept
-    and a warning says so."""
+    best state; that state replaces the pruned start only where it is closer to the
+    teacher on ``held`` beyond doubt (:func:`_clearly_better`). Otherwise the start is
+    kept, bit for bit, and a warning says so."""
     start = evaluate(net, held, loss, desc="allocate")
     kept = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    before = _sample_losses(net, held, loss)
     if cfg.patience is None:  # keep the best state, train the whole budget
         cfg = replace(cfg, patience=cfg.steps // cfg.eval_every + 2)
     fitting = (train, loss, cfg, held, seed, "allocate")
     result = _masked_fit(model, params, mask, "trainable", 0.0, *fitting, net=net)
     result.start_val = start
-    if result.best_val is not None and result.best_val < start:
+    best = result.best_val
+    if (
+        best is not None
+        and best < start
+        and _clearly_better(before, _sample_losses(net, held, loss))
+    ):
         return result
     model.load_state_dict(kept)
+    reached = "no lower" if best is None or best >= start else f"{best:.4g}, within the noise"
     warnings.warn(
         f"allocate: distillation did not bring the model closer to the teacher on {where} "
-        f"(loss {start:.4g} after Prune, {result.best_val:.4g} at best after training); "
+        f"({len(before)}; loss {start:.4g} after Prune, {reached} at best after training): "
         "the pruned model is kept as it started. Give more inputs (a few hundred or more), "
         "a lower lr or more steps",
         UserWarning,
@@ -183,6 +192,27 @@ def _distil_no_worse(
     )
     result.best_step, result.best_val = 0, start
     return result
+
+
+def _sample_losses(net: nn.Module, held: object, loss: Distillation) -> Tensor:
+    """The distillation loss of every held-out sample, in eval mode."""
+    device = device_of(net)
+    with torch.no_grad(), modes_kept(net):
+        net.eval()
+        return torch.tensor(
+            [float(loss_of(net, to_device(one, device), loss)) for one in samples(held)],
+            dtype=torch.float64,
+        )
+
+
+def _clearly_better(before: Tensor, after: Tensor) -> bool:
+    """Whether ``after`` is lower than ``before`` sample for sample beyond doubt: the mean
+    paired improvement exceeds twice its standard error (a one-sided test at about 2 %);
+    fewer than three samples cannot tell."""
+    if len(before) < 3:
+        return False
+    gain = before - after
+    return bool(gain.mean() > 2 * gain.std() / len(gain) ** 0.5)
 
 
 def calibrate(

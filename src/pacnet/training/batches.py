@@ -416,3 +416,16 @@ def _take(value: Any, index: Tensor, n: int) -> Any:
     if isinstance(value, tuple | list):
         return type(value)(_take(v, index, n) for v in value)
     return value
+
+
+def samples(data: object) -> Iterator[Batch]:
+    """Every sample of ``data`` (any shape :func:`as_source` takes) as a batch of one, in
+    order: a batch's rows one by one (every tensor whose first dimension is the batch's
+    length; other values are shared)."""
+    for batch in as_source(data, "the data").chunks(1):
+        n = size_of(batch)
+        if n == 1:
+            yield batch
+            continue
+        for i in range(n):
+            yield _take(batch, torch.tensor([i]), n)
