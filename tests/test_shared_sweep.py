@@ -36,7 +36,7 @@ def reproduce(db: str, tmp_path: Path, name: str, *extra: str) -> list[str]:
     ]
 
 
-def start(argv: list[str], log: Path) -> subprocess.Popen:
+def start(argv: list[str], log: Path, sigint=signal.SIG_DFL) -> subprocess.Popen:
     with open(log, "w") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "pacnet", *argv],
@@ -46,7 +46,7 @@ def start(argv: list[str], log: Path) -> subprocess.Popen:
             start_new_session=True,
             # as from a terminal: Ctrl-C acts, even if something in this test process
             # left SIGINT ignored (a disposition a child inherits)
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
         )
 
 
@@ -360,4 +360,25 @@ def test_ctrl_c_gives_the_runs_in_flight_back(tmp_path):
     assert "interrupted; finished runs are saved" in (tmp_path / "log").read_text()
     [grid] = store.status()
     assert not grid.running and grid.progress.pending >= 1  # given back, not left to expire
+    assert all(st.attempts == 0 for st in grid.runs if st.state == "pending")  # not tries
+    store.close()
+
+
+def test_ctrl_c_that_only_the_workers_see_is_an_interruption_too(tmp_path):
+    """A command a script starts in the background ignores SIGINT; its worker processes
+    still stop on it and give their runs back. The command then says it was interrupted
+    (exit 130), not that its workers died and their runs wait for their leases."""
+    db = str(tmp_path / "runs.sqlite")
+    argv = reproduce(db, tmp_path, "t", "--target-steps", "4000", "--jobs", "2")
+    proc = start(argv, tmp_path / "log", sigint=signal.SIG_IGN)
+    store = until(lambda: _open(db), "the grid")
+    until(lambda: len({st.pid for st in store.status()[0].running}) == 2, "both workers at work")
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=HANG_GUARD) == 130, (tmp_path / "log").read_text()[-3000:]
+    log = (tmp_path / "log").read_text()
+    assert "interrupted; finished runs are saved" in log and "given back" in log
+    assert "ended abnormally" not in log and "lease" not in log
+    [grid] = store.status()
+    assert not grid.running and grid.progress.pending >= 1
+    assert all(st.attempts == 0 for st in grid.runs if st.state == "pending")
     store.close()

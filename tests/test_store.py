@@ -8,6 +8,7 @@ import sqlite3
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 from conftest import HANG_GUARD
@@ -16,6 +17,7 @@ from pacnet import PacnetError
 from pacnet.experiments.claims import GridRun
 from pacnet.experiments.database import database_url, hide_password
 from pacnet.experiments.schema import SCHEMA_VERSION
+from pacnet.experiments.status import RunState, grid_status, grid_text
 from pacnet.experiments.store import Store
 
 
@@ -168,9 +170,82 @@ def test_status_estimates_the_time_left_from_finished_runs(db_url):
         [status] = store.status(g[:6])
         assert status.progress.done == 2 and status.workers == 1
         assert status.mean_seconds == 10.0
-        assert 19.0 <= status.eta_seconds <= 20.0  # one pending (10 s) + one just started
         [running] = status.running
-        assert (running.host, running.pid) == ("h", 2) and running.lease_left > 25
+        ran = status.now - running.claimed  # one pending (10 s) + what the running one has left
+        assert status.eta_seconds == pytest.approx(20.0 - ran)
+        assert (running.host, running.pid) == ("h", 2) and 0 < running.lease_left <= 30
+
+
+def _state(n: int, method="finetune", size=10, state="pending", seconds=None, **held):
+    """A run's state row as status reads it; ``held``: host, pid, claimed, lease_left."""
+    return RunState(
+        run_id=f"{method}{size}-{n}", method=method, target_size=size, seed=n, state=state,
+        host=held.get("host"), pid=held.get("pid"), claimed=held.get("claimed"),
+        lease_left=held.get("lease_left"), attempts=1 if held else 0, error=None,
+        seconds=seconds,
+    )  # fmt: skip
+
+
+def _eta(states, now=1000.0):
+    row = SimpleNamespace(grid_id="g", benchmark="friedman", label="constructed", created=0.0)
+    return grid_status(row, states, now)
+
+
+def _held(state: int, pid: int, since: float, **kwargs):
+    return _state(state, state="running", host="h", pid=pid, claimed=since, lease_left=50, **kwargs)
+
+
+def test_the_time_left_counts_a_batched_group_in_flight_as_its_runs_together():
+    """The batched engine records each run's share of its group's time (2 s of a 32 s group
+    of 16) and holds the whole group while it trains: 10 s into the second group, 22 s of it
+    are left, then 32 s for the third."""
+    done = [_state(i, state="done", seconds=2.0) for i in range(16)]
+    flying = [_held(16 + i, pid=7, since=990.0) for i in range(16)]
+    pending = [_state(32 + i) for i in range(16)]
+    status = _eta([*done, *flying, *pending])
+    assert status.workers == 1 and status.eta_seconds == pytest.approx(22.0 + 32.0)
+
+
+def test_the_time_left_expects_each_target_size_to_take_what_it_took():
+    """The small runs finish first; the large ones left take what the large ones took."""
+    done = [_state(i, size=10, state="done", seconds=1.0) for i in range(6)]
+    done += [_state(i, size=200, state="done", seconds=9.0) for i in range(2)]
+    pending = [_state(10 + i, size=200) for i in range(4)]
+    pending.append(_state(20, method="pacnet", size=200))  # no pacnet run yet: all runs' mean
+    assert _eta([*done, *pending]).eta_seconds == pytest.approx(4 * 9.0 + 3.0)
+
+
+def test_the_time_left_is_shared_by_the_workers_but_not_below_the_longest_of_them():
+    done = [_state(i, state="done", seconds=10.0) for i in range(4)]
+    two = [_held(4, pid=1, since=996.0), _held(5, pid=2, since=996.0)]  # 6 s left each
+    pending = [_state(6 + i) for i in range(4)]
+    status = _eta([*done, *two, *pending])
+    assert status.workers == 2 and status.eta_seconds == pytest.approx((40 + 12) / 2)
+    group = [_held(10 + i, pid=3, since=1000.0) for i in range(8)]  # 80 s for one worker
+    status = _eta([*done, _held(4, pid=1, since=996.0), *group])
+    assert status.eta_seconds == pytest.approx(80.0)  # not (80 + 6) / 2
+
+
+def test_a_run_whose_worker_is_gone_is_expected_to_start_over():
+    done = [_state(i, state="done", seconds=10.0) for i in range(2)]
+    lapsed = _state(2, state="running", host="h", pid=9, claimed=995.0, lease_left=-3.0)
+    status = _eta([*done, lapsed, _state(3)])
+    assert status.workers == 0 and status.eta_seconds == pytest.approx(20.0)  # one process
+    assert _eta([_state(0), _state(1)]).eta_seconds is None  # nothing finished: unknown
+
+
+def test_a_run_given_back_does_not_count_as_an_attempt(db_url):
+    with Store(db_url) as store:
+        g = store.register(grid("b", 2), "friedman", "two runs")
+        first = store.claim(g, lease=30)
+        store.release(first)  # Ctrl-C, or a run that does not stack with a group
+        assert store.state(first.run_id).attempts == 0
+        again = store.claim(g, lease=30)
+        assert (again.run_id, again.attempt) == (first.run_id, 1)
+        [running] = [line for line in grid_text(store.status(g)[0]) if "  running " in line]
+        assert "seed 0" in running and "attempt" not in running  # its first attempt
+        assert store.finish(again, result(again.run_id))
+        assert store.state(first.run_id).attempts == 1
 
 
 def test_a_schema_1_database_is_read_as_is_and_migrated_when_written(tmp_path):

@@ -1,10 +1,11 @@
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
-from conftest import HANG_GUARD
+from conftest import HANG_GUARD, TINY_FLAGS
 
 from pacnet.experiments.store import Store
 
@@ -116,6 +117,7 @@ def test_sigint_stops_cleanly_keeping_what_finished(tmp_path):
     _, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 130
     assert "interrupted; finished runs are saved" in err and "Traceback" not in err
+    assert re.search(r"^pacnet: \d+/16 runs done, \d running, elapsed ", err, re.M)  # no bar
     with Store(db) as store:
         kept = len(store.ids())
     assert 2 <= kept < 16
@@ -144,3 +146,39 @@ def test_sigint_during_a_batched_group_gives_the_whole_group_back(tmp_path):
         assert len(store.ids()) == 16
         states = [st for g in store.status() for st in g.running]
     assert states == []
+
+
+def test_a_sweep_off_a_terminal_says_how_far_it_is(tmp_path, capsys, monkeypatch):
+    """Where stderr is not a terminal (tqdm's bar is off) the sweep writes a line as runs
+    finish; a run that a group claims and gives back (it does not stack) is no attempt."""
+    from pacnet.cli import main
+    from pacnet.experiments import progress
+
+    monkeypatch.setattr(progress, "GAP", 0.0)  # a line for every change
+    db = tmp_path / "runs.sqlite"
+    argv = ["reproduce", "friedman", "--methods", "finetune,scratch", "--target-sizes", "10"]
+    argv += ["--seeds", "2", "--quick", *TINY_FLAGS, "--db", str(db), "--out", str(tmp_path)]
+    assert main(argv) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "runs done" in line]
+    assert len(said) == 2, said  # a line per group; the end is said once
+    assert said[0].startswith("pacnet: 2/4 runs done, 0 running, elapsed ")
+    assert said[1].startswith("pacnet: 4/4 runs done, 0 running, elapsed ")
+    with Store(db) as store:
+        assert [st.attempts for st in store.status()[0].runs] == [1, 1, 1, 1]
+
+
+def test_progress_lines_beat_while_nothing_finishes(capsys, monkeypatch):
+    from pacnet.experiments import progress
+
+    monkeypatch.setattr(progress, "HEARTBEAT", 0.05)
+    err = ""
+    with progress.ProgressLines(lambda: "0/40 runs done, 3 running", enabled=True) as lines:
+        lines.update(0)  # the first change is said at once
+        deadline = time.time() + HANG_GUARD
+        while err.count("\n") < 3 and time.time() < deadline:
+            time.sleep(0.01)
+            err += capsys.readouterr().err
+    beats = err.splitlines()
+    assert len(beats) >= 3 and all(
+        re.fullmatch(r"pacnet: 0/40 runs done, 3 running, elapsed [\d.]+ s", b) for b in beats
+    ), beats

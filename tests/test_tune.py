@@ -1,3 +1,5 @@
+import re
+
 import optuna
 from conftest import TINY_FLAGS
 
@@ -26,6 +28,10 @@ def test_tune_adds_trials_to_a_study_in_the_results_database(tmp_path, capsys):
         *TINY,
     ]
     assert main([*argv, "--trials", "3"]) == 0
+    err = capsys.readouterr().err  # not a terminal: lines instead of a bar
+    said = [line for line in err.splitlines() if "trials done" in line]
+    assert re.match(r"pacnet: 1/3 trials done, best so far [\d.e-]+, 1 in the study, ", said[0])
+    assert re.match(r"pacnet: 3/3 trials done, best so far [\d.e-]+, 3 in the study, ", said[-1])
     assert main([*argv, "--trials", "2"]) == 0
     out = capsys.readouterr().out
     assert "5 trials" in out and "run it: pacnet run friedman --method pacnet" in out

@@ -286,8 +286,16 @@ class Claims(Database):
         )
 
     def release(self, claim: Claim) -> None:
-        """Give a claimed run back (pending again), e.g. when the worker is interrupted."""
-        self._change_held(claim, retries=1, state="pending", token=None, lease_until=None)
+        """Give a claimed run back (pending again), e.g. when the worker is interrupted; the
+        claim does not count as an attempt."""
+        self._change_held(
+            claim,
+            retries=1,
+            state="pending",
+            token=None,
+            lease_until=None,
+            attempts=states_table.c.attempts - 1,
+        )
 
     def _change_held(self, claim: Claim, retries: int = 4, **values: Any) -> bool:
         """Set ``values`` in the state row of a run this worker still holds (same token,

@@ -5,7 +5,7 @@ failures, and the time left; as data (:class:`GridStatus`, from the queries of
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -258,9 +258,7 @@ class StatusQueries(Database):
 
 
 def grid_status(row: Any, states: list[RunState], now: float) -> GridStatus:
-    """Counts, running and failed runs, and the time left: each open run is expected to
-    take its method's mean finished duration (the grid's mean for a method not yet seen),
-    a running one less what it has already run, spread over the processes now working."""
+    """Counts, running and failed runs, and the time left (:func:`time_left`)."""
     progress = Progress(total=len(states))
     for st in states:
         setattr(progress, st.state, getattr(progress, st.state) + 1)
@@ -269,22 +267,59 @@ def grid_status(row: Any, states: list[RunState], now: float) -> GridStatus:
     status.failed = [st for st in states if st.state == "failed"]
     finished = [st for st in states if st.seconds is not None]
     status.finished_runs = len(finished)
-    status.workers = len({(st.host, st.pid) for st in status.running if (st.lease_left or 0) > 0})
+    status.workers = len({(st.host, st.pid) for st in status.running if _live(st)})
     if finished:
         status.mean_seconds = sum(st.seconds or 0.0 for st in finished) / len(finished)
-        by_method: dict[str, list[float]] = {}
-        for st in finished:
-            by_method.setdefault(st.method, []).append(st.seconds or 0.0)
-        mean = {m: sum(v) / len(v) for m, v in by_method.items()}
-        left = 0.0
-        for st in states:
-            expected = mean.get(st.method, status.mean_seconds)
-            if st.state == "pending":
-                left += expected
-            elif st.state == "running":
-                left += max(expected - (now - (st.claimed or now)), 0.0)
-        status.eta_seconds = left / max(status.workers, 1)
+        status.eta_seconds = time_left(states, now)
     return status
+
+
+def _live(st: RunState) -> bool:
+    return st.state == "running" and (st.lease_left or 0) > 0
+
+
+def expected_seconds(finished: Sequence[RunState]) -> Callable[[RunState], float]:
+    """A run's expected duration: the mean of the finished runs of its method and target
+    size, else of its method, else of all."""
+    means: dict[Any, list[float]] = {}
+    for st in finished:
+        for key in ((st.method, st.target_size), st.method, None):
+            means.setdefault(key, []).append(st.seconds or 0.0)
+    mean = {k: sum(v) / len(v) for k, v in means.items()}
+
+    def expected(st: RunState) -> float:
+        return mean.get((st.method, st.target_size), mean.get(st.method, mean[None]))
+
+    return expected
+
+
+def time_left(states: Sequence[RunState], now: float) -> float | None:
+    """Seconds until a grid's open runs are done, from its finished ones (None: none yet).
+
+    A run is expected to take what the finished runs of its method and target size took
+    (:func:`expected_seconds`). The batched engine records as a run's ``seconds`` its share
+    of its group's time, and a worker holds a whole group while it trains: so what a live
+    worker still has to do is the sum of its runs' expectations less the time since its
+    first claim. A run whose lease expired is done again from the start. The rest, pending
+    work, is shared by the processes now working (one if none works): the estimate is the
+    larger of that share plus theirs and the longest of them."""
+    finished = [st for st in states if st.seconds is not None]
+    if not finished:
+        return None
+    expected = expected_seconds(finished)
+    held: dict[tuple[Any, Any], list[RunState]] = {}
+    pending = 0.0
+    for st in states:
+        if _live(st):
+            held.setdefault((st.host, st.pid), []).append(st)
+        elif st.state in ("pending", "running"):  # a running one here: its worker is gone
+            pending += expected(st)
+    in_flight = [
+        max(sum(expected(st) for st in runs) - (now - min(st.claimed or now for st in runs)), 0)
+        for runs in held.values()
+    ]
+    shared = (pending + sum(in_flight)) / max(len(held), 1)
+    return max([shared, *in_flight])
 
 
 def duration(seconds: float) -> str:

@@ -41,6 +41,7 @@ from pacnet.experiments.batched import ENGINES, group_key, run_group, stackable
 from pacnet.experiments.claims import DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, Claim, GridRun
 from pacnet.experiments.environment import using_threads
 from pacnet.experiments.grid import default_label
+from pacnet.experiments.progress import ProgressLines
 from pacnet.experiments.runner import run
 from pacnet.experiments.source import extra_source_steps, source_model
 from pacnet.experiments.spec import RunSpec
@@ -107,34 +108,55 @@ def sweep(
     open_ids = {r.run_id for r in runs} - seen
     failed = {st.run_id for g in store.status(grid_id) for st in g.failed}
     todo = [by_id[i] for i in open_ids - failed]
-    for base in {
-        (s.benchmark, s.source_compute, json.dumps(s.identity()["settings"], sort_keys=True)): s
-        for s in todo
-    }.values():
-        with using_threads(base.thread_count, base.deterministic):  # the source model, once
-            bench = base.make_benchmark(cache)  # per benchmark setting
-            extra = extra_source_steps(base.source_compute, bench)
-            source_model(bench, cache, base.device, base.amp, extra)
+    phase = ["preparing the source model"]
 
-    with tqdm(total=len(by_id), initial=len(seen), desc="sweep", disable=None) as bar:
+    def describe() -> str:  # where the grid stands, for a line of progress
+        p = store.progress(grid_id)
+        failures = f", {p.failed} failed" if p.failed else ""
+        doing = "".join(f" ({what})" for what in phase[:1])
+        return f"{p.done}/{p.total} runs done, {p.running} running{failures}{doing}"
 
-        def tick() -> None:
-            if on_result is None:  # counts are enough for the bar
-                bar.update(store.progress(grid_id).done - bar.n)
-                return
-            new = store.done_ids(grid_id) - seen
-            if new:
-                seen.update(new)
-                bar.update(len(new))
-                for result in store.results(ids=new):
-                    on_result(result)
+    with ProgressLines(describe) as lines:
+        for base in {
+            (s.benchmark, s.source_compute, json.dumps(s.identity()["settings"], sort_keys=True)): s
+            for s in todo
+        }.values():
+            with using_threads(base.thread_count, base.deterministic):  # the source model,
+                bench = base.make_benchmark(cache)  # once per benchmark setting
+                extra = extra_source_steps(base.source_compute, bench)
+                source_model(bench, cache, base.device, base.amp, extra)
+        phase.clear()
+        with tqdm(total=len(by_id), initial=len(seen), desc="sweep", disable=None) as bar:
 
-        workers = min(jobs, max(len(todo), 1))
-        if workers <= 1:
-            work(store, grid_id, by_id, cache, options, tick)
-        else:
-            _run_workers(store, grid_id, by_id, cache, options, workers, specs[0].device, tick)
-        tick()
+            def tick() -> None:
+                if on_result is None:  # counts are enough for the bar
+                    done = store.progress(grid_id).done
+                    bar.update(done - bar.n)
+                    lines.update(done)
+                    return
+                new = store.done_ids(grid_id) - seen
+                if new:
+                    seen.update(new)
+                    bar.update(len(new))
+                    for result in store.results(ids=new):
+                        on_result(result)
+                lines.update(len(seen))
+
+            workers = min(jobs, max(len(todo), 1))
+            try:
+                if workers <= 1:
+                    work(store, grid_id, by_id, cache, options, tick)
+                else:
+                    device = specs[0].device
+                    _run_workers(store, grid_id, by_id, cache, options, workers, device, tick)
+            except KeyboardInterrupt:
+                print(
+                    "pacnet: the runs in flight were given back (pending again, not counted "
+                    "as attempts); the same command goes on with them",
+                    file=sys.stderr,
+                )
+                raise
+            tick()
     position = {run_id: i for i, run_id in enumerate(by_id)}
     return sorted(store.results(ids=by_id), key=lambda r: position[r["run_id"]])
 
@@ -185,18 +207,23 @@ class _Interrupted(threading.Event):
 
 
 def _claim(
-    store: Store, grid_id: str, options: WorkerOptions, interrupted: _Interrupted
+    store: Store,
+    grid_id: str,
+    options: WorkerOptions,
+    interrupted: _Interrupted,
+    held: list[Claim],
 ) -> Claim | None:
-    """``store.claim`` of the grid's next run, shielded from Ctrl-C while it commits: a run
-    claimed as the interrupt came is given back before KeyboardInterrupt is raised."""
+    """``store.claim`` of the grid's next run, shielded from Ctrl-C until the claim is in
+    ``held`` (the claims the worker gives back if it stops); then raises KeyboardInterrupt
+    if Ctrl-C came meanwhile."""
     interrupted.holding = True
     try:
         claim = store.claim(grid_id, options.lease, options.max_attempts)
+        if claim is not None:
+            held.append(claim)
     finally:
         interrupted.holding = False
     if interrupted.is_set():
-        if claim is not None:
-            _release(store, [claim])
         raise KeyboardInterrupt
     return claim
 
@@ -211,39 +238,38 @@ def _work(
     interrupted: _Interrupted,
 ) -> int:
     stored = 0
+    held: list[Claim] = []  # claimed and not yet finished, failed or given back
     while True:
         if interrupted.is_set():
             raise KeyboardInterrupt
-        claim = _claim(store, grid_id, options, interrupted)
-        if claim is None:
-            counts = store.progress(grid_id)
-            if counts.open == 0:
-                return stored
-            if tick:
-                tick()
-            if counts.pending:  # rows locked by workers claiming them right now
-                time.sleep(random.uniform(0.02, 0.2))
+        held.clear()
+        try:
+            claim = _claim(store, grid_id, options, interrupted, held)
+            if claim is None:
+                counts = store.progress(grid_id)
+                if counts.open == 0:
+                    return stored
+                if tick:
+                    tick()
+                if counts.pending:  # rows locked by workers claiming them right now
+                    time.sleep(random.uniform(0.02, 0.2))
+                    continue
+                if store.reap(grid_id):  # runs of this machine's dead processes: at once
+                    continue
+                expiry = store.next_expiry(grid_id)
+                time.sleep(options.poll if expiry is None else min(options.poll, expiry + 0.05))
                 continue
-            if store.reap(grid_id):  # runs of this machine's dead processes: at once
-                continue
-            expiry = store.next_expiry(grid_id)
-            time.sleep(options.poll if expiry is None else min(options.poll, expiry + 0.05))
-            continue
-        spec = specs.get(claim.run_id)
-        if spec is None:  # cannot happen: a grid's id is the hash of its run ids
-            store.release(claim)
-            raise PacnetError(f"run {claim.run_id} of grid {grid_id} is not in this grid")
-        if not _stacks(spec, options):
-            stored += _execute(store, claim, spec, cache, options, interrupted)
-        else:
-            claims = [claim]
-            try:
-                more = _more_claims(store, grid_id, specs, group_key(spec), options, interrupted)
-                claims += more
-                stored += _execute_group(store, claims, specs, cache, options, interrupted)
-            except BaseException:  # give back what is still held (a stored run stays)
-                _release(store, claims)
-                raise
+            spec = specs.get(claim.run_id)
+            if spec is None:  # cannot happen: a grid's id is the hash of its run ids
+                raise PacnetError(f"run {claim.run_id} of grid {grid_id} is not in this grid")
+            if not _stacks(spec, options):
+                stored += _execute(store, claim, spec, cache, options, interrupted)
+            else:
+                _more_claims(store, grid_id, specs, group_key(spec), options, interrupted, held)
+                stored += _execute_group(store, list(held), specs, cache, options, interrupted)
+        except BaseException:  # give back what is still held (a stored run stays)
+            _release(store, held)
+            raise
         if tick:
             tick()
 
@@ -259,25 +285,20 @@ def _more_claims(
     key: str,
     options: WorkerOptions,
     interrupted: _Interrupted,
-) -> list[Claim]:
+    held: list[Claim],
+) -> None:
     """Up to ``group − 1`` more of the grid's runs that stack with group ``key``, as many as
-    are free now; the first that does not is given back (claims go by grid position, so
-    it is claimed next, on its own)."""
-    claims: list[Claim] = []
-    try:
-        while len(claims) < options.group - 1:
-            claim = _claim(store, grid_id, options, interrupted)
-            if claim is None:
-                break
-            spec = specs.get(claim.run_id)
-            if spec is None or not _stacks(spec, options) or group_key(spec) != key:
-                store.release(claim)
-                break
-            claims.append(claim)
-    except BaseException:
-        _release(store, claims)
-        raise
-    return claims
+    are free now, added to ``held``; the first that does not is given back (claims go by
+    grid position, so it is claimed next, on its own)."""
+    while len(held) < options.group:
+        claim = _claim(store, grid_id, options, interrupted, held)
+        if claim is None:
+            return
+        spec = specs.get(claim.run_id)
+        if spec is None or not _stacks(spec, options) or group_key(spec) != key:
+            store.release(claim)
+            held.remove(claim)
+            return
 
 
 def _release(store: Store, claims: Sequence[Claim]) -> None:
@@ -453,14 +474,21 @@ def _run_workers(
             p.join(timeout=30)
             if p.is_alive():
                 p.terminate()
+        with contextlib.suppress(PacnetError):  # what a worker could not give back
+            store.reap(grid_id)
         raise
     broken = [p for p in procs if p.exitcode != 0]
     if broken and store.progress(grid_id).open:
+        store.reap(grid_id)  # the runs the dead workers held: claimable at once
+        if all(p.exitcode in (130, -signal.SIGINT) for p in broken):
+            # Ctrl-C reached the workers but not this process (which ignores SIGINT, as a
+            # command started in the background by a script does): the same interruption
+            raise KeyboardInterrupt
         codes = ", ".join(str(p.exitcode) for p in broken)
         raise PacnetError(
             f"{len(broken)} of {len(procs)} worker processes ended abnormally (exit {codes}); "
-            "their runs are claimed again once their leases expire: run the same command "
-            "again to finish"
+            "the runs they held are free again (given back, or claimable at once): run the "
+            "same command again to finish"
         )
 
 

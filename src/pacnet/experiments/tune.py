@@ -17,6 +17,7 @@ from typing import Any
 from pacnet.errors import PacnetError, check, first_line
 from pacnet.experiments.batched import stackable, stacked_transfers, why_not
 from pacnet.experiments.environment import using_threads
+from pacnet.experiments.progress import ProgressLines
 from pacnet.experiments.runner import prepare, seeded_transfer
 from pacnet.experiments.select import cv_score, cv_splits, fold_context
 from pacnet.experiments.spec import RunSpec
@@ -88,8 +89,23 @@ def tune(
             f"cannot open the Optuna storage {hide_password(storage)}: {first}"
         ) from None
     cache = cache or StateCache()
-    with using_threads(spec.thread_count, spec.deterministic):
+    before = len(study.trials)
+    ended: list[Any] = []  # this call's finished trials
+    phase = ["preparing the source model"]
+
+    def describe() -> str:  # where the search stands, for a line of progress
+        done = len(ended)
+        best = [t.value for t in ended if t.value is not None]
+        best_text = f", best so far {min(best):.4g}" if best else ""
+        doing = "".join(f" ({what})" for what in phase[:1])
+        return f"{done}/{trials} trials done{best_text}, {before + done} in the study{doing}"
+
+    with (
+        ProgressLines(describe) as lines,
+        using_threads(spec.thread_count, spec.deterministic),
+    ):
         ctx = prepare(spec, cache)
+        phase.clear()
         splits = cv_splits(ctx.target.train, folds)
         stacks = engine == "batched" and stackable(spec) and why_not(ctx) is None
 
@@ -105,5 +121,9 @@ def tune(
                 for t, (_, val) in zip(trained, splits, strict=True)
             )
 
-        study.optimize(objective, n_trials=trials)
+        def finished(study: Any, trial: Any) -> None:
+            ended.append(trial)
+            lines.update(len(ended))
+
+        study.optimize(objective, n_trials=trials, callbacks=[finished])
     return study
