@@ -448,7 +448,7 @@ def test_the_old_spellings_still_read_but_are_not_shown():
 def test_the_commands_that_train_a_source_model_take_cache():
     parsers = subparsers([])
     with_cache = {c for c, p in parsers.items() if "--cache" in p._option_string_actions}
-    assert {"run", "reproduce", "tune"} <= with_cache
+    assert {"run", "reproduce", "tune", "transfer"} <= with_cache
 
 
 def test_positional_and_required_values_show_in_the_usage():
@@ -456,3 +456,6 @@ def test_positional_and_required_values_show_in_the_usage():
     assert "BENCHMARK" in parsers["run"].format_usage()
     usage = parsers["transfer"].format_usage()
     assert "--target FILE" in usage and "--out DIR" in usage
+    # --outputs is needed with a source table; a checkpoint names the outputs itself
+    assert "(--source FILE --outputs COLUMNS | --source-checkpoint PATH)" in usage
+    assert "[--outputs" not in usage

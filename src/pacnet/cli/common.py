@@ -114,15 +114,12 @@ def run_flags(parser: argparse.ArgumentParser) -> None:
     debug_flag(parser)
 
 
-def cache_flag(parser: argparse.ArgumentParser) -> None:
+def cache_flag(
+    parser: argparse.ArgumentParser,
+    text: str = "cache folder for source models (default: $PACNET_CACHE or ~/.cache/pacnet)",
+) -> None:
     """``--cache DIR``: where trained source models are kept for the next run."""
-    parser.add_argument(
-        "--cache",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="cache folder for source models (default: $PACNET_CACHE or ~/.cache/pacnet)",
-    )
+    parser.add_argument("--cache", type=Path, default=None, metavar="DIR", help=text)
 
 
 def db_flag(parser: Any, text: str = "the results database") -> None:

@@ -12,6 +12,7 @@ import numpy as np
 
 from pacnet.cli.common import (
     Named,
+    cache_flag,
     column_list,
     debug_flag,
     device_flag,
@@ -27,6 +28,7 @@ from pacnet.tabular.artifact import check_out, write_artifact
 from pacnet.tabular.files import WRITES, check_table_out
 from pacnet.tabular.problem import TableConfig
 from pacnet.tabular.report import REPORT_FILE
+from pacnet.training.cache import default_cache_dir
 from pacnet.training.device import check_device
 
 HELP = (
@@ -35,9 +37,17 @@ HELP = (
 )
 
 
+TRANSFER_USAGE = (
+    "%(prog)s (--source FILE --outputs COLUMNS | --source-checkpoint PATH) --target FILE "
+    "--out DIR [options]"
+)
+"""What the command needs, shown as it is: a source table and its outputs, or a checkpoint
+that names them (argparse alone would show --outputs as optional)."""
+
+
 def add_parser(sub: Any, named: Named) -> None:
     """The ``transfer`` and ``predict`` commands and their flags."""
-    tr = sub.add_parser("transfer", help=HELP)
+    tr = sub.add_parser("transfer", help=HELP, usage=TRANSFER_USAGE)
     tr.add_argument(
         "--source",
         type=Path,
@@ -116,6 +126,12 @@ def add_parser(sub: Any, named: Named) -> None:
     tr.add_argument(
         "--threads", type=int, default=None, metavar="N", help="torch CPU threads (default 1)"
     )
+    cache_flag(
+        tr,
+        "cache folder for the source model trained here, found again for the same source "
+        "rows, settings and seed (default: $PACNET_CACHE or ~/.cache/pacnet; none: train it "
+        "every time)",
+    )
     engine_flag(tr, "batched: cross-validate and train the methods that stack as one stacked model")
     device_flag(tr)
     debug_flag(tr)
@@ -186,6 +202,7 @@ def run_transfer(args: argparse.Namespace) -> None:
         source_checkpoint=args.source_checkpoint,
         device=args.device,
         threads=args.threads,
+        cache=None if str(args.cache) == "none" else args.cache or default_cache_dir(),
         engine=args.engine,
         progress=pipeline.progress_to_stderr,
     )
