@@ -18,16 +18,23 @@ def test_selftest_on_the_cpu_passes_and_names_every_case(capsys):
     assert main(["selftest", "--device", "cpu", "--quick"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("pacnet ") and f"torch {torch.__version__}" in lines[0]
-    marks = [line.split()[:2] for line in lines[1:-1]]
+    assert lines[1].startswith("plan: ") and " on 2 CPU cores (the full selftest: " in lines[1]
+    marks = [line.split()[:2] for line in lines[2:-1]]
     models, optimizers = len(selftest.MODELS), len(selftest.OPTIMIZERS)
     assert sum(m[1] == "exact" for m in marks) == models * optimizers * 3
     runs = [line for line in lines if line.split()[1:2] == ["runs"]]
-    assert len(runs) == len(selftest.RUN_SETTINGS) * 8
+    for benchmark in selftest.RUN_SETTINGS:
+        of = [line for line in runs if line.split()[2] == benchmark]
+        if benchmark in selftest.FULL_ONLY:  # quick: no run on an installed image data set
+            assert len(of) == 1 and of[0].startswith(f"- runs  {benchmark} (every method) ")
+        else:
+            assert len(of) == 8, (benchmark, of)
     engines = [line for line in lines if line.split()[1:2] == ["engines"]]
     assert len(engines) == 5 and all(line.startswith(selftest.PASS) for line in engines)
     assert [m for m in marks if m[0] == selftest.FAIL] == []
     skipped = [line for line in lines if line.startswith(selftest.SKIP)]
-    assert all("capturable" in line or "not installed" in line for line in skipped), skipped
+    reasons = ("capturable", "not installed", "the full selftest (without --quick) runs it")
+    assert all(any(r in line for r in reasons) for line in skipped), skipped
     assert any("celeba pacnet" in line and line.startswith(selftest.PASS) for line in runs)
     assert lines[-1].endswith(" s") and ", 0 failed," in lines[-1]
 
@@ -55,8 +62,9 @@ def test_selftest_names_benchmarks_without_data_as_skipped(small, monkeypatch, c
     settings = {k: RUN_SETTINGS[k] for k in ("fashion", "digits")}
     monkeypatch.setattr(selftest, "RUN_SETTINGS", settings)
     monkeypatch.setattr(selftest, "DEFAULT_DIR", "/nonexistent/fashion-mnist")
-    assert main(["selftest", "--quick"]) == 0
+    assert main(["selftest"]) == 0  # the full selftest: the one that runs them
     out = capsys.readouterr().out
+    assert "runs of no benchmark (fashion, digits not installed)" in out.splitlines()[1]
     skipped = [line for line in out.splitlines() if line.startswith(selftest.SKIP)]
     assert len(skipped) == 16 and all("is not installed" in line for line in skipped)
 

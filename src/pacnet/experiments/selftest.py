@@ -12,13 +12,15 @@ On one device it runs four groups of cases and prints a line for each:
   the plain model fails in that precision) is named as skipped, with why.
 * **runs** — a short run of every benchmark with every method on the device. CelebA runs on
   a folder written here in CelebA's layout; Fashion-MNIST and the digits run where their
-  data are installed and are otherwise named as skipped.
+  data are installed and are otherwise named as skipped. ``--quick`` leaves these two out
+  (:data:`FULL_ONLY`): on a busy CPU they took minutes, the rest seconds.
 * **engines** — every method the batched engine stacks, run on both engines (Friedman,
   tiny, 2 seeds, cross-validated): the metrics agree within the stated tolerance.
 * **bench** — Allocate and Calibrate step time over a plain step (paired, median), for the
   record: no timing passes or fails.
 
-Everything runs in a temporary folder, with a cache of its own.
+Everything runs in a temporary folder, with a cache of its own. The second line of the
+report is the plan and how long it took on 2 CPU cores (:func:`plan`).
 """
 
 from __future__ import annotations
@@ -370,6 +372,11 @@ def write_celeba(
     return root
 
 
+FULL_ONLY = ("fashion", "digits")
+"""The benchmarks of installed image data sets: the full selftest runs them, ``--quick``
+names them as skipped."""
+
+
 def _missing_data(benchmark: str) -> str | None:
     """Why a benchmark's data are not on this machine (None: they are, or are generated)."""
     if benchmark in ("fashion", "digits"):
@@ -381,10 +388,15 @@ def _missing_data(benchmark: str) -> str | None:
     return None
 
 
-def runs(device: torch.device, folder: Path) -> Iterator[Case]:
-    """A short run of every benchmark with every method on ``device``."""
+def runs(device: torch.device, folder: Path, quick: bool = False) -> Iterator[Case]:
+    """A short run of every benchmark with every method on ``device`` (``quick``: but for
+    the :data:`FULL_ONLY` ones, one line each)."""
     cache = StateCache(folder / "cache")
     for benchmark, (settings, size) in RUN_SETTINGS.items():
+        if quick and benchmark in FULL_ONLY:
+            why = "an installed image data set: the full selftest (without --quick) runs it"
+            yield Case("runs", f"{benchmark} (every method)", SKIP, why)
+            continue
         missing = _missing_data(benchmark)
         if benchmark == "celeba":
             settings = {**settings, "data_dir": str(write_celeba(folder / "celeba"))}
@@ -474,11 +486,61 @@ def header(device: torch.device) -> str:
     )
 
 
+SECONDS_ON_2_CORES = {
+    "exact": 0.08,  # per case
+    "runs": {"friedman": 2.5, "ode": 0.5, "pde": 0.5, "celeba": 2.6, "fashion": 21.0,
+             "digits": 34.0},  # per benchmark, every method
+    "engines": 4.2,
+    "bench": {"quick": 0.2, "full": 85.0},
+    "start": 4.0,  # imports and the first use of each kernel
+}  # fmt: skip
+"""Seconds each part took on 2 CPU cores (AMD EPYC, torch's 2 threads, a load of about 1):
+what :func:`plan` adds up."""
+
+
+def _seconds(quick: bool) -> float:
+    """What :data:`SECONDS_ON_2_CORES` adds up to for the benchmarks installed here."""
+    t = SECONDS_ON_2_CORES
+    benchmarks = [b for b in RUN_SETTINGS if not (quick and b in FULL_ONLY)]
+    return (
+        t["start"]
+        + len(MODELS) * len(OPTIMIZERS) * len(PRECISIONS) * t["exact"]
+        + sum(t["runs"].get(b, 10.0) for b in benchmarks if _missing_data(b) is None)
+        + (t["engines"] if "friedman" in RUN_SETTINGS else 0.0)
+        + t["bench"]["quick" if quick else "full"]
+    )
+
+
+def plan(device: torch.device, quick: bool) -> str:
+    """What the self-test runs, and how long that took on 2 CPU cores."""
+    exact = len(MODELS) * len(OPTIMIZERS) * len(PRECISIONS)
+    running = [b for b in RUN_SETTINGS if not (quick and b in FULL_ONLY)]
+    installed = [b for b in running if _missing_data(b) is None]
+    aside = []
+    if quick and any(b in FULL_ONLY for b in RUN_SETTINGS):
+        aside.append(
+            f"{' and '.join(b for b in RUN_SETTINGS if b in FULL_ONLY)}: full selftest only"
+        )
+    if len(installed) < len(running):
+        aside.append(f"{', '.join(b for b in running if b not in installed)} not installed")
+    runs = f"runs of {', '.join(installed) or 'no benchmark'}"
+    runs += f" ({'; '.join(aside)})" if aside else ""
+    took = f"about {_minutes(_seconds(quick))} on 2 CPU cores"
+    other = f"{'the full selftest' if quick else '--quick'}: {_minutes(_seconds(not quick))}"
+    gpu = "" if device.type == "cpu" else f"; not yet timed on {device.type}"
+    return f"plan: {exact} exact cases, {runs}, engines, bench; {took} ({other}){gpu}"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 def selftest(
     device: torch.device, quick: bool = False, say: Callable[[str], None] = print
 ) -> list[Case]:
     """Run every group on ``device``, saying each case's line as it ends; the cases."""
     say(header(device))
+    say(plan(device, quick))
     cases: list[Case] = []
     with (
         tempfile.TemporaryDirectory(prefix="pacnet-selftest-") as tmp,
@@ -486,7 +548,7 @@ def selftest(
     ):
         groups = (
             exactness(device, quick),
-            runs(device, Path(tmp)),
+            runs(device, Path(tmp), quick),
             engines(device, Path(tmp)),
             bench(device, quick),
         )
