@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_FLAGS
+from conftest import HANG_GUARD, TINY_FLAGS
 from torch import nn
 
 import pacnet
@@ -199,7 +199,7 @@ def test_a_closed_output_pipe_ends_quietly_with_141(tmp_path):
             stdout=write,
             stderr=subprocess.PIPE,
             text=True,
-            timeout=120,
+            timeout=HANG_GUARD,
         )
     finally:
         os.close(write)
