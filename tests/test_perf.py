@@ -103,3 +103,11 @@ def test_bench_profile_and_bad_input(capsys):
     if not torch.cuda.is_available():
         assert main(["bench", "--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_bench_quick_leaves_resnet18_to_the_full_bench_on_the_cpu():
+    from pacnet.experiments.perf import default_models
+
+    assert default_models("cpu", quick=True) == ["friedman_mlp", "wide_mlp"]
+    assert "resnet18" in default_models("cpu")
+    assert default_models("cuda", quick=True) == list(GPU_MODELS)  # a GPU times its own set

@@ -16,6 +16,8 @@ from pacnet.experiments.perf import (
     GPU_MODELS,
     MODELS,
     MODES,
+    QUICK_CPU_MODELS,
+    default_models,
     profile_steps,
     profile_summary,
     run_all,
@@ -28,7 +30,13 @@ from pacnet.training.train import OPTIMIZERS
 def add_parser(sub: Any, named: Named) -> None:
     """The ``bench`` command and its flags."""
     parser = sub.add_parser("bench", help="time and memory of masked vs plain training, and more")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, skip 100M weights")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: fewer repeats and steps; on the CPU the Friedman and wide MLPs only "
+        "(not ResNet-18), no 100M-weight mask, fewer trajectories (40 s on 2 CPU cores at a "
+        "load of 2; longer when they are busy)",
+    )
     parser.add_argument("--json", action="store_true", help="print the full JSON report")
     parser.add_argument(
         "--profile",
@@ -54,7 +62,8 @@ def add_parser(sub: Any, named: Named) -> None:
         "--models",
         metavar="A,B,...",
         help=f"the models to time (default: {', '.join(CPU_MODELS)} on the CPU, "
-        f"{', '.join(GPU_MODELS)} on a GPU); any of {', '.join(MODELS)}",
+        f"{', '.join(QUICK_CPU_MODELS)} with --quick; {', '.join(GPU_MODELS)} on a GPU); "
+        f"any of {', '.join(MODELS)}",
     )
     parser.add_argument(
         "--modes",
@@ -74,8 +83,9 @@ def run(args: argparse.Namespace) -> None:
     models = column_list(args.models, "--models")
     for name in models or []:
         check(name in MODELS, f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    gpu = args.device.startswith("cuda")
-    models = models or list(GPU_MODELS if gpu else CPU_MODELS)
+    models = models or default_models(
+        "cuda" if args.device.startswith("cuda") else "cpu", args.quick
+    )
     bf16 = any(MODELS[m].amp is torch.bfloat16 for m in models)
     device = check_device(args.device, "bf16" if bf16 else "none")
     modes = column_list(args.modes, "--modes")

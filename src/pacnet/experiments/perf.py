@@ -16,7 +16,11 @@
 * time and peak memory of a global mask over 10 M and 100 M weights;
 * ODE and PDE data generation throughput (trajectory-steps per second).
 
-No number here is a test threshold; the figures go into the notes and the results.
+``quick`` (``pacnet bench --quick``) is a smoke run of all of it: fewer repeats and steps,
+on the CPU the Friedman and wide MLPs only (:data:`QUICK_CPU_MODELS`; ResNet-18's step
+takes about 0.3 s there, and under load it took minutes), the 10 M-weight mask only and
+fewer trajectories. No number here is a test threshold; the figures go into the notes and
+the results.
 """
 
 from __future__ import annotations
@@ -43,7 +47,27 @@ from pacnet.core.tasks import Tasks
 from pacnet.experiments.bench_models import CPU_MODELS, GPU_MODELS, MODELS, placed
 from pacnet.experiments.bench_modes import MODES, OURS, Unavailable, stepper
 
-__all__ = ["CPU_MODELS", "GPU_MODELS", "MODELS", "MODES", "run_all", "step_times", "summary"]
+__all__ = [
+    "CPU_MODELS",
+    "GPU_MODELS",
+    "MODELS",
+    "MODES",
+    "QUICK_CPU_MODELS",
+    "default_models",
+    "run_all",
+    "step_times",
+    "summary",
+]
+
+QUICK_CPU_MODELS = ("friedman_mlp", "wide_mlp")
+"""The models ``--quick`` times on the CPU (the full bench adds ResNet-18)."""
+
+
+def default_models(device: str, quick: bool = False) -> list[str]:
+    """The models the bench times on ``device`` unless told which."""
+    if torch.device(device).type == "cuda":
+        return list(GPU_MODELS)
+    return list(QUICK_CPU_MODELS if quick else CPU_MODELS)
 
 
 def _sync(device: str) -> Callable[[], None]:
@@ -243,12 +267,15 @@ def mask_time(weights: int) -> dict[str, Any]:
     return _child(["mask", str(weights)])
 
 
-def throughput() -> dict[str, Any]:
+def throughput(quick: bool = False) -> dict[str, Any]:
     from pacnet.benchmarks.ode import ODE, ODEConfig
     from pacnet.benchmarks.pde import PDE, PDEConfig
 
     out = {}
-    for label, cls, cfg, n in (("ode", ODE, ODEConfig, 2000), ("pde", PDE, PDEConfig, 600)):
+    sizes = (500, 150) if quick else (2000, 600)
+    for (label, cls, cfg), n in zip(
+        (("ode", ODE, ODEConfig), ("pde", PDE, PDEConfig)), sizes, strict=True
+    ):
         bench = cls.__new__(cls)  # only the generator is needed, no cached data
         bench.config = cfg()
         gen = torch.Generator().manual_seed(0)
@@ -274,10 +301,10 @@ def run_all(
     tiny: bool = False,
 ) -> dict[str, Any]:
     """The whole bench on ``device``: step times and peak memory of ``modes`` on ``models``
-    (by default the CPU's or the GPU's set), then, on the CPU, checkpoint sizes, the global
+    (by default :func:`default_models`), then, on the CPU, checkpoint sizes, the global
     mask's cost and data generation. ``tiny``: every model in its tiny form (for tests)."""
     cuda = torch.device(device).type == "cuda"
-    models = list(models or (GPU_MODELS if cuda else CPU_MODELS))
+    models = list(models or default_models(device, quick))
     repeats, steps = (5, 3) if quick else (15, 10)
     report: dict[str, Any] = {
         "torch": torch.__version__,
@@ -300,7 +327,7 @@ def run_all(
     report["global_mask"] = {
         str(w): mask_time(w) for w in ((10_000_000,) if quick else (10_000_000, 100_000_000))
     }
-    report["data_generation"] = throughput()
+    report["data_generation"] = throughput(quick)
     return report
 
 
