@@ -3,6 +3,7 @@ source task bit-identical after Calibrate, and a target metric."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -23,6 +24,9 @@ def test_example_runs_and_keeps_the_source_exact(script):
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / name), *args],
         capture_output=True, text=True, timeout=HANG_GUARD,
+        # one thread: the models are small, and on a busy machine two threads of a process
+        # wait for each other (the text example: 11.8 s with one, 18.5 s with two, load 2.5)
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
