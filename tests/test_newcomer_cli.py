@@ -459,3 +459,20 @@ def test_positional_and_required_values_show_in_the_usage():
     # --outputs is needed with a source table; a checkpoint names the outputs itself
     assert "(--source FILE --outputs COLUMNS | --source-checkpoint PATH)" in usage
     assert "[--outputs" not in usage
+
+
+def test_hyperparameters_for_an_unknown_method_are_refused(tmp_path, capsys):
+    config = tmp_path / "grid.toml"
+    config.write_text("[params.pacnett]\nlam = 0.1\n")
+    argv = ["reproduce", "friedman", "--config", str(config), "--quick",
+            "--db", str(tmp_path / "r.sqlite"), "--out", str(tmp_path / "o")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "[params.pacnett]: unknown method" in err and "did you mean 'pacnet'" in err
+
+
+def test_hidden_widths_name_the_flag(tmp_path, capsys):
+    argv = ["run", "friedman", "--method", "pacnet", "--quick", "--hidden", "0,4",
+            "--out", str(tmp_path / "o")]  # fmt: skip
+    assert main(argv) == 2
+    assert "--hidden must hold widths >= 1, got [0, 4]" in capsys.readouterr().err

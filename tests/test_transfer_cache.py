@@ -59,3 +59,31 @@ def test_options_without_a_cache_train_every_time(tmp_path):
     assert options.cache is None
     outcome = pipeline.transfer(options)
     assert "cache" not in json.dumps(outcome.card["training"])
+
+
+def test_target_settings_find_the_same_source_model(tmp_path, capsys):
+    source, target = noisy_tables(tmp_path, 245)
+    cache = tmp_path / "cache"
+    _transfer(source, target, tmp_path / "a", "--cache", str(cache))
+    capsys.readouterr()
+    _transfer(source, target, tmp_path / "b", "--cache", str(cache), "--target-steps", "30",
+              "--target-lr", "0.01", "--target-batch", "8")  # fmt: skip
+    assert "from the cache" in capsys.readouterr().err
+    assert len(list(cache.glob("*.safetensors"))) == 1
+
+
+def test_no_source_steps_on_a_small_table_train_nothing_without_cross_validation(tmp_path):
+    source, target = noisy_tables(tmp_path, 245)
+    card = _transfer(source, target, tmp_path / "a", "--cache", "none", "--source-steps", "0")
+    assert card["training"]["source"]["trained"]["steps"] == 0
+    assert card["training"]["source_steps"]["chosen_by"] != "cross-validation"
+
+
+def test_a_network_given_as_the_source_table_points_to_source_checkpoint(tmp_path, capsys):
+    source, target = noisy_tables(tmp_path, 245)
+    _transfer(source, target, tmp_path / "a", "--cache", "none")
+    argv = ["transfer", "--source", str(tmp_path / "a" / "net.safetensors"), "--target",
+            str(target), "--outputs", "y", "--out", str(tmp_path / "b")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "not a text table: a safetensors file" in err and "--source-checkpoint" in err

@@ -341,3 +341,145 @@ def test_a_loss_function_that_cannot_take_a_dict_batch_is_one_line():
         fit(Keyed(), lambda out, b: (out - b["labels"]) ** 2, batches, FitConfig(steps=2))
     loss = fit(Keyed(), lambda out, b: F.mse_loss(out, b["labels"]), batches, FitConfig(steps=2))
     assert loss.steps == 2
+
+
+# -- the same classes, on cases found by trying more models and inputs -----------------------
+
+
+def test_lookups_are_counted_where_they_happen_and_positions_are_not_token_ids():
+    """BART's word embedding scales its lookups in a forward of its own and its learned
+    positions look up positions, not the token ids they are called with; Whisper's decoder
+    indexes its position table directly (unseen, not a crash)."""
+    model = zoo._hf(zoo.bart)()
+    ids = torch.full((2, 6), 7)
+    batch = {"input_ids": ids, "decoder_input_ids": ids}
+    names = ["model.shared.weight", "model.encoder.embed_positions.weight"]
+    (words, positions), unseen = activation_scores(model, names, [batch, batch])
+    assert unseen == []
+    table = model.model.shared.weight.detach().abs()
+    assert bool(words[7].any()) and not bool(words[torch.arange(len(table)) != 7].any())
+    used = positions.abs().sum(1) > 0  # rows 2..7: six positions, after BART's offset of 2
+    assert used.nonzero().flatten().tolist() == [2, 3, 4, 5, 6, 7]
+    whisper = zoo._hf(zoo.whisper)()
+    inputs = {
+        "input_features": torch.randn(2, 8, 32),
+        "decoder_input_ids": torch.tensor([[3, 4, 5, 6, 7, 30]] * 2),
+    }
+    with pytest.warns(UserWarning, match="no input of model.decoder.embed_positions.weight"):
+        prune(whisper, 0.8, score="activation", inputs=[inputs, inputs])
+
+
+def test_named_tuples_and_packed_sequences_are_batches():
+    from typing import NamedTuple
+
+    class Sample(NamedTuple):
+        x: torch.Tensor
+        y: torch.Tensor
+
+    model = _regressor()
+    batches = [Sample(torch.randn(8, 5), torch.randn(8, 1)) for _ in range(2)]
+    assert fit(model, F.mse_loss, batches, FitConfig(steps=3)).steps == 3
+
+    class Packed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.GRU(3, 8)
+            self.head = nn.Linear(8, 1)
+
+        def forward(self, packed):
+            return self.head(self.rnn(packed)[1][-1])
+
+    torch.manual_seed(0)
+    seqs = [torch.randn(n, 3) for n in (5, 4, 2)]
+    packed = nn.utils.rnn.pack_sequence(seqs)
+    packed_model = Packed()
+    mask = prune(packed_model, 0.5, score="activation", inputs=[packed])
+    assert 0 < mask.essential < mask.total
+    result = fit(packed_model, F.mse_loss, [(packed, torch.randn(3, 1))], FitConfig(steps=2))
+    assert result.steps == 2
+
+
+def test_unlabelled_tensor_datasets_are_inputs_for_distillation_and_scores():
+    source = _regressor()
+    x = torch.randn(64, 5)
+    model = copy.deepcopy(source)
+    mask = prune(model, 0.8, score="activation", inputs=TensorDataset(x))
+    cfg = FitConfig(steps=10, batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # whether the start is kept is not the point here
+        result = allocate(model, mask, TensorDataset(x), None, cfg, teacher=source)
+    assert result.start_val is not None
+
+
+def test_bare_tensor_batches_have_their_own_length_and_split_by_rows():
+    from pacnet.training.batches import samples, size_of, split_off
+
+    x = torch.randn(40, 5)
+    assert size_of(x) == 40
+    rest, held = split_off(list(x.split(10)), 0.2)  # four batches: split inside each
+    assert [len(b) for b in rest] == [8] * 4 and [len(b) for b in held] == [2] * 4
+    kept = {tuple(r.tolist()) for b in rest for r in b}
+    assert not kept & {tuple(r.tolist()) for b in held for r in b}
+    assert [tuple(s.shape) for s in samples([x[:3]])] == [(1, 5)] * 3
+    many = [torch.randn(100, 2) for _ in range(20)]  # whole batches, at most 512 samples
+    rest, held = split_off(many, 0.5)
+    assert sum(len(b) for b in held) == 500 and len(rest) == 15
+
+
+def test_a_shuffled_loaders_check_repeats_with_the_seed_and_leaves_the_callers_stream():
+    source = _regressor()
+    x = torch.randn(300, 5)
+    loader = DataLoader(TensorDataset(x), batch_size=32, shuffle=True)
+    cfg = FitConfig(steps=30, batch_size=32, eval_every=10)
+    results = []
+    for caller in (3, 8):
+        model = copy.deepcopy(source)
+        mask = prune(model, 0.8)
+        torch.manual_seed(caller)
+        expected = torch.rand(3)
+        torch.manual_seed(caller)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = allocate(model, mask, loader, None, cfg, teacher=source, seed=7)
+        assert torch.equal(torch.rand(3), expected)  # the caller's stream did not move
+        results.append(
+            (result.start_val, result.best_step, [p.clone() for p in model.parameters()])
+        )
+    (start_a, step_a, weights_a), (start_b, step_b, weights_b) = results
+    assert start_a == start_b and step_a == step_b
+    assert all(torch.equal(a, b) for a, b in zip(weights_a, weights_b, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda m, k, d: pacnet.allocate(m, dict(k), d, F.mse_loss, FitConfig()), "mask must be"),
+        (lambda m, k, d: pacnet.allocate(m, k, d, F.mse_loss, None), "cfg must be"),
+        (lambda m, k, d: pacnet.calibrate(m, k, d, F.mse_loss, FitConfig(), tasks="x"), "tasks"),
+        (lambda m, k, d: pacnet.Tasks(m, None), "mask must be"),
+        (lambda m, k, d: pacnet.train_only(m, k, "adam").__enter__(), "optimizer must be"),
+        (lambda m, k, d: pacnet.save("/tmp/never.safetensors", m, k), "tasks must be"),
+        (lambda m, k, d: fit(m, lambda o, y: 1 / 0, d, FitConfig(steps=1)), "ZeroDivisionError"),
+        (lambda m, k, d: fit(m, lambda o, y: torch.tensor(1.0), d, FitConfig()), "no gradient"),
+        (lambda m, k, d: fit(m, F.mse_loss, d, FitConfig(), seed=None), "seed must be"),
+        (lambda m, k, d: fit(m, F.mse_loss, d, FitConfig(), seed=2**70), "seed must be"),
+        (lambda m, k, d: pacnet.load(Path(__file__).parent, m), "is a directory"),
+    ],
+)
+def test_arguments_of_the_wrong_kind_are_one_line(call, message):
+    model = _regressor()
+    mask = prune(model, 0.5)
+    data = Data(torch.randn(8, 5), torch.randn(8, 1))
+    with pytest.raises(PacnetError, match=message) as info:
+        call(model, mask, data)
+    assert "\n" not in str(info.value)
+
+
+def test_repeated_frozen_tensors_are_named_once_per_pattern():
+    from pacnet.core.roles import compact_names
+
+    layers = [f"backbone.layers.{i}.mixer.A_log" for i in range(24)]
+    assert compact_names([*layers, "latents", "x.1.y", "x.3.y"]) == [
+        "backbone.layers.{0-23}.mixer.A_log", "latents", "x.{1,3}.y",
+    ]  # fmt: skip
+    assert compact_names(["m.0.a.1", "m.1.a.0"]) == ["m.0.a.1", "m.1.a.0"]  # two indices vary

@@ -42,6 +42,20 @@ def check_module(model: object) -> None:
         raise PacnetError(f"the model must be a torch.nn.Module, got {type(model).__name__}{hint}")
 
 
+def check_type(value: object, kind: type | tuple[type, ...], what: str, hint: str = "") -> None:
+    """Fail in one line unless ``value`` is a ``kind`` (``what`` names the argument)."""
+    if not isinstance(value, kind):
+        kinds = [k for k in (kind if isinstance(kind, tuple) else (kind,)) if k is not type(None)]
+        names = " or ".join(
+            ("an " if k.__name__[0] in "AEIOU" else "a ") + k.__name__ for k in kinds
+        )
+        if len(kinds) < (len(kind) if isinstance(kind, tuple) else 1):
+            names += " or None"
+        raise PacnetError(
+            f"{what} must be {names}, got {type(value).__name__}{': ' + hint if hint else ''}"
+        )
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message (libraries such as safetensors
     start theirs with a newline), or its type name when it has no text."""

@@ -7,6 +7,7 @@ below everything else in the package (it imports only :mod:`pacnet.errors`).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -101,6 +102,8 @@ def write_safetensors(
 def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Read a safetensors file: (tensors on CPU, metadata). One-line error if unreadable."""
     path = Path(path)
+    if path.is_dir():
+        raise PacnetError(f"{path}: is a directory; name a .safetensors file")
     if not path.is_file():
         raise PacnetError(f"{path}: file not found")
     try:
@@ -123,3 +126,52 @@ def tensor_digest(tensors: Mapping[str, Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+_BINARY = {
+    b"PAR1": "a Parquet file; name it .parquet",
+    b"\x1f\x8b": "gzip-compressed; name it .csv.gz",
+    b"PK\x03\x04": "a zip archive (an Excel workbook?); save the sheet as CSV",
+}
+"""What a binary file that starts with these bytes is, and what to do."""
+
+
+def check_text_file(path: str | Path, parquet: bool = True) -> None:
+    """Fail in one line unless the file at ``path`` (gzip-compressed for ``.gz``) starts as
+    text: a binary file named as a CSV is not read as one. ``parquet``: whether the reader
+    would read the file as Parquet under a ``.parquet`` name."""
+    path = Path(path)
+    try:
+        opener = gzip.open if path.suffix.lower() == ".gz" else open
+        with opener(path, "rb") as fh:
+            start = fh.read(1024)
+    except (OSError, EOFError) as exc:
+        raise PacnetError(f"{path}: cannot read it ({first_line(exc)})") from None
+    if not start.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 text holds NUL bytes
+        check_text(path, start, parquet)
+
+
+def _safetensors(raw: bytes) -> bool:
+    """Whether ``raw`` starts as a safetensors file: an 8-byte little-endian header length,
+    then the JSON header."""
+    return len(raw) > 9 and raw[8:9] == b"{" and int.from_bytes(raw[:8], "little") > 1
+
+
+def check_text(path: Path, raw: bytes, parquet: bool = True) -> None:
+    """Fail in one line if ``raw`` (a file's bytes, decompressed) is not text: a NUL byte in
+    its first KiB, as in Parquet, Excel, gzip, images and other binary files."""
+    for magic, what in _BINARY.items():
+        if raw.startswith(magic):
+            if magic == b"PAR1" and not parquet:
+                what = "a Parquet file; save it as CSV"
+            raise PacnetError(f"{path}: not a text table: {what}")
+    if _safetensors(raw):
+        raise PacnetError(
+            f"{path}: not a text table: a safetensors file (a saved network; pacnet "
+            "transfer starts from one given as --source-checkpoint)"
+        )
+    if b"\0" in raw[:1024]:
+        also = ", or a Parquet file named .parquet" if parquet else ""
+        raise PacnetError(
+            f"{path}: not a text table (binary data); give a CSV or TSV text file{also}"
+        )

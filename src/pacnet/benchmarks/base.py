@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from pacnet.benchmarks.mlp import check_activation
+from pacnet.benchmarks.mlp import check_activation, check_hidden
 from pacnet.errors import check
 from pacnet.training.cache import StateCache
 from pacnet.training.train import Data, FitConfig, LossFn
@@ -71,6 +71,8 @@ class BudgetConfig:
             check(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
         if hasattr(self, "activation"):  # the settings of an MLP benchmark
             check_activation(self.activation)
+        if hasattr(self, "hidden"):
+            check_hidden(self.hidden)
 
     def source_fit(self) -> FitConfig:
         """Budget for training the source model (and for Allocate)."""

@@ -21,6 +21,11 @@ def check_activation(name: str) -> None:
     )
 
 
+def check_hidden(hidden: Sequence[int]) -> None:
+    """Fail in one line unless every hidden width is at least 1."""
+    check(all(h >= 1 for h in hidden), f"hidden must hold widths >= 1, got {list(hidden)}")
+
+
 class MLP(nn.Module):
     """``in -> hidden... -> out`` with a named ``head`` (the output layer, per task).
 
@@ -38,7 +43,7 @@ class MLP(nn.Module):
     ):
         super().__init__()
         check_activation(activation)
-        check(all(h >= 1 for h in hidden), f"hidden sizes must be >= 1, got {list(hidden)}")
+        check_hidden(hidden)
         check(in_features >= 1 and out_features >= 1, "an MLP needs >= 1 input and output")
         layers: list[nn.Module] = []
         width = in_features

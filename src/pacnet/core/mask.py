@@ -32,6 +32,7 @@ from pacnet.core.roles import (
     Plan,
     PrunableRule,
     check_model,
+    compact_names,
     default_roles,
     find_head,
     frozen_by_rule,
@@ -455,8 +456,9 @@ def _warn_uncovered(model: nn.Module, plan: Plan, embeddings: bool) -> None:
     if frozen:
         share = sum(plan.sizes[n] for n in frozen) / sum(plan.sizes.values())
         warnings.warn(
-            f"prune: {', '.join(frozen)} ({share:.2%} of the parameters) are not covered by "
-            "the mask and stay frozen for every target; pass prunable= to include them",
+            f"prune: {', '.join(compact_names(frozen))} ({share:.2%} of the parameters) are "
+            "not covered by the mask and stay frozen for every target; pass prunable= to "
+            "include them",
             UserWarning,
             stacklevel=3,
         )

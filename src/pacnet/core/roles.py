@@ -387,7 +387,7 @@ class Plan:
             f"frozen {c['frozen_parameters']:,}"
         )
         if self.frozen:
-            line += f" ({', '.join(self.frozen)})"
+            line += f" ({', '.join(compact_names(self.frozen))})"
         return line
 
     def to_json(self) -> str:
@@ -418,6 +418,34 @@ class Plan:
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             raise PacnetError("the stored plan (roles of the tensors) is malformed") from None
+
+
+def compact_names(names: Iterable[str]) -> list[str]:
+    """``names`` with the ones that differ in a single layer index written once, every
+    name still stated: ``layers.0.mixer.A_log``, …, ``layers.23.mixer.A_log`` ->
+    ``layers.{0-23}.mixer.A_log`` (``{0,2,5}`` where the indices have gaps)."""
+    groups: dict[str, list[tuple[str, list[str]]]] = {}
+    for name in names:
+        parts = name.split(".")
+        shape = ".".join("#" if part.isdigit() else part for part in parts)
+        groups.setdefault(shape, []).append((name, [p for p in parts if p.isdigit()]))
+    out = []
+    for shape, members in groups.items():
+        numbers = [n for _, n in members]
+        varying = [i for i in range(len(numbers[0])) if len({n[i] for n in numbers}) > 1]
+        if len(members) < 2 or len(varying) != 1:
+            out.extend(name for name, _ in members)
+            continue
+        slot = varying[0]
+        seen = sorted({int(n[slot]) for n in numbers})
+        span = (
+            f"{seen[0]}-{seen[-1]}"
+            if seen == list(range(seen[0], seen[-1] + 1))
+            else ",".join(map(str, seen))
+        )
+        fixed = iter([*numbers[0][:slot], "{" + span + "}", *numbers[0][slot + 1 :]])
+        out.append(".".join(next(fixed) if part == "#" else part for part in shape.split(".")))
+    return out
 
 
 def _head_label(head: str | None) -> str:

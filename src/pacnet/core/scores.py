@@ -12,12 +12,15 @@ What ``X_j`` is for each kind of masked weight:
   thirds of ``in_proj_weight`` (or ``q/k/v_proj_weight``);
 * recurrent layers: the sequence's features for the first layer's ``weight_ih_l0``;
 * embeddings: a row's lookups: ``‖X_j‖₂ = √(count of token j)`` (a lookup is a one-hot
-  input), so rows never looked up rank last;
+  input), so rows never looked up rank last; counted at every ``F.embedding`` call on the
+  table, wherever it happens (a scaled word embedding's own forward, a table tied under
+  several modules, learned positions looked up by position);
 * experts (``(experts, out, in)`` stacks): the experts module's input features for the
   stack whose last dimension they match (``gate_up_proj``).
 
 A weight whose input no hook can see (``MultiheadAttention``'s ``out_proj`` inside its
-fused forward, deeper recurrent weights, an expert's ``down_proj``, a free matrix) gets the
+fused forward, deeper recurrent weights, an expert's ``down_proj``, a free matrix, a
+position table indexed directly rather than looked up) gets the
 median input norm of those that were seen, so it ranks by magnitude on a common scale; the
 summary names them.
 """
@@ -30,6 +33,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 from pacnet.core.roles import slot_of
 from pacnet.errors import PacnetError, check, first_line
@@ -46,10 +51,20 @@ class _Norms:
 
     def __init__(self) -> None:
         self.sums: dict[tuple[int, str], Tensor] = {}
+        self.mixed: set[tuple[int, str]] = set()
+        """Keys whose calls disagreed in size (a layer used two ways): not scored."""
 
     def add(self, key: tuple[int, str], squares: Tensor) -> None:
         squares = squares.detach().double()
-        self.sums[key] = self.sums[key] + squares if key in self.sums else squares
+        if key in self.mixed:
+            return
+        if key not in self.sums:
+            self.sums[key] = squares
+        elif self.sums[key].shape == squares.shape:
+            self.sums[key] = self.sums[key] + squares
+        else:
+            self.mixed.add(key)
+            del self.sums[key]
 
 
 def _feature_squares(x: Tensor, dim: int) -> Tensor:
@@ -106,12 +121,8 @@ def _observe(module: nn.Module, key: int, args: tuple, kwargs: dict, norms: _Nor
     inputs = [a for a in args if isinstance(a, Tensor)]
     inputs += [v for k, v in kwargs.items() if isinstance(v, Tensor) and k in _INPUT_KEYWORDS]
     if isinstance(module, nn.Embedding | nn.EmbeddingBag):
-        ids = inputs[0] if inputs else None
-        if ids is None or ids.is_floating_point():
-            return
-        counts = torch.bincount(ids.reshape(-1).long(), minlength=module.num_embeddings)
-        norms.add((key, "rows"), counts.to(torch.float64))
-    elif isinstance(module, nn.modules.conv._ConvNd) and inputs:
+        return  # its lookups are seen where they happen (_Lookups)
+    if isinstance(module, nn.modules.conv._ConvNd) and inputs:
         norms.add((key, "channels"), _feature_squares(inputs[0], 1 if inputs[0].dim() > 1 else 0))
     elif isinstance(module, nn.MultiheadAttention):
         q = args[0] if args else kwargs.get("query")
@@ -131,6 +142,43 @@ def _observe(module: nn.Module, key: int, args: tuple, kwargs: dict, norms: _Nor
         norms.add((key, "second"), _feature_squares(inputs[1], -1))
     elif inputs:
         norms.add((key, "last"), _feature_squares(inputs[0], -1))
+
+
+class _Lookups(TorchFunctionMode):
+    """Counts the rows each tracked table is looked up at, wherever the lookup happens:
+    every ``F.embedding`` / ``F.embedding_bag`` call whose weight is one of ``tables``
+    (by identity), so a subclass's own forward (a scaled word embedding), a table tied
+    under several modules and a table looked up outside its module are all seen, and a
+    table that picks its rows otherwise (learned positions indexed directly) is not."""
+
+    def __init__(self, tables: dict[int, tuple[int, int]], norms: _Norms):
+        super().__init__()
+        self.tables, self.norms = tables, norms
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.embedding or func is F.embedding_bag:
+            ids = args[0] if args else kwargs.get("input")
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            found = self.tables.get(id(weight))
+            if found is not None and isinstance(ids, Tensor) and not ids.is_floating_point():
+                key, rows = found
+                ids = ids.reshape(-1).long()
+                if not ids.numel() or (int(ids.min()) >= 0 and int(ids.max()) < rows):
+                    counts = torch.bincount(ids, minlength=rows).to(torch.float64)
+                    self.norms.add((key, "rows"), counts)
+        return func(*args, **kwargs)
+
+
+def _tables(model: nn.Module, names: list[str]) -> dict[int, tuple[int, int]]:
+    """The masked embedding tables among ``names``: tensor identity -> (owner key, rows)."""
+    params = dict(model.named_parameters())
+    tables = {}
+    for name in names:
+        owner = _layer_of(model, name)[0]
+        if isinstance(owner, nn.Embedding | nn.EmbeddingBag) and params[name].dim() == 2:
+            tables[id(params[name])] = (id(owner), params[name].shape[0])
+    return tables
 
 
 def _score(module: nn.Module, leaf: str, weight: Tensor, norms: _Norms) -> Tensor | None:
@@ -201,7 +249,7 @@ def activation_scores(
     handles = _hooks(model, names, norms)
     device = device_of(model)
     try:
-        with torch.no_grad(), modes_kept(model):
+        with torch.no_grad(), modes_kept(model), _Lookups(_tables(model, names), norms):
             model.eval()
             for batch in _input_batches(inputs, batch_size):
                 try:
@@ -239,7 +287,8 @@ def _input_batches(inputs: object, batch_size: int) -> Iterable[Any]:
         yield inputs
         return
     for batch in as_source(inputs, "the inputs").chunks(batch_size):
-        if isinstance(batch, tuple | list) and len(batch) == 2 and not isinstance(batch, Mapping):
-            yield batch[0]
+        packed = isinstance(batch, nn.utils.rnn.PackedSequence)
+        if isinstance(batch, tuple | list) and len(batch) in (1, 2) and not packed:
+            yield batch[0]  # (inputs, labels), or inputs alone as TensorDataset(x) gives them
         else:
             yield batch

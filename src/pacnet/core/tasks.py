@@ -46,7 +46,7 @@ from pacnet.core.roles import (
     tie_mismatch,
     unwrap,
 )
-from pacnet.errors import PacnetError, check
+from pacnet.errors import PacnetError, check, check_type
 
 __all__ = ["FREE", "NORMS", "SOURCE", "Tasks", "per_task_names"]
 
@@ -94,6 +94,7 @@ class Tasks:
 
     def __init__(self, model: nn.Module, mask: Mask, names: Iterable[str] | None = None):
         model = unwrap(model)
+        check_type(mask, Mask, "mask", "the pacnet.Mask that pacnet.prune returns")
         mask.check(model)
         self.mask = mask
         self.plan: Plan = mask.plan if mask.plan is not None else make_plan(model, list(mask))

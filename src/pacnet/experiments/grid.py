@@ -157,6 +157,13 @@ class Grid:
         """Every run of the grid on ``benchmark``, each checked; ``settings`` and ``params``
         (per method) add to the grid's own, and the rest says how the runs run."""
         methods, seeds = self.check()
+        for table, named in (("params", self.params), ("search", self.search)):
+            unknown = set(named) - set(METHODS)
+            check(
+                not unknown,
+                f"[{table}.{sorted(unknown)[0] if unknown else ''}]: unknown method"
+                f"{unknown_hint(unknown, list(METHODS))}; the methods: {', '.join(METHODS)}",
+            )
         merged = {m: dict(v) for m, v in self.params.items()}
         for m, values in (params or {}).items():
             merged.setdefault(m, {}).update(values)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from pacnet.errors import PacnetError, check, first_line
-from pacnet.io import write_bytes_atomic
+from pacnet.io import check_text, write_bytes_atomic
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _SEPARATORS = (",", ";", "\t", "|")
@@ -281,51 +281,13 @@ def _decode(path: Path) -> str:
             return raw.decode("utf-16")
         except UnicodeDecodeError:
             raise PacnetError(f"{path}: not valid UTF-16 text") from None
-    _check_text(path, raw)
+    check_text(path, raw)
     for encoding in ("utf-8-sig", "cp1252"):
         try:
             return raw.decode(encoding)
         except UnicodeDecodeError:
             continue
     return raw.decode("latin-1")
-
-
-_BINARY = {
-    b"PAR1": "a Parquet file; name it .parquet",
-    b"\x1f\x8b": "gzip-compressed; name it .csv.gz",
-    b"PK\x03\x04": "a zip archive (an Excel workbook?); save the sheet as CSV",
-}
-"""What a binary file that starts with these bytes is, and what to do."""
-
-
-def check_text_file(path: str | Path, parquet: bool = True) -> None:
-    """Fail in one line unless the file at ``path`` (gzip-compressed for ``.gz``) starts as
-    text: a binary file named as a CSV is not read as one. ``parquet``: whether the reader
-    would read the file as Parquet under a ``.parquet`` name."""
-    path = Path(path)
-    try:
-        opener = gzip.open if path.suffix.lower() == ".gz" else open
-        with opener(path, "rb") as fh:
-            start = fh.read(1024)
-    except (OSError, EOFError) as exc:
-        raise PacnetError(f"{path}: cannot read it ({first_line(exc)})") from None
-    if not start.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 text holds NUL bytes
-        _check_text(path, start, parquet)
-
-
-def _check_text(path: Path, raw: bytes, parquet: bool = True) -> None:
-    """Fail in one line if ``raw`` (a file's bytes, decompressed) is not text: a NUL byte in
-    its first KiB, as in Parquet, Excel, gzip, images and other binary files."""
-    for magic, what in _BINARY.items():
-        if raw.startswith(magic):
-            if magic == b"PAR1" and not parquet:
-                what = "a Parquet file; save it as CSV"
-            raise PacnetError(f"{path}: not a text table: {what}")
-    if b"\0" in raw[:1024]:
-        also = ", or a Parquet file named .parquet" if parquet else ""
-        raise PacnetError(
-            f"{path}: not a text table (binary data); give a CSV or TSV text file{also}"
-        )
 
 
 def _separator(path: Path, header: str) -> str:

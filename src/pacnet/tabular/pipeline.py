@@ -29,14 +29,13 @@ import torch
 from torch import Tensor, nn
 
 from pacnet.benchmarks.mlp import MLP
-from pacnet.config import config_hash, make, to_dict
+from pacnet.config import make, to_dict
 from pacnet.core.tasks import Tasks
 from pacnet.errors import PacnetError, check
 from pacnet.experiments import batched
 from pacnet.experiments.environment import versions
 from pacnet.experiments.runner import seeded_transfer
 from pacnet.experiments.select import cross_validate
-from pacnet.experiments.source import train_source
 from pacnet.io import tensor_digest
 from pacnet.methods import METHODS, Method, Transfer, TransferContext, get_method
 from pacnet.methods.base import candidates
@@ -48,7 +47,7 @@ from pacnet.tabular.source import (
     SourceCheckpoint,
     read_source_checkpoint,
 )
-from pacnet.training.cache import StateCache
+from pacnet.tabular.trained import train_table_source
 from pacnet.training.device import check_device
 from pacnet.training.train import device_of, infer
 
@@ -467,65 +466,9 @@ def _source_model(
         _say(options, f"source model: {ckpt.describe()}")
         origin = {"checkpoint": str(ckpt.path), "sha256": ckpt.sha256}
         return ckpt.model.to(device), origin, bench.source_steps_record()
-    folds, rows = bench.source_cv_folds, len(bench.source().train)
-    model = bench.make_model(options.seed).to(device)
-
-    def build() -> dict[str, Tensor]:
-        chosen = bench.source_steps_record()
-        if folds:  # too few rows to stop on: the steps by cross-validation
-            _say(
-                options,
-                f"choosing the source steps by {folds}-fold cross-validation on {rows} rows",
-            )
-            chosen = bench.choose_source_steps(model, options.seed)
-        steps = f"{'' if folds else 'up to '}{bench.source_fit().steps} steps"
-        _say(options, f"training the source model ({steps} on {rows} rows)")
-        fitted = train_source(bench, model, seed=options.seed)
-        record = {"trained": fitted.as_dict(), "chosen": chosen}
-        return {**model.state_dict(), _RECORD: _json_tensor(record)}
-
-    if options.cache is None:
-        state = build()
-    else:
-        key = _source_key(bench, options.seed, device)
-        found = StateCache(options.cache).contains(key)
-        state = dict(StateCache(options.cache)(key, build))
-        if found:
-            _say(options, f"source model: trained before, from the cache {options.cache}")
-    record = json.loads(bytes(state.pop(_RECORD).tolist()).decode())
-    model.load_state_dict(state)
-    chosen = record["chosen"]
-    if chosen.get("chosen_by") == "cross-validation":
-        bench.source_steps = chosen["steps"]  # Allocate takes as many (also on a cache hit)
-    origin = {"trained": record["trained"]}
-    if options.cache is not None:
-        origin["cache"] = config_hash(key)
-    return model, origin, chosen
-
-
-_RECORD = "pacnet.source_record"
-"""The cached source state's entry that holds how it was trained (UTF-8 JSON bytes)."""
-
-
-def _json_tensor(record: Mapping[str, Any]) -> Tensor:
-    return torch.tensor(list(json.dumps(record).encode()), dtype=torch.uint8)
-
-
-def _source_key(bench: TableBenchmark, seed: int, device: torch.device) -> dict[str, Any]:
-    """What determines the source model trained here: the source rows (standardised, as
-    trained on, split by ``seed``), the settings, the model, the seed and the device."""
-    src = bench.source()
-    parts = {"train_x": src.train.x, "train_y": src.train.y}
-    if src.val is not None:
-        parts.update(val_x=src.val.x, val_y=src.val.y)
-    return {
-        "step": "transfer source",
-        "rows": tensor_digest(parts),
-        "config": to_dict(bench.config),
-        "model": bench.spec,
-        "seed": seed,
-        "device": device.type,
-    }
+    return train_table_source(
+        bench, options.seed, device, options.cache, lambda text: _say(options, text)
+    )
 
 
 def _candidates(

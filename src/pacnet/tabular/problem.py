@@ -240,7 +240,7 @@ class TableBenchmark(Benchmark):
         """The rows the early-stopping split holds, or would hold under cross-validation."""
         self.source_cv_folds = 0
         """Folds of the cross-validation that chooses the source steps (0: not used)."""
-        if trains_source and 0 < val < SOURCE_CV_BELOW:
+        if trains_source and 0 < val < SOURCE_CV_BELOW and config.source_steps > 0:
             self.source_cv_folds, val = min(SOURCE_CV_FOLDS, n - held), 0
         self.source_steps: int | None = None
         """The source budget chosen by :meth:`choose_source_steps` (None: not yet)."""

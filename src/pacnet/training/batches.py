@@ -223,7 +223,12 @@ def _numbers(value: Any) -> bool:
 
 
 def size_of(batch: Batch) -> int:
-    """Number of samples in ``batch`` (the length of its first tensor)."""
+    """Number of samples in ``batch``: a tensor's length, a packed sequence's count of
+    sequences, else the length of the first tensor it holds."""
+    if isinstance(batch, Tensor) and batch.dim() > 0:
+        return len(batch)
+    if isinstance(batch, nn.utils.rnn.PackedSequence):
+        return int(batch.batch_sizes[0])
     values = batch.values() if isinstance(batch, Mapping) else batch
     for value in values:
         if isinstance(value, Tensor) and value.dim() > 0:
@@ -237,11 +242,20 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     methods' own passes, predictions)."""
     if isinstance(batch, Tensor):
         return place(batch, device)
+    if isinstance(batch, nn.utils.rnn.PackedSequence):
+        return batch.to(device)
     if isinstance(batch, Mapping):
         return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, tuple | list):
-        return type(batch)(to_device(v, device) for v in batch)
+        return _rebuilt(batch, [to_device(v, device) for v in batch])
     return batch
+
+
+def _rebuilt(batch: tuple | list, values: list[Any]) -> tuple | list:
+    """A tuple or list like ``batch`` holding ``values`` (a named tuple by its fields)."""
+    if hasattr(batch, "_fields"):
+        return type(batch)(*values)
+    return type(batch)(values)
 
 
 def place(tensor: Tensor, device: torch.device) -> Tensor:
@@ -282,6 +296,8 @@ def loss_of(net: nn.Module, batch: Batch, loss_fn: LossFn | None) -> Tensor:
         return loss
     if isinstance(batch, Tensor) and getattr(loss_fn, "takes_unlabelled", False):
         batch = (batch, None)  # inputs alone (a dataset of unlabelled samples)
+    if isinstance(batch, tuple | list) and len(batch) == 1 and not hasattr(batch, "_fields"):
+        batch = (batch[0], None)  # inputs alone: TensorDataset(x)'s samples, collated
     check(
         isinstance(batch, tuple | list) and len(batch) == 2,
         f"a batch must be (inputs, labels) or a dict of model inputs, got {_shape(batch)}",
@@ -308,7 +324,7 @@ def _user_loss(loss_fn: LossFn, output: Any, labels: Any) -> Tensor:
         loss = loss_fn(output, labels)
     except (PacnetError, torch.OutOfMemoryError):
         raise
-    except (TypeError, AttributeError, KeyError, IndexError, ValueError, RuntimeError) as exc:
+    except Exception as exc:  # the user's function: whatever it raises becomes one line
         hint = (
             "; with dict batches pacnet calls loss_fn(output, batch): read the labels from "
             "the batch (e.g. batch['labels']), or pass loss_fn=None for the output's own .loss"
@@ -364,7 +380,14 @@ def split_off(
         if len(data) >= 5:
             count = _held_count(len(data), share, len(data))
             order = torch.randperm(len(data), generator=generator).tolist()
-            return [data[i] for i in order[count:]], [data[i] for i in order[:count]]
+            held, rows = [], 0
+            for i in order[:count]:  # whole batches, as many as ``most`` samples allow
+                if held and rows + _rows_in(data[i]) > most:
+                    break
+                held.append(i)
+                rows += _rows_in(data[i])
+            chosen = set(held)
+            return [data[i] for i in order if i not in chosen], [data[i] for i in held]
         parts = [_split_batch(b, share, generator) for b in data]
         if any(p is None for p in parts):
             return None
@@ -380,6 +403,14 @@ def split_off(
             torch.utils.data.Subset(data, order[:count]),
         )
     return None
+
+
+def _rows_in(batch: Batch) -> int:
+    """The samples in a batch (1 where it holds no batch dimension)."""
+    try:
+        return size_of(batch)
+    except PacnetError:
+        return 1
 
 
 def _held_count(n: int, share: float, most: int) -> int | None:
@@ -413,8 +444,8 @@ def _take(value: Any, index: Tensor, n: int) -> Any:
         return value[index.to(value.device)] if value.dim() and len(value) == n else value
     if isinstance(value, Mapping):
         return {k: _take(v, index, n) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return type(value)(_take(v, index, n) for v in value)
+    if isinstance(value, tuple | list) and not isinstance(value, nn.utils.rnn.PackedSequence):
+        return _rebuilt(value, [_take(v, index, n) for v in value])
     return value
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pacnet.errors import PacnetError, check, check_module, first_line
+from pacnet.errors import PacnetError, check, check_module, check_type, first_line
 from pacnet.training import distributed
 from pacnet.training.batches import (
     Batch,
@@ -269,6 +269,11 @@ def fit(
             ``finish_grads()`` method, that is called before gradient clipping.
     """
     check_module(model)
+    check_type(cfg, FitConfig, "cfg", "pacnet.FitConfig(steps=..., lr=...)")
+    check(
+        isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**63,
+        f"seed must be an integer in [0, 2**63), got {seed!r}",
+    )
     check(
         cfg.patience is None or val is not None, "early stopping (patience) needs a validation set"
     )
@@ -353,6 +358,11 @@ def _fit(
                 loss = loss * share
             for weight, term in penalties:
                 loss = loss + weight * term()
+            if not loss.requires_grad:
+                raise PacnetError(
+                    f"{desc}: the loss does not depend on any trainable parameter (it has no "
+                    "gradient); compute it from the model's output"
+                )
             if not torch.isfinite(loss):
                 raise PacnetError(
                     f"{desc}: loss became {float(loss.detach())} at step {step}; "

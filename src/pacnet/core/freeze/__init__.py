@@ -89,7 +89,7 @@ from pacnet.core.entries import Masked, bits, chunks, masked_sparse
 from pacnet.core.freeze.handle import MaskedTraining
 from pacnet.core.mask import Mask
 from pacnet.core.roles import unwrap
-from pacnet.errors import check
+from pacnet.errors import check, check_type
 
 __all__ = ["RESTORE_MODES", "MaskedTraining", "train_only"]
 
@@ -134,6 +134,8 @@ def train_only(
         ...         opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()
     """
     model = unwrap(model)
+    check_type(mask, Mapping, "mask", "a pacnet.Mask, ~mask, or names -> bool tensors")
+    check_type(optimizer, torch.optim.Optimizer, "optimizer", "a torch.optim optimizer")
     check(
         others in ("trainable", "frozen"), f"others must be 'trainable' or 'frozen', got {others!r}"
     )
