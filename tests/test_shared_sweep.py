@@ -382,3 +382,20 @@ def test_ctrl_c_that_only_the_workers_see_is_an_interruption_too(tmp_path):
     assert not grid.running and grid.progress.pending >= 1
     assert all(st.attempts == 0 for st in grid.runs if st.state == "pending")
     store.close()
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_sigterm_to_the_command_alone_gives_the_runs_in_flight_back(tmp_path, jobs):
+    """``kill`` or ``timeout`` sends SIGTERM to the command only (not its workers): it stops
+    as Ctrl-C does, and no run is left held until its lease ends."""
+    db = str(tmp_path / "runs.sqlite")
+    argv = reproduce(db, tmp_path, "t", "--target-steps", "4000", "--jobs", jobs)
+    proc = start(argv, tmp_path / "log")
+    store = until(lambda: _open(db), "the grid")
+    until(lambda: store.status()[0].running, "a run in flight")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=HANG_GUARD) == 130, (tmp_path / "log").read_text()[-3000:]
+    [grid] = store.status()
+    assert not grid.running and grid.progress.pending >= 1
+    assert all(st.attempts == 0 for st in grid.runs if st.state == "pending")
+    store.close()

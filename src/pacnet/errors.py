@@ -12,6 +12,12 @@ class PacnetError(ValueError):
     """Bad input to pacnet: the message is one line naming the problem and the fix."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to the command (``kill``, ``timeout``, a scheduler ending the job): stops it
+    as Ctrl-C does. Unlike Ctrl-C in a terminal it reaches this process alone, so the
+    command passes it on to its worker processes."""
+
+
 def check(condition: object, message: str) -> None:
     """Raise :class:`PacnetError` with ``message`` unless ``condition`` holds."""
     if not condition:

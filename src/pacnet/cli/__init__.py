@@ -29,8 +29,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from pacnet.benchmarks import get_benchmark
 from pacnet.cli import (
@@ -46,7 +48,7 @@ from pacnet.cli import (
 )
 from pacnet.cli.common import Named, Parser
 from pacnet.cli.outputs import created_by
-from pacnet.errors import PacnetError, check, first_line, pacnet_version
+from pacnet.errors import PacnetError, Terminated, check, first_line, pacnet_version
 from pacnet.methods import get_method
 from pacnet.training.distributed import launched
 
@@ -93,6 +95,24 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, ``timeout``, a batch scheduler ending the job) stops a command as
+    Ctrl-C does: the runs in flight are given back, not left held until their leases end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command ``argv`` names; 0 on success, 2 for bad input, 1 for a bug, 130 when
     interrupted, 141 when standard output is a pipe closed early."""
@@ -107,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if getattr(args, "threads", None) is not None:
             check(args.threads >= 1, f"--threads must be >= 1, got {args.threads}")
-        with created_by(getattr(args, "out", None)):
+        with created_by(getattr(args, "out", None)), _terminate_as_interrupt():
             args.handler(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
         return 0

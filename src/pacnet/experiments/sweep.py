@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from pacnet.errors import PacnetError, check, first_line
+from pacnet.errors import PacnetError, Terminated, check, first_line
 from pacnet.experiments.batched import ENGINES, group_key, run_group, stackable
 from pacnet.experiments.claims import DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, Claim, GridRun
 from pacnet.experiments.environment import using_threads
@@ -179,7 +179,7 @@ def work(
 
 @contextlib.contextmanager
 def _watching_for_interrupts() -> Iterator[_Interrupted]:
-    """An event set by Ctrl-C (SIGINT), which still raises KeyboardInterrupt: so a worker
+    """An event set by Ctrl-C (SIGINT) or SIGTERM, which still raises KeyboardInterrupt: so a worker
     stops even where a library caught the interrupt inside a run and raised something else
     (a half-imported module, say) instead."""
     interrupted = _Interrupted()
@@ -192,11 +192,12 @@ def _watching_for_interrupts() -> Iterator[_Interrupted]:
         if not interrupted.holding:
             raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = {sig: signal.signal(sig, on_sigint) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield interrupted
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class _Interrupted(threading.Event):
@@ -463,7 +464,11 @@ def _run_workers(
             tick()
             for p in procs:
                 p.join(timeout=options.poll / max(len(procs), 1))
-    except BaseException:  # Ctrl-C reached the workers too; each gives its run back
+    except BaseException as exc:  # Ctrl-C reached the workers too; each gives its run back
+        if isinstance(exc, Terminated):  # SIGTERM reached this process alone: pass it on
+            for p in procs:
+                if p.is_alive() and p.pid is not None:
+                    os.kill(p.pid, signal.SIGTERM)
         deadline = time.time() + 5
         for p in procs:
             p.join(timeout=max(deadline - time.time(), 0.01))
