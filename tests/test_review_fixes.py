@@ -82,8 +82,9 @@ def test_a_failed_second_target_leaves_the_first_and_the_free_entries():
     def broken(out, y):
         raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(PacnetError, match="boom") as info:  # one line, the cause attached
         calibrate(model, mask, xy(2), broken, FIT, tasks=tasks, task="t2")
+    assert isinstance(info.value.__cause__, RuntimeError)
     assert tasks.order == ["source", "t1"] and tasks.active == "t1"
     assert all(torch.equal(o, owners[n]) for n, o in tasks.owners().items())
     assert same(state(model), t1)

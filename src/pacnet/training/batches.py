@@ -335,7 +335,7 @@ def _user_loss(loss_fn: LossFn, output: Any, labels: Any) -> Tensor:
         raise PacnetError(
             f"loss_fn(output, labels) failed on {_what(output)} and {given} "
             f"({type(exc).__name__}: {first_line(exc)}){hint}"
-        ) from None
+        ) from exc  # the user's own code: its traceback stays attached, for debugging
     if not isinstance(loss, Tensor) or loss.numel() != 1:
         more = " (reduce it, e.g. with .mean())" if isinstance(loss, Tensor) else ""
         raise PacnetError(f"loss_fn must return a scalar tensor, got {_what(loss)}{more}")
