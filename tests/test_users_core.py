@@ -483,3 +483,50 @@ def test_repeated_frozen_tensors_are_named_once_per_pattern():
         "backbone.layers.{0-23}.mixer.A_log", "latents", "x.{1,3}.y",
     ]  # fmt: skip
     assert compact_names(["m.0.a.1", "m.1.a.0"]) == ["m.0.a.1", "m.1.a.0"]  # two indices vary
+
+
+class _Experts(nn.Module):
+    """Two stacks of expert matrices, routed by token: ``up`` (E, out, in) applied as
+    ``F.linear(x, up[e])``, ``down`` (E, in, out) as ``x @ down[torch.tensor(e)]``; or both
+    at once by a grouped matmul over the stack, as transformers' experts run."""
+
+    def __init__(self, grouped: bool = False):
+        super().__init__()
+        self.up = nn.Parameter(torch.randn(3, 8, 4))  # 16-byte strides, as grouped_mm needs
+        self.down = nn.Parameter(torch.randn(3, 8, 4))
+        self.head = nn.Linear(4, 1)
+        self.grouped = grouped
+
+    def forward(self, x):
+        route = (x[:, 0] > 0).long() + (x[:, 1] > 1).long()  # experts 0..2 (2: rare)
+        order = torch.argsort(route, stable=True)
+        xs, counts = x[order], torch.bincount(route, minlength=3)
+        if self.grouped:
+            offs = counts.cumsum(0).to(torch.int32)
+            h = torch._grouped_mm(xs, self.up.transpose(-2, -1), offs=offs)
+            out = torch._grouped_mm(torch.relu(h), self.down, offs=offs)
+        else:
+            parts, start = [], 0
+            for e, n in enumerate(counts.tolist()):
+                h = torch.relu(F.linear(xs[start : start + n], self.up[e]))
+                parts.append(h @ self.down[torch.tensor(e)])
+                start += n
+            out = torch.cat(parts)
+        return self.head(out[torch.argsort(order)])
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_each_expert_is_scored_by_the_inputs_routed_to_it(grouped):
+    torch.manual_seed(0)
+    model = _Experts(grouped)
+    x = torch.randn(40, 4) * torch.tensor([1.0, 2.0, 0.5, 3.0])
+    (up, down), unseen = activation_scores(model, ["up", "down"], x)
+    assert unseen == []
+    route = (x[:, 0] > 0).long() + (x[:, 1] > 1).long()
+    for e in range(3):
+        mine = x[route == e]
+        want = model.up[e].detach().abs() * mine.norm(dim=0)[None, :]
+        torch.testing.assert_close(up[e], want)
+        hidden = torch.relu(mine @ model.up[e].detach().T)
+        want = model.down[e].detach().abs() * hidden.norm(dim=0)[:, None]
+        torch.testing.assert_close(down[e], want)

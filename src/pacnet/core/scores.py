@@ -15,12 +15,16 @@ What ``X_j`` is for each kind of masked weight:
   input), so rows never looked up rank last; counted at every ``F.embedding`` call on the
   table, wherever it happens (a scaled word embedding's own forward, a table tied under
   several modules, learned positions looked up by position);
-* experts (``(experts, out, in)`` stacks): the experts module's input features for the
-  stack whose last dimension they match (``gate_up_proj``).
+* experts (stacks of matrices, ``(experts, out, in)`` or ``(experts, in, out)``): each
+  expert's matrix by the inputs routed to that expert, seen where the matrix is applied —
+  ``F.linear(x, W[e])``, ``x @ W[e]``, or a grouped matmul over the stack
+  (``torch._grouped_mm``, transformers' default) — so ``gate_up_proj`` and ``down_proj``
+  alike; an expert no input reached takes the median norm of the others; a stack applied
+  otherwise falls back to its module's input where that fits (``(…, in)``).
 
 A weight whose input no hook can see (``MultiheadAttention``'s ``out_proj`` inside its
-fused forward, deeper recurrent weights, an expert's ``down_proj``, a free matrix, a
-position table indexed directly rather than looked up) gets the
+fused forward, deeper recurrent weights, a free matrix, a position table indexed directly
+rather than looked up) gets the
 median input norm of those that were seen, so it ranks by magnitude on a common scale; the
 summary names them.
 """
@@ -28,6 +32,7 @@ summary names them.
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -53,6 +58,21 @@ class _Norms:
         self.sums: dict[tuple[int, str], Tensor] = {}
         self.mixed: set[tuple[int, str]] = set()
         """Keys whose calls disagreed in size (a layer used two ways): not scored."""
+        self.hit: dict[tuple[int, str], Tensor] = {}
+        """For per-row sums (:meth:`add_row`): which rows (experts) saw any input."""
+
+    def add_row(self, key: tuple[int, str], row: int, rows: int, squares: Tensor) -> None:
+        """Add ``squares`` to row ``row`` of a ``(rows, features)`` sum (one expert's inputs)."""
+        squares = squares.detach().double()
+        table = self.sums.get(key)
+        if table is None:
+            table = self.sums[key] = torch.zeros(rows, len(squares), dtype=torch.float64,
+                                                 device=squares.device)  # fmt: skip
+            self.hit[key] = torch.zeros(rows, dtype=torch.bool, device=squares.device)
+        if table.shape[1] != len(squares):
+            return
+        table[row] += squares
+        self.hit[key][row] = True
 
     def add(self, key: tuple[int, str], squares: Tensor) -> None:
         squares = squares.detach().double()
@@ -121,7 +141,7 @@ def _observe(module: nn.Module, key: int, args: tuple, kwargs: dict, norms: _Nor
     inputs = [a for a in args if isinstance(a, Tensor)]
     inputs += [v for k, v in kwargs.items() if isinstance(v, Tensor) and k in _INPUT_KEYWORDS]
     if isinstance(module, nn.Embedding | nn.EmbeddingBag):
-        return  # its lookups are seen where they happen (_Lookups)
+        return  # its lookups are seen where they happen (_Calls)
     if isinstance(module, nn.modules.conv._ConvNd) and inputs:
         norms.add((key, "channels"), _feature_squares(inputs[0], 1 if inputs[0].dim() > 1 else 0))
     elif isinstance(module, nn.MultiheadAttention):
@@ -144,47 +164,129 @@ def _observe(module: nn.Module, key: int, args: tuple, kwargs: dict, norms: _Nor
         norms.add((key, "last"), _feature_squares(inputs[0], -1))
 
 
-class _Lookups(TorchFunctionMode):
-    """Counts the rows each tracked table is looked up at, wherever the lookup happens:
-    every ``F.embedding`` / ``F.embedding_bag`` call whose weight is one of ``tables``
-    (by identity), so a subclass's own forward (a scaled word embedding), a table tied
-    under several modules and a table looked up outside its module are all seen, and a
-    table that picks its rows otherwise (learned positions indexed directly) is not."""
+_MATMULS = (Tensor.__matmul__, torch.matmul, torch._C.TensorBase.matmul, torch.mm)
+"""``x @ W`` as the functions a torch-function mode sees it called."""
 
-    def __init__(self, tables: dict[int, tuple[int, int]], norms: _Norms):
+
+class _Calls(TorchFunctionMode):
+    """Sees the inputs of masked tensors where a layer's hook cannot.
+
+    * Every ``F.embedding`` / ``F.embedding_bag`` call on a tracked table counts the rows
+      looked up (by tensor identity, so a subclass's own forward such as a scaled word
+      embedding, a table tied under several modules and one looked up outside its module
+      are all seen; a table that picks its rows otherwise, learned positions indexed
+      directly, is not).
+    * One matrix taken from a tracked stack (``experts.down_proj[e]``) and then applied,
+      ``F.linear(x, W[e])`` or ``x @ W[e]``, adds ``x``'s features to expert ``e``'s row;
+      so does a grouped matmul over the whole stack (``torch._grouped_mm``, transformers'
+      default for experts), each expert's rows by the offsets.
+    """
+
+    def __init__(self, tables: dict[int, tuple[int, int]], stacks: dict[int, tuple], norms: _Norms):
         super().__init__()
-        self.tables, self.norms = tables, norms
+        self.tables, self.stacks, self.norms = tables, stacks, norms
+        self.slices: dict[int, tuple] = {}  # id -> (weakref, stack key, experts, row)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         if func is F.embedding or func is F.embedding_bag:
-            ids = args[0] if args else kwargs.get("input")
-            weight = args[1] if len(args) > 1 else kwargs.get("weight")
-            found = self.tables.get(id(weight))
-            if found is not None and isinstance(ids, Tensor) and not ids.is_floating_point():
-                key, rows = found
-                ids = ids.reshape(-1).long()
-                if not ids.numel() or (int(ids.min()) >= 0 and int(ids.max()) < rows):
-                    counts = torch.bincount(ids, minlength=rows).to(torch.float64)
-                    self.norms.add((key, "rows"), counts)
-        return func(*args, **kwargs)
+            self._lookup(args[0] if args else kwargs.get("input"),
+                         args[1] if len(args) > 1 else kwargs.get("weight"))  # fmt: skip
+        elif self.stacks and func is Tensor.__getitem__ and id(args[0]) in self.stacks:
+            self._sliced(args[0], args[1], out)
+        elif self.slices and func is F.linear:
+            x, weight = args[0] if args else kwargs.get("input"), kwargs.get("weight")
+            self._applied(x, args[1] if len(args) > 1 else weight, "in_last")
+        elif self.slices and func in _MATMULS and len(args) == 2:
+            self._applied(args[0], args[1], "in_first")
+        elif self.stacks and getattr(func, "__name__", "") in ("_grouped_mm", "grouped_mm"):
+            offs = kwargs.get("offs", args[2] if len(args) > 2 else None)
+            self._grouped(args[0] if args else kwargs.get("mat_a"),
+                          args[1] if len(args) > 1 else kwargs.get("mat_b"), offs)  # fmt: skip
+        return out
+
+    def _lookup(self, ids: Any, weight: Any) -> None:
+        found = self.tables.get(id(weight))
+        if found is None or not isinstance(ids, Tensor) or ids.is_floating_point():
+            return
+        key, rows = found
+        ids = ids.reshape(-1).long()
+        if not ids.numel() or (int(ids.min()) >= 0 and int(ids.max()) < rows):
+            self.norms.add((key, "rows"), torch.bincount(ids, minlength=rows).to(torch.float64))
+
+    def _sliced(self, stack: Tensor, index: Any, out: Any) -> None:
+        """Remember ``out = stack[index]`` where ``index`` names one expert."""
+        if isinstance(index, Tensor) and index.numel() == 1 and not index.is_floating_point():
+            index = int(index)
+        if isinstance(index, int) and isinstance(out, Tensor) and out.dim() == 2:
+            key, experts = self.stacks[id(stack)]
+            self.slices[id(out)] = (weakref.ref(out), key, experts, index % experts)
+
+    def _grouped(self, x: Any, weight: Any, offs: Any) -> None:
+        """A grouped matmul over every expert at once (``torch._grouped_mm``): the rows of
+        ``x`` up to ``offs[e]`` (after ``offs[e - 1]``) are expert ``e``'s inputs."""
+        stack = weight if id(weight) in self.stacks else getattr(weight, "_base", None)
+        found = self.stacks.get(id(stack)) if stack is not None else None
+        if found is None or not isinstance(x, Tensor) or not isinstance(offs, Tensor):
+            return
+        (key, leaf), experts = found
+        if weight is stack:
+            layout = "in_first"  # the stack is (experts, in, out)
+        elif tuple(weight.shape) == (experts, stack.shape[2], stack.shape[1]):
+            layout = "in_last"  # a transposed view of (experts, out, in)
+        else:
+            return
+        start = 0
+        for e, end in enumerate(offs.tolist()[:experts]):
+            if end > start:
+                squares = _feature_squares(x[start:end], -1)
+                self.norms.add_row((key, f"{layout}:{leaf}"), e, experts, squares)
+            start = end
+
+    def _applied(self, x: Any, weight: Any, layout: str) -> None:
+        found = self.slices.get(id(weight))
+        if found is None or found[0]() is not weight or not isinstance(x, Tensor):
+            return
+        _, (key, leaf), experts, row = found
+        features = weight.shape[-1] if layout == "in_last" else weight.shape[0]
+        if x.shape[-1] == features:
+            self.norms.add_row((key, f"{layout}:{leaf}"), row, experts, _feature_squares(x, -1))
 
 
-def _tables(model: nn.Module, names: list[str]) -> dict[int, tuple[int, int]]:
-    """The masked embedding tables among ``names``: tensor identity -> (owner key, rows)."""
+def _tracked(model: nn.Module, names: list[str]) -> tuple[dict, dict]:
+    """The masked embedding tables among ``names`` (tensor identity -> (owner key, rows))
+    and the masked stacks of matrices (identity -> ((owner key, role), experts))."""
     params = dict(model.named_parameters())
-    tables = {}
+    tables, stacks = {}, {}
     for name in names:
-        owner = _layer_of(model, name)[0]
-        if isinstance(owner, nn.Embedding | nn.EmbeddingBag) and params[name].dim() == 2:
-            tables[id(params[name])] = (id(owner), params[name].shape[0])
-    return tables
+        owner, leaf = _layer_of(model, name)
+        t = params[name]
+        if isinstance(owner, nn.Embedding | nn.EmbeddingBag) and t.dim() == 2:
+            tables[id(t)] = (id(owner), t.shape[0])
+        elif t.dim() == 3 and not isinstance(owner, nn.modules.conv._ConvNd | nn.Bilinear):
+            stacks[id(t)] = ((id(owner), leaf), t.shape[0])
+    return tables, stacks
+
+
+def _experts_scale(sums: Tensor, hit: Tensor, w: Tensor, layout: str) -> Tensor:
+    """Each expert's input norms broadcast over its matrix (inputs along its last
+    dimension, ``in_last``, or its middle one, ``in_first``); an expert no input was routed
+    to takes the median norm of the others (ranked by magnitude on their scale)."""
+    norms = sums.sqrt()
+    if not bool(hit.all()):
+        norms[~hit] = norms[hit].median() if bool(hit.any()) else 1.0
+    return (norms[:, None, :] if layout == "in_last" else norms[:, :, None]).expand(w.shape)
 
 
 def _score(module: nn.Module, leaf: str, weight: Tensor, norms: _Norms) -> Tensor | None:
     """``‖X_j‖₂`` broadcast to ``weight``'s shape, or None where no input was seen."""
     key = id(module)
     w = weight.detach()
+    for layout, features in (("in_last", -1), ("in_first", 1)):  # (E, out, in), (E, in, out)
+        per_expert = norms.sums.get((key, f"{layout}:{leaf}"))
+        if per_expert is not None and w.dim() == 3 and per_expert.shape[1] == w.shape[features]:
+            return _experts_scale(per_expert, norms.hit[(key, f"{layout}:{leaf}")], w, layout)
     if (key, "rows") in norms.sums and w.dim() == 2:
         return norms.sums[(key, "rows")].sqrt()[:, None].expand(w.shape)
     if (key, "channels") in norms.sums and w.dim() >= 3:
@@ -249,7 +351,7 @@ def activation_scores(
     handles = _hooks(model, names, norms)
     device = device_of(model)
     try:
-        with torch.no_grad(), modes_kept(model), _Lookups(_tables(model, names), norms):
+        with torch.no_grad(), modes_kept(model), _Calls(*_tracked(model, names), norms):
             model.eval()
             for batch in _input_batches(inputs, batch_size):
                 try:
@@ -263,7 +365,11 @@ def activation_scores(
         for h in handles:
             h.remove()
     check(norms.sums, "prune(score='activation'): the inputs reached none of the masked weights")
-    features = [v.sqrt() for (_, role), v in norms.sums.items() if role != "rows"]
+    features = [
+        (v[norms.hit[key]] if key in norms.hit else v).sqrt().flatten()
+        for key, v in norms.sums.items()
+        if key[1] != "rows"
+    ]
     median = torch.cat(features).median() if features else torch.tensor(1.0, dtype=torch.float64)
     scores, unseen = [], []
     for name in names:
