@@ -47,7 +47,7 @@ from pacnet.training.batches import as_source, to_device
 from pacnet.training.train import device_of, infer, modes_kept
 
 SCORES = ("magnitude", "activation")
-_INPUT_KEYWORDS = ("input", "hidden_states", "x", "inputs", "input_ids")
+_INPUT_KEYWORDS = ("input", "hidden_states", "x", "inputs")
 """Keyword names under which a layer may get its input (``layer(hidden_states=h)``)."""
 
 
@@ -66,9 +66,9 @@ class _Norms:
         squares = squares.detach().double()
         table = self.sums.get(key)
         if table is None:
-            table = self.sums[key] = torch.zeros(rows, len(squares), dtype=torch.float64,
-                                                 device=squares.device)  # fmt: skip
-            self.hit[key] = torch.zeros(rows, dtype=torch.bool, device=squares.device)
+            shape, device = (rows, len(squares)), squares.device
+            table = self.sums[key] = torch.zeros(shape, dtype=torch.float64, device=device)
+            self.hit[key] = torch.zeros(rows, dtype=torch.bool, device=device)
         if table.shape[1] != len(squares):
             return
         table[row] += squares
@@ -106,31 +106,21 @@ def _layer_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 
 def _hooks(model: nn.Module, names: list[str], norms: _Norms) -> list[Any]:
-    """Forward pre-hooks on the modules owning the masked weights ``names``, and on every
-    other module of the same kind holding the same tensor (a tied embedding that the
-    forward pass reaches under another name, as T5's encoder and decoder tables), all
-    adding to the owner's sums."""
-    holders: dict[int, list[nn.Module]] = {}
-    for module in model.modules():
-        for value in module._parameters.values():
-            if value is not None:
-                holders.setdefault(id(value), []).append(module)
-    params = dict(model.named_parameters())
+    """Forward pre-hooks on the modules owning the masked weights ``names`` (not on
+    embeddings: their lookups are seen where they happen, by :class:`_Calls`)."""
     handles = []
     seen: set[int] = set()
     for name in names:
-        owner = _layer_of(model, name)[0]
-        key = id(owner)
-        tied = [m for m in holders.get(id(params[name]), []) if type(m) is type(owner)]
-        for module in [owner, *tied]:
-            if id(module) in seen:
-                continue
-            seen.add(id(module))
+        module = _layer_of(model, name)[0]
+        if id(module) in seen or isinstance(module, nn.Embedding | nn.EmbeddingBag):
+            continue
+        seen.add(id(module))
+        key = id(module)
 
-            def hook(mod: nn.Module, args: tuple, kwargs: dict, key: int = key) -> None:
-                _observe(mod, key, args, kwargs, norms)
+        def hook(mod: nn.Module, args: tuple, kwargs: dict, key: int = key) -> None:
+            _observe(mod, key, args, kwargs, norms)
 
-            handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
     return handles
 
 
@@ -140,8 +130,6 @@ def _observe(module: nn.Module, key: int, args: tuple, kwargs: dict, norms: _Nor
     is not seen."""
     inputs = [a for a in args if isinstance(a, Tensor)]
     inputs += [v for k, v in kwargs.items() if isinstance(v, Tensor) and k in _INPUT_KEYWORDS]
-    if isinstance(module, nn.Embedding | nn.EmbeddingBag):
-        return  # its lookups are seen where they happen (_Calls)
     if isinstance(module, nn.modules.conv._ConvNd) and inputs:
         norms.add((key, "channels"), _feature_squares(inputs[0], 1 if inputs[0].dim() > 1 else 0))
     elif isinstance(module, nn.MultiheadAttention):

@@ -369,13 +369,15 @@ def split_off(
     whole batches where it has five or more, else inside each batch by rows (every tensor
     whose first dimension is the batch's length; other values are shared)."""
     generator = torch.Generator().manual_seed(seed)
-    if isinstance(data, Data):
-        n = len(data)
-        count = _held_count(n, share, most)
+    by_sample = isinstance(data, Data) or (
+        isinstance(data, Dataset) and not isinstance(data, torch.utils.data.IterableDataset)
+    )
+    if by_sample:
+        count = _held_count(len(data), share, most)
         if count is None:
             return None
-        order = torch.randperm(n, generator=generator).to(data.x.device)
-        return _rows_of(data, order[count:]), _rows_of(data, order[:count])
+        order = torch.randperm(len(data), generator=generator)
+        return _samples_of(data, order[count:]), _samples_of(data, order[:count])
     if isinstance(data, list | tuple) and data and not isinstance(data, Mapping):
         if len(data) >= 5:
             count = _held_count(len(data), share, len(data))
@@ -392,17 +394,16 @@ def split_off(
         if any(p is None for p in parts):
             return None
         return [p[0] for p in parts], [p[1] for p in parts]
-    if isinstance(data, Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
-        n = len(data)
-        count = _held_count(n, share, most)
-        if count is None:
-            return None
-        order = torch.randperm(n, generator=generator).tolist()
-        return (
-            torch.utils.data.Subset(data, order[count:]),
-            torch.utils.data.Subset(data, order[:count]),
-        )
     return None
+
+
+def _samples_of(data: Data | Dataset, index: Tensor) -> Data | Dataset:
+    """The samples ``index`` of :class:`Data` (as Data) or of a map-style Dataset."""
+    if not isinstance(data, Data):
+        return torch.utils.data.Subset(data, index.tolist())
+    index = index.to(data.x.device)
+    groups = None if data.groups is None else data.groups[index.to(data.groups.device)]
+    return Data(data.x[index], None if data.y is None else data.y[index], groups)
 
 
 def _rows_in(batch: Batch) -> int:
@@ -418,11 +419,6 @@ def _held_count(n: int, share: float, most: int) -> int | None:
     if n < 2:
         return None
     return max(1, min(most, n - 1, math.ceil(share * n)))
-
-
-def _rows_of(data: Data, index: Tensor) -> Data:
-    groups = None if data.groups is None else data.groups[index.to(data.groups.device)]
-    return Data(data.x[index], None if data.y is None else data.y[index], groups)
 
 
 def _split_batch(batch: Batch, share: float, generator: torch.Generator) -> tuple | None:
