@@ -15,9 +15,9 @@ import argparse
 import time
 from pathlib import Path
 
-from pacnet.experiments.runner import run
-from pacnet.experiments.spec import RunSpec
-from pacnet.experiments.table import chain_markdown
+from pacnet.experiments.report.table import chain_markdown
+from pacnet.experiments.run.runner import run
+from pacnet.experiments.run.spec import RunSpec
 
 
 def main() -> None:

@@ -7,16 +7,19 @@ Tolerance (``pacnet.training.stacked.TOLERANCE``): float32 weights within
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
 from pacnet.benchmarks.mlp import MLP
-from pacnet.experiments import batched, runner
-from pacnet.experiments.spec import RunSpec
-from pacnet.experiments.store import Store
-from pacnet.experiments.sweep import WorkerOptions, sweep
+from pacnet.experiments.run import batched, runner
+from pacnet.experiments.run.spec import RunSpec
+from pacnet.experiments.store.store import Store
+from pacnet.experiments.sweep.sweep import WorkerOptions, sweep
+from pacnet.methods import METHODS
+from pacnet.methods.engine import stack_reason, target_training
 from pacnet.training.cache import StateCache
 from pacnet.training.stacked import TOLERANCE, Member, fit_stacked
 from pacnet.training.train import Data, FitConfig, fit
@@ -29,7 +32,7 @@ TINY = {
     "hidden": (16, 16),
     "target_pool": 60,
 }
-STACKED = ("pacnet", "finetune", "linear_probe", "l2sp", "scratch")
+STACKED = tuple(METHODS)  # every method lays its runs out for the stacked trainer
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -52,7 +55,7 @@ def specs(method: str, sizes=(12, 30), seeds=(0, 1), **extra) -> list[RunSpec]:
 def test_each_stacked_method_matches_its_runs_alone(method, tmp_path):
     cache = StateCache(tmp_path / "cache")
     group = specs(method, select="cv")
-    alone = [runner.run_trained(s, cache=cache) for s in group]
+    alone = [runner.run_trained(replace(s, engine="sequential"), cache=cache) for s in group]
     together = batched.run_group(group, cache)
     for a, b in zip(alone, together, strict=True):
         ra, rb = a.result, b.result
@@ -89,6 +92,15 @@ def test_frozen_entries_stay_bit_exact(tmp_path):
                 keep = tasks.mask[name]
                 assert torch.equal(p[keep], allocated[name][keep]), name
                 assert not torch.equal(p[~keep], allocated[name][~keep])  # the target trained
+    for trained in batched.run_group(specs("lora", select="cv"), cache):  # LoRA's base
+        source = runner.prepare(specs("lora")[0], cache).source_model.state_dict()
+        base = trained.model.base_model.model
+        for name, value in source.items():
+            layer, _, leaf = name.rpartition(".")
+            module = base.get_submodule(layer)
+            kept = getattr(module, "base_layer", None) or module.original_module
+            assert torch.equal(getattr(kept, leaf), value), name
+        assert trained.result["engine"] == "batched"
     probe = batched.run_group(specs("linear_probe"), cache)
     ctx = runner.prepare(specs("linear_probe")[0], cache)
     source = dict(ctx.source_model.named_parameters())
@@ -138,7 +150,7 @@ def alone(member: Member, spec: dict) -> tuple[dict, object]:
 
 def test_a_member_that_stops_early_while_the_others_go_on():
     members, spec = members_for_stopping()
-    stacked = fit_stacked(members, spec)
+    stacked = fit_stacked(members, MLP.from_spec(spec).layout())
     (_, r0), (_, r1), (third, r2) = stacked
     assert r0.steps < r1.steps and r2.steps == 120
     for member, (state, result) in zip(members, stacked, strict=True):
@@ -163,7 +175,7 @@ def test_early_protocol_runs_match(tmp_path):
                 method_params={"lr": lr})
         for s in (0, 1) for lr in (0.03,)
     ]  # fmt: skip
-    ra = [runner.run(s, cache=cache) for s in group]
+    ra = [runner.run(replace(s, engine="sequential"), cache=cache) for s in group]
     rb = [t.result for t in batched.run_group(group, cache)]
     for a, b in zip(ra, rb, strict=True):
         assert (
@@ -174,12 +186,39 @@ def test_early_protocol_runs_match(tmp_path):
 
 
 def test_runs_that_cannot_stack_run_alone(tmp_path):
+    """Several targets in one network run on the sequential engine whatever the spec
+    asks; so does a run that asks for it."""
     cache = StateCache(tmp_path / "cache")
-    spec = RunSpec("friedman", "delta", seed=0, target_size=20, bench_settings=TINY)
-    assert not batched.stackable(spec)
-    trained = batched.run_trained(spec, tmp_path / "out", cache)
+    chain = RunSpec(
+        "friedman", "pacnet", seed=0, target_size=20, bench_settings=TINY, targets=(1, 2)
+    )
+    assert chain.engine == "batched" and not batched.stacks(chain)
+    trained = runner.run_trained(chain, tmp_path / "out", cache)
     assert trained.result["engine"] == "sequential"
     assert (tmp_path / "out" / "result.json").exists()
+    spec = RunSpec("friedman", "delta", seed=0, target_size=20, bench_settings=TINY)
+    assert batched.stacks(spec) and not batched.stacks(replace(spec, engine="sequential"))
+    ran = runner.run_trained(replace(spec, engine="sequential"), None, cache).result
+    assert ran["engine"] == "sequential" and ran["run_id"] == spec.run_id()
+
+
+def test_a_plan_the_stack_cannot_express_trains_alone_in_the_group(tmp_path):
+    """DELTA on the activations' outputs (not a linear layer's) and LoRA with dropout have
+    no stacked form: in a batched group those trainings run alone and give what the
+    sequential engine gives, bit for bit."""
+    cache = StateCache(tmp_path / "cache")
+    for method, params in (("delta", {"layers": "body.1,body.3"}), ("lora", {"dropout": 0.1})):
+        group = specs(method, seeds=(0,), method_params=params)
+        ctx = runner.prepare(group[0], cache)
+        plan = METHODS[method](METHODS[method].Params(**params)).plan(ctx)
+        try:
+            assert stack_reason(target_training(plan, ctx, method)) is not None
+        finally:
+            plan.close()
+        together = [t.result for t in batched.run_group(group, cache)]
+        alone = [runner.run(replace(s, engine="sequential"), cache=cache) for s in group]
+        for a, b in zip(alone, together, strict=True):
+            assert a["target_test"] == b["target_test"], method
 
 
 def test_a_sweep_on_either_engine_stores_the_same_runs(tmp_path):
@@ -194,7 +233,7 @@ def test_a_sweep_on_either_engine_stores_the_same_runs(tmp_path):
     for run_id, a in found["sequential"].items():
         b = found["batched"][run_id]
         assert same_metric(a["target_test"], b["target_test"])
-        assert b["engine"] == ("sequential" if b["method"] == "delta" else "batched")
+        assert b["engine"] == "batched" and a["engine"] == "sequential"
 
 
 def test_engine_option_is_checked():

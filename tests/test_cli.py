@@ -233,7 +233,7 @@ def test_reproduce_prints_a_table_and_resumes(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "| pacnet (lam=0.1) |" in out and "N=20" in out and "Protocol: fixed budget of 30" in out
-    from pacnet.experiments.store import Store
+    from pacnet.experiments.store.store import Store
 
     with Store(db) as store:
         rows = store.results()
@@ -267,7 +267,7 @@ def test_reproduce_reads_a_toml_grid_and_flags_override_it(tmp_path, capsys):
         str(tmp_path),
     ]
     assert main([*argv, "--seeds", "1"]) == 0
-    from pacnet.experiments.store import Store
+    from pacnet.experiments.store.store import Store
 
     with Store(db) as store:
         rows = store.results()
@@ -283,7 +283,7 @@ def test_shipped_grid_configs_are_valid(tmp_path):
     methods, keys, settings, hyperparameters and candidates."""
     from pathlib import Path
 
-    from pacnet.experiments.grid import Grid
+    from pacnet.experiments.sweep.grid import Grid
 
     configs = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.toml"))
     assert len(configs) >= 5

@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from pacnet import Data, PacnetError
 from pacnet.benchmarks.resnet import resnet18
 from pacnet.cli import main
-from pacnet.experiments.runner import run
-from pacnet.experiments.spec import RunSpec
+from pacnet.experiments.run.runner import run
+from pacnet.experiments.run.spec import RunSpec
 from pacnet.methods.delta import (
     TLLIB_TRADE_OFF,
     Delta,

@@ -2,8 +2,8 @@
 
 import pytest
 
-from pacnet.experiments.runner import run
-from pacnet.experiments.spec import RunSpec
+from pacnet.experiments.run.runner import run
+from pacnet.experiments.run.spec import RunSpec
 from pacnet.training.cache import StateCache
 
 TINY = {

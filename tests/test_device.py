@@ -15,8 +15,8 @@ from test_trajectory import SMALL
 
 from pacnet import PacnetError
 from pacnet.cli import main
-from pacnet.experiments.runner import run
-from pacnet.experiments.spec import RunSpec
+from pacnet.experiments.run.runner import run
+from pacnet.experiments.run.spec import RunSpec
 from pacnet.methods import METHODS
 from pacnet.training import batches
 from pacnet.training.cache import StateCache

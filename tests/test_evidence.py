@@ -14,12 +14,12 @@ from test_methods import TINY
 
 from pacnet import PacnetError
 from pacnet.cli import main
-from pacnet.experiments import select
-from pacnet.experiments.grid import expand
-from pacnet.experiments.report import report
-from pacnet.experiments.runner import run
-from pacnet.experiments.spec import RunSpec
-from pacnet.experiments.store import Store
+from pacnet.experiments.report.report import report
+from pacnet.experiments.run import select
+from pacnet.experiments.run.runner import run
+from pacnet.experiments.run.spec import RunSpec
+from pacnet.experiments.store.store import Store
+from pacnet.experiments.sweep.grid import expand
 
 GRID = ({"ratio": 0.5, "lam": 0.01}, {"ratio": 0.9, "lam": 0.1})
 

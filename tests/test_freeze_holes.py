@@ -512,8 +512,8 @@ def test_state_replaced_with_values_at_frozen_entries_keeps_frozen_entries(case)
 def test_a_steady_loop_never_reviews_or_rescans(monkeypatch, mode, optimizer):
     """The per-step checks compare identities only: the loops `pacnet bench` times never
     re-derive the path or look at the optimizer's state again."""
-    from pacnet.experiments.bench_models import placed
-    from pacnet.experiments.bench_modes import stepper
+    from pacnet.experiments.bench.models import placed
+    from pacnet.experiments.bench.modes import stepper
 
     model, x, y = placed("friedman_mlp", "cpu")
     step, context = stepper(mode, "friedman_mlp", model, x, y, optimizer)

@@ -52,7 +52,7 @@ def test_mutated_checkpoints_load_or_fail_cleanly(checkpoint, tmp_path, edits, c
 def test_random_grid_configs_fail_cleanly(tmp_path, text):
     from pathlib import Path
 
-    from pacnet.experiments.grid import Grid
+    from pacnet.experiments.sweep.grid import Grid
 
     path = Path(tmp_path) / "grid.toml"
     path.write_text(text)

@@ -11,9 +11,9 @@ from conftest import TINY_FLAGS
 from pacnet import PacnetError
 from pacnet.benchmarks.friedman import FriedmanConfig
 from pacnet.cli import main
-from pacnet.experiments.grid import Grid, parse_params
-from pacnet.experiments.spec import RunSpec
-from pacnet.experiments.store import Store
+from pacnet.experiments.run.spec import RunSpec
+from pacnet.experiments.store.store import Store
+from pacnet.experiments.sweep.grid import Grid, parse_params
 from pacnet.methods.pacnet_method import PacNet, PacNetParams
 
 TOML = """

@@ -8,12 +8,11 @@ import torch
 
 import pacnet
 from pacnet import PacnetError
-from pacnet.benchmarks.celeba import CelebA, CelebAConfig
+from pacnet.benchmarks.celeba import CelebA, CelebAConfig, write_celeba
 from pacnet.benchmarks.fashion import Fashion, FashionConfig, read_idx
 from pacnet.cli import main
-from pacnet.experiments.runner import run
-from pacnet.experiments.selftest import write_celeba
-from pacnet.experiments.spec import RunSpec
+from pacnet.experiments.run.runner import run
+from pacnet.experiments.run.spec import RunSpec
 from pacnet.training.cache import StateCache
 
 NAMES = ["Smiling", "Young", "Bangs", "Male", "Eyeglasses", "Blond_Hair"]

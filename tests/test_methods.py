@@ -1,8 +1,8 @@
 import pytest
 
 from pacnet import PacnetError
-from pacnet.experiments.runner import run
-from pacnet.experiments.spec import RunSpec
+from pacnet.experiments.run.runner import run
+from pacnet.experiments.run.spec import RunSpec
 from pacnet.methods import METHODS, get_method
 from pacnet.methods.base import SEARCH_BUDGET, candidates
 
@@ -92,7 +92,7 @@ def test_cross_validation_folds_partition_the_samples():
     import torch
 
     from pacnet import Data
-    from pacnet.experiments.select import folds_of
+    from pacnet.experiments.run.select import folds_of
 
     data = Data(torch.arange(10.0).unsqueeze(1), torch.arange(10.0).unsqueeze(1))
     splits = folds_of(data, 3)
@@ -133,7 +133,7 @@ def test_cross_validation_holds_out_whole_groups():
     import torch
 
     from pacnet import Data
-    from pacnet.experiments.select import cv_splits
+    from pacnet.experiments.run.select import cv_splits
 
     groups = torch.arange(4).repeat_interleave(5)  # 4 trajectories of 5 points
     data = Data(torch.arange(20.0).unsqueeze(1), torch.zeros(20, 1), groups)

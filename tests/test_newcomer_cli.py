@@ -25,7 +25,7 @@ from pacnet.cli.outputs import created_by
 from pacnet.cli.reproduce import grid_of
 from pacnet.config import make
 from pacnet.errors import PacnetError
-from pacnet.experiments.grid import Grid, parse_params
+from pacnet.experiments.sweep.grid import Grid, parse_params
 from pacnet.io import write_json
 from pacnet.tabular import read_table, write_table
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from pacnet.cli import main
-from pacnet.experiments.bench_models import GPU_MODELS, MODELS, placed
-from pacnet.experiments.bench_modes import MODES, Unavailable, stepper
-from pacnet.experiments.perf import run_all, step_times, summary
+from pacnet.experiments.bench.costs import run_all, step_times, summary
+from pacnet.experiments.bench.models import GPU_MODELS, MODELS, placed
+from pacnet.experiments.bench.modes import MODES, Unavailable, stepper
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
@@ -106,7 +106,7 @@ def test_bench_profile_and_bad_input(capsys):
 
 
 def test_bench_quick_leaves_resnet18_to_the_full_bench_on_the_cpu():
-    from pacnet.experiments.perf import default_models
+    from pacnet.experiments.bench.costs import default_models
 
     assert default_models("cpu", quick=True) == ["friedman_mlp", "wide_mlp"]
     assert "resnet18" in default_models("cpu")

@@ -4,7 +4,7 @@ import statistics
 from conftest import TINY_FLAGS
 
 from pacnet.cli import main
-from pacnet.experiments.store import Store
+from pacnet.experiments.store.store import Store
 
 TINY = TINY_FLAGS
 
@@ -97,7 +97,7 @@ def test_report_gives_chains_of_targets_a_table_of_their_own(tmp_path, capsys):
 
 
 def test_source_fidelity_is_tabled_for_the_methods_that_record_it():
-    from pacnet.experiments.table import fidelity_markdown
+    from pacnet.experiments.report.table import fidelity_markdown
 
     def row(method, prune, alloc, agree_p, agree_a):
         details = {"source_fidelity": {

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from pacnet.experiments.report import report
-from pacnet.experiments.table import paired
+from pacnet.experiments.report.report import report
+from pacnet.experiments.report.table import paired
 
 PNG = b"\x89PNG\r\n\x1a\n"
 ERRORS = {  # (method, size) -> target error per seed 0, 1, 2
@@ -81,7 +81,7 @@ def test_no_paired_plot_without_fine_tuning_runs(tmp_path):
 
 
 def test_a_series_far_beyond_the_others_is_named_off_scale_and_the_rest_are_kept():
-    from pacnet.experiments.report import off_scale
+    from pacnet.experiments.report.report import off_scale
 
     series = {
         "scratch": ([2, 5], [0.17, 0.11], [0.01, 0.01]),
@@ -96,7 +96,7 @@ def test_a_series_far_beyond_the_others_is_named_off_scale_and_the_rest_are_kept
 
 
 def test_wall_time_leaves_out_pauses_but_not_the_gaps_between_runs():
-    from pacnet.experiments.report import wall_time
+    from pacnet.experiments.report.report import wall_time
 
     assert wall_time([]) == (0.0, 0.0)
     # two workers overlapping, 5 s gaps between runs, then a 1000 s pause (a resumed sweep)
@@ -119,7 +119,7 @@ def test_a_report_with_a_far_off_variant_still_writes_its_paired_plot_and_table(
 
 
 def test_off_scale_leaves_out_every_series_of_a_far_group():
-    from pacnet.experiments.report import off_scale
+    from pacnet.experiments.report.report import off_scale
 
     series = {
         "scratch": ([2], [0.9], [0.0]),

@@ -13,7 +13,7 @@ import pacnet
 from pacnet.benchmarks import get_benchmark
 from pacnet.cli import main
 from pacnet.config import make
-from pacnet.experiments import runner
+from pacnet.experiments.run import runner
 
 
 def _spy(monkeypatch) -> list:

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from pacnet.cli import main
-from pacnet.experiments import selftest
+from pacnet.experiments.selftest import cases, exact, models, runs
+from pacnet.experiments.selftest import main as selftest_main
 
-RUN_SETTINGS = dict(selftest.RUN_SETTINGS)
+RUN_SETTINGS = dict(runs.RUN_SETTINGS)
 
 
 def test_selftest_on_the_cpu_passes_and_names_every_case(capsys):
@@ -20,52 +21,52 @@ def test_selftest_on_the_cpu_passes_and_names_every_case(capsys):
     assert lines[0].startswith("pacnet ") and f"torch {torch.__version__}" in lines[0]
     assert lines[1].startswith("plan: ") and " on 2 CPU cores (the full selftest: " in lines[1]
     marks = [line.split()[:2] for line in lines[2:-1]]
-    models, optimizers = len(selftest.MODELS), len(selftest.OPTIMIZERS)
-    assert sum(m[1] == "exact" for m in marks) == models * optimizers * 3
-    runs = [line for line in lines if line.split()[1:2] == ["runs"]]
-    for benchmark in selftest.RUN_SETTINGS:
-        of = [line for line in runs if line.split()[2] == benchmark]
-        if benchmark in selftest.FULL_ONLY:  # quick: no run on an installed image data set
+    model_count, optimizer_count = len(models.MODELS), len(models.OPTIMIZERS)
+    assert sum(m[1] == "exact" for m in marks) == model_count * optimizer_count * 3
+    run_lines = [line for line in lines if line.split()[1:2] == ["runs"]]
+    for benchmark in runs.RUN_SETTINGS:
+        of = [line for line in run_lines if line.split()[2] == benchmark]
+        if benchmark in runs.FULL_ONLY:  # quick: no run on an installed image data set
             assert len(of) == 1 and of[0].startswith(f"- runs  {benchmark} (every method) ")
         else:
             assert len(of) == 8, (benchmark, of)
     engines = [line for line in lines if line.split()[1:2] == ["engines"]]
-    assert len(engines) == 5 and all(line.startswith(selftest.PASS) for line in engines)
-    assert [m for m in marks if m[0] == selftest.FAIL] == []
-    skipped = [line for line in lines if line.startswith(selftest.SKIP)]
+    assert len(engines) == 5 and all(line.startswith(cases.PASS) for line in engines)
+    assert [m for m in marks if m[0] == cases.FAIL] == []
+    skipped = [line for line in lines if line.startswith(cases.SKIP)]
     reasons = ("capturable", "not installed", "the full selftest (without --quick) runs it")
     assert all(any(r in line for r in reasons) for line in skipped), skipped
-    assert any("celeba pacnet" in line and line.startswith(selftest.PASS) for line in runs)
+    assert any("celeba pacnet" in line and line.startswith(cases.PASS) for line in run_lines)
     assert lines[-1].endswith(" s") and ", 0 failed," in lines[-1]
 
 
 @pytest.fixture
 def small(monkeypatch):
     """One model, two optimizers, no runs and no bench: the exactness cases alone."""
-    monkeypatch.setattr(selftest, "MODELS", {"gru": selftest.MODELS["gru"]})
-    chosen = {k: selftest.OPTIMIZERS[k] for k in ("adam-fused", "sgd-momentum-decay")}
-    monkeypatch.setattr(selftest, "OPTIMIZERS", chosen)
-    monkeypatch.setattr(selftest, "RUN_SETTINGS", {})
-    monkeypatch.setattr(selftest, "bench", lambda device, quick: iter(()))
+    monkeypatch.setattr(models, "MODELS", {"gru": models.MODELS["gru"]})
+    chosen = {k: models.OPTIMIZERS[k] for k in ("adam-fused", "sgd-momentum-decay")}
+    monkeypatch.setattr(models, "OPTIMIZERS", chosen)
+    monkeypatch.setattr(runs, "RUN_SETTINGS", {})
+    monkeypatch.setattr(selftest_main, "bench", lambda device, quick: iter(()))
 
 
 def test_selftest_fails_where_frozen_entries_move(small, monkeypatch, capsys):
-    monkeypatch.setattr(selftest, "train_only", lambda *args, **kwargs: nullcontext())
+    monkeypatch.setattr(exact, "train_only", lambda *args, **kwargs: nullcontext())
     with pytest.raises(SystemExit) as exited:
         main(["selftest", "--quick"])
     assert exited.value.code == 1
     out = capsys.readouterr().out
-    assert out.count(selftest.FAIL) == 6 and "moved at Allocate step 1" in out
+    assert out.count(cases.FAIL) == 6 and "moved at Allocate step 1" in out
 
 
 def test_selftest_names_benchmarks_without_data_as_skipped(small, monkeypatch, capsys):
     settings = {k: RUN_SETTINGS[k] for k in ("fashion", "digits")}
-    monkeypatch.setattr(selftest, "RUN_SETTINGS", settings)
-    monkeypatch.setattr(selftest, "DEFAULT_DIR", "/nonexistent/fashion-mnist")
+    monkeypatch.setattr(runs, "RUN_SETTINGS", settings)
+    monkeypatch.setattr(runs, "DEFAULT_DIR", "/nonexistent/fashion-mnist")
     assert main(["selftest"]) == 0  # the full selftest: the one that runs them
     out = capsys.readouterr().out
     assert "runs of no benchmark (fashion, digits not installed)" in out.splitlines()[1]
-    skipped = [line for line in out.splitlines() if line.startswith(selftest.SKIP)]
+    skipped = [line for line in out.splitlines() if line.startswith(cases.SKIP)]
     assert len(skipped) == 16 and all("is not installed" in line for line in skipped)
 
 

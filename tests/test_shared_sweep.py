@@ -18,11 +18,11 @@ import pytest
 from conftest import HANG_GUARD, TINY_FLAGS
 
 from pacnet.cli import main
-from pacnet.experiments.claims import GridRun
-from pacnet.experiments.grid import expand
-from pacnet.experiments.spec import RunSpec
-from pacnet.experiments.store import Store
-from pacnet.experiments.sweep import WorkerOptions, work
+from pacnet.experiments.run.spec import RunSpec
+from pacnet.experiments.store.claims import GridRun
+from pacnet.experiments.store.store import Store
+from pacnet.experiments.sweep.grid import expand
+from pacnet.experiments.sweep.sweep import WorkerOptions, work
 from pacnet.training.cache import StateCache
 
 LEASE = 3
@@ -166,7 +166,7 @@ def test_two_workers_racing_for_the_last_pending_run_run_it_once(db_url, tmp_pat
 
 
 def _source_model(cache: Path, **settings) -> None:
-    from pacnet.experiments.runner import prepare
+    from pacnet.experiments.run.runner import prepare
 
     spec = RunSpec("friedman", "finetune", quick=True, bench_settings=_settings(**settings))
     prepare(spec, StateCache(cache))
@@ -232,7 +232,7 @@ def newer(db_url):
     """A database of a newer schema than this pacnet reads: its tables before."""
     from sqlalchemy import create_engine, inspect, text
 
-    from pacnet.experiments.database import database_url
+    from pacnet.experiments.store.database import database_url
 
     Store(db_url).close()
     engine = create_engine(database_url(db_url))
@@ -285,7 +285,7 @@ def test_bad_databases_are_one_line_exit_2_and_nothing_written(postgres_server, 
 def test_a_newer_schema_is_refused_with_nothing_written(newer, tmp_path, capsys):
     from sqlalchemy import create_engine, inspect
 
-    from pacnet.experiments.database import database_url
+    from pacnet.experiments.store.database import database_url
 
     db, tables = newer
     out, cache = tmp_path / "out", tmp_path / "cache"
@@ -340,7 +340,7 @@ def test_each_run_as_a_torchrun_job(tmp_path, capsys):
 
 
 def test_each_worker_of_a_gpu_machine_gets_its_own_devices():
-    from pacnet.experiments.sweep import gpu_slots
+    from pacnet.experiments.sweep.sweep import gpu_slots
 
     assert gpu_slots(2, 1, ["0", "1", "2", "3"]) == ["0", "1"]
     assert gpu_slots(2, 2, ["0", "1", "2", "3"]) == ["0,1", "2,3"]

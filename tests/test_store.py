@@ -14,11 +14,11 @@ import pytest
 from conftest import HANG_GUARD
 
 from pacnet import PacnetError
-from pacnet.experiments.claims import GridRun
-from pacnet.experiments.database import database_url, hide_password
-from pacnet.experiments.schema import SCHEMA_VERSION
-from pacnet.experiments.status import RunState, grid_status, grid_text
-from pacnet.experiments.store import Store
+from pacnet.experiments.store.claims import GridRun
+from pacnet.experiments.store.database import database_url, hide_password
+from pacnet.experiments.store.schema import SCHEMA_VERSION
+from pacnet.experiments.store.status import RunState, grid_status, grid_text
+from pacnet.experiments.store.store import Store
 
 
 def grid(prefix: str, n: int) -> list[GridRun]:
@@ -367,8 +367,8 @@ def test_claims_of_dead_processes_of_this_machine_are_reaped_at_once(db_url):
 
     from sqlalchemy import update
 
-    from pacnet.experiments.database import process_key
-    from pacnet.experiments.schema import states_table
+    from pacnet.experiments.store.database import process_key
+    from pacnet.experiments.store.schema import states_table
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     dead = process_key(child.pid)

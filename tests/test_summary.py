@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pacnet.experiments.summary import _ranks, summary
+from pacnet.experiments.report.summary import _ranks, summary
 
 
 def row(bench, size, seed, method, test, cv=None):
@@ -40,7 +40,7 @@ def test_no_summary_for_one_method():
 
 
 def test_report_names_the_engine_of_each_method():
-    from pacnet.experiments.report import _engines
+    from pacnet.experiments.report.report import _engines
 
     rows = [{"method": "pacnet", "engine": "batched"}, {"method": "delta", "engine": "sequential"},
             {"method": "bss"}]  # fmt: skip

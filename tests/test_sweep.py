@@ -7,7 +7,7 @@ import time
 
 from conftest import HANG_GUARD, TINY_FLAGS
 
-from pacnet.experiments.store import Store
+from pacnet.experiments.store.store import Store
 
 TINY = [
     "--source-samples",
@@ -152,7 +152,7 @@ def test_a_sweep_off_a_terminal_says_how_far_it_is(tmp_path, capsys, monkeypatch
     """Where stderr is not a terminal (tqdm's bar is off) the sweep writes a line as runs
     finish; a run that a group claims and gives back (it does not stack) is no attempt."""
     from pacnet.cli import main
-    from pacnet.experiments import progress
+    from pacnet.experiments.sweep import progress
 
     monkeypatch.setattr(progress, "GAP", 0.0)  # a line for every change
     db = tmp_path / "runs.sqlite"
@@ -168,7 +168,7 @@ def test_a_sweep_off_a_terminal_says_how_far_it_is(tmp_path, capsys, monkeypatch
 
 
 def test_progress_lines_beat_while_nothing_finishes(capsys, monkeypatch):
-    from pacnet.experiments import progress
+    from pacnet.experiments.sweep import progress
 
     monkeypatch.setattr(progress, "HEARTBEAT", 0.05)
     err = ""

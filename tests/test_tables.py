@@ -19,8 +19,8 @@ from pacnet.benchmarks.tables import (
     packaged,
 )
 from pacnet.cli import main
-from pacnet.experiments.runner import run
-from pacnet.experiments.spec import RunSpec
+from pacnet.experiments.run.runner import run
+from pacnet.experiments.run.spec import RunSpec
 
 ROWS = {  # source rows (train + validation + test), target pool, target test, as documented
     "diamonds": (52330, 966, 644),

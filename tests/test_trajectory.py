@@ -3,8 +3,8 @@ import torch
 
 from pacnet.benchmarks.ode import ODE, ODEConfig
 from pacnet.benchmarks.pde import PDE, PDEConfig
-from pacnet.experiments.runner import run
-from pacnet.experiments.spec import RunSpec
+from pacnet.experiments.run.runner import run
+from pacnet.experiments.run.spec import RunSpec
 from pacnet.methods import METHODS
 from pacnet.training.cache import StateCache
 

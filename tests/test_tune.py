@@ -4,7 +4,7 @@ import optuna
 from conftest import TINY_FLAGS
 
 from pacnet.cli import main
-from pacnet.experiments.store import Store
+from pacnet.experiments.store.store import Store
 from pacnet.methods.pacnet_method import PacNetParams
 
 TINY = TINY_FLAGS

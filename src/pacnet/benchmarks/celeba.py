@@ -17,10 +17,12 @@ task's attributes. Malformed files fail with one line naming the file and the li
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -268,3 +270,80 @@ class CelebA(ImageBenchmark):
     def score(self, model: nn.Module, data: Data) -> float:
         logits, labels = self.predictions(model, data)
         return float(((logits > 0).float() != labels).float().mean())
+
+
+ATTRIBUTE_NAMES = [
+    "5_o_Clock_Shadow",
+    "Arched_Eyebrows",
+    "Attractive",
+    "Bags_Under_Eyes",
+    "Bald",
+    "Bangs",
+    "Big_Lips",
+    "Big_Nose",
+    "Black_Hair",
+    "Blond_Hair",
+    "Blurry",
+    "Brown_Hair",
+    "Bushy_Eyebrows",
+    "Chubby",
+    "Double_Chin",
+    "Eyeglasses",
+    "Goatee",
+    "Gray_Hair",
+    "Heavy_Makeup",
+    "High_Cheekbones",
+    "Male",
+    "Mouth_Slightly_Open",
+    "Mustache",
+    "Narrow_Eyes",
+    "No_Beard",
+    "Oval_Face",
+    "Pale_Skin",
+    "Pointy_Nose",
+    "Receding_Hairline",
+    "Rosy_Cheeks",
+    "Sideburns",
+    "Smiling",
+    "Straight_Hair",
+    "Wavy_Hair",
+    "Wearing_Earrings",
+    "Wearing_Hat",
+    "Wearing_Lipstick",
+    "Wearing_Necklace",
+    "Wearing_Necktie",
+    "Young",
+]
+
+
+def write_celeba(
+    root: Path,
+    images: int = 60,
+    seed: int = 0,
+    attributes: Sequence[str] = ATTRIBUTE_NAMES,
+    size: tuple[int, int] = (44, 36),
+    splits: tuple[float, float] = (0.7, 0.85),
+) -> Path:
+    """A folder in CelebA's official layout (``img_align_celeba/``, ``list_attr_celeba.txt``,
+    ``list_eval_partition.txt``) with ``images`` generated JPEGs of ``size`` (height, width)
+    and ``attributes`` (CelebA's 40 by default), the first of them visible in the red
+    channel; the first ``splits[0]`` of the images are for training, up to ``splits[1]``
+    for validation, the rest for testing."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / IMAGES).mkdir(parents=True)
+    labels = rng.integers(0, 2, size=(images, len(attributes)))
+    lines = [str(images), " ".join(attributes)]
+    parts = []
+    for i in range(images):
+        name = f"{i + 1:06d}.jpg"
+        pixels = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+        pixels[:, :, 0] = 200 * labels[i, 0]  # something learnable
+        Image.fromarray(pixels).save(root / IMAGES / name)
+        lines.append(name + " " + " ".join("1" if v else "-1" for v in labels[i]))
+        part = 0 if i < images * splits[0] else 1 if i < images * splits[1] else 2
+        parts.append(f"{name} {part}")
+    (root / ATTRIBUTES).write_text("\n".join(lines) + "\n")
+    (root / PARTITION).write_text("\n".join(parts) + "\n")
+    return root

@@ -8,16 +8,15 @@ from typing import Any
 from torch import Tensor, nn
 
 from pacnet.errors import PacnetError, check
-
-_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}
+from pacnet.training.stacked import ACTIVATIONS, Layer, Layout
 
 
 def check_activation(name: str) -> None:
     """Fail in one line, listing the choices, unless ``name`` is an activation an
     :class:`MLP` has."""
     check(
-        name in _ACTIVATIONS,
-        f"activation must be one of {', '.join(_ACTIVATIONS)}, got {name!r}",
+        name in ACTIVATIONS,
+        f"activation must be one of {', '.join(ACTIVATIONS)}, got {name!r}",
     )
 
 
@@ -48,7 +47,7 @@ class MLP(nn.Module):
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
-            layers += [nn.Linear(width, h), _ACTIVATIONS[activation]()]
+            layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
             width = h
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, out_features)
@@ -57,6 +56,12 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))
+
+    def layout(self) -> Layout:
+        """The layers' weight and bias names, input to output, and the activation between
+        them: how the stacked trainer runs this MLP."""
+        names = [f"body.{2 * i}" for i in range(len(self.hidden))] + ["head"]
+        return Layout(tuple(Layer(f"{n}.weight", f"{n}.bias") for n in names), self.activation)
 
     def spec(self) -> dict[str, Any]:
         """The architecture: ``{"kind": "mlp", "in_features", "hidden", "out_features",

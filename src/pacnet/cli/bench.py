@@ -1,5 +1,5 @@
 """``pacnet bench``: time and memory of masked against plain training, measured side by side
-(:mod:`pacnet.experiments.perf`), or where a step's time goes (``--profile``)."""
+(:mod:`pacnet.experiments.bench.costs`), or where a step's time goes (``--profile``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from pacnet.cli.common import Named, column_list, debug_flag, device_flag
 from pacnet.errors import check
-from pacnet.experiments.perf import (
+from pacnet.experiments.bench.costs import (
     CPU_MODELS,
     GPU_MODELS,
     MODELS,
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> None:
         check(mode in MODES, f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     modes = ["plain", *(m for m in modes or MODES if m != "plain")]
     if args.engines:
-        from pacnet.experiments import bench_engines
+        from pacnet.experiments.bench import engines as bench_engines
 
         specs = bench_engines.grid(
             sizes=(10, 50) if args.quick else (10, 50, 200), quick=args.quick,

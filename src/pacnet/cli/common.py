@@ -14,8 +14,9 @@ from typing import Any
 from pacnet.benchmarks import BENCHMARKS, get_benchmark
 from pacnet.config import add_flags, flag_of, given, name_flags
 from pacnet.errors import PacnetError, check
-from pacnet.experiments.spec import RunSpec
+from pacnet.experiments.run.spec import RunSpec
 from pacnet.methods import METHODS, get_method
+from pacnet.methods.engine import DEFAULT_ENGINE, ENGINES
 
 
 class Parser(argparse.ArgumentParser):
@@ -54,8 +55,8 @@ def engine_flag(parser: argparse.ArgumentParser, batched: str) -> None:
     """``--engine batched|sequential``; ``batched`` says what the command stacks."""
     parser.add_argument(
         "--engine",
-        choices=("batched", "sequential"),
-        default="batched",
+        choices=ENGINES,
+        default=DEFAULT_ENGINE,
         help=f"{batched}; sequential: one training after another (the same results up to "
         "float rounding)",
     )
@@ -219,6 +220,7 @@ def _spec(args: argparse.Namespace, bench_cls: Any, method_cls: Any) -> RunSpec:
         amp=args.amp,
         deterministic=args.deterministic,
         targets=tuple(getattr(args, "targets", ())),
+        engine=getattr(args, "engine", DEFAULT_ENGINE),
     )
 
 

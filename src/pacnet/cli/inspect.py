@@ -12,7 +12,7 @@ from pacnet.benchmarks.mlp import describe_spec
 from pacnet.cli.common import Named, debug_flag
 from pacnet.core.checkpoint import inspect
 from pacnet.errors import check
-from pacnet.experiments.saving import NETWORK_FILE, RESULT_FILE
+from pacnet.experiments.run.saving import NETWORK_FILE, RESULT_FILE
 from pacnet.io import read_json
 from pacnet.tabular import find_card, open_artifact
 from pacnet.tabular.report import card_lines

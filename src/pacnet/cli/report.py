@@ -11,10 +11,10 @@ from typing import Any
 from pacnet.cli.common import Named, db_flag, debug_flag
 from pacnet.config import unknown_hint
 from pacnet.errors import check
-from pacnet.experiments.report import report
-from pacnet.experiments.saving import read_results
-from pacnet.experiments.status import status_text
-from pacnet.experiments.store import DEFAULT_DB, Store
+from pacnet.experiments.report.report import report
+from pacnet.experiments.run.saving import read_results
+from pacnet.experiments.store.status import status_text
+from pacnet.experiments.store.store import DEFAULT_DB, Store
 
 
 def add_parser(sub: Any, named: Named) -> None:

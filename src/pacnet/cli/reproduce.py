@@ -1,6 +1,6 @@
 """``pacnet reproduce BENCHMARK [--config FILE] [...]``: a grid of runs (methods x target
 sizes x seeds), resumable and shareable by many machines through the results database,
-then a table. The grid itself is :class:`pacnet.experiments.grid.Grid`."""
+then a table. The grid itself is :class:`pacnet.experiments.sweep.grid.Grid`."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ from pacnet.cli.common import (
 )
 from pacnet.config import given
 from pacnet.errors import PacnetError, check
-from pacnet.experiments.claims import grid_id
-from pacnet.experiments.grid import Grid, default_label, parse_params
-from pacnet.experiments.report import variant
-from pacnet.experiments.store import DEFAULT_DB, Store
-from pacnet.experiments.sweep import WorkerOptions, sweep
-from pacnet.experiments.table import markdown, protocol
+from pacnet.experiments.report.report import variant
+from pacnet.experiments.report.table import markdown, protocol
+from pacnet.experiments.store.claims import grid_id
+from pacnet.experiments.store.store import DEFAULT_DB, Store
+from pacnet.experiments.sweep.grid import Grid, default_label, parse_params
+from pacnet.experiments.sweep.sweep import WorkerOptions, sweep
 from pacnet.io import write_bytes_atomic
 from pacnet.training.cache import StateCache
 

@@ -15,8 +15,8 @@ from pacnet.cli.common import (
     setting_flags,
     spec_from_args,
 )
-from pacnet.experiments import batched
-from pacnet.experiments.saving import RESULT_FILE
+from pacnet.experiments.run.runner import run_trained
+from pacnet.experiments.run.saving import RESULT_FILE
 from pacnet.training import distributed
 from pacnet.training.cache import StateCache
 
@@ -52,9 +52,7 @@ def run(args: argparse.Namespace) -> None:
     with distributed.session(args.device) as device:
         args.device = device
         spec = spec_from_args(args)
-        result = batched.run_trained(
-            spec, args.out, StateCache(args.cache), save=args.save, engine=args.engine
-        ).result
+        result = run_trained(spec, args.out, StateCache(args.cache), save=args.save).result
         main_rank = distributed.is_main()
     if not main_rank:
         return

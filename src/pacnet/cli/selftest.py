@@ -11,7 +11,8 @@ import sys
 from typing import Any
 
 from pacnet.cli.common import Named, debug_flag, device_flag
-from pacnet.experiments.selftest import FAIL, selftest
+from pacnet.experiments.selftest.cases import FAIL
+from pacnet.experiments.selftest.main import selftest
 from pacnet.training.device import check_device
 
 

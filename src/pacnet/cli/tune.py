@@ -14,9 +14,9 @@ from pacnet.cli.common import (
     setting_flags,
     spec_from_args,
 )
-from pacnet.experiments import tune as tuning
-from pacnet.experiments.database import hide_password
-from pacnet.experiments.store import DEFAULT_DB
+from pacnet.experiments.store.database import hide_password
+from pacnet.experiments.store.store import DEFAULT_DB
+from pacnet.experiments.sweep import tune as tuning
 from pacnet.training.cache import StateCache
 
 
@@ -49,9 +49,7 @@ def run(args: argparse.Namespace) -> None:
         storage = tuning.optuna_storage(args.storage, any_rdb=True)
     else:
         storage = tuning.optuna_storage(args.db or DEFAULT_DB)
-    study = tuning.tune(
-        spec, args.trials, storage, args.study, args.folds, StateCache(args.cache), args.engine
-    )
+    study = tuning.tune(spec, args.trials, storage, args.study, args.folds, StateCache(args.cache))
     best = study.best_trial
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in best.params.items())
     where = hide_password(str(args.storage or args.db or DEFAULT_DB))

@@ -272,10 +272,8 @@ def calibrate(
     tasks = tasks if tasks is not None else Tasks(model, mask)
     check(tasks.mask == mask, "mask differs from the one these tasks were built with")
     previous = tasks.active
-    tasks.add(task, init)
+    open_task(model, tasks, task, init)
     try:
-        tasks.activate(model, task)
-        zero_entries(model, tasks.owned(task))
         result = _train_newest(model, tasks, train, loss_fn, cfg, lam, val, seed, "calibrate")
         if reserve:
             tasks.release(model, task, reserve)
@@ -288,6 +286,22 @@ def calibrate(
         tasks.drop(model, task, then=previous)  # the model is as it was, the source intact
         raise
     return tasks, result
+
+
+def open_task(
+    model: nn.Module, tasks: Tasks, task: str, init: Mapping[str, Tensor] | None = None
+) -> None:
+    """Where Calibrate starts: ``task`` added to ``tasks`` (``init``: fresh values for its
+    own tensors whose shape differs from the source's) and active, the masked entries it
+    owns set to +0.0. On failure the task is dropped again."""
+    previous = tasks.active
+    tasks.add(task, init)
+    try:
+        tasks.activate(model, task)
+        zero_entries(model, tasks.owned(task))
+    except BaseException:
+        tasks.drop(model, task, then=previous)
+        raise
 
 
 def _check_arguments(model: nn.Module, mask: Mask, cfg: FitConfig) -> None:

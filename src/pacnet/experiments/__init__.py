@@ -1,4 +1,6 @@
-"""Experiments: a run (``spec``, ``environment``, ``source``, ``select``, ``runner``,
-``saving``), a grid of runs (``grid``, ``sweep``, ``launch``), the results database
-(``database``, ``schema``, ``claims``, ``status``, ``store``), reading results (``table``,
-``report``), ``tune`` (Optuna) and ``perf`` (``pacnet bench``). See docs/architecture.md."""
+"""Experiments, in rooms: ``run`` (one run: its spec, environment, source model, selection,
+runner, batched engine and saved folder), ``store`` (the results database: connection,
+schema, claims, status, and the :class:`~pacnet.experiments.store.store.Store` over them),
+``sweep`` (a grid of runs: the grid, its sweep, torchrun launches, progress lines, and
+Optuna tuning), ``report`` (tables, reports and summaries from stored rows), ``bench``
+(``pacnet bench``) and ``selftest`` (``pacnet selftest``). See docs/architecture.md."""

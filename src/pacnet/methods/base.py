@@ -22,16 +22,8 @@ from torch import Tensor, nn
 from pacnet.benchmarks.base import Benchmark, TaskData
 from pacnet.core.tasks import Tasks
 from pacnet.errors import PacnetError
-from pacnet.training.train import (
-    Data,
-    FitConfig,
-    FitResult,
-    LossFn,
-    Penalty,
-    fit,
-    make_optimizer,
-    sparse_grad_params,
-)
+from pacnet.methods.plan import SourceStep, TrainingPlan
+from pacnet.training.train import Data, FitConfig, FitResult, LossFn
 
 SEARCH_BUDGET = 6
 """Candidates every method gets when its main strength is chosen on validation data."""
@@ -133,28 +125,6 @@ class Transfer:
 
 
 @dataclass
-class Plan:
-    """A method's target training laid out for the stacked trainer
-    (:mod:`pacnet.training.stacked`), which trains many such plans as one model.
-
-    ``model`` is set up as the method sets it up before training (a copy of the source, a
-    new head, PAC-Net's pruned and allocated network with the target task active);
-    ``trainable`` says per parameter name which entries train (a bool tensor, or True for
-    all); ``pulls`` adds ``c·‖w − a‖²`` per parameter as ``name: (c, a)``, counted in the
-    reported loss with ``pulls_in_loss``; ``lr`` overrides the target learning rate.
-    Once the trained values are in ``model``, ``finish(fit)`` hands back the
-    :class:`Transfer` that :meth:`Method.transfer` would.
-    """
-
-    model: nn.Module
-    trainable: dict[str, Tensor | bool]
-    finish: Callable[[FitResult], Transfer]
-    lr: float | None = None
-    pulls: dict[str, tuple[float, Tensor]] = field(default_factory=dict)
-    pulls_in_loss: bool = False
-
-
-@dataclass
 class NoParams:
     """A method without hyperparameters of its own."""
 
@@ -207,44 +177,31 @@ class Method(ABC):
     def __init__(self, params: Any = None):
         self.params = params if params is not None else self.Params()
 
-    @abstractmethod
-    def transfer(self, ctx: TransferContext) -> Transfer:
-        """Adapt to the target task described by ``ctx``."""
+    stacks: ClassVar[bool] = True
+    """Whether the batched engine may train this method's plans stacked (its plans use
+    only what :mod:`pacnet.methods.engine` translates: the model's own layers, L2-SP's and
+    the head's pulls, a decay, DELTA's and BSS's terms)."""
 
-    def plan(self, ctx: TransferContext, final: bool = True) -> Plan | None:
-        """The run laid out for the stacked trainer, or None where the method has no such
-        layout (it then runs alone, through :meth:`transfer`). ``final=False`` (a
+    @abstractmethod
+    def plan(self, ctx: TransferContext, final: bool = True) -> TrainingPlan:
+        """The method's target training laid out (:class:`~pacnet.methods.plan.TrainingPlan`),
+        the one description of it that either engine trains. ``final=False`` (a
         cross-validation fold, whose model is only scored) may skip extra measurements."""
-        return None
+
+    def transfer(self, ctx: TransferContext) -> Transfer:
+        """Adapt to the target task described by ``ctx``: the plan, trained alone
+        (:func:`pacnet.methods.engine.run_alone`), finished."""
+        from pacnet.methods.engine import run_alone  # the engine builds on this module
+
+        return run_alone(self, ctx)
+
+    def source_steps(self, ctx: TransferContext) -> list[SourceStep]:
+        """The trainings on the source task its plans start from, cached (PAC-Net's
+        Allocate); the batched engine trains those of many runs together first."""
+        return []
 
     def chain(self, ctx: TransferContext, targets: Targets, score: Scorer) -> dict[str, Any]:
         """Serve ``targets`` one after another from one network, where the method can
         (:attr:`serves_several_targets`); returns the record of each step, with the
         network under ``model`` and its tasks under ``tasks``."""
         raise PacnetError(f"method {self.name!r} cannot serve several targets from one network")
-
-    def fit_target(
-        self,
-        ctx: TransferContext,
-        model: nn.Module,
-        *,
-        params: Sequence[nn.Parameter] | None = None,
-        penalties: Sequence[Penalty] = (),
-        lr: float | None = None,
-    ) -> FitResult:
-        """Train ``model`` on the target with the benchmark's budget (``lr`` overrides its
-        learning rate; ``params`` limits what the optimizer updates)."""
-        cfg = ctx.target_fit if lr is None else replace(ctx.target_fit, lr=lr)
-        sparse = sparse_grad_params(model)
-        optimizer = make_optimizer(params, cfg, sparse=sparse) if params is not None else None
-        return fit(
-            model,
-            ctx.loss_fn,
-            ctx.target.train,
-            cfg,
-            optimizer=optimizer,
-            val=ctx.target.val,
-            penalties=penalties,
-            seed=ctx.seed,
-            desc=self.name,
-        )

@@ -12,13 +12,13 @@ from pacnet.core.mask import find_head
 from pacnet.errors import check
 from pacnet.methods.base import (
     Method,
-    Plan,
     Transfer,
     TransferContext,
     count,
     one_network,
     with_target_head,
 )
+from pacnet.methods.plan import TrainingPlan
 from pacnet.training.train import FitResult
 
 LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
@@ -62,11 +62,7 @@ class Scratch(Method):
     Params = LearningRate
     starts_from_source = False
 
-    def transfer(self, ctx: TransferContext) -> Transfer:
-        plan = self.plan(ctx)
-        return plan.finish(self.fit_target(ctx, plan.model, lr=self.params.lr))
-
-    def plan(self, ctx: TransferContext, final: bool = True) -> Plan:
+    def plan(self, ctx: TransferContext, final: bool = True) -> TrainingPlan:
         model = with_target_head(ctx.benchmark.make_model(ctx.seed), ctx)
         model.to(next(ctx.source_model.parameters()).device)
         n = count(model)
@@ -75,7 +71,7 @@ class Scratch(Method):
             stored = n + count(ctx.source_model)
             return Transfer(model, ctx.source_model, n, n, stored, fit=result)
 
-        return Plan(model, everything(model), finish, lr=self.params.lr)
+        return TrainingPlan(model, everything(model), finish, lr=self.params.lr)
 
 
 class FineTune(Method):
@@ -83,13 +79,9 @@ class FineTune(Method):
     summary = "start from the source model and train all weights on the target (one network)"
     Params = LearningRate
 
-    def transfer(self, ctx: TransferContext) -> Transfer:
-        plan = self.plan(ctx)
-        return plan.finish(self.fit_target(ctx, plan.model, lr=self.params.lr))
-
-    def plan(self, ctx: TransferContext, final: bool = True) -> Plan:
+    def plan(self, ctx: TransferContext, final: bool = True) -> TrainingPlan:
         model = with_target_head(copy.deepcopy(ctx.source_model), ctx)
-        return Plan(
+        return TrainingPlan(
             model,
             everything(model),
             lambda result: one_network(model, ctx, result),
@@ -102,12 +94,7 @@ class LinearProbe(Method):
     summary = "freeze the source body, train only the head (a copy; the source keeps its own)"
     Params = LearningRate
 
-    def transfer(self, ctx: TransferContext) -> Transfer:
-        plan = self.plan(ctx)
-        head = [p for p in plan.model.parameters() if p.requires_grad]
-        return plan.finish(self.fit_target(ctx, plan.model, params=head, lr=self.params.lr))
-
-    def plan(self, ctx: TransferContext, final: bool = True) -> Plan:
+    def plan(self, ctx: TransferContext, final: bool = True) -> TrainingPlan:
         model = with_target_head(copy.deepcopy(ctx.source_model), ctx)
         head_name, head = head_of(model)
         model.requires_grad_(False)
@@ -121,4 +108,4 @@ class LinearProbe(Method):
             total = count(model)
             return Transfer(model, ctx.source_model, n_head, total, total + n_head, fit=result)
 
-        return Plan(model, everything(model), finish, lr=self.params.lr)
+        return TrainingPlan(model, everything(model), finish, lr=self.params.lr)

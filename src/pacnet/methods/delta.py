@@ -14,6 +14,7 @@ TLlib hooks, each ResNet stage's last convolution, instead of the stage outputs.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -24,14 +25,9 @@ from torch.utils.data import DataLoader
 
 from pacnet.core.roles import covered_layers
 from pacnet.errors import check
-from pacnet.methods.base import (
-    Method,
-    Transfer,
-    TransferContext,
-    one_network,
-    with_target_head,
-)
-from pacnet.methods.baselines import LinearProbe, head_of
+from pacnet.methods.base import Method, TransferContext, one_network, with_target_head
+from pacnet.methods.baselines import LinearProbe, everything, head_of
+from pacnet.methods.plan import TrainingPlan
 from pacnet.methods.regularized import STRENGTH_GRID, head_term, non_negative
 from pacnet.methods.regularizers import FeatureDistance, FeatureTap
 from pacnet.training import distributed
@@ -131,7 +127,7 @@ class Delta(Method):
     Params = DeltaParams
     revision: ClassVar[int] = 1  # 1: default α = TLlib's trade-off × batch; population std
 
-    def transfer(self, ctx: TransferContext) -> Transfer:
+    def plan(self, ctx: TransferContext, final: bool = True) -> TrainingPlan:
         p: DeltaParams = self.params
         model = with_target_head(copy.deepcopy(ctx.source_model), ctx)
         head_name, _ = head_of(model)
@@ -148,11 +144,9 @@ class Delta(Method):
             attention = channel_attention(scorer, layers, data, ctx.loss_fn, p.temperature)
         behaviour = FeatureDistance(model, source, layers, attention)
         penalties = [(alpha, behaviour), (p.beta, head_term(model, head_name, ctx))]
-        try:
-            result = self.fit_target(ctx, model, penalties=penalties)
-        finally:
-            behaviour.close()
-        return one_network(model, ctx, result, {"layers": layers, "alpha_used": alpha})
+        details = {"layers": layers, "alpha_used": alpha}
+        finish = functools.partial(one_network, model, ctx, details=details)
+        return TrainingPlan(model, everything(model), finish, penalties=penalties)
 
 
 def delta_alpha(alpha: float | None, ctx: TransferContext) -> float:

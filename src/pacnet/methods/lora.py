@@ -19,7 +19,9 @@ from torch import Tensor, nn
 from pacnet.core.roles import covered_layers, is_norm
 from pacnet.errors import PacnetError, check
 from pacnet.methods.base import Method, Transfer, TransferContext, count, install
-from pacnet.methods.baselines import head_of
+from pacnet.methods.baselines import everything, head_of
+from pacnet.methods.plan import TrainingPlan
+from pacnet.training.train import FitResult
 
 
 @dataclass
@@ -62,7 +64,7 @@ class LoRA(Method):
     summary = "low-rank adapters on the frozen source body via peft, head trained (Hu et al. 2021)"
     Params = LoRAParams
 
-    def transfer(self, ctx: TransferContext) -> Transfer:
+    def plan(self, ctx: TransferContext, final: bool = True) -> TrainingPlan:
         try:
             from peft import LoraConfig, get_peft_model
         except ImportError:
@@ -88,16 +90,19 @@ class LoRA(Method):
                 "default"
             ]
             install(copy_of_head, {n.rpartition(".")[2]: t for n, t in ctx.new_head.items()})
-        params = [w for w in model.parameters() if w.requires_grad]
-        result = self.fit_target(ctx, model, params=params)
-        trainable = sum(w.numel() for w in params)
+        trainable = everything(model)
+        n_trained = sum(w.numel() for w in model.parameters() if w.requires_grad)
         n_source = count(ctx.source_model)
-        return Transfer(
-            model,
-            AdaptersOff(model),
-            trainable=trainable,
-            total=n_source + trainable,
-            stored=n_source + trainable,
-            fit=result,
-            details={"rank": p.rank, "targets": targets},
-        )
+
+        def finish(result: FitResult) -> Transfer:
+            return Transfer(
+                model,
+                AdaptersOff(model),
+                trainable=n_trained,
+                total=n_source + n_trained,
+                stored=n_source + n_trained,
+                fit=result,
+                details={"rank": p.rank, "targets": targets},
+            )
+
+        return TrainingPlan(model, trainable, finish)

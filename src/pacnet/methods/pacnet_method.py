@@ -13,22 +13,16 @@ from pacnet.core.mask import Mask, prune, shared_mask
 from pacnet.core.pac import (
     allocate,
     calibrate,
+    open_task,
     parameter_report,
-    zero_entries,
     zero_redundant,
 )
 from pacnet.core.scores import SCORES
 from pacnet.core.tasks import Tasks
 from pacnet.errors import check, check_ratio
-from pacnet.methods.base import (
-    Method,
-    Plan,
-    Scorer,
-    Targets,
-    Transfer,
-    TransferContext,
-    count,
-)
+from pacnet.methods.base import Method, Scorer, Targets, Transfer, TransferContext, count
+from pacnet.methods.engine import train_alone
+from pacnet.methods.plan import SourceStep, Training, TrainingPlan
 from pacnet.training.train import Data, FitConfig, FitResult, infer, outputs
 
 
@@ -112,8 +106,7 @@ def allocate_on(
         zero_redundant(model, mask)
         return
     if on == "labelled":
-        val = ctx.source.val if cfg.patience is not None else None  # early stopping
-        allocate(model, mask, ctx.source.train, ctx.loss_fn, cfg, val=val, seed=0)
+        train_alone(allocate_training(model, mask, ctx, cfg))
         return
     task = ctx.source if on == "source-inputs" else ctx.target
     parts = [inputs_of(task.train)]
@@ -126,6 +119,21 @@ def allocate_on(
     kind = "mse" if labels is None or labels.is_floating_point() else "kl"
     cfg = replace(cfg, patience=None)  # no labelled validation to stop on
     allocate(model, mask, inputs, None, cfg, seed=0, teacher="copy", distill=kind, holdout=0)
+
+
+def allocate_training(
+    model: nn.Module, mask: Mask, ctx: TransferContext, cfg: FitConfig
+) -> Training:
+    """Allocate on the labelled source task, as a training either engine runs: the
+    redundant entries set to +0.0 and held there, the essential ones and every other
+    parameter trained (:func:`pacnet.allocate`'s), early stopping on the source's
+    validation data where ``cfg`` has patience."""
+    zero_redundant(model, mask)
+    trainable: dict[str, Tensor | bool] = {
+        n: mask.get(n, True) for n, p in model.named_parameters() if p.requires_grad
+    }
+    val = ctx.source.val if cfg.patience is not None else None
+    return Training(model, trainable, ctx.source.train, cfg, ctx.loss_fn, 0, val, desc="allocate")
 
 
 def source_fidelity(ctx: TransferContext, mask: Mask, allocated: nn.Module) -> dict[str, Any]:
@@ -220,41 +228,27 @@ class PacNet(Method):
             key["on"] = p.allocate_on
         return model, mask, key, alloc_fit
 
-    def transfer(self, ctx: TransferContext) -> Transfer:
-        p: PacNetParams = self.params
-        model, mask = self.allocated(ctx)
-        fidelity = source_fidelity(ctx, mask, model)
-        tasks, result = calibrate(
-            model,
-            mask,
-            ctx.target.train,
-            ctx.loss_fn,
-            ctx.target_fit,
-            lam=p.lam,
-            val=ctx.target.val,
-            seed=ctx.seed,
-            init=ctx.new_head,
-        )
-        return self._handed_back(model, tasks, result, fidelity)
+    def source_steps(self, ctx: TransferContext) -> list[SourceStep]:
+        """Allocate on the labelled source task, which the batched engine may train
+        together with other runs' (other ratios, say) before their plans."""
+        if self.params.allocate_on != "labelled":
+            return []
+        model, mask, key, cfg = self.allocation(ctx)
+        return [SourceStep(key, allocate_training(model, mask, ctx, cfg), ctx.memo)]
 
-    def plan(self, ctx: TransferContext, final: bool = True) -> Plan:
-        """Stacked Calibrate: the target task added and active, its free entries at 0;
-        what it owns trains, pulled toward its start with λ (as :func:`calibrate` does)."""
+    def plan(self, ctx: TransferContext, final: bool = True) -> TrainingPlan:
+        """Calibrate: the target task added and active, its free entries at 0; what it owns
+        trains, pulled toward its start with λ (as :func:`pacnet.calibrate` trains it)."""
         p: PacNetParams = self.params
         model, mask = self.allocated(ctx)
         fidelity = source_fidelity(ctx, mask, model) if final else {}
         tasks = Tasks(model, mask)
-        tasks.add("target", ctx.new_head)
-        tasks.activate(model, "target")
-        zero_entries(model, tasks.owned("target"))
-        trainable = tasks.trainable(model)
-        params = dict(model.named_parameters())
-        pulls = {n: (p.lam, params[n].detach().clone()) for n in trainable}
+        open_task(model, tasks, "target", ctx.new_head)
 
         def finish(result: FitResult) -> Transfer:
             return self._handed_back(model, tasks, result, fidelity, final)
 
-        return Plan(model, dict(trainable), finish, pulls=pulls)
+        return TrainingPlan(model, dict(tasks.trainable(model)), finish, decay=p.lam)
 
     def _handed_back(
         self,

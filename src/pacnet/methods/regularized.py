@@ -10,22 +10,16 @@ pulled toward it with strength β (L2-SP and DELTA).
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
 from torch import nn
 
 from pacnet.errors import check
-from pacnet.methods.base import (
-    Method,
-    Plan,
-    Transfer,
-    TransferContext,
-    one_network,
-    with_target_head,
-)
+from pacnet.methods.base import Method, TransferContext, one_network, with_target_head
 from pacnet.methods.baselines import everything, head_of
+from pacnet.methods.plan import TrainingPlan
 from pacnet.methods.regularizers import (
     L2,
     SpectralShrinkage,
@@ -65,35 +59,14 @@ class L2SP(Method):
     summary = "fine-tune with α/2‖w − w_source‖² on the body and β/2 on the head (Li et al. 2018)"
     Params = L2SPParams
 
-    def transfer(self, ctx: TransferContext) -> Transfer:
+    def plan(self, ctx: TransferContext, final: bool = True) -> TrainingPlan:
         p: L2SPParams = self.params
         model = with_target_head(copy.deepcopy(ctx.source_model), ctx)
         head_name, _ = head_of(model)
         body = [w for n, w in model.named_parameters() if not n.startswith(head_name + ".")]
         penalties = [(p.alpha, StartingPoint(body)), (p.beta, head_term(model, head_name, ctx))]
-        result = self.fit_target(ctx, model, penalties=penalties)
-        return one_network(model, ctx, result)
-
-    def plan(self, ctx: TransferContext, final: bool = True) -> Plan:
-        """Stacked: the terms ``α/2·‖w − w_source‖²`` (body) and ``β/2·‖w − w_head‖²`` (the
-        head's start, or 0 for a new head) as pulls, counted in the loss as here."""
-        p: L2SPParams = self.params
-        model = with_target_head(copy.deepcopy(ctx.source_model), ctx)
-        head_name, _ = head_of(model)
-        pulls = {}
-        for name, w in model.named_parameters():
-            if name.startswith(head_name + "."):
-                anchor = torch.zeros_like(w) if ctx.new_head is not None else w
-                pulls[name] = (p.beta / 2, anchor.detach().clone())
-            else:
-                pulls[name] = (p.alpha / 2, w.detach().clone())
-        return Plan(
-            model,
-            everything(model),
-            lambda result: one_network(model, ctx, result),
-            pulls=pulls,
-            pulls_in_loss=True,
-        )
+        finish = functools.partial(one_network, model, ctx)
+        return TrainingPlan(model, everything(model), finish, penalties=penalties)
 
 
 @dataclass
@@ -117,13 +90,10 @@ class BSS(Method):
     )
     Params = BSSParams
 
-    def transfer(self, ctx: TransferContext) -> Transfer:
+    def plan(self, ctx: TransferContext, final: bool = True) -> TrainingPlan:
         p: BSSParams = self.params
         model = with_target_head(copy.deepcopy(ctx.source_model), ctx)
         head_name, _ = head_of(model)
-        term = SpectralShrinkage(model, head_name, p.k)
-        try:
-            result = self.fit_target(ctx, model, penalties=[(p.weight, term)])
-        finally:
-            term.close()
-        return one_network(model, ctx, result)
+        penalties = [(p.weight, SpectralShrinkage(model, head_name, p.k))]
+        finish = functools.partial(one_network, model, ctx)
+        return TrainingPlan(model, everything(model), finish, penalties=penalties)

@@ -110,14 +110,14 @@ class FeatureDistance(nn.Module):
         check(layers, "DELTA needs at least one layer")
         self.layers = list(layers)
         self.attention = {k: v.detach() for k, v in (attention or {}).items()}
-        self._source = source_model.eval().requires_grad_(False)
+        self.source = source_model.eval().requires_grad_(False)
         self.target_tap = FeatureTap(model, layers)
         self.source_tap = FeatureTap(source_model, layers)
 
         def run_source(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
             if module.training:
                 with torch.no_grad():
-                    self._source(*inputs)
+                    self.source(*inputs)
 
         self._hook = model.register_forward_pre_hook(run_source)
 

@@ -32,13 +32,13 @@ from pacnet.benchmarks.mlp import MLP
 from pacnet.config import make, to_dict
 from pacnet.core.tasks import Tasks
 from pacnet.errors import PacnetError, check
-from pacnet.experiments import batched
-from pacnet.experiments.environment import versions
-from pacnet.experiments.runner import seeded_transfer
-from pacnet.experiments.select import cross_validate
+from pacnet.experiments.run import batched
+from pacnet.experiments.run.environment import versions
+from pacnet.experiments.run.select import cross_validate
 from pacnet.io import tensor_digest
 from pacnet.methods import METHODS, Method, Transfer, TransferContext, get_method
 from pacnet.methods.base import candidates
+from pacnet.methods.engine import why_not
 from pacnet.tabular.files import ArrayTable, Table, read_table
 from pacnet.tabular.problem import Problem, TableBenchmark, TableConfig
 from pacnet.tabular.source import (
@@ -92,7 +92,7 @@ class TransferOptions:
     settings and seed (None: train it every time)."""
     engine: str = "batched"
     """``batched``: the methods that stack cross-validate and train together
-    (:mod:`pacnet.experiments.batched`); ``sequential``: one training after another."""
+    (:mod:`pacnet.experiments.run.batched`); ``sequential``: one training after another."""
     progress: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
@@ -490,14 +490,14 @@ Chosen = tuple[dict[str, Any], Method, Transfer, float]
 
 
 def _stacked(options: TransferOptions, names: list[str], ctx: TransferContext) -> dict[str, Chosen]:
-    """The methods of ``names`` that stack (:mod:`pacnet.experiments.batched`), chosen and
+    """The methods of ``names`` that stack (:mod:`pacnet.experiments.run.batched`), chosen and
     trained together on the batched engine; the others are left out (they run alone)."""
-    if options.engine != "batched" or batched.why_not(ctx) is not None:
+    if options.engine != "batched" or why_not(ctx) is not None:
         return {}
     choices, stacking = [], []
     for name in names:
         method_cls, fixed, grid = _candidates(options, name)
-        if method_cls.plan is Method.plan:
+        if not method_cls.stacks:
             continue
 
         def build(chosen: dict[str, Any] | None, cls=method_cls, fixed=fixed) -> Method:
@@ -535,11 +535,9 @@ def _cross_validated(
             f"cross-validating {name}: {len(grid)} candidate{'s' if len(grid) != 1 else ''} "
             f"x {options.folds} folds on {len(ctx.target.train)} target rows",
         )
-        selection = cross_validate(
-            method_cls, fixed, ctx, bench, options.folds, seeded_transfer, grid=grid
-        )
+        selection = cross_validate(method_cls, fixed, ctx, bench, options.folds, grid=grid)
         method = method_cls(make(method_cls.Params, {**fixed, **selection["chosen"]}))
-        result = seeded_transfer(method, ctx)
+        result = method.transfer(ctx)
     best = next(c for c in selection["candidates"] if c["params"] == selection["chosen"])
     row = {
         "method": name,

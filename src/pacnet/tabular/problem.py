@@ -284,7 +284,7 @@ class TableBenchmark(Benchmark):
             )
             for i in range(k)
         ]
-        results = [result for _, result in fit_stacked(members, self.spec, device_of(model))]
+        results = [result for _, result in fit_stacked(members, model.layout(), device_of(model))]
         steps = [step for step, _ in results[0].val_curve]
         curve = [
             (step, statistics.fmean(dict(r.val_curve)[step] for r in results)) for step in steps

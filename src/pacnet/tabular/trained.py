@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from pacnet.config import config_hash, to_dict
-from pacnet.experiments.source import train_source
+from pacnet.experiments.run.source import train_source
 from pacnet.io import tensor_digest
 from pacnet.tabular.problem import TableBenchmark
 from pacnet.training.cache import StateCache

@@ -35,6 +35,17 @@ LossFn = Callable[[Any, Any], Tensor]
 for dict batches."""
 
 
+def batch_rows(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """The rows of each training batch, endlessly: every epoch a fresh permutation of the
+    ``n`` rows drawn from ``generator``, cut into full batches of ``min(batch_size, n)``
+    (the rest of the epoch is dropped). Both engines draw their batches from here."""
+    size = min(batch_size, n)
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n - size + 1, size):
+            yield order[start : start + size]
+
+
 @dataclass(frozen=True)
 class Data:
     """Inputs and labels held in memory (the fast path for small tabular and PDE data).
@@ -67,13 +78,9 @@ class Data:
         self, batch_size: int, generator: torch.Generator
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Endless shuffled minibatches, epoch after epoch."""
-        n = len(self)
-        size = min(batch_size, n)
-        while True:
-            order = torch.randperm(n, generator=generator).to(self.x.device)
-            for start in range(0, n - size + 1, size):
-                idx = order[start : start + size]
-                yield self.x[idx], None if self.y is None else self.y[idx]
+        for idx in batch_rows(len(self), batch_size, generator):
+            idx = idx.to(self.x.device)
+            yield self.x[idx], None if self.y is None else self.y[idx]
 
     def chunks(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """The data in order, in chunks (for evaluation)."""

@@ -29,10 +29,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from pacnet.errors import check
-from pacnet.training.train import Data, FitConfig, FitResult
+from pacnet.training.batches import batch_rows
+from pacnet.training.stacked_model import (
+    ACTIVATIONS,
+    FeaturePull,
+    Layer,
+    Layout,
+    Shrinkage,
+    StackedNet,
+    Term,
+    Terms,
+    laid,
+    padded_stack,
+)
+from pacnet.training.train import Data, FitConfig, FitResult, Stopping
 
 TOLERANCE = {"weights_rtol": 1e-3, "weights_atol": 1e-4, "metric_rtol": 5e-3}
 """How close a stacked member ends to the same run trained alone, in float32: final weights
@@ -41,25 +54,20 @@ within ``weights_atol + weights_rtol·|w|`` entrywise and the benchmark metric w
 with the steps, and over 500-step Friedman runs the metrics differed by at most 1.2e-3
 relative, ``pacnet bench --engines``). Frozen entries are identical, bit for bit."""
 
-_ACTIVATIONS = {
-    "relu": torch.relu,
-    "tanh": torch.tanh,
-    "gelu": nn.functional.gelu,
-    "silu": nn.functional.silu,
-}
-
 
 @dataclass
 class Member:
     """One training run of an MLP, described for :func:`fit_stacked`.
 
-    ``start`` holds every parameter's starting value by name (as ``model.state_dict()``
-    names them); ``trainable`` says per parameter which entries train (a bool tensor, or
-    True/False for all/none; a parameter missing is frozen); ``pulls`` adds
-    ``c·‖w − a‖²`` for parameter ``name`` as ``name: (c, a)`` (its gradient, ``2c(w − a)``,
-    acts on the trainable entries); with ``pulls_in_loss`` the terms count in the reported
-    loss, as they do when a method adds them to the loss (L2-SP) rather than to the
-    gradient (PAC-Net's Calibrate).
+    ``start`` holds every tensor the layout names, by name; ``trainable`` says per name
+    which entries train (a bool tensor, or True/False for all/none; a name missing is
+    frozen); ``pulls`` adds ``c·‖w − a‖²`` for tensor ``name`` as ``name: (c, a)`` (its
+    gradient, ``2c(w − a)``, acts on the trainable entries); with ``pulls_in_loss`` the
+    terms count in the reported loss, as they do when a method adds them to the loss
+    (L2-SP) rather than to the gradient (PAC-Net's Calibrate). ``terms`` are added to the
+    member's loss (DELTA's :class:`FeaturePull`, BSS's :class:`Shrinkage`); ``scales``
+    gives the scale of each low-rank layer by its index. Members of different ranks train
+    together: the factors are padded with frozen zeros.
     """
 
     start: Mapping[str, Tensor]
@@ -70,14 +78,8 @@ class Member:
     pulls: Mapping[str, tuple[float, Tensor]] = field(default_factory=dict)
     pulls_in_loss: bool = False
     val: Data | None = None
-
-
-def layer_names(spec: Mapping[str, object]) -> list[tuple[str, str]]:
-    """``(weight, bias)`` parameter names of the layers of an MLP of architecture ``spec``
-    (:meth:`pacnet.benchmarks.mlp.MLP.spec`), input to output."""
-    hidden = list(spec["hidden"])  # type: ignore[call-overload]
-    names = [(f"body.{2 * i}.weight", f"body.{2 * i}.bias") for i in range(len(hidden))]
-    return [*names, ("head.weight", "head.bias")]
+    terms: Sequence[Term] = ()
+    scales: Mapping[int, float] = field(default_factory=dict)
 
 
 def supports(cfg: FitConfig) -> str | None:
@@ -90,56 +92,50 @@ def supports(cfg: FitConfig) -> str | None:
 
 
 class _Stack:
-    """The members' parameters as stacked leaves, their masks, pulls and Adam state."""
+    """The members' tensors as stacked leaves (padded to the largest, for factors of
+    several ranks), their masks, pulls and Adam state."""
 
     def __init__(self, members: Sequence[Member], names: list[str], device: torch.device):
-        def stacked(get) -> Tensor:
-            return torch.stack([get(m, name) for m in members]).to(device)
-
         self.names = names
+        self.shapes = [[tuple(laid(m.start[n]).shape) for n in names] for m in members]
         self.params: list[Tensor] = []
         self.masks: list[Tensor | None] = []
         self.pulls: list[tuple[Tensor, Tensor, Tensor] | None] = []
-        """Per parameter: ``2c`` (broadcast), the anchors ``a`` and ``2c·a``, or None."""
+        """Per tensor: ``2c`` (broadcast), the anchors ``a`` and ``2c·a``, or None."""
         self.trains: list[int] = []
-        """The parameters some member trains (the others need no gradient)."""
+        """The tensors some member trains (the others need no gradient)."""
         for k, name in enumerate(names):
-            start = stacked(lambda m, n: _laid(n, m.start[n].detach().float()))
-            mask = stacked(lambda m, n: _laid(n, _mask(m, n).float()))
+            starts = [laid(m.start[name].detach().float()) for m in members]
+            start = padded_stack(starts, device)
+            mask = padded_stack([laid(_mask(m, name).float()) for m in members], device)
             trains = bool(mask.any())
             self.params.append(start.requires_grad_(trains))
             self.masks.append(None if bool((mask == 1).all()) else mask)
             if trains:
                 self.trains.append(k)
             if any(name in m.pulls for m in members):
-                coef = stacked(lambda m, n: torch.tensor(2 * float(m.pulls.get(n, (0.0,))[0])))
-                anchor = stacked(
-                    lambda m, n: (
-                        _laid(n, m.pulls[n][1].detach().float())
-                        if n in m.pulls
-                        else torch.zeros_like(_laid(n, m.start[n]), dtype=torch.float32)
-                    )
-                )
-                coef = coef.view(-1, *[1] * (start.dim() - 1))
+                coef = torch.tensor([2 * float(m.pulls.get(name, (0.0,))[0]) for m in members])
+                anchors = [
+                    laid(m.pulls[name][1].detach().float()) if name in m.pulls else zero
+                    for m, zero in zip(members, (torch.zeros_like(t) for t in starts), strict=True)
+                ]
+                anchor = padded_stack(anchors, device)
+                coef = coef.to(device).view(-1, *[1] * (start.dim() - 1))
                 self.pulls.append((coef, anchor, coef * anchor))
             else:
                 self.pulls.append(None)
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.index = {n: k for k, n in enumerate(names)}
+        self.vectors = {k for k, n in enumerate(names) if members[0].start[n].dim() == 1}
 
     def values(self, i: int) -> list[Tensor]:
-        """Member ``i``'s parameters, laid out as the model holds them."""
-        return [
-            _laid(n, p[i].detach(), back=True) for n, p in zip(self.names, self.params, strict=True)
-        ]
-
-
-def _laid(name: str, t: Tensor, back: bool = False) -> Tensor:
-    """A parameter as the stack holds it: a weight ``[out, in]`` as ``[in, out]`` (so a
-    layer is one ``x @ W`` and its gradient comes out contiguous), a bias as ``[1, out]``."""
-    if name.endswith("weight"):
-        return t.t().contiguous() if not back else t.t()
-    return t.unsqueeze(0) if not back else t.squeeze(0)
+        """Member ``i``'s tensors, laid out as the model holds them."""
+        out = []
+        for k, (p, shape) in enumerate(zip(self.params, self.shapes[i], strict=True)):
+            part = p[i].detach()[tuple(slice(0, s) for s in shape)]
+            out.append(part.squeeze(0) if k in self.vectors else part.t())
+        return out
 
 
 def _mask(member: Member, name: str) -> Tensor:
@@ -166,15 +162,9 @@ def _orders(members: Sequence[Member], steps: int, width: int) -> Tensor:
 
 def _drawn(n: int, size: int, steps: int, seed: int) -> Tensor:
     """``[steps, size]`` rows: the batches :meth:`Data.batches` gives with ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
-    rows: list[Tensor] = []
-    need = steps
-    while need > 0:
-        order = torch.randperm(n, generator=generator)
-        take = min(n // size, need)
-        rows.append(order[: take * size].view(take, size))
-        need -= take
-    return torch.cat(rows) if rows else torch.zeros(0, size, dtype=torch.long)
+    rows = batch_rows(n, size, torch.Generator().manual_seed(seed))
+    drawn = [next(rows) for _ in range(steps)]
+    return torch.stack(drawn) if drawn else torch.zeros(0, size, dtype=torch.long)
 
 
 def _padded(parts: Sequence[Tensor], device: torch.device) -> Tensor:
@@ -192,27 +182,45 @@ def _counts(sizes: Sequence[int], width: int, device: torch.device) -> Tensor:
 
 def fit_stacked(
     members: Sequence[Member],
-    spec: Mapping[str, object],
+    layout: Layout,
     device: torch.device | str = "cpu",
 ) -> list[tuple[dict[str, Tensor], FitResult]]:
-    """Train every member (MLPs of architecture ``spec``, MSE loss, Adam) as one stacked
-    model; return each member's final state (the best one where it stopped early) and its
-    :class:`FitResult`, as :func:`pacnet.fit` would for that member alone."""
+    """Train every member (MLPs laid out as ``layout``, MSE loss, Adam) as one stacked
+    model; return each member's final tensors by name (the best ones where it stopped
+    early) and its :class:`FitResult`, as :func:`pacnet.fit` would for that member alone.
+    Members whose terms or shapes differ train in separate stacks."""
     check(members, "nothing to train: no members")
-    order = sorted(range(len(members)), key=lambda i: members[i].cfg.lr)  # same lr: adjacent
-    trained = _fit_sorted([members[i] for i in order], spec, torch.device(device))
-    out: list[tuple[dict[str, Tensor], FitResult]] = [trained[0]] * len(members)
-    for position, i in enumerate(order):
-        out[i] = trained[position]
-    return out
+    check(isinstance(layout, Layout), f"layout must be a stacked Layout, got {type(layout)}")
+    out: list[tuple[dict[str, Tensor], FitResult] | None] = [None] * len(members)
+    stacks: dict[tuple, list[int]] = {}
+    for i, m in enumerate(members):
+        stacks.setdefault(_kind(m, layout), []).append(i)
+    for group in stacks.values():
+        order = sorted(group, key=lambda i: members[i].cfg.lr)  # same lr: adjacent
+        trained = _fit_sorted([members[i] for i in order], layout, torch.device(device))
+        for position, i in enumerate(order):
+            out[i] = trained[position]
+    return [t for t in out if t is not None]
+
+
+def _kind(member: Member, layout: Layout) -> tuple:
+    """What members must share to train in one stack: their tensors' shapes (factors'
+    ranks aside) and their terms' kinds and layers."""
+    ranked = {n for layer in layout.layers for n in layer.low_rank or ()}
+    shapes = tuple((n, t.dim() if n in ranked else tuple(t.shape)) for n, t in member.start.items())
+    terms = tuple(
+        (type(t).__name__, tuple(sorted(t.layers)) if isinstance(t, FeaturePull) else ())
+        for t in member.terms
+    )
+    return shapes, terms
 
 
 def _fit_sorted(
-    members: Sequence[Member], spec: Mapping[str, object], device: torch.device
+    members: Sequence[Member], layout: Layout, device: torch.device
 ) -> list[tuple[dict[str, Tensor], FitResult]]:
-    layers = layer_names(spec)
-    names = [n for pair in layers for n in pair]
-    act = _ACTIVATIONS[str(spec.get("activation", "relu"))]
+    names = layout.names()
+    missing = [n for n in names if n not in members[0].start]
+    check(not missing, f"stacked training: no starting values for {missing[:3]}")
     stack = _Stack(members, names, device)
     check(stack.trains, "nothing to train: no parameter is trainable")
     M = len(members)
@@ -225,25 +233,22 @@ def _fit_sorted(
     ys = _padded([m.train.y.float().reshape(len(m.train), -1) for m in members], device)
     denom = (torch.tensor(sizes, dtype=torch.float32) * ys.shape[-1]).to(device)
     orders = _orders(members, steps, width).to(device)
+    scales = _scales(members, layout, device)
+    terms = Terms([m.terms for m in members], layout, stack.index, xs, sizes, device)
+    net = StackedNet(layout, stack.index, terms.taps)
     stop_at = [m.cfg.steps for m in members]
     live = [True] * M
     adam = _Adam(stack, [m.cfg.lr for m in members], device)
     adam.live(live)
     live_t = torch.ones(M, dtype=torch.bool, device=device)
-    validation = _StackedValidation(members, stack, layers, act, device)
+    validation = _StackedValidation(
+        members, stack, StackedNet(layout, stack.index, ()), scales, device
+    )
     results = [FitResult() for _ in members]
     last_loss = torch.full((M,), math.nan, dtype=torch.float64, device=device)
     taken = torch.zeros(M, dtype=torch.long, device=device)
     pulls_shown = any(m.pulls_in_loss for m in members) and any(stack.pulls)
     last_steps = _last_steps(members)  # where a member's loss may be its final one
-
-    def forward(x: Tensor) -> Tensor:
-        h = x
-        for i in range(len(layers)):
-            h = torch.baddbmm(stack.params[2 * i + 1], h, stack.params[2 * i])
-            if i < len(layers) - 1:
-                h = act(h)
-        return h
 
     for step in range(1, steps + 1):
         ended = [i for i in range(M) if live[i] and stop_at[i] < step]
@@ -256,7 +261,9 @@ def _fit_sorted(
         y = torch.gather(ys, 1, idx.unsqueeze(-1).expand(-1, -1, ys.shape[-1]))
         for k in stack.trains:
             stack.params[k].grad = None
-        losses = ((forward(x) - y).square().sum(-1) * weights).sum(1) / denom
+        out, taps, head_in = net(stack.params, x, scales)
+        losses = ((out - y).square().sum(-1) * weights).sum(1) / denom
+        losses = terms.added(losses, idx, taps, head_in, weights)
         losses.sum().backward()
         with torch.no_grad():
             shown = losses.detach()
@@ -281,6 +288,14 @@ def _fit_sorted(
         r.steps = n
         r.final_loss = loss if n else math.nan
     return list(zip(states, results, strict=True))
+
+
+def _scales(members: Sequence[Member], layout: Layout, device: torch.device) -> Tensor | None:
+    """``[M, layers]``: each member's scale of each low-rank layer (None: no such layer)."""
+    if not any(layer.low_rank for layer in layout.layers):
+        return None
+    values = [[float(m.scales.get(i, 1.0)) for i in range(len(layout.layers))] for m in members]
+    return torch.tensor(values, dtype=torch.float32, device=device)
 
 
 def _last_steps(members: Sequence[Member]) -> set[int]:
@@ -363,21 +378,21 @@ def _pull_values(stack: _Stack, members: Sequence[Member]) -> Tensor:
 
 
 class _StackedValidation:
-    """Validation every ``eval_every`` steps per member (as :func:`pacnet.fit` does), the
-    best state of members with patience, and their stopping."""
+    """Each member's evaluations and early stopping (:class:`~pacnet.training.train.Stopping`,
+    as :func:`pacnet.fit` has them), and the best state of members with patience."""
 
     def __init__(
         self,
         members: Sequence[Member],
         stack: _Stack,
-        layers: list[tuple[str, str]],
-        act,
+        net: StackedNet,
+        scales: Tensor | None,
         device: torch.device,
     ):
-        self.members, self.stack, self.layers, self.act = members, stack, layers, act
+        self.members, self.stack, self.net = members, stack, net
         self.with_val = [i for i, m in enumerate(members) if m.val is not None]
         self.best: dict[int, list[Tensor]] = {}
-        self.stale = [0] * len(members)
+        self.rules: dict[int, Stopping] = {}
         if self.with_val:
             vals = [members[i].val for i in self.with_val]
             self.x = _padded([v.x.float() for v in vals], device)
@@ -386,41 +401,31 @@ class _StackedValidation:
             self.weights = _counts(sizes, self.x.shape[1], device)
             self.count = torch.tensor(sizes, dtype=torch.float64) * self.y.shape[-1]
             self.rows = torch.tensor(self.with_val, device=device)
+            self.scales = None if scales is None else scales.index_select(0, self.rows)
 
     @torch.no_grad()
     def _scores(self) -> list[float]:
         params = [p.index_select(0, self.rows) for p in self.stack.params]
-        h = self.x
-        for i in range(len(self.layers)):
-            h = torch.baddbmm(params[2 * i + 1], h, params[2 * i])
-            if i < len(self.layers) - 1:
-                h = self.act(h)
-        err = ((h - self.y).square().sum(-1) * self.weights).sum(1).double().cpu()
+        out, _, _ = self.net(params, self.x, self.scales)
+        err = ((out - self.y).square().sum(-1) * self.weights).sum(1).double().cpu()
         return (err / self.count).tolist()
 
     def after(self, step: int, live: list[bool], results: list[FitResult]) -> list[int]:
         """Evaluate the members due at ``step``; the members that stop here."""
-        due = [
-            j
-            for j, i in enumerate(self.with_val)
-            if live[i]
-            and (step % self.members[i].cfg.eval_every == 0 or step == self.members[i].cfg.steps)
-        ]
+        for i in self.with_val:
+            if i not in self.rules:
+                self.rules[i] = Stopping(self.members[i].cfg, results[i])
+        due = [j for j, i in enumerate(self.with_val) if live[i] and self.rules[i].due(step)]
         if not due:
             return []
         scores = self._scores()
         stopped = []
         for j in due:
             i = self.with_val[j]
-            member, result, score = self.members[i], results[i], scores[j]
-            result.val_curve.append((step, score))
-            if result.best_val is None or score < result.best_val:
-                result.best_val, result.best_step, self.stale[i] = score, step, 0
-                if member.cfg.patience is not None:
-                    self.best[i] = [v.clone() for v in self.stack.values(i)]
-                continue
-            self.stale[i] += 1
-            if member.cfg.patience is not None and self.stale[i] >= member.cfg.patience:
+            verdict = self.rules[i].record(step, scores[j])
+            if verdict == "best" and self.members[i].cfg.patience is not None:
+                self.best[i] = [v.clone() for v in self.stack.values(i)]
+            elif verdict == "stop":
                 stopped.append(i)
         return stopped
 
@@ -436,3 +441,9 @@ class _StackedValidation:
                 }
             )
         return out
+
+
+__all__ = [
+    "ACTIVATIONS", "TOLERANCE", "FeaturePull", "Layer", "Layout", "Member", "Shrinkage",
+    "fit_stacked", "supports",
+]  # fmt: skip

@@ -434,10 +434,35 @@ def _backward_and_step(
         scaler.update()
 
 
+class Stopping:
+    """When a run is evaluated and when it stops early, the rule both engines follow:
+    an evaluation every ``eval_every`` steps and after the last step, each recorded in the
+    result with the best one; with ``patience``, a stop after that many evaluations
+    without improvement."""
+
+    def __init__(self, cfg: FitConfig, result: FitResult):
+        self.cfg, self.result, self.stale = cfg, result, 0
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` ends with an evaluation."""
+        return step % self.cfg.eval_every == 0 or step == self.cfg.steps
+
+    def record(self, step: int, score: float) -> str:
+        """Record the evaluation ``score`` after ``step``: ``"best"`` (the best so far:
+        keep this state where there is patience), ``"stop"`` (patience ran out) or
+        ``"go"``."""
+        result = self.result
+        result.val_curve.append((step, score))
+        if result.best_val is None or score < result.best_val:
+            result.best_val, result.best_step, self.stale = score, step, 0
+            return "best"
+        self.stale += 1
+        return "stop" if self.cfg.patience is not None and self.stale >= self.cfg.patience else "go"
+
+
 class _Validation:
-    """Evaluations on the validation data every ``eval_every`` steps (and after the last),
-    recorded in the result; with ``patience`` the best state is kept and training stops
-    after that many evaluations without improvement."""
+    """Evaluations on the validation data as :class:`Stopping` says; with ``patience`` the
+    best state is kept and put back at the end."""
 
     def __init__(
         self,
@@ -447,26 +472,18 @@ class _Validation:
         cfg: FitConfig,
         result: FitResult,
     ):
-        self.model, self.val, self.loss_fn, self.cfg, self.result = model, val, loss_fn, cfg, result
+        self.model, self.val, self.loss_fn, self.cfg = model, val, loss_fn, cfg
+        self.rule = Stopping(cfg, result)
         self.best_state: dict[str, Tensor] | None = None
-        self.stale = 0
 
     def stops_after(self, step: int) -> bool:
         """Evaluate if ``step`` is due; whether training stops here."""
-        cfg, result = self.cfg, self.result
-        if self.val is None or not (step % cfg.eval_every == 0 or step == cfg.steps):
+        if self.val is None or not self.rule.due(step):
             return False
-        score = evaluate(self.model, self.val, self.loss_fn)
-        result.val_curve.append((step, score))
-        if result.best_val is None or score < result.best_val:
-            result.best_val, result.best_step, self.stale = score, step, 0
-            if cfg.patience is not None:
-                self.best_state = {
-                    k: v.detach().clone() for k, v in self.model.state_dict().items()
-                }
-            return False
-        self.stale += 1
-        return cfg.patience is not None and self.stale >= cfg.patience
+        verdict = self.rule.record(step, evaluate(self.model, self.val, self.loss_fn))
+        if verdict == "best" and self.cfg.patience is not None:
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return verdict == "stop"
 
     def restore_best(self) -> None:
         """Load the best state into the model, where one was kept."""

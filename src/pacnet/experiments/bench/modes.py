@@ -27,7 +27,7 @@ from pacnet.core.freeze import train_only
 from pacnet.core.mask import prune
 from pacnet.core.pac import trainable_groups, zero_redundant
 from pacnet.core.tasks import Tasks
-from pacnet.experiments.bench_models import MODELS
+from pacnet.experiments.bench.models import MODELS
 from pacnet.training.train import FitConfig, make_optimizer
 
 OURS = ("plain", "allocate", "calibrate")

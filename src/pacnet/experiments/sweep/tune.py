@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from pacnet.errors import PacnetError, check, first_line
-from pacnet.experiments.batched import stackable, stacked_transfers, why_not
-from pacnet.experiments.environment import using_threads
-from pacnet.experiments.progress import ProgressLines
-from pacnet.experiments.runner import prepare, seeded_transfer
-from pacnet.experiments.select import cv_score, cv_splits, fold_context
-from pacnet.experiments.spec import RunSpec
+from pacnet.experiments.run.batched import stacks
+from pacnet.experiments.run.context import prepare
+from pacnet.experiments.run.environment import using_threads
+from pacnet.experiments.run.select import cv_score, cv_splits, fold_context
+from pacnet.experiments.run.spec import RunSpec
+from pacnet.experiments.sweep.progress import ProgressLines
+from pacnet.methods.engine import run_together, why_not
 from pacnet.training.cache import StateCache
 
 
@@ -28,7 +29,7 @@ def optuna_storage(target: str | Path, any_rdb: bool = False) -> str:
     """The Optuna storage URL of a results database (a path or URL, as ``--db`` takes);
     with ``any_rdb`` another RDB URL Optuna knows passes unchanged. A SQLite file's folder
     is created."""
-    from pacnet.experiments.database import database_url
+    from pacnet.experiments.store.database import database_url
 
     text = str(target)
     scheme = text.split("://", 1)[0].split("+", 1)[0] if "://" in text else "sqlite"
@@ -61,10 +62,9 @@ def tune(
     study_name: str | None = None,
     folds: int = 3,
     cache: StateCache | None = None,
-    engine: str = "batched",
 ) -> Any:
     """Run ``trials`` more trials for ``spec``'s method on its target task; return the study.
-    On the ``batched`` engine a trial's folds train stacked where the run allows."""
+    On the spec's ``batched`` engine a trial's folds train stacked where the run allows."""
     import optuna
 
     check(trials >= 1, f"trials must be >= 1, got {trials}")
@@ -82,7 +82,7 @@ def tune(
             sampler=optuna.samplers.TPESampler(seed=spec.seed),
         )
     except Exception as exc:  # SQLAlchemy and drivers raise many kinds; all mean the same here
-        from pacnet.experiments.database import hide_password, password_filter
+        from pacnet.experiments.store.database import hide_password, password_filter
 
         first = password_filter(storage)(first_line(exc))
         raise PacnetError(
@@ -107,15 +107,15 @@ def tune(
         ctx = prepare(spec, cache)
         phase.clear()
         splits = cv_splits(ctx.target.train, folds)
-        stacks = engine == "batched" and stackable(spec) and why_not(ctx) is None
+        stacked = stacks(spec) and why_not(ctx) is None
 
         def objective(trial: Any) -> float:
             values = {k: suggest(trial, k, *bounds) for k, bounds in space.items()}
             method = spec.make_method(values)
-            if not stacks:
-                return cv_score(method, ctx, ctx.benchmark, splits, seeded_transfer)
+            if not stacked:
+                return cv_score(method, ctx, ctx.benchmark, splits)
             pairs = [(method, fold_context(ctx, train, val)) for train, val in splits]
-            trained = stacked_transfers(pairs, final=False)
+            trained = run_together(pairs, final=False)
             return statistics.fmean(
                 ctx.benchmark.score(t.target_model, val)
                 for t, (_, val) in zip(trained, splits, strict=True)

@@ -17,7 +17,7 @@ run then trains the winner on all N samples. The test split is never looked at.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -65,12 +65,12 @@ def fold_scores(
     ctx: TransferContext,
     bench: Benchmark,
     splits: list[tuple[Data, Data]],
-    run_one: Callable[[Method, TransferContext], Any],
 ) -> list[float]:
-    """Validation score of ``method`` on each (train, validation) split of ``splits``."""
+    """Validation score of ``method`` on each (train, validation) split of ``splits``, each
+    trained alone."""
     scores = []
     for train, val in splits:
-        transfer = run_one(method, fold_context(ctx, train, val))
+        transfer = method.transfer(fold_context(ctx, train, val))
         scores.append(bench.score(transfer.target_model, val))
     return scores
 
@@ -80,10 +80,9 @@ def cv_score(
     ctx: TransferContext,
     bench: Benchmark,
     splits: list[tuple[Data, Data]],
-    run_one: Callable[[Method, TransferContext], Any],
 ) -> float:
     """Mean validation score of ``method`` over the (train, validation) ``splits``."""
-    return statistics.fmean(fold_scores(method, ctx, bench, splits, run_one))
+    return statistics.fmean(fold_scores(method, ctx, bench, splits))
 
 
 def cross_validate(
@@ -92,7 +91,6 @@ def cross_validate(
     ctx: TransferContext,
     bench: Benchmark,
     folds: int,
-    run_one: Callable[[Method, TransferContext], Any],
     mode: str = "cv",
     grid: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
@@ -103,7 +101,7 @@ def cross_validate(
     tried = []
     for candidate in grid if grid is not None else candidates(method_cls.Params):
         method = method_cls(make(method_cls.Params, {**fixed, **candidate}))
-        scores = fold_scores(method, ctx, bench, splits, run_one)
+        scores = fold_scores(method, ctx, bench, splits)
         tried.append({"params": candidate, "val": statistics.fmean(scores), "folds_val": scores})
     return selection_record(method_cls, tried, ctx.target.train, folds, mode)
 

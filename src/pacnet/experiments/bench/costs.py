@@ -4,10 +4,10 @@
   entries and own tensors, with the λ term), each divided by a plain fine-tuning step of the
   same model and batch (interleaved repeats; the median of the ratios paired within a
   repeat, and their quartiles), next to peers on the same mask: ``torch.nn.utils.prune``,
-  gradient hooks and peft's LoRA (r = 8) (:mod:`~pacnet.experiments.bench_modes`); on the
+  gradient hooks and peft's LoRA (r = 8) (:mod:`~pacnet.experiments.bench.modes`); on the
   CPU the Friedman MLP, a wide MLP (>= 10 M parameters) and ResNet-18, on a GPU a
   GPT-2-small-sized transformer (bf16 autocast), a ResNet-50 (bf16, channels_last) and the
-  wide MLP (:mod:`~pacnet.experiments.bench_models`); on CUDA every measurement is
+  wide MLP (:mod:`~pacnet.experiments.bench.models`); on CUDA every measurement is
   synchronised with the device;
 * peak memory of each mode run alone (a fresh process's VmHWM on the CPU, the allocator's
   peak on CUDA), over plain;
@@ -44,8 +44,8 @@ from torch import nn
 from pacnet.benchmarks.resnet import resnet18
 from pacnet.core.mask import prune
 from pacnet.core.tasks import Tasks
-from pacnet.experiments.bench_models import CPU_MODELS, GPU_MODELS, MODELS, placed
-from pacnet.experiments.bench_modes import MODES, OURS, Unavailable, stepper
+from pacnet.experiments.bench.models import CPU_MODELS, GPU_MODELS, MODELS, placed
+from pacnet.experiments.bench.modes import MODES, OURS, Unavailable, stepper
 
 __all__ = [
     "CPU_MODELS",
@@ -182,7 +182,7 @@ def profile_summary(report: dict[str, Any]) -> str:
 
 def _child(args: list[str]) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-m", "pacnet.experiments.perf", *args],
+        [sys.executable, "-m", "pacnet.experiments.bench.costs", *args],
         capture_output=True,
         text=True,
         check=True,

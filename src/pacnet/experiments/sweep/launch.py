@@ -1,7 +1,7 @@
 """One run of a sweep as a ``torchrun`` job, for runs that want several processes (GPUs).
 
 A sweep worker whose runs take ``nproc_per_run > 1`` processes launches each run it claims
-as ``torchrun --standalone --nproc_per_node N -m pacnet.experiments.launch SPEC OUT CACHE``:
+as ``torchrun --standalone --nproc_per_node N -m pacnet.experiments.sweep.launch SPEC OUT CACHE``:
 every rank joins the process group and trains its share (see
 :mod:`pacnet.training.distributed`), rank 0 writes ``OUT/result.json``, and the worker
 stores that result under its claim. The launcher dies with its worker (and each rank with
@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pacnet.experiments.runner import run
-from pacnet.experiments.saving import RESULT_FILE
-from pacnet.experiments.spec import RunSpec
+from pacnet.experiments.run.runner import run
+from pacnet.experiments.run.saving import RESULT_FILE
+from pacnet.experiments.run.spec import RunSpec
 from pacnet.io import read_json
 from pacnet.training.cache import StateCache
 
@@ -59,7 +59,7 @@ def run_under_torchrun(spec: RunSpec, cache: StateCache, nproc: int) -> dict[str
         spec_file, out = Path(tmp, "spec.json"), Path(tmp, "out")
         spec_file.write_text(spec_to_json(spec))
         launcher = (
-            "import sys; from pacnet.experiments.launch import die_with_parent; "
+            "import sys; from pacnet.experiments.sweep.launch import die_with_parent; "
             "die_with_parent(); from torch.distributed.run import main; main(sys.argv[1:])"
         )
         command = [
@@ -69,7 +69,7 @@ def run_under_torchrun(spec: RunSpec, cache: StateCache, nproc: int) -> dict[str
             "--standalone",
             f"--nproc_per_node={nproc}",
             "-m",
-            "pacnet.experiments.launch",
+            "pacnet.experiments.sweep.launch",
             str(spec_file),
             str(out),
             str(cache.root),

@@ -14,7 +14,7 @@ the axis with its range instead of drawn). Runs that served several
 targets from one network (``pacnet run --targets``) get a table of their own per setting:
 every task's error after each addition, with one-target runs of the same targets beside it.
 Runs saved with ``pacnet run --save`` are listed at the end with where their network is.
-Rows of several benchmarks get a summary across them (:mod:`pacnet.experiments.summary`).
+Rows of several benchmarks get a summary across them (:mod:`pacnet.experiments.report.summary`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pacnet.experiments.environment import DETERMINISM_NOTE
-from pacnet.experiments.summary import summary
-from pacnet.experiments.table import (
+from pacnet.experiments.report.summary import summary
+from pacnet.experiments.report.table import (
     REFERENCE,
     chain_markdown,
     markdown,
@@ -37,6 +36,7 @@ from pacnet.experiments.table import (
     protocol,
     summarize,
 )
+from pacnet.experiments.run.environment import DETERMINISM_NOTE
 from pacnet.io import write_bytes_atomic
 
 PAPER_NOTE = (

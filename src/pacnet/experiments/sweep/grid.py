@@ -1,7 +1,7 @@
 """A sweep's grid: which runs a ``pacnet reproduce`` makes, from a TOML file and flags.
 
 A :class:`Grid` holds the schema of the TOML files under ``configs/`` (every key, its
-default and its meaning) and turns into the grid's :class:`~pacnet.experiments.spec.RunSpec`
+default and its meaning) and turns into the grid's :class:`~pacnet.experiments.run.spec.RunSpec`
 list (:meth:`Grid.specs`), so Python code builds the same grid as the command line:
 
 >>> grid = Grid.load("configs/friedman-quick.toml").updated(seeds=[0, 1])
@@ -26,7 +26,7 @@ from typing import Any
 
 from pacnet.config import read_value, unknown_hint
 from pacnet.errors import PacnetError, check
-from pacnet.experiments.spec import RunSpec
+from pacnet.experiments.run.spec import RunSpec
 from pacnet.methods import METHODS, get_method
 
 

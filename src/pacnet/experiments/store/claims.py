@@ -23,8 +23,8 @@ from sqlalchemy import Connection, and_, or_, select, update
 
 from pacnet.config import config_hash
 from pacnet.errors import check
-from pacnet.experiments.database import Database, batched, process_key, same_host
-from pacnet.experiments.schema import (
+from pacnet.experiments.store.database import batched, process_key, same_host
+from pacnet.experiments.store.schema import (
     grid_runs_table,
     grids_table,
     has_grids,
@@ -63,9 +63,11 @@ class Claim:
     took_over: bool = False  # the previous holder's lease had expired
 
 
-class Claims(Database):
-    """Registering grids and claiming, renewing, finishing, failing and releasing their runs
-    (a part of :class:`~pacnet.experiments.store.Store`)."""
+class Claims:
+    """Registering grids and claiming, renewing, finishing, failing and releasing their runs:
+    a part of :class:`~pacnet.experiments.store.store.Store`, run on the store's own
+    :class:`~pacnet.experiments.store.database.Database` (``self.transaction``,
+    ``self.insert_ignore``, ``self.now``, ``self.display``)."""
 
     def register(
         self,

@@ -38,7 +38,7 @@ from sqlalchemy import (
 )
 
 from pacnet.errors import PacnetError, check
-from pacnet.experiments.database import Database
+from pacnet.experiments.store.database import Database
 
 SCHEMA_VERSION = 2
 """1: results only; 2: adds grids, grid_runs and run_states (claims, leases, failures)."""

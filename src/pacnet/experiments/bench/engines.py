@@ -4,7 +4,7 @@ of runs, in one process, one after the other; the ratio of their wall times.
 Both engines start from the same source model, trained (and cached) before the clock
 starts. The sequential engine runs the runs one by one (:func:`runner.run`); the batched
 one groups them as a sweep's worker does (:data:`GROUP` runs of one method at a time,
-:func:`pacnet.experiments.batched.run_group`). The report also gives the largest relative
+:func:`pacnet.experiments.run.batched.run_group`). The report also gives the largest relative
 difference in the target metric between the two engines' records of each run.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from pacnet.experiments import batched, runner
-from pacnet.experiments.environment import using_threads
-from pacnet.experiments.source import source_model
-from pacnet.experiments.spec import RunSpec
+from pacnet.experiments.run import batched, runner
+from pacnet.experiments.run.environment import using_threads
+from pacnet.experiments.run.source import source_model
+from pacnet.experiments.run.spec import RunSpec
 from pacnet.training.cache import StateCache
 
 METHODS = ("pacnet", "finetune", "linear_probe", "l2sp", "scratch")

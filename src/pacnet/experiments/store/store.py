@@ -1,12 +1,14 @@
 """The results store: finished runs, and the grids that workers on one or many machines share.
 
-A store is one database (:mod:`pacnet.experiments.database`), reached through SQLAlchemy
-Core with one schema (:mod:`pacnet.experiments.schema`) and one code path: a SQLite file
+A store is one database (:mod:`pacnet.experiments.store.database`), reached through SQLAlchemy
+Core with one schema (:mod:`pacnet.experiments.store.schema`) and one code path: a SQLite file
 (the default, ``runs/pacnet.sqlite``; a plain path or ``sqlite:///FILE``) or a PostgreSQL
 server (``postgresql://USER@HOST/DB``, driver: ``pip install 'pacnet[postgres]'``) that the
-workers of many machines share. :class:`Store` holds the finished runs itself and takes the
-claims on a grid's runs from :class:`~pacnet.experiments.claims.Claims` and what the grids
-are doing from :class:`~pacnet.experiments.status.StatusQueries`.
+workers of many machines share. :class:`Store` is that one
+:class:`~pacnet.experiments.store.database.Database`; it holds the finished runs itself and
+takes the claims on a grid's runs from :class:`~pacnet.experiments.store.claims.Claims` and
+what the grids are doing from :class:`~pacnet.experiments.store.status.StatusQueries`, two
+sets of queries that run on it.
 """
 
 from __future__ import annotations
@@ -18,18 +20,18 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from pacnet.experiments.claims import Claims
-from pacnet.experiments.database import hide_password
-from pacnet.experiments.schema import has_grids, open_schema, row_of, runs_table, states_table
-from pacnet.experiments.status import StatusQueries
+from pacnet.experiments.store.claims import Claims
+from pacnet.experiments.store.database import Database, hide_password
+from pacnet.experiments.store.schema import has_grids, open_schema, row_of, runs_table, states_table
+from pacnet.experiments.store.status import StatusQueries
 
 DEFAULT_DB = Path("runs/pacnet.sqlite")
 
 
-class Store(Claims, StatusQueries):
+class Store(Claims, StatusQueries, Database):
     """Results of finished runs, and shared grids, in a SQLite file or a PostgreSQL database.
 
-    ``target`` is a path or a URL (see :func:`~pacnet.experiments.database.database_url`).
+    ``target`` is a path or a URL (see :func:`~pacnet.experiments.store.database.database_url`).
     With ``create`` (the default) the file or the tables are created, and a schema-1
     database gains the grid tables; without it a missing database is an error and nothing
     is written. Any failure to open is a one-line :class:`PacnetError` that never shows a

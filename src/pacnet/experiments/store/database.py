@@ -3,7 +3,7 @@ engine (SQLite or PostgreSQL through SQLAlchemy Core), transactions retried over
 connections and lock time-outs, errors in one line that never show a password, and which
 process holds what (a process's identity across machines).
 
-:class:`Database` knows no table; :class:`~pacnet.experiments.store.Store` adds the
+:class:`Database` knows no table; :class:`~pacnet.experiments.store.store.Store` adds the
 schema, the results, the claims and the status on top of it.
 """
 

@@ -11,8 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from pacnet.experiments.database import Database
-from pacnet.experiments.schema import (
+from pacnet.experiments.store.schema import (
     grid_runs_table,
     grids_table,
     has_grids,
@@ -122,8 +121,10 @@ def iso(epoch: float) -> str:
     return stamp.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-class StatusQueries(Database):
-    """What the grids' runs are doing (a part of :class:`~pacnet.experiments.store.Store`)."""
+class StatusQueries:
+    """What the grids' runs are doing: a part of :class:`~pacnet.experiments.store.store.Store`,
+    run on the store's own :class:`~pacnet.experiments.store.database.Database`
+    (``self.transaction``, ``self.now``)."""
 
     def progress(self, grid_id: str) -> Progress:
         """How many of the grid's runs are pending, running, done and failed (a run stored

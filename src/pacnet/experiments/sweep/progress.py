@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from pacnet.experiments.status import duration
+from pacnet.experiments.store.status import duration
 
 HEARTBEAT = 30.0
 """Seconds between two lines while nothing finishes."""

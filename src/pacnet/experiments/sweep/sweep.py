@@ -1,6 +1,6 @@
 """A grid of runs (methods x target sizes x seeds): resumable, parallel, shared by machines.
 
-:func:`sweep` registers the grid in the results :class:`~pacnet.experiments.store.Store`
+:func:`sweep` registers the grid in the results :class:`~pacnet.experiments.store.store.Store`
 (idempotent: every process that plans the same grid registers the same one), then its
 workers claim the grid's runs one at a time until none is left. The workers are ``jobs``
 processes on this machine and any number of others on other machines running the same
@@ -30,22 +30,23 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from pacnet.errors import PacnetError, Terminated, check, first_line
-from pacnet.experiments.batched import ENGINES, group_key, run_group, stackable
-from pacnet.experiments.claims import DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, Claim, GridRun
-from pacnet.experiments.environment import using_threads
-from pacnet.experiments.grid import default_label
-from pacnet.experiments.progress import ProgressLines
-from pacnet.experiments.runner import run
-from pacnet.experiments.source import extra_source_steps, source_model
-from pacnet.experiments.spec import RunSpec
-from pacnet.experiments.store import Store
+from pacnet.experiments.run.batched import group_key, run_group, stacks
+from pacnet.experiments.run.environment import using_threads
+from pacnet.experiments.run.runner import run
+from pacnet.experiments.run.source import extra_source_steps, source_model
+from pacnet.experiments.run.spec import RunSpec
+from pacnet.experiments.store.claims import DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, Claim, GridRun
+from pacnet.experiments.store.store import Store
+from pacnet.experiments.sweep.grid import default_label
+from pacnet.experiments.sweep.progress import ProgressLines
+from pacnet.methods.engine import DEFAULT_ENGINE, check_engine
 from pacnet.training.cache import StateCache
 
 
@@ -57,16 +58,13 @@ class WorkerOptions:
     lease: float = DEFAULT_LEASE
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     nproc_per_run: int = 1
-    engine: str = "batched"
+    engine: str = DEFAULT_ENGINE
     """``batched``: a worker claims up to ``group`` runs at a time and trains those that
-    stack together (:mod:`pacnet.experiments.batched`); ``sequential``: one at a time."""
+    stack together (:mod:`pacnet.experiments.run.batched`); ``sequential``: one at a time."""
     group: int = 16
 
     def __post_init__(self) -> None:
-        check(
-            self.engine in ENGINES,
-            f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}",
-        )
+        check_engine(self.engine)
         check(self.group >= 1, f"the group size must be >= 1, got {self.group}")
         check(self.lease >= 1, f"--lease must be at least 1 second, got {self.lease}")
         check(self.max_attempts >= 1, f"--max-attempts must be >= 1, got {self.max_attempts}")
@@ -100,6 +98,7 @@ def sweep(
     check(specs, "the grid is empty")
     check(jobs >= 1, f"jobs must be >= 1, got {jobs}")
     options = options or WorkerOptions()
+    specs = [s if s.engine == options.engine else replace(s, engine=options.engine) for s in specs]
     cache = cache or StateCache()
     runs = [GridRun(s.run_id(), s.method, s.target_size, s.seed) for s in specs]
     by_id = {r.run_id: spec for r, spec in zip(runs, specs, strict=True)}
@@ -276,7 +275,7 @@ def _work(
 
 
 def _stacks(spec: RunSpec, options: WorkerOptions) -> bool:
-    return options.engine == "batched" and options.nproc_per_run == 1 and stackable(spec)
+    return options.nproc_per_run == 1 and stacks(spec)
 
 
 def _more_claims(
@@ -329,7 +328,7 @@ def _execute_group(
             trained = None
     if trained is None:
         return sum(
-            _execute(store, c, s, cache, options, interrupted)
+            _execute(store, c, replace(s, engine="sequential"), cache, options, interrupted)
             for c, s in zip(claims, group, strict=True)
         )
     stored = 0
@@ -388,7 +387,7 @@ def _execute(
     with _Lease(store, claim, options.lease) as lease:
         try:
             if options.nproc_per_run > 1:
-                from pacnet.experiments.launch import run_under_torchrun
+                from pacnet.experiments.sweep.launch import run_under_torchrun
 
                 result = run_under_torchrun(spec, cache, options.nproc_per_run)
             else:
