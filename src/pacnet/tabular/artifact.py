@@ -25,11 +25,12 @@ from torch import nn
 from pacnet.benchmarks.mlp import MLP
 from pacnet.core.checkpoint import inspect, load, save, save_network
 from pacnet.errors import PacnetError, check
+from pacnet.experiments.run.saving import NETWORK_FILE
 from pacnet.io import read_json, umask, write_json
 from pacnet.tabular.files import Table
 from pacnet.tabular.pipeline import CARD_FORMAT, CARD_VERSION, Outcome
 from pacnet.tabular.problem import Scaling, predict
-from pacnet.tabular.source import NETWORK_FILE, SOURCE_NETWORK_FILE
+from pacnet.tabular.source import SOURCE_NETWORK_FILE
 
 CARD_FILE = "card.json"
 CHUNK = 1 << 16

@@ -19,9 +19,9 @@ from typing import Any
 from pacnet.benchmarks.mlp import MLP, describe_spec
 from pacnet.core.checkpoint import inspect, load
 from pacnet.errors import PacnetError, check
+from pacnet.experiments.run.saving import NETWORK_FILE
 from pacnet.tabular.problem import Scaling
 
-NETWORK_FILE = "net.safetensors"
 SOURCE_NETWORK_FILE = "source.safetensors"
 """The source network beside the target's, for a method that overwrote a copy of it."""
 
