@@ -9,6 +9,10 @@ means, for the help); ``given`` reads back the flags that were set, ``read_value
 as its flag would; ``make`` builds the dataclass with one-line errors; ``name_flags`` puts
 the flags in place of the field names in such an error; ``config_hash`` names a resolved
 configuration.
+
+A field whose ``metadata["stored"]`` names another spelling is written under that name by
+``to_dict`` (so files and hashes keep it), read under either name by ``make``, and, on a
+class marked with ``stored_names``, taken as a keyword and an attribute under it too.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -145,8 +150,59 @@ def read_value(cls: type, name: str, text: str, what: str) -> Any:
         raise PacnetError(f"{what}: cannot read {text!r} as {hint}") from None
 
 
+def stored_as(cls: type) -> dict[str, str]:
+    """Field name -> the name ``to_dict`` writes it under, for the fields of ``cls`` with a
+    ``metadata["stored"]`` spelling."""
+    return {f.name: f.metadata["stored"] for f in dataclasses.fields(cls) if "stored" in f.metadata}
+
+
+def _from_stored(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each stored spelling of a field of ``cls`` turned into the field's name."""
+    stored = stored_as(cls)
+    fields = {spelling: name for name, spelling in stored.items()}
+    out = {}
+    for key, value in values.items():
+        name = fields.get(key, key)
+        if name in out:
+            raise PacnetError(
+                f"{cls.__name__}: {name} and {stored[name]} name one setting; give one of them"
+            )
+        out[name] = value
+    return out
+
+
+def stored_names(cls: type) -> type:
+    """Let the dataclass ``cls`` take each field's stored spelling (``metadata["stored"]``)
+    as a keyword and read and set it as an attribute, as before the field was renamed."""
+    renamed = stored_as(cls)
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            kwargs = _from_stored(cls, kwargs)
+        except PacnetError as exc:
+            raise TypeError(str(exc)) from None
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    for name, stored in renamed.items():
+        setattr(
+            cls,
+            stored,
+            property(
+                lambda self, n=name: getattr(self, n),
+                lambda self, value, n=name: setattr(self, n, value),
+                doc=f"``{name}``, under the name it is stored as.",
+            ),
+        )
+    return cls
+
+
 def make(cls: type, values: dict[str, Any]) -> Any:
-    """``cls(**values)`` with a one-line error for unknown names (lists become tuples)."""
+    """``cls(**values)`` with a one-line error for unknown names (lists become tuples); a
+    field's stored spelling (see :func:`to_dict`) counts as its name."""
+    values = _from_stored(cls, values)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = set(values) - set(names)
     if unknown:
@@ -158,8 +214,11 @@ def make(cls: type, values: dict[str, Any]) -> Any:
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
-    """A settings dataclass as plain JSON-ready values (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(obj)))
+    """A settings dataclass as plain JSON-ready values (tuples become lists), each field
+    under its stored spelling where it has one (``metadata["stored"]``)."""
+    values = json.loads(json.dumps(dataclasses.asdict(obj)))
+    stored = stored_as(type(obj))
+    return {stored.get(k, k): v for k, v in values.items()}
 
 
 def config_hash(config: Any, length: int = 16) -> str:

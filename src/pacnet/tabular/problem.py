@@ -9,9 +9,9 @@ the user's data unchanged.
   the original units. A column with no spread in the source (a constant) is scaled by its
   spread in the target table if it has one there, else by 1 (centred only), so nothing is
   divided by zero.
-* The source rows are split once (seeded by ``--seed``): ``source_holdout`` of them
+* The source rows are split once (seeded by ``--seed``): ``source_test_fraction`` of them
   (default 10 %) are held out to measure the source error before and after transfer;
-  ``source_val`` of the rest (10 %) are held out to stop the source training and Allocate
+  ``source_val_fraction`` of the rest (10 %) are held out to stop the source training and Allocate
   early (after ``source_patience`` evaluations without gain, keeping the best state); the
   rest train the source model and PAC-Net's Allocate.
 * A small source table: when that early-stopping split would hold fewer than
@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from pacnet.benchmarks.base import SOURCE_STEPS, TARGET_STEPS, Benchmark, BudgetConfig, TaskData
 from pacnet.benchmarks.mlp import MLP
+from pacnet.config import stored_names
 from pacnet.errors import PacnetError, check
 from pacnet.training.stacked import Member, fit_stacked
 from pacnet.training.train import Data, FitConfig, LossFn, device_of, evaluate, infer
@@ -123,22 +124,26 @@ class Scaling:
         return scaling
 
 
+@stored_names
 @dataclass
 class TableConfig(BudgetConfig):
     """Model and budgets of ``pacnet transfer``; the defaults suit a few thousand source
-    rows and tens of target rows (seconds to a minute on 2 CPU cores)."""
+    rows and tens of target rows (seconds to a minute on 2 CPU cores).
+
+    ``source_test_fraction`` and ``source_val_fraction`` are stored (in the card, in the
+    source cache's key) and still taken as ``source_holdout`` and ``source_val``."""
 
     source_steps: int = field(default=2000, metadata={"help": SOURCE_STEPS})
     source_batch: int = field(default=64, metadata={"help": "source batch size"})
     target_steps: int = field(default=300, metadata={"help": TARGET_STEPS})
     hidden: tuple[int, ...] = field(default=(64, 64), metadata={"help": "hidden layer widths"})
     activation: str = field(default="relu", metadata={"help": "relu, tanh, gelu or silu"})
-    source_holdout: float = field(
+    source_test_fraction: float = field(
         default=0.1,
         metadata={
             "help": "share of the source rows held out to measure the source error",
-            "flag": "source_test_fraction",
             "aliases": ("source_holdout",),
+            "stored": "source_holdout",
         },
     )
     source_patience: int = field(
@@ -148,11 +153,11 @@ class TableConfig(BudgetConfig):
             "without gain on held-out source rows, keeping the best state (0: train every step)"
         },
     )
-    source_val: float = field(
+    source_val_fraction: float = field(
         default=0.1,
         metadata={
-            "flag": "source_val_fraction",
             "aliases": ("source_val",),
+            "stored": "source_val",
             "help": "share of the source training rows held out for that stopping (if that is "
             "fewer than 100 rows, 5-fold cross-validation chooses the steps instead)",
         },
@@ -160,7 +165,7 @@ class TableConfig(BudgetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("source_holdout", "source_val"):
+        for name in ("source_test_fraction", "source_val_fraction"):
             value = getattr(self, name)
             check(0 < value < 1, f"{name} must lie in (0, 1), got {value}")
         check(
@@ -229,8 +234,9 @@ class TableBenchmark(Benchmark):
         self.problem = problem
         self.spec = dict(spec)
         n = len(problem.source_x)
-        held = max(1, round(n * config.source_holdout))
-        val = max(1, round((n - held) * config.source_val)) if config.source_patience else 0
+        held = max(1, round(n * config.source_test_fraction))
+        val = round((n - held) * config.source_val_fraction)
+        val = max(1, val) if config.source_patience else 0
         check(
             n - held - val >= 1,
             f"the source table has {n} rows: too few to hold out {held + val} (to measure the "

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pacnet.config import config_hash, to_dict
+from pacnet.config import config_hash, stored_as, to_dict
 from pacnet.experiments.run.source import train_source
 from pacnet.io import tensor_digest
-from pacnet.tabular.problem import TableBenchmark
+from pacnet.tabular.problem import TableBenchmark, TableConfig
 from pacnet.training.cache import StateCache
 
 
@@ -71,11 +71,17 @@ def train_table_source(
 
 SOURCE_SETTINGS = (
     "source_steps", "source_lr", "source_batch", "eval_every", "hidden", "activation",
-    "source_holdout", "source_patience", "source_val",
+    "source_test_fraction", "source_patience", "source_val_fraction",
 )  # fmt: skip
 """The settings a source model trained here depends on (the target's do not count)."""
 _RECORD = "pacnet.source_record"
 """The cached source state's entry that holds how it was trained (UTF-8 JSON bytes)."""
+
+
+def _stored_settings() -> set[str]:
+    """:data:`SOURCE_SETTINGS` as :func:`~pacnet.config.to_dict` names them (the key's names)."""
+    stored = stored_as(TableConfig)
+    return {stored.get(name, name) for name in SOURCE_SETTINGS}
 
 
 def _json_tensor(record: Mapping[str, Any]) -> Tensor:
@@ -92,7 +98,7 @@ def _source_key(bench: TableBenchmark, seed: int, device: torch.device) -> dict[
     return {
         "step": "transfer source",
         "rows": tensor_digest(parts),
-        "config": {k: v for k, v in to_dict(bench.config).items() if k in SOURCE_SETTINGS},
+        "config": {k: v for k, v in to_dict(bench.config).items() if k in _stored_settings()},
         "model": bench.spec,
         "seed": seed,
         "device": device.type,
