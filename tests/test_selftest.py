@@ -21,7 +21,7 @@ def test_selftest_on_the_cpu_passes_and_names_every_case(capsys):
     assert lines[0].startswith("pacnet ") and f"torch {torch.__version__}" in lines[0]
     assert lines[1].startswith("plan: ") and " on 2 CPU cores (the full selftest: " in lines[1]
     marks = [line.split()[:2] for line in lines[2:-1]]
-    model_count, optimizer_count = len(models.MODELS), len(models.OPTIMIZERS)
+    model_count, optimizer_count = len(models.CASE_MODELS), len(models.CASE_OPTIMIZERS)
     assert sum(m[1] == "exact" for m in marks) == model_count * optimizer_count * 3
     run_lines = [line for line in lines if line.split()[1:2] == ["runs"]]
     for benchmark in runs.RUN_SETTINGS:
@@ -43,9 +43,9 @@ def test_selftest_on_the_cpu_passes_and_names_every_case(capsys):
 @pytest.fixture
 def small(monkeypatch):
     """One model, two optimizers, no runs and no bench: the exactness cases alone."""
-    monkeypatch.setattr(models, "MODELS", {"gru": models.MODELS["gru"]})
-    chosen = {k: models.OPTIMIZERS[k] for k in ("adam-fused", "sgd-momentum-decay")}
-    monkeypatch.setattr(models, "OPTIMIZERS", chosen)
+    monkeypatch.setattr(models, "CASE_MODELS", {"gru": models.CASE_MODELS["gru"]})
+    chosen = {k: models.CASE_OPTIMIZERS[k] for k in ("adam-fused", "sgd-momentum-decay")}
+    monkeypatch.setattr(models, "CASE_OPTIMIZERS", chosen)
     monkeypatch.setattr(runs, "RUN_SETTINGS", {})
     monkeypatch.setattr(selftest_main, "bench", lambda device, quick: iter(()))
 

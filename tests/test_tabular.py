@@ -237,7 +237,7 @@ def test_predict_matches_inputs_by_name_and_names_a_missing_one(good, capsys, mo
     assert "no column 'x2' (an input of the network); did you mean 'X_2'?" in line
     line = _fail(["predict", str(out), "--input", str(new), "--task", "other"], capsys)
     assert "--task other" in line and "source, target" in line
-    monkeypatch.setattr(artifact_module, "CHUNK", 7)  # many rows go through in chunks
+    monkeypatch.setattr(artifact_module, "PREDICT_CHUNK", 7)  # many rows go through in chunks
     chunked = open_artifact(out).predict_table(read_table(new))["y"]
     np.testing.assert_allclose(chunked, read_column(first, "y"), rtol=1e-6, atol=1e-6)
     # a card from another run than the network beside it is refused

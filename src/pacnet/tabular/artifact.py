@@ -33,7 +33,7 @@ from pacnet.tabular.problem import Scaling, predict
 from pacnet.tabular.source import SOURCE_NETWORK_FILE
 
 CARD_FILE = "card.json"
-CHUNK = 1 << 16
+PREDICT_CHUNK = 1 << 16
 """Rows per forward pass in :meth:`Artifact.predict` (more rows go in chunks of this)."""
 
 
@@ -153,9 +153,9 @@ class Artifact:
         )
         check(bool(np.isfinite(x).all()), "the inputs hold NaN or infinite values")
         model, z = self.model(task), self.x_scale.apply(x)
-        if len(z) <= CHUNK:  # one forward pass, as the model answers the same rows
+        if len(z) <= PREDICT_CHUNK:  # one forward pass, as the model answers the same rows
             return self.y_scale.invert(predict(model, z))
-        parts = [predict(model, z[i : i + CHUNK]) for i in range(0, len(z), CHUNK)]
+        parts = [predict(model, z[i : i + PREDICT_CHUNK]) for i in range(0, len(z), PREDICT_CHUNK)]
         return self.y_scale.invert(torch.cat(parts))
 
     def predict_columns(

@@ -45,7 +45,7 @@ from pacnet.benchmarks.resnet import resnet18
 from pacnet.core.mask import prune
 from pacnet.core.tasks import Tasks
 from pacnet.experiments.bench.models import CPU_MODELS, GPU_MODELS, MODELS, placed
-from pacnet.experiments.bench.modes import MODES, OURS, Unavailable, stepper
+from pacnet.experiments.bench.modes import MODES, OWN_MODES, Unavailable, stepper
 
 __all__ = [
     "CPU_MODELS",
@@ -79,7 +79,7 @@ def _warmed_up(
     optimizer: str,
     stack: ExitStack,
     device: str = "cpu",
-    modes: Sequence[str] = OURS,
+    modes: Sequence[str] = OWN_MODES,
     tiny: bool = False,
 ) -> tuple[dict[str, Callable[[], None]], dict[str, str]]:
     """Step functions of ``modes`` on ``device``, each inside its context (entered on
@@ -108,7 +108,7 @@ def step_times(
     steps: int,
     optimizer: str = "adam",
     device: str = "cpu",
-    modes: Sequence[str] = OURS,
+    modes: Sequence[str] = OWN_MODES,
     tiny: bool = False,
 ) -> dict[str, Any]:
     """Median seconds per step of each of ``modes`` (``plain`` first) on ``device``, measured
@@ -220,7 +220,7 @@ def peak_memory(
     steps: int,
     optimizer: str = "adam",
     device: str = "cpu",
-    modes: Sequence[str] = OURS,
+    modes: Sequence[str] = OWN_MODES,
     tiny: bool = False,
 ) -> dict[str, Any]:
     """Peak memory (MiB) of each of ``modes`` run alone, and each over plain's."""

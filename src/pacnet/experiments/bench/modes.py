@@ -30,9 +30,9 @@ from pacnet.core.tasks import Tasks
 from pacnet.experiments.bench.models import MODELS
 from pacnet.training.train import FitConfig, make_optimizer
 
-OURS = ("plain", "allocate", "calibrate")
+OWN_MODES = ("plain", "allocate", "calibrate")
 PEERS = ("torch_prune", "grad_hooks", "lora")
-MODES = OURS + PEERS
+MODES = OWN_MODES + PEERS
 
 Step = Callable[[], None]
 Context = Callable[[], AbstractContextManager[Any]]

@@ -62,14 +62,14 @@ def _frozen_at(model: nn.Module, keep: dict[str, Tensor]) -> dict[str, Tensor]:
 def _exact_case(model_name: str, optimizer: str, precision: str, device: Any, steps: int) -> str:
     """Allocate and calibrate one model under one optimizer and precision; '' when exact,
     else raises :class:`Mismatch` (or the error the device gave)."""
-    build, data, loss_fn = models.MODELS[model_name]
+    build, data, loss_fn = models.CASE_MODELS[model_name]
     torch.manual_seed(0)
     model = build().to(device)
     source, target = ([t.to(device) for t in data(s)] for s in (0, 1))
     step = _stepper(model, source, loss_fn, precision, device)
     mask = prune(model, 0.7, warn=False)
     zero_redundant(model, mask)
-    allocating = models.OPTIMIZERS[optimizer](model.parameters())
+    allocating = models.CASE_OPTIMIZERS[optimizer](model.parameters())
     frozen = _frozen_at(model, dict(mask))
     with train_only(model, mask, allocating):
         for i in range(steps):
@@ -84,7 +84,7 @@ def _exact_case(model_name: str, optimizer: str, precision: str, device: Any, st
     tasks.activate(model, "target")
     trainable = tasks.trainable(model)
     groups = trainable_groups(model, tasks, trainable)  # as pacnet.calibrate groups them
-    calibrating = models.OPTIMIZERS[optimizer]([{"params": g} for g in groups if g])
+    calibrating = models.CASE_OPTIMIZERS[optimizer]([{"params": g} for g in groups if g])
     redundant = dict(~mask)  # False where essential: the entries Calibrate freezes
     essential = _frozen_at(model, redundant)
     step = _stepper(model, target, loss_fn, precision, device)
@@ -110,10 +110,10 @@ def _exact_case(model_name: str, optimizer: str, precision: str, device: Any, st
 
 def _plain_works(model_name: str, optimizer: str, precision: str, device: Any) -> str | None:
     """Why the device cannot train the plain model this way (None: it can)."""
-    build, data, loss_fn = models.MODELS[model_name]
+    build, data, loss_fn = models.CASE_MODELS[model_name]
     try:
         model = build().to(device)
-        opt = models.OPTIMIZERS[optimizer](model.parameters())
+        opt = models.CASE_OPTIMIZERS[optimizer](model.parameters())
         _stepper(model, [t.to(device) for t in data(0)], loss_fn, precision, device)(opt)
     except Exception as exc:  # the platform's limit, not pacnet's
         return f"{type(exc).__name__}: {first_line(exc)}"[:160]
@@ -123,8 +123,8 @@ def _plain_works(model_name: str, optimizer: str, precision: str, device: Any) -
 def exactness(device: torch.device, quick: bool) -> Iterator[Case]:
     """The exactness matrix: every model × optimizer × precision."""
     steps = 3 if quick else 8
-    for model_name in models.MODELS:
-        for optimizer in models.OPTIMIZERS:
+    for model_name in models.CASE_MODELS:
+        for optimizer in models.CASE_OPTIMIZERS:
             for precision in models.PRECISIONS:
                 name = f"{model_name} {optimizer} {precision}"
                 start = time.perf_counter()

@@ -61,7 +61,10 @@ def _seconds(quick: bool) -> float:
     benchmarks = [b for b in runs.RUN_SETTINGS if not (quick and b in runs.FULL_ONLY)]
     return (
         t["start"]
-        + len(models.MODELS) * len(models.OPTIMIZERS) * len(models.PRECISIONS) * t["exact"]
+        + len(models.CASE_MODELS)
+        * len(models.CASE_OPTIMIZERS)
+        * len(models.PRECISIONS)
+        * t["exact"]
         + sum(t["runs"].get(b, 10.0) for b in benchmarks if runs.missing_data(b) is None)
         + (t["engines"] if "friedman" in runs.RUN_SETTINGS else 0.0)
         + t["bench"]["quick" if quick else "full"]
@@ -70,7 +73,7 @@ def _seconds(quick: bool) -> float:
 
 def plan(device: torch.device, quick: bool) -> str:
     """What the self-test runs, and how long that took on 2 CPU cores."""
-    cases = len(models.MODELS) * len(models.OPTIMIZERS) * len(models.PRECISIONS)
+    cases = len(models.CASE_MODELS) * len(models.CASE_OPTIMIZERS) * len(models.PRECISIONS)
     running = [b for b in runs.RUN_SETTINGS if not (quick and b in runs.FULL_ONLY)]
     installed = [b for b in running if runs.missing_data(b) is None]
     aside = []

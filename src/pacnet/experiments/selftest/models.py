@@ -68,13 +68,15 @@ def _lm_loss(out: Tensor, y: Tensor) -> Tensor:
     return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]).float(), y.reshape(-1))
 
 
-MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[int], tuple[Tensor, Tensor]], Any]] = {
+CASE_MODELS: dict[
+    str, tuple[Callable[[], nn.Module], Callable[[int], tuple[Tensor, Tensor]], Any]
+] = {
     "batchnorm-cnn": (BatchNormCNN, _images, nn.functional.cross_entropy),
     "tied-embedding": (TiedLM, _tokens, _lm_loss),
     "gru": (GRUNet, lambda seed: _tokens(seed, 3), nn.functional.cross_entropy),
 }
 
-OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
+CASE_OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
     "adam-fused": lambda p: torch.optim.Adam(p, lr=1e-2, fused=True),
     "adam-foreach": lambda p: torch.optim.Adam(p, lr=1e-2, foreach=True),
     "adam-for-loop": lambda p: torch.optim.Adam(p, lr=1e-2, foreach=False),
