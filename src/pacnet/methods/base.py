@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 
 from pacnet.benchmarks.base import Benchmark, TaskData
+from pacnet.config import make
 from pacnet.core.tasks import Tasks
 from pacnet.errors import PacnetError
 from pacnet.methods.plan import SourceStep, TrainingPlan
@@ -131,11 +132,23 @@ class NoParams:
     search: ClassVar[dict[str, tuple[Any, ...]]] = {}
 
 
-def candidates(params_cls: type) -> list[dict[str, Any]]:
-    """The hyperparameter settings a validation search tries: the product of ``search``."""
+def candidates(params_cls: type, fixed: Mapping[str, Any] = ()) -> list[dict[str, Any]]:
+    """The hyperparameter settings a validation search tries: the product of ``search``
+    over the names ``fixed`` leaves open."""
     space: dict[str, tuple[Any, ...]] = getattr(params_cls, "search", {})
-    names = list(space)
-    return [dict(zip(names, values, strict=True)) for values in itertools.product(*space.values())]
+    names = [n for n in space if n not in dict(fixed)]
+    values = [space[n] for n in names]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*values)]
+
+
+def build(
+    method_cls: type[Method],
+    fixed: Mapping[str, Any] | None = None,
+    chosen: Mapping[str, Any] | None = None,
+) -> Method:
+    """``method_cls`` with the hyperparameters ``fixed`` and a candidate's ``chosen`` values
+    over them (each checked, one line for a bad one)."""
+    return method_cls(make(method_cls.Params, {**(fixed or {}), **(chosen or {})}))
 
 
 def one_network(

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from pacnet.core.roles import covered_layers
 from pacnet.errors import check
+from pacnet.io import tensor_digest
 from pacnet.methods.base import Method, TransferContext, one_network, with_target_head
 from pacnet.methods.baselines import LinearProbe, everything, head_of
 from pacnet.methods.plan import TrainingPlan
@@ -134,19 +135,33 @@ class Delta(Method):
         layers = delta_layers(p.layers, model)
         alpha = delta_alpha(p.alpha, ctx)
         source = copy.deepcopy(ctx.source_model)
-        attention = None
-        if p.attention:
-            scorer = source
-            if ctx.new_head is not None:  # as TLlib: first fit a head on the target data
-                scorer = LinearProbe().transfer(ctx).target_model
-            data = ctx.target.train
-            data = Data(data.x[: p.attention_samples], data.y[: p.attention_samples])
-            attention = channel_attention(scorer, layers, data, ctx.loss_fn, p.temperature)
+        attention = attention_for(ctx, source, layers, p) if p.attention else None
         behaviour = FeatureDistance(model, source, layers, attention)
         penalties = [(alpha, behaviour), (p.beta, head_term(model, head_name, ctx))]
         details = {"layers": layers, "alpha_used": alpha}
         finish = functools.partial(one_network, model, ctx, details=details)
         return TrainingPlan(model, everything(model), finish, penalties=penalties)
+
+
+def attention_for(
+    ctx: TransferContext, source: nn.Module, layers: list[str], p: DeltaParams
+) -> dict[str, Tensor]:
+    """DELTA's channel attention on ``ctx``'s target data, measured with ``source`` (a copy
+    of the source model) once per run and data: every candidate α of a cross-validation
+    fold shares it."""
+    train = ctx.target.train
+    held = {"x": train.x, "y": train.y}
+    if ctx.target.val is not None:
+        held.update(val_x=ctx.target.val.x, val_y=ctx.target.val.y)
+    key = ("delta-attention", tuple(layers), p.temperature, p.attention_samples,
+           ctx.new_head is not None, tensor_digest(held))  # fmt: skip
+    if key not in ctx.kept:
+        scorer = source
+        if ctx.new_head is not None:  # as TLlib: first fit a head on the target data
+            scorer = LinearProbe().transfer(ctx).target_model
+        data = Data(train.x[: p.attention_samples], train.y[: p.attention_samples])
+        ctx.kept[key] = channel_attention(scorer, layers, data, ctx.loss_fn, p.temperature)
+    return ctx.kept[key]
 
 
 def delta_alpha(alpha: float | None, ctx: TransferContext) -> float:

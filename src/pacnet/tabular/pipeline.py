@@ -13,31 +13,28 @@ same rows with its own candidate grid. Every check on the input runs before any 
 from __future__ import annotations
 
 import datetime
-import itertools
-import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from pacnet.benchmarks.mlp import MLP
 from pacnet.config import make, to_dict
 from pacnet.core.tasks import Tasks
 from pacnet.errors import PacnetError, check
 from pacnet.experiments.run import batched
-from pacnet.experiments.run.environment import versions
+from pacnet.experiments.run.environment import using_threads, versions
 from pacnet.experiments.run.select import cross_validate
 from pacnet.io import tensor_digest
 from pacnet.methods import METHODS, Method, Transfer, TransferContext, get_method
-from pacnet.methods.base import candidates
+from pacnet.methods.base import build, candidates
 from pacnet.methods.engine import why_not
 from pacnet.tabular.files import ArrayTable, Table, read_table
 from pacnet.tabular.problem import Problem, TableBenchmark, TableConfig
@@ -48,6 +45,7 @@ from pacnet.tabular.source import (
     read_source_checkpoint,
 )
 from pacnet.tabular.trained import train_table_source
+from pacnet.training.cache import MemoryCache
 from pacnet.training.device import check_device
 from pacnet.training.train import device_of, infer
 
@@ -202,46 +200,6 @@ def _columns(
     return inputs, outputs
 
 
-def _grid(options: TransferOptions) -> list[dict[str, Any]]:
-    """PAC-Net's candidates: its search grid over λ and ratio, less what is fixed."""
-    from pacnet.methods.pacnet_method import PacNetParams
-
-    space = {
-        name: values
-        for name, values in PacNetParams.search.items()
-        if getattr(options, name) is None
-    }
-    return [dict(zip(space, combo, strict=True)) for combo in itertools.product(*space.values())]
-
-
-class _Memo:
-    """In-memory memo of model states (PAC-Net's Allocate per ratio), cloned on store."""
-
-    def __init__(self) -> None:
-        self.states: dict[str, dict[str, Tensor]] = {}
-
-    def contains(self, key: Mapping[str, Any]) -> bool:
-        return json.dumps(dict(key), sort_keys=True, default=str) in self.states
-
-    def __call__(
-        self, key: Mapping[str, Any], build: Callable[[], Mapping[str, Tensor]]
-    ) -> Mapping[str, Tensor]:
-        name = json.dumps(dict(key), sort_keys=True, default=str)
-        if name not in self.states:
-            self.states[name] = {k: v.detach().clone() for k, v in build().items()}
-        return self.states[name]
-
-
-@contextmanager
-def _threads(count: int | None) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count or TableBenchmark.threads or previous)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _say(options: TransferOptions, text: str) -> None:
     if options.progress is not None:
         options.progress(text)
@@ -310,7 +268,7 @@ def transfer(options: TransferOptions) -> Outcome:
         )
     bench = TableBenchmark(config, problem, spec, options.seed, trains_source=ckpt is None)
     device = check_device(options.device)
-    with _threads(options.threads):
+    with using_threads(options.threads or TableBenchmark.threads):
         return _run(options, bench, ckpt, compare, device, (source, target))
 
 
@@ -328,7 +286,7 @@ def _run(
     model, origin, source_steps = _source_model(options, bench, ckpt, device)
     state_key = tensor_digest(model.state_dict())[:16]
     target = bench.target(seed, len(problem.target_x))
-    ctx = TransferContext(bench, model, src, target, seed, f"table-{state_key}", _Memo())
+    ctx = TransferContext(bench, model, src, target, seed, f"table-{state_key}", MemoryCache())
     rows: list[dict[str, Any]] = []
     done: dict[str, tuple[Method, Transfer, dict[str, Any]]] = {}
     stacked = _stacked(options, ["pacnet", *compare], ctx)
@@ -474,15 +432,15 @@ def _source_model(
 def _candidates(
     options: TransferOptions, name: str
 ) -> tuple[type[Method], dict[str, Any], list[dict[str, Any]]]:
-    """Method ``name``'s class, its fixed values and the candidates cross-validation tries."""
+    """Method ``name``'s class, its fixed values (PAC-Net's λ and ratio where given) and the
+    candidates cross-validation tries (its search grid over what is not fixed)."""
     method_cls = get_method(name)
-    grid = _grid(options) if name == "pacnet" else candidates(method_cls.Params)
     fixed = {}
     if name == "pacnet":
         fixed = {
             k: getattr(options, k) for k in ("lam", "ratio") if getattr(options, k) is not None
         }
-    return method_cls, fixed, grid
+    return method_cls, fixed, candidates(method_cls.Params, fixed)
 
 
 Chosen = tuple[dict[str, Any], Method, Transfer, float]
@@ -501,7 +459,7 @@ def _stacked(options: TransferOptions, names: list[str], ctx: TransferContext) -
             continue
 
         def build(chosen: dict[str, Any] | None, cls=method_cls, fixed=fixed) -> Method:
-            return cls(make(cls.Params, {**fixed, **(chosen or {})}))
+            return build(cls, fixed, chosen)
 
         choices.append(batched.Choice(build, ctx, grid, options.folds, "cv"))
         stacking.append(name)
@@ -536,7 +494,7 @@ def _cross_validated(
             f"x {options.folds} folds on {len(ctx.target.train)} target rows",
         )
         selection = cross_validate(method_cls, fixed, ctx, bench, options.folds, grid=grid)
-        method = method_cls(make(method_cls.Params, {**fixed, **selection["chosen"]}))
+        method = build(method_cls, fixed, selection["chosen"])
         result = method.transfer(ctx)
     best = next(c for c in selection["candidates"] if c["params"] == selection["chosen"])
     row = {

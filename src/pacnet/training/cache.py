@@ -83,3 +83,28 @@ class StateCache:
         except OSError as exc:
             raise PacnetError(f"cannot use the cache folder {self.root}: {exc.strerror}") from None
         write_safetensors(path, dict(state), {"key": json.dumps(dict(key), sort_keys=True)})
+
+
+class MemoryCache:
+    """A :class:`StateCache` held in memory for one process (``pacnet transfer``'s
+    Allocate per ratio): the same ``contains`` and ``cache(key, build)``, the states cloned
+    when stored."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, dict[str, Tensor]] = {}
+
+    @staticmethod
+    def _name(key: Mapping[str, Any]) -> str:
+        return json.dumps(dict(key), sort_keys=True, default=str)
+
+    def contains(self, key: Mapping[str, Any]) -> bool:
+        """Whether a state for ``key`` is held."""
+        return self._name(key) in self.states
+
+    def __call__(
+        self, key: Mapping[str, Any], build: Callable[[], Mapping[str, Tensor]]
+    ) -> Mapping[str, Tensor]:
+        name = self._name(key)
+        if name not in self.states:
+            self.states[name] = {k: v.detach().clone() for k, v in build().items()}
+        return self.states[name]

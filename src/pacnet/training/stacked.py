@@ -11,6 +11,11 @@ Each :class:`Member` keeps what its own run would have:
 * its data, batch size and seeded batch order (the very batches :meth:`Data.batches`
   draws with that seed, padded to the largest batch with zero-weight rows);
 * its learning rate, and its pulls ``c·‖w − a‖²`` (L2-SP's α and β, PAC-Net's λ);
+* its terms: DELTA's distance to the source's layer outputs on its own rows (the source
+  is frozen, so those are computed once), BSS's smallest singular values of its own rows'
+  features (padding rows left out);
+* its low-rank factors (LoRA's ``A`` and ``B``, padded with frozen zeros to the largest
+  rank of the stack) and their scale;
 * which entries train: a frozen entry of member *i* gets a zero gradient, so its Adam
   state stays zero and its update is exactly ``−0.0`` — it never moves, whatever the other
   members do;

@@ -197,18 +197,30 @@ class Terms:
                 total = total + 0.5 * (per_row * rows).sum(1) / self.sizes
             losses = losses + self.alpha * total
         if self.eta is not None:
-            sigma = torch.linalg.svdvals(head_in * rows.unsqueeze(-1))  # descending
-            chosen = self._smallest(sigma.shape[1], head_in.shape[-1], sigma.device)
-            losses = losses + self.eta * (sigma.square() * chosen).sum(1)
+            squares = _squared_singular_values(head_in * rows.unsqueeze(-1))  # ascending
+            chosen = self._smallest(squares.shape[1], head_in.shape[-1], squares.device)
+            losses = losses + self.eta * (squares * chosen).sum(1).to(losses.dtype)
         return losses
 
     def _smallest(self, count: int, features: int, device: torch.device) -> Tensor:
-        """``[M, count]``: 1 at each member's ``k`` smallest singular values of its own
-        rows' matrix (``min(rows, features)`` of them: the padding's zeros left out)."""
+        """``[M, count]``: 1 at each member's ``k`` smallest squared singular values of its
+        own rows' matrix, in ascending order (it has ``min(rows, features)`` of them; the
+        zeros its padding adds come first and are left out)."""
         if self._chosen is None:
-            chosen = torch.zeros(len(self.ks), count)
+            chosen = torch.zeros(len(self.ks), count, dtype=torch.float64)
             for i, (n, k) in enumerate(zip(self.sizes.tolist(), self.ks, strict=True)):
-                have = min(int(n), features)
-                chosen[i, max(have - k, 0) : have] = 1
+                zeros = count - min(int(n), features)
+                chosen[i, zeros : zeros + k] = 1
             self._chosen = chosen.to(device)
         return self._chosen
+
+
+def _squared_singular_values(matrix: Tensor) -> Tensor:
+    """The squared singular values of each ``[rows, features]`` matrix of a batch, in
+    ascending order: the eigenvalues of its smaller Gram matrix, in float64 (so the
+    smallest keep their precision; BSS penalises those). Several times faster than
+    :func:`torch.linalg.svdvals` with gradients, and as exact in float32."""
+    wide = matrix.shape[-2] <= matrix.shape[-1]
+    m = matrix.double()
+    gram = m @ m.transpose(-1, -2) if wide else m.transpose(-1, -2) @ m
+    return torch.linalg.eigvalsh(gram).clamp_min(0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -21,9 +22,11 @@ from pacnet.experiments.run import batched, runner
 from pacnet.experiments.run.environment import using_threads
 from pacnet.experiments.run.source import source_model
 from pacnet.experiments.run.spec import RunSpec
+from pacnet.methods import METHODS as ALL_METHODS
 from pacnet.training.cache import StateCache
 
-METHODS = ("pacnet", "finetune", "linear_probe", "l2sp", "scratch")
+METHODS = tuple(name for name, cls in ALL_METHODS.items() if cls.stacks)
+"""Every method that stacks (all of them)."""
 GROUP = 16
 """Runs a sweep worker claims at a time on the batched engine (WorkerOptions.group)."""
 
@@ -46,20 +49,30 @@ def grid(
 
 
 def compare(specs: list[RunSpec], cache: StateCache | None = None) -> dict[str, Any]:
-    """Time ``specs`` on both engines; return the report."""
+    """Time ``specs`` on both engines, method by method, side by side; return the report."""
     cache = cache or StateCache(tempfile.mkdtemp(prefix="pacnet-engines-"))
     first = specs[0]
+    alone: list[dict[str, Any]] = []
+    together: list[dict[str, Any]] = []
+    per_method: dict[str, dict[str, float]] = {}
     with using_threads(first.thread_count, first.deterministic):
         bench = first.make_benchmark(cache)
         source_model(bench, cache, first.device)  # trained before the clock starts
-        start = time.perf_counter()
-        alone = [runner.run(spec, cache=cache) for spec in specs]
-        sequential = time.perf_counter() - start
-        start = time.perf_counter()
-        together = []
-        for group in _groups(specs):
-            together += [t.result for t in batched.run_group(group, cache)]
-        stacked = time.perf_counter() - start
+        for method in dict.fromkeys(s.method for s in specs):
+            mine = [s for s in specs if s.method == method]
+            start = time.perf_counter()
+            alone += [runner.run(replace(s, engine="sequential"), cache=cache) for s in mine]
+            sequential = time.perf_counter() - start
+            start = time.perf_counter()
+            for group in _groups(mine):
+                together += [t.result for t in batched.run_group(group, cache)]
+            stacked = time.perf_counter() - start
+            per_method[method] = {
+                "runs": len(mine),
+                "sequential_seconds": round(sequential, 2),
+                "batched_seconds": round(stacked, 2),
+                "speedup": round(sequential / stacked, 2),
+            }
         threads = torch.get_num_threads()
     by_id = {r["run_id"]: r for r in together}
     differences = {
@@ -74,9 +87,11 @@ def compare(specs: list[RunSpec], cache: StateCache | None = None) -> dict[str, 
         for a in alone
         if a["selection"]["chosen"] != by_id[a["run_id"]]["selection"]["chosen"]
     ]
+    sequential = sum(m["sequential_seconds"] for m in per_method.values())
+    stacked = sum(m["batched_seconds"] for m in per_method.values())
     return {
         "benchmark": first.benchmark,
-        "methods": sorted({s.method for s in specs}),
+        "methods": list(per_method),
         "target_sizes": sorted({s.target_size for s in specs}),
         "seeds": len({s.seed for s in specs}),
         "runs": len(specs),
@@ -88,6 +103,7 @@ def compare(specs: list[RunSpec], cache: StateCache | None = None) -> dict[str, 
         "sequential_seconds": round(sequential, 2),
         "batched_seconds": round(stacked, 2),
         "speedup": round(sequential / stacked, 2),
+        "per_method": per_method,
         "max_relative_metric_difference": max(differences.values()),
         "largest_differences": dict(sorted(differences.items(), key=lambda kv: -kv[1])[:3]),
         "cv_choices_differing": flips,
@@ -106,12 +122,19 @@ def _groups(specs: list[RunSpec]) -> list[list[RunSpec]]:
 def summary(report: dict[str, Any]) -> str:
     """A few lines for the terminal."""
     r = report
-    return (
+    head = (
         f"{r['runs']} runs of {r['benchmark']} ({', '.join(r['methods'])}; N = "
         f"{', '.join(map(str, r['target_sizes']))}; {r['seeds']} seeds; cross-validated"
         f"{'; quick' if r['quick'] else ''}) on {r['device']}, {r['threads']} thread(s):\n"
         f"  sequential {r['sequential_seconds']:.1f} s, batched {r['batched_seconds']:.1f} s: "
         f"{r['speedup']:.2f}x\n"
-        f"  largest relative difference of a run's target metric: "
+    )
+    rows = "".join(
+        f"    {name:<13} sequential {m['sequential_seconds']:6.1f} s, batched "
+        f"{m['batched_seconds']:5.1f} s: {m['speedup']:.2f}x\n"
+        for name, m in r["per_method"].items()
+    )
+    return (
+        head + rows + "  largest relative difference of a run's target metric: "
         f"{r['max_relative_metric_difference']:.2e}"
     )

@@ -24,9 +24,8 @@ from typing import Any
 import torch
 
 from pacnet.benchmarks.base import Benchmark, TaskData
-from pacnet.config import make
 from pacnet.errors import check
-from pacnet.methods.base import Method, TransferContext, candidates
+from pacnet.methods.base import Method, TransferContext, build, candidates
 from pacnet.training.train import Data
 
 
@@ -100,7 +99,7 @@ def cross_validate(
     splits = cv_splits(ctx.target.train, folds, mode)
     tried = []
     for candidate in grid if grid is not None else candidates(method_cls.Params):
-        method = method_cls(make(method_cls.Params, {**fixed, **candidate}))
+        method = build(method_cls, fixed, candidate)
         scores = fold_scores(method, ctx, bench, splits)
         tried.append({"params": candidate, "val": statistics.fmean(scores), "folds_val": scores})
     return selection_record(method_cls, tried, ctx.target.train, folds, mode)

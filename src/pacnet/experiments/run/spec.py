@@ -21,7 +21,7 @@ from pacnet.benchmarks import Benchmark, get_benchmark
 from pacnet.config import config_hash, make, to_dict
 from pacnet.errors import check
 from pacnet.methods import Method, get_method
-from pacnet.methods.base import candidates
+from pacnet.methods.base import build, candidates
 from pacnet.methods.engine import check_engine
 from pacnet.training.device import check_device
 from pacnet.training.train import AMP_DTYPES
@@ -149,11 +149,9 @@ class RunSpec:
 
     def make_method(self, chosen: dict[str, Any] | None = None) -> Method:
         """The method with the spec's hyperparameters (and a selection's ``chosen`` ones)."""
-        method_cls = self.resolved.method
-        params = self.resolved.params
-        if chosen:
-            params = make(method_cls.Params, {**self.method_params, **chosen})
-        return method_cls(params)
+        if not chosen:
+            return self.resolved.method(self.resolved.params)
+        return build(self.resolved.method, self.method_params, chosen)
 
     def fields(self) -> dict[str, Any]:
         """The values given to the constructor: ``RunSpec(**spec.fields())`` is ``spec``."""

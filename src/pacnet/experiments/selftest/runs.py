@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,7 @@ def engines(device: torch.device, folder: Path) -> Iterator[Case]:
                         bench_settings=settings, device=str(device))
                 for seed in (0, 1)
             ]  # fmt: skip
-            alone = [run(spec, None, cache) for spec in specs]
+            alone = [run(replace(spec, engine="sequential"), None, cache) for spec in specs]
             together = [t.result for t in run_group(specs, cache)]
             worst = max(
                 abs(a["target_test"] - b["target_test"]) / abs(a["target_test"])
