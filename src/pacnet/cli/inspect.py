@@ -17,14 +17,14 @@ from pacnet.io import read_json
 from pacnet.tabular import find_card, open_artifact
 from pacnet.tabular.report import card_lines
 
-HELP = (
+INSPECT_HELP = (
     "what a pacnet checkpoint holds (checksum verified), with the card of a pacnet transfer folder"
 )
 
 
 def add_parser(sub: Any, named: Named) -> None:
     """The ``inspect`` command and its flags."""
-    parser = sub.add_parser("inspect", help=HELP)
+    parser = sub.add_parser("inspect", help=INSPECT_HELP)
     parser.add_argument(
         "checkpoint",
         type=Path,

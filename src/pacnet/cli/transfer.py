@@ -31,7 +31,7 @@ from pacnet.tabular.report import REPORT_FILE
 from pacnet.training.cache import default_cache_dir
 from pacnet.training.device import check_device
 
-HELP = (
+TRANSFER_HELP = (
     "PAC-Net on your own tables (CSV, Parquet): train on the source rows, transfer to the "
     "target rows; writes OUT/net.safetensors, card.json and report.md"
 )
@@ -47,7 +47,7 @@ that names them (argparse alone would show --outputs as optional)."""
 
 def add_parser(sub: Any, named: Named) -> None:
     """The ``transfer`` and ``predict`` commands and their flags."""
-    tr = sub.add_parser("transfer", help=HELP, usage=TRANSFER_USAGE)
+    tr = sub.add_parser("transfer", help=TRANSFER_HELP, usage=TRANSFER_USAGE)
     tr.add_argument(
         "--source",
         type=Path,

