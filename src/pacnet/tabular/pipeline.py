@@ -35,7 +35,7 @@ from pacnet.experiments.run.select import cross_validate
 from pacnet.io import tensor_digest
 from pacnet.methods import METHODS, Method, Transfer, TransferContext, get_method
 from pacnet.methods.base import build, candidates
-from pacnet.methods.engine import why_not
+from pacnet.methods.engine import DEFAULT_ENGINE, check_engine, why_not
 from pacnet.tabular.files import ArrayTable, Table, read_table
 from pacnet.tabular.problem import Problem, TableBenchmark, TableConfig
 from pacnet.tabular.source import (
@@ -88,7 +88,7 @@ class TransferOptions:
     cache: Path | None = None
     """Where a source model trained here is kept and found again for the same source rows,
     settings and seed (None: train it every time)."""
-    engine: str = "batched"
+    engine: str = DEFAULT_ENGINE
     """``batched``: the methods that stack cross-validate and train together
     (:mod:`pacnet.experiments.run.batched`); ``sequential``: one training after another."""
     progress: Callable[[str], None] | None = None
@@ -209,6 +209,7 @@ def transfer(options: TransferOptions) -> Outcome:
     """Run the whole transfer of ``options`` (nothing is written; see
     :func:`pacnet.tabular.artifact.write_artifact`)."""
     check(options.folds >= 2, f"--folds must be >= 2, got {options.folds}")
+    check_engine(options.engine)
     check(0 <= options.seed < 2**31, f"--seed must lie in [0, 2**31), got {options.seed}")
     check(
         options.threads is None or options.threads >= 1,

@@ -22,7 +22,7 @@ from pacnet.config import config_hash, make, to_dict
 from pacnet.errors import check
 from pacnet.methods import Method, get_method
 from pacnet.methods.base import build, candidates
-from pacnet.methods.engine import check_engine
+from pacnet.methods.engine import DEFAULT_ENGINE, check_engine
 from pacnet.training.device import check_device
 from pacnet.training.train import AMP_DTYPES
 
@@ -69,7 +69,7 @@ class RunSpec:
     amp: str = "none"
     targets: tuple[int, ...] = ()  # several targets in one network: their seeds, in order
     threads: int | None = None  # how to run, not what: not part of the run's identity
-    engine: str = "batched"  # how to run too: which engine trains it (the same results)
+    engine: str = DEFAULT_ENGINE  # how to run too: which engine trains it (same results)
     deterministic: bool = False  # deterministic kernels (for CUDA; the CPU path already is)
     resolved: Resolved = field(init=False, repr=False, compare=False)
     """The benchmark, method, settings and candidates as checked typed objects."""
