@@ -113,3 +113,24 @@ def test_the_checks_above_can_fail(tmp_path):
     source.write_text("def f():\n    from pacnet.core.mask import _hidden\n    import pacnet.cli\n")
     assert imports(source) == [("pacnet.core.mask", ["_hidden"]), ("pacnet.cli", [])]
     assert layer("pacnet.core.mask") == "core" and layer("pacnet") == "__init__"
+
+
+def test_architecture_md_names_every_module():
+    """A reader finds every module in docs/architecture.md (by its file name)."""
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    unnamed = [
+        module for module, path in modules() if path.name != "__init__.py" and path.name not in doc
+    ]
+    assert not unnamed, unnamed
+
+
+def test_one_class_per_name():
+    """No two classes share a name, but the two trainers' PacNetCallback (each is its
+    trainer's public API)."""
+    seen: dict[str, list[str]] = {}
+    for module, path in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                seen.setdefault(node.name, []).append(module)
+    twice = {name: where for name, where in seen.items() if len(where) > 1}
+    assert twice.keys() <= {"PacNetCallback"}, twice
