@@ -19,6 +19,16 @@ HANG_GUARD = 1800.0
 a guard against hangs, never a time limit (a test passes on a machine many times slower)."""
 
 
+def error_of(argv: list[str], capsys) -> str:
+    """The one error line of a ``pacnet`` command that must fail with exit status 2."""
+    from pacnet.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pacnet: error: ") and err.count("\n") == 1, err
+    return err.strip()
+
+
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PACNET_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

@@ -3,6 +3,7 @@ the command line, :class:`PacnetError` in Python), never a traceback."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,9 +11,10 @@ from conftest import mlp, small_cnn
 from safetensors.torch import load_file, save_file
 from test_images import make_celeba
 from torch import nn
+from torch.nn import functional as F
 
 import pacnet
-from pacnet import Data, FitConfig, PacnetError
+from pacnet import Data, FitConfig, PacnetError, fit, prune
 from pacnet.cli import main
 
 TINY = [
@@ -285,3 +287,52 @@ def test_debug_flag_shows_the_traceback():
     loud = subprocess.run([*base, "--debug"], capture_output=True, text=True)
     assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
     assert loud.returncode != 0 and "Traceback" in loud.stderr and "PacnetError" in loud.stderr
+
+
+def _regressor(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(5, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1)
+    )
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, d: pacnet.prune("model", 0.8),
+        lambda m, d: pacnet.fit("model", F.mse_loss, d, FitConfig(steps=1)),
+        lambda m, d: pacnet.evaluate({"weight": torch.ones(1)}, d, F.mse_loss),
+        lambda m, d: pacnet.allocate(None, pacnet.prune(m, 0.5), d, F.mse_loss, FitConfig()),
+    ],
+)
+def test_something_other_than_a_module_is_refused_in_one_line(call):
+    model = _regressor()
+    data = Data(torch.randn(8, 5), torch.randn(8, 1))
+    with pytest.raises(PacnetError, match=r"must be a torch.nn.Module, got") as info:
+        call(model, data)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda m, k, d: pacnet.allocate(m, dict(k), d, F.mse_loss, FitConfig()), "mask must be"),
+        (lambda m, k, d: pacnet.allocate(m, k, d, F.mse_loss, None), "cfg must be"),
+        (lambda m, k, d: pacnet.calibrate(m, k, d, F.mse_loss, FitConfig(), tasks="x"), "tasks"),
+        (lambda m, k, d: pacnet.Tasks(m, None), "mask must be"),
+        (lambda m, k, d: pacnet.train_only(m, k, "adam").__enter__(), "optimizer must be"),
+        (lambda m, k, d: pacnet.save("/tmp/never.safetensors", m, k), "tasks must be"),
+        (lambda m, k, d: fit(m, lambda o, y: 1 / 0, d, FitConfig(steps=1)), "ZeroDivisionError"),
+        (lambda m, k, d: fit(m, lambda o, y: torch.tensor(1.0), d, FitConfig()), "no gradient"),
+        (lambda m, k, d: fit(m, F.mse_loss, d, FitConfig(), seed=None), "seed must be"),
+        (lambda m, k, d: fit(m, F.mse_loss, d, FitConfig(), seed=2**70), "seed must be"),
+        (lambda m, k, d: pacnet.load(Path(__file__).parent, m), "is a directory"),
+    ],
+)
+def test_arguments_of_the_wrong_kind_are_one_line(call, message):
+    model = _regressor()
+    mask = prune(model, 0.5)
+    data = Data(torch.randn(8, 5), torch.randn(8, 1))
+    with pytest.raises(PacnetError, match=message) as info:
+        call(model, mask, data)
+    assert "\n" not in str(info.value)

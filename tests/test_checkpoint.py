@@ -1,3 +1,7 @@
+"""Checkpoints (pacnet.core.checkpoint): both tasks round-trip exactly in one file, at about
+half of two dense models; damaged, foreign and future files are refused in one line; tied
+weights, earlier files and integer and frozen per-task parameters are kept."""
+
 import json
 from pathlib import Path
 
@@ -6,6 +10,7 @@ import torch
 from conftest import small_cnn
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn import functional as F
 
 import pacnet
 from pacnet import Data, FitConfig, PacnetError, allocate, calibrate, prune
@@ -260,3 +265,43 @@ def test_files_written_before_the_redesign_load_bit_for_bit(tmp_path):
     same_output(network(x), "network/target")
     info = inspect(folder / "tasks.safetensors")
     assert info["tasks"] == ["source", "a", "b"] and info["extra"] == {"made_by": "make.py"}
+
+
+SHORT_FIT = FitConfig(steps=3, batch_size=4, lr=1e-2)
+
+
+def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(out, y)
+
+
+def xy(salt: int = 0) -> Data:
+    gen = torch.Generator().manual_seed(salt)
+    return Data(torch.randn(16, 8, generator=gen), torch.randn(16, 2, generator=gen))
+
+
+class IntegerStep(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(8, 8)
+        self.fc = nn.Linear(8, 2)
+        self.step = nn.Parameter(torch.tensor([3, 4]), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.hidden(x)))
+
+
+def test_checkpoints_keep_integer_and_frozen_per_task_parameters(tmp_path):
+    torch.manual_seed(0)
+    model = IntegerStep()
+    model.hidden.bias.requires_grad_(False)
+    mask = prune(model, 0.5)
+    tasks, _ = calibrate(model, mask, xy(1), mse, SHORT_FIT)
+    pacnet.save(tmp_path / "net.safetensors", model, tasks)
+    torch.manual_seed(0)
+    fresh = IntegerStep()
+    fresh.hidden.bias.requires_grad_(False)
+    loaded = pacnet.load_tasks(tmp_path / "net.safetensors", fresh)
+    for task in ("source", "target"):
+        assert torch.equal(loaded.tensors[task]["step"], torch.tensor([3, 4]))
+        assert not loaded.tensors[task]["hidden.bias"].requires_grad
+        assert loaded.tensors[task]["fc.weight"].requires_grad

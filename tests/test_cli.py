@@ -1,11 +1,18 @@
+"""The command line end to end (pacnet.cli): ``run`` writes result.json for every method and
+keeps earlier tasks, bad input is one line, ``reproduce`` prints a table, resumes and reads
+a TOML grid, the shipped configs are valid, and ``--version``."""
+
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import TINY_FLAGS
 
+import pacnet
 from pacnet.cli import main
+from pacnet.experiments.sweep.grid import Grid
 from pacnet.methods import METHODS
 
 TINY = TINY_FLAGS
@@ -281,9 +288,6 @@ def test_reproduce_reads_a_toml_grid_and_flags_override_it(tmp_path, capsys):
 def test_shipped_grid_configs_are_valid(tmp_path):
     """Every TOML grid under configs/ expands into checked runs of its benchmark: known
     methods, keys, settings, hyperparameters and candidates."""
-    from pathlib import Path
-
-    from pacnet.experiments.sweep.grid import Grid
 
     configs = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.toml"))
     assert len(configs) >= 5
@@ -296,3 +300,10 @@ def test_shipped_grid_configs_are_valid(tmp_path):
         specs = grid.specs(benchmark, settings=folder)
         assert {s.method for s in specs} == set(grid.methods), path
         assert {s.target_size for s in specs} == set(grid.target_sizes), path
+
+
+def test_version_prints_the_installed_version(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0
+    assert capsys.readouterr().out == f"pacnet {pacnet.__version__}\n"

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from pacnet import PacnetError
+from pacnet.benchmarks.friedman import FriedmanConfig
 from pacnet.config import config_hash, make, stored_as, to_dict
 from pacnet.tabular import TableConfig
 
@@ -43,3 +44,9 @@ def test_a_renamed_field_is_still_taken_under_its_stored_name():
         make(TableConfig, {"source_val": 0.2, "source_val_fraction": 0.3})
     with pytest.raises(PacnetError, match="source_test_fraction must lie in"):
         TableConfig(source_holdout=1.5)
+
+
+def test_an_unknown_setting_lists_the_known_ones():
+    with pytest.raises(PacnetError) as caught:
+        make(FriedmanConfig, {"quick": True})
+    assert "use --quick" in str(caught.value) and "source_steps" in str(caught.value)

@@ -1,6 +1,8 @@
 """Allocate without the source's labels: distillation from the unpruned model on inputs
-alone (regression MLP, a ResNet classifier, a tiny BERT with dict batches)."""
+alone (regression MLP, a ResNet classifier, a tiny BERT with dict batches); it never ends
+further from its teacher than it started, and keeps its best state."""
 
+import copy
 import warnings
 import weakref
 
@@ -10,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import pacnet
-from pacnet import Data, FitConfig, PacnetError, allocate, calibrate, prune
+from pacnet import Data, FitConfig, PacnetError, allocate, calibrate, fit, prune
 from pacnet.benchmarks.mlp import MLP
 from pacnet.benchmarks.resnet import resnet18
 from pacnet.core.distill import Distillation, Outputs
@@ -228,3 +230,54 @@ def test_benchmark_runs_allocate_on_what_they_are_told(tmp_path, capsys):
         assert fidelity[on]["agreement_after_allocate"] < none["agreement_after_allocate"]
     assert main([*base, "--allocate-on", "generated", "--out", str(tmp_path / "g")]) == 2
     assert "friedman is not a table" in capsys.readouterr().err
+
+
+def _regressor(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(5, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1)
+    )
+
+
+def test_distillation_that_cannot_improve_keeps_the_pruned_start_and_says_so():
+    """The teacher differs from the pruned model only through input feature 0, which the
+    check inputs do not use: the start is exact on them, and any step is a step away."""
+    model = _regressor()
+    mask = prune(model, 0.8)
+    pacnet.core.pac.zero_redundant(model, mask)
+    teacher = copy.deepcopy(model)
+    with torch.no_grad():
+        teacher[0].weight[:, 0] += 0.5
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 5, generator=gen)
+    check = Data(torch.randn(16, 5, generator=gen) * torch.tensor([0.0, 1, 1, 1, 1]))
+    cfg = FitConfig(steps=30, batch_size=8, lr=1e-2, eval_every=10)
+    with pytest.warns(UserWarning, match="kept as it started"):
+        result = allocate(model, mask, Data(x), None, cfg, teacher=teacher, val=check)
+    assert result.best_step == 0 and result.best_val == result.start_val == 0.0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, start[k]), k  # bit for bit
+    unchecked = copy.deepcopy(model)  # without a check, training moves it off the start
+    allocate(unchecked, mask, Data(x), None, cfg, teacher=teacher, holdout=0)
+    with torch.no_grad():
+        assert F.mse_loss(unchecked(check.x), teacher(check.x)) > 0
+
+
+def test_distillation_keeps_its_best_state_on_inputs_it_did_not_train_on():
+    source = _regressor()
+    x = torch.randn(300, 5)
+    fit(source, F.mse_loss, Data(x, x.sum(1, keepdim=True).sin()), FitConfig(steps=200))
+    model = copy.deepcopy(source)
+    mask = prune(model, 0.8)
+    cfg = FitConfig(steps=120, batch_size=32, eval_every=20)
+    held = Data(torch.randn(64, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # it improves here: no warning
+        result = allocate(model, mask, Data(x), None, cfg, teacher=source, val=held)
+    assert result.start_val is not None and result.best_val < result.start_val
+    curve = dict(result.val_curve)
+    assert result.best_val == min(curve.values())
+    with torch.no_grad():
+        now = F.mse_loss(model(held.x), source(held.x)).item()
+    assert now == pytest.approx(result.best_val, rel=1e-5)  # the best state is what is left

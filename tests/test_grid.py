@@ -1,16 +1,20 @@
-"""A grid built in Python (experiments.grid) is the grid ``pacnet reproduce`` runs, and a run
-spec is resolved once: typed objects, checked at construction, not changed afterwards."""
+"""A grid built in Python (experiments.sweep.grid) is the grid ``pacnet reproduce`` runs, a
+config file's keys and target sizes read as documented, and a run spec is resolved once:
+typed objects, checked at construction, not changed afterwards."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import pytest
-from conftest import TINY_FLAGS
+from conftest import TINY_FLAGS, error_of
 
 from pacnet import PacnetError
 from pacnet.benchmarks.friedman import FriedmanConfig
-from pacnet.cli import main
+from pacnet.cli import build_parser, main
+from pacnet.cli.reproduce import grid_of
 from pacnet.experiments.run.spec import RunSpec
 from pacnet.experiments.store.store import Store
 from pacnet.experiments.sweep.grid import Grid, parse_params
@@ -120,3 +124,77 @@ def test_a_run_spec_is_resolved_once_into_typed_objects():
         dataclasses.replace(spec, candidates=({"ratio": 1.5},))  # every candidate checked
     with pytest.raises(PacnetError, match="unknown setting"):
         RunSpec("friedman", "pacnet", bench_settings={"colour": 1})
+
+
+ROOT = Path(__file__).parent.parent
+
+
+FRIEDMAN_TOML = ROOT / "configs" / "friedman.toml"
+
+
+def test_target_sizes_from_the_command_line_keep_the_config_seeds_of_those_sizes():
+    parser = build_parser(["reproduce", "friedman"])
+    for sizes, want in (("20", {20: 10}), ("50", {50: 5}), ("10,50", {10: 10, 50: 5})):
+        args = parser.parse_args(
+            ["reproduce", "friedman", "--config", str(FRIEDMAN_TOML), "--target-sizes", sizes]
+        )
+        seeds = grid_of(args).seeds_by_size()
+        assert {n: len(s) for n, s in seeds.items()} == want
+    # seeds_at given with the sizes still has to name sizes of the grid
+    grid = Grid.load(FRIEDMAN_TOML).updated(target_sizes=[20], seeds_at={"10": 3})
+    with pytest.raises(PacnetError, match="seeds_at 10: not one of the target sizes"):
+        grid.seeds_by_size()
+
+
+@pytest.mark.parametrize(
+    ("toml", "words"),
+    [
+        ("quick = true", "quick is a command-line flag: use --quick"),
+        ("device = 'cuda'", "device is a command-line flag: use --device"),
+        ("method = ['pacnet']", "did you mean 'methods' for 'method'?"),
+        ("[settings]\nquick = true", "quick is a command-line flag: use --quick"),
+        ("[settings]\nnosie = 0.1", "did you mean 'noise' for 'nosie'?"),
+    ],
+)
+def test_an_unknown_config_key_says_what_to_use_instead(tmp_path, capsys, toml, words):
+    config = tmp_path / "grid.toml"
+    config.write_text(toml + "\n")
+    line = error_of(["reproduce", "friedman", "--config", str(config), "--quick"], capsys)
+    assert words in line and "known: " in line
+
+
+def test_the_cli_docs_list_every_config_key():
+    text = (ROOT / "docs" / "cli.md").read_text()
+    section = text[text.index("**The config file.**") :]
+    section = section[: section.index("\n\n**", 1)]
+    rows = re.findall(r"^\| `(\w+)` \|", section, flags=re.M)
+    assert sorted(rows) == sorted(Grid.keys())
+
+
+def test_reproduce_reads_search_grids_and_both_source_computes(tmp_path, capsys):
+    config = tmp_path / "grid.toml"
+    config.write_text(
+        'methods = ["finetune", "pacnet"]\ntarget_sizes = [12]\nseeds = 2\nselect = "holdout"\n'
+        'source_compute = ["standard", "equal"]\n'
+        "[search.pacnet]\ncandidates = [{ ratio = 0.5, lam = 0.01 }, { ratio = 0.8, lam = 0.1 }]\n"
+        "[search.finetune]\nlr = [1e-3, 1e-2]\n"
+    )
+    db = tmp_path / "r.sqlite"
+    argv = ["reproduce", "friedman", "--config", str(config), "--db", str(db), "--quick"]
+    assert main([*argv, *TINY_FLAGS, "--out", str(tmp_path / "t")]) == 0
+    with Store(db) as store:
+        rows = store.results()
+    assert len(rows) == 6  # finetune x 2 computes x 2 seeds + pacnet x 2 seeds
+    for row in rows:
+        assert len(row["selection"]["candidates"]) == 2
+    out = tmp_path / "report"
+    assert main(["report", "--db", str(db), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "finetune [equal source compute]" in text
+    assert "| pacnet − finetune [equal source compute] |" in text
+    assert "2 candidates per method" in text and "held-out validation fold" in text
+    assert "minutes of wall time" in text and "Ran on: " in text and " × " in text
+    bad = tmp_path / "bad.toml"
+    bad.write_text('methods = ["finetune"]\n[search.pacnet]\nratio = [0.5]\n')
+    assert main(["reproduce", "friedman", "--config", str(bad), "--db", str(db)]) == 2
+    assert "[search.pacnet]: method 'pacnet' is not in this sweep" in capsys.readouterr().err

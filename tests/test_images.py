@@ -1,3 +1,6 @@
+"""The image benchmarks (pacnet.benchmarks.images): a CelebA folder and Fashion-MNIST files,
+their splits and bad files, a fresh target head for every method, and quick runs."""
+
 import gzip
 import json
 import struct
@@ -244,3 +247,14 @@ def test_every_method_handles_a_fresh_target_head(method, tmp_path):
     assert 0 <= result["target_test"] <= 1
     if method in ("scratch", "linear_probe", "lora"):
         assert result["source_test_after"] == result["source_test_before"]
+
+
+def test_fashion_28_pixels_at_half_width_quick(tmp_path, capsys):
+    root = make_fashion(tmp_path / "fmnist", n_train=1400, n_test=100)
+    out = tmp_path / "run"
+    argv = ["run", "fashion", "--image-size", "28", "--width", "0.5", "--quick"]
+    assert main([*argv, "--method", "finetune", "--data-dir", str(root), "--out", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["config"]["benchmark"]["image_size"] == 28
+    assert result["total_params"] > 2_500_000  # ResNet-18 at half width: 2.8 M weights
+    assert 0 <= result["target_test"] <= 1

@@ -270,7 +270,7 @@ def test_import_pacnet_imports_no_optional_library():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-# ---- review: what the callbacks refuse or repair -------------------------------------------
+# ---- what the callbacks refuse or repair -------------------------------------------------
 def hf_args(tmp_path, **kw):
     from transformers import TrainingArguments
 

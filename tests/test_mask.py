@@ -1,3 +1,7 @@
+"""Masks (pacnet.core.mask): ``prune``'s exact counts, scopes and ties, the default rule,
+packing and mask files, and what it refuses (bad ratios, NaN weights, embeddings with
+max_norm)."""
+
 import json
 import math
 import warnings
@@ -173,3 +177,13 @@ def test_unsupported_dtype_is_rejected():
     model[0].weight.data = model[0].weight.data.to(torch.float8_e4m3fn)
     with pytest.raises(PacnetError, match="dtype"):
         prune(model, 0.5)
+
+
+def test_an_embedding_with_max_norm_cannot_be_masked():
+    model = nn.Sequential(nn.Embedding(20, 8, max_norm=1.0), nn.Linear(8, 8), nn.Linear(8, 2))
+    with pytest.raises(PacnetError, match="max_norm"):
+        prune(model, 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mask = prune(model, 0.5, embeddings=False)
+    assert "0.weight" not in mask

@@ -1,7 +1,9 @@
-"""The roles of a model's tensors (pacnet.core.roles): masked, per-task or frozen, decided once."""
+"""The roles of a model's tensors (pacnet.core.roles): masked, per-task or frozen, decided
+once; every frozen tensor named, however small, and repeated names compacted."""
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -318,3 +320,48 @@ def test_names_and_heads_given_in_other_forms():
     whole = prune(model, 0.5, prunable=["0.weight"], head="")
     assert "head: the whole model" in whole.plan.describe()
     assert "0.bias" in pacnet.per_task_names(model, head="")  # needs no mask
+
+
+class _Levit(nn.Module):
+    """Per-head attention biases (LeViT's ``attention_biases``), a relative-position table
+    (Swin's), learned latents (Perceiver's) and a router inside a module with children."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention_biases = nn.Parameter(torch.zeros(2, 9))
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(9, 2))
+        self.latents = nn.Parameter(torch.randn(3, 4))
+        self.router = nn.Module()
+        self.router.weight = nn.Parameter(torch.randn(2, 4))
+        self.router.stats = nn.Linear(1, 1)
+        self.body = nn.Linear(4, 2000)
+        self.head = nn.Linear(2000, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x + self.latents.mean(0)))
+
+
+def test_biases_are_per_task_and_every_frozen_tensor_is_named_however_small():
+    model = _Levit()
+    with pytest.warns(UserWarning, match="not covered by the mask") as record:
+        mask = prune(model, 0.8)
+    plan = mask.plan
+    assert "attention_biases" in plan.per_task  # *biases, as *bias
+    frozen = {"relative_position_bias_table", "latents", "router.weight"}
+    assert set(plan.frozen) == frozen
+    message = next(str(w.message) for w in record if "not covered" in str(w.message))
+    share = sum(plan.sizes[n] for n in frozen) / sum(plan.sizes.values())
+    assert share < 0.01  # each is small, and still named
+    for name in frozen:
+        assert re.search(rf"\b{re.escape(name)}\b", message), name
+        assert name in plan.describe()
+
+
+def test_repeated_frozen_tensors_are_named_once_per_pattern():
+    from pacnet.core.roles import compact_names
+
+    layers = [f"backbone.layers.{i}.mixer.A_log" for i in range(24)]
+    assert compact_names([*layers, "latents", "x.1.y", "x.3.y"]) == [
+        "backbone.layers.{0-23}.mixer.A_log", "latents", "x.{1,3}.y",
+    ]  # fmt: skip
+    assert compact_names(["m.0.a.1", "m.1.a.0"]) == ["m.0.a.1", "m.1.a.0"]  # two indices vary

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import error_of
 
 from pacnet import PacnetError
 from pacnet.benchmarks import BENCHMARKS, get_benchmark
@@ -217,3 +218,14 @@ def test_the_listing_shows_the_family_under_its_heading(capsys):
     assert alone.startswith("friedman") and "tables-" not in alone
     assert "pacnet[tables]" in family
     assert all(f"\n  tables-{k} " in family for k in BUILT_IN)
+
+
+def test_tables_custom_says_a_binary_data_file_is_not_a_text_table(tmp_path, capsys):
+    data = tmp_path / "rows.csv"
+    data.write_bytes(b"PAR1" + bytes(range(256)))
+    argv = ["run", "tables-custom", "--method", "finetune", "--data", str(data), "--output",
+            "y", "--split-by", "g", "--target-values", "a"]  # fmt: skip
+    argv += ["--out", str(tmp_path / "o")]
+    line = error_of(argv, capsys)
+    assert line.endswith(f"{data}: not a text table: a Parquet file; save it as CSV")
+    assert not (tmp_path / "o").exists()

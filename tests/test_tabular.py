@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import error_of
 
 import pacnet
 from pacnet.benchmarks.mlp import MLP
@@ -462,3 +463,32 @@ def test_a_named_baseline_is_kept_as_asked(tmp_path, capsys):
     assert main(["transfer", "--source", str(source), "--target", str(target), "--outputs", "y",
                  "--out", str(out), "--method", "magic"]) == 2  # fmt: skip
     assert "magic" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["pred.xlsx", "pred.json", "pred"])
+def test_predict_refuses_an_output_name_it_does_not_write(tmp_path, capsys, name):
+    table = tmp_path / "in.csv"
+    table.write_text("x\n1\n")
+    out = tmp_path / name
+    argv = ["predict", str(tmp_path / "model"), "--input", str(table), "--out", str(out)]
+    line = error_of(argv, capsys)
+    assert str(out) in line and ".csv" in line and ".parquet" in line
+    assert not out.exists()
+
+
+def test_predict_into_a_folder_names_the_folder(tmp_path, capsys):
+    table = tmp_path / "in.csv"
+    table.write_text("x\n1\n")
+    folder = tmp_path / "preds"
+    folder.mkdir()
+    argv = ["predict", str(tmp_path / "model"), "--input", str(table), "--out", str(folder)]
+    line = error_of(argv, capsys)
+    assert f"{folder}: is a directory" in line and ".tmp" not in line
+
+
+def test_transfer_says_a_binary_target_is_not_a_text_table(tmp_path, capsys):
+    binary = tmp_path / "measured.csv"
+    binary.write_bytes(bytes(range(256)) * 8)
+    argv = ["transfer", "--source", str(binary), "--target", str(binary), "--outputs", "y"]
+    line = error_of([*argv, "--out", str(tmp_path / "o")], capsys)
+    assert "not a text table" in line and not (tmp_path / "o").exists()

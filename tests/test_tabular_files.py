@@ -1,8 +1,10 @@
-"""Reading the user's tables: CSV dialects, Parquet, and every bad cell in one line."""
+"""Reading and writing the user's tables (pacnet.tabular.files): CSV dialects, Parquet,
+every bad cell in one line, a binary file refused, and a file written as its name says."""
 
 from __future__ import annotations
 
 import gzip
+import re
 import sys
 
 import numpy as np
@@ -157,3 +159,30 @@ def test_parquet_without_pyarrow_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(PacnetError, match=r"needs pyarrow: pip install 'pacnet\[parquet\]'"):
         read_table(path)
+
+
+@pytest.mark.parametrize("name", ["p.csv", "p.tsv", "p.csv.gz", "p.tsv.gz"])
+def test_write_table_writes_what_the_name_says(tmp_path, name):
+    path = tmp_path / name
+    write_table(path, {"id": ["a", "b"], "y": [1.5, -2.0]})
+    text = gzip.decompress(path.read_bytes()).decode() if name.endswith(".gz") else None
+    text = text if text is not None else path.read_text()
+    assert text.splitlines()[0] == ("id\ty" if ".tsv" in name else "id,y")
+    assert read_table(path).numbers(["y"], "test")[:, 0].tolist() == [1.5, -2.0]
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (b"PAR1\x15\x04\x15\x10\x00\x00", "a Parquet file; name it .parquet"),
+        (gzip.compress(b"x,y\n1,2\n"), "gzip-compressed"),
+        (b"PK\x03\x04\x14\x00\x06\x00", "a zip archive"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "not a text table (binary data)"),
+    ],
+)
+def test_a_binary_file_is_not_read_as_a_table(tmp_path, data, words):
+    path = tmp_path / "data.csv"
+    path.write_bytes(data)
+    with pytest.raises(PacnetError, match=re.escape(words)) as caught:
+        read_table(path)
+    assert str(path) in str(caught.value) and "cells" not in str(caught.value)

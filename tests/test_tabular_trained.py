@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from test_tabular_small_source import noisy_tables
+from test_tabular_problem import noisy_tables
 
 from pacnet.cli import main
 from pacnet.tabular import pipeline

@@ -1,6 +1,5 @@
-"""Regressions found in review: a failed calibration, replaced buffers, partial task
-switches, per-task parameters through checkpoints, embeddings with max_norm, a mask whose
-plan ties tensors differently from the model, and export of hook-based weight norm."""
+"""The per-task tensors of one network (pacnet.core.tasks): switching tasks, buffers, tied
+weights, export."""
 
 from __future__ import annotations
 
@@ -19,14 +18,6 @@ FIT = FitConfig(steps=3, batch_size=4, lr=1e-2)
 
 def state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(
-        a[k].dtype == b[k].dtype and torch.equal(a[k].reshape(-1).view(torch.uint8),
-                                                 b[k].reshape(-1).view(torch.uint8))
-        for k in a
-    )  # fmt: skip
 
 
 def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -48,51 +39,6 @@ def allocated() -> tuple[nn.Module, pacnet.Mask, dict]:
     mask = prune(model, 0.5)
     allocate(model, mask, xy(), mse, FIT)
     return model, mask, state(model)
-
-
-def test_a_failed_calibration_leaves_the_source_in_the_model():
-    model, mask, after = allocated()
-    calls = [0]
-
-    def interrupted(out, y):
-        calls[0] += 1
-        if calls[0] == 3:
-            raise KeyboardInterrupt
-        return mse(out, y)
-
-    with pytest.raises(KeyboardInterrupt):
-        calibrate(model, mask, xy(1), interrupted, FIT)
-    assert same(state(model), after)  # nothing of the half-trained target is left
-    with pytest.raises(PacnetError, match="loss became"):
-        calibrate(model, mask, Data(xy(1).x, xy(1).y * 1e3), mse,
-                  FitConfig(steps=20, batch_size=4, lr=1e3, optimizer="sgd"))  # fmt: skip
-    assert same(state(model), after)
-    tasks, _ = calibrate(model, mask, xy(1), mse, FIT)  # the retry builds on the true source
-    with tasks.use(model, "source"):
-        assert same(state(model), after)
-
-
-def test_a_failed_second_target_leaves_the_first_and_the_free_entries():
-    model, mask, after = allocated()
-    tasks, _ = calibrate(model, mask, xy(1), mse, FIT, task="t1", reserve=0.5)
-    with tasks.use(model, "t1"):
-        t1 = state(model)
-    owners = {n: o.clone() for n, o in tasks.owners().items()}
-
-    def broken(out, y):
-        raise RuntimeError("boom")
-
-    with pytest.raises(PacnetError, match="boom") as info:  # one line, the cause attached
-        calibrate(model, mask, xy(2), broken, FIT, tasks=tasks, task="t2")
-    assert isinstance(info.value.__cause__, RuntimeError)
-    assert tasks.order == ["source", "t1"] and tasks.active == "t1"
-    assert all(torch.equal(o, owners[n]) for n, o in tasks.owners().items())
-    assert same(state(model), t1)
-    tasks, _ = calibrate(model, mask, xy(2), mse, FIT, tasks=tasks, task="t2")
-    with tasks.use(model, "source"):
-        assert same(state(model), after)
-    with tasks.use(model, "t1"):
-        assert same(state(model), t1)
 
 
 class ReplacedBuffer(nn.Module):
@@ -141,44 +87,6 @@ def test_a_refused_task_switch_changes_nothing():
         pass
     for name in tasks.names:
         assert tasks.tensors["target"][name] is not tasks.tensors["source"][name], name
-
-
-class IntegerStep(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.hidden = nn.Linear(8, 8)
-        self.fc = nn.Linear(8, 2)
-        self.step = nn.Parameter(torch.tensor([3, 4]), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.hidden(x)))
-
-
-def test_checkpoints_keep_integer_and_frozen_per_task_parameters(tmp_path):
-    torch.manual_seed(0)
-    model = IntegerStep()
-    model.hidden.bias.requires_grad_(False)
-    mask = prune(model, 0.5)
-    tasks, _ = calibrate(model, mask, xy(1), mse, FIT)
-    pacnet.save(tmp_path / "net.safetensors", model, tasks)
-    torch.manual_seed(0)
-    fresh = IntegerStep()
-    fresh.hidden.bias.requires_grad_(False)
-    loaded = pacnet.load_tasks(tmp_path / "net.safetensors", fresh)
-    for task in ("source", "target"):
-        assert torch.equal(loaded.tensors[task]["step"], torch.tensor([3, 4]))
-        assert not loaded.tensors[task]["hidden.bias"].requires_grad
-        assert loaded.tensors[task]["fc.weight"].requires_grad
-
-
-def test_an_embedding_with_max_norm_cannot_be_masked():
-    model = nn.Sequential(nn.Embedding(20, 8, max_norm=1.0), nn.Linear(8, 8), nn.Linear(8, 2))
-    with pytest.raises(PacnetError, match="max_norm"):
-        prune(model, 0.5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mask = prune(model, 0.5, embeddings=False)
-    assert "0.weight" not in mask
 
 
 class Tied(nn.Module):
