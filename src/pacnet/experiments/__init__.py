@@ -1,5 +1,5 @@
 """Experiments, in rooms: ``run`` (one run: its spec, environment, source model, selection,
-runner, batched engine and saved folder), ``store`` (the results database: connection,
+context, either engine's run, runner and saved folder), ``store`` (the results database: connection,
 schema, claims, status, and the :class:`~pacnet.experiments.store.store.Store` over them),
 ``sweep`` (a grid of runs: the grid, its sweep, torchrun launches, progress lines, and
 Optuna tuning), ``report`` (tables, reports and summaries from stored rows), ``bench``
