@@ -21,9 +21,9 @@ def test_holdout_trains_each_candidate_once_then_the_winner_on_all(monkeypatch):
     seen = []
     original = select.fold_scores
 
-    def counting(method, ctx, bench, splits, run_one):
+    def counting(method, ctx, bench, splits):
         seen.append((len(splits), len(splits[0][0]), len(splits[0][1])))
-        return original(method, ctx, bench, splits, run_one)
+        return original(method, ctx, bench, splits)
 
     monkeypatch.setattr(select, "fold_scores", counting)
     spec = RunSpec(
@@ -36,6 +36,7 @@ def test_holdout_trains_each_candidate_once_then_the_winner_on_all(monkeypatch):
         select="holdout",
         folds=4,
         candidates=GRID,
+        engine="sequential",  # the batched engine's own selection: tests/test_batched.py
     )
     result = run(spec)
     assert seen == [(1, 15, 5), (1, 15, 5)]  # one split, a quarter held out, per candidate

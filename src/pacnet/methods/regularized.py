@@ -89,6 +89,8 @@ class BSS(Method):
         "fine-tune, penalising the k smallest singular values of the features (Chen et al. 2019)"
     )
     Params = BSSParams
+    revision: ClassVar[int] = 1  # 1: σ² from the Gram matrix's eigenvalues in float64 (was
+    # float32 svdvals): the same term, computed more precisely and as the batched engine does
 
     def plan(self, ctx: TransferContext, final: bool = True) -> TrainingPlan:
         p: BSSParams = self.params

@@ -20,7 +20,9 @@ batch-summed term is ``α = t · B`` on ours, B the batch size, which is how DEL
   ``BehavioralRegularization`` is ``½ Σ_b Σ_l ‖F_{b,l} − S_{b,l}‖²``, without the
   ``/(H·W)`` that ours keeps without attention.
 * :class:`SpectralShrinkage` — BSS (Chen et al. 2019): ``Σ_{i<k} σ_{(i)}²``, the k smallest
-  singular values of the (batch × features) matrix entering the head, squared.
+  singular values of the (batch × features) matrix entering the head, squared (computed
+  as the eigenvalues of the smaller Gram matrix in float64, which keeps the smallest
+  precise; TLlib takes ``torch.svd`` in float32).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from pacnet.errors import check
+from pacnet.training.stacked_model import squared_singular_values
 
 
 class L2(nn.Module):
@@ -157,7 +160,10 @@ class SpectralShrinkage(nn.Module):
 
 
 def shrinkage(features: Tensor, k: int) -> Tensor:
-    """``Σ_{i<k} σ_{(i)}²``: the ``k`` smallest singular values of ``features`` (B, ...)."""
+    """``Σ_{i<k} σ_{(i)}²``: the ``k`` smallest singular values of ``features`` (B, ...)
+    squared, from :func:`~pacnet.training.stacked_model.squared_singular_values` (the
+    eigenvalues of the smaller Gram matrix in float64, as the batched engine computes
+    them)."""
     matrix = features.reshape(features.shape[0], -1)
-    sigma = torch.linalg.svdvals(matrix)  # descending
-    return sigma[-min(k, sigma.numel()) :].square().sum()
+    squares = squared_singular_values(matrix)  # ascending
+    return squares[: min(k, squares.numel())].sum().to(features.dtype)

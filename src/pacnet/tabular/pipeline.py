@@ -459,10 +459,10 @@ def _stacked(options: TransferOptions, names: list[str], ctx: TransferContext) -
         if not method_cls.stacks:
             continue
 
-        def build(chosen: dict[str, Any] | None, cls=method_cls, fixed=fixed) -> Method:
+        def make(chosen: dict[str, Any] | None, cls=method_cls, fixed=fixed) -> Method:
             return build(cls, fixed, chosen)
 
-        choices.append(batched.Choice(build, ctx, grid, options.folds, "cv"))
+        choices.append(batched.Choice(make, ctx, grid, options.folds, "cv"))
         stacking.append(name)
     if not choices:
         return {}

@@ -197,7 +197,7 @@ class Terms:
                 total = total + 0.5 * (per_row * rows).sum(1) / self.sizes
             losses = losses + self.alpha * total
         if self.eta is not None:
-            squares = _squared_singular_values(head_in * rows.unsqueeze(-1))  # ascending
+            squares = squared_singular_values(head_in * rows.unsqueeze(-1))  # ascending
             chosen = self._smallest(squares.shape[1], head_in.shape[-1], squares.device)
             losses = losses + self.eta * (squares * chosen).sum(1).to(losses.dtype)
         return losses
@@ -215,11 +215,12 @@ class Terms:
         return self._chosen
 
 
-def _squared_singular_values(matrix: Tensor) -> Tensor:
-    """The squared singular values of each ``[rows, features]`` matrix of a batch, in
-    ascending order: the eigenvalues of its smaller Gram matrix, in float64 (so the
-    smallest keep their precision; BSS penalises those). Several times faster than
-    :func:`torch.linalg.svdvals` with gradients, and as exact in float32."""
+def squared_singular_values(matrix: Tensor) -> Tensor:
+    """The squared singular values of each ``[rows, features]`` matrix (of a batch of them),
+    in ascending order: the eigenvalues of its smaller Gram matrix, computed in float64 so
+    that the smallest keep their precision (BSS penalises those), and clamped at 0. The one
+    definition both engines use (:func:`pacnet.methods.regularizers.shrinkage`); several
+    times faster than :func:`torch.linalg.svdvals` with gradients."""
     wide = matrix.shape[-2] <= matrix.shape[-1]
     m = matrix.double()
     gram = m @ m.transpose(-1, -2) if wide else m.transpose(-1, -2) @ m
