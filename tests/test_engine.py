@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from test_batched import TINY
 
 from pacnet.experiments.run import runner
 from pacnet.experiments.run.spec import RunSpec
@@ -30,15 +31,6 @@ from pacnet.methods.engine import (
 )
 from pacnet.training.cache import MemoryCache, StateCache
 from pacnet.training.train import Data
-
-TINY = {
-    "source_samples": 400,
-    "source_steps": 80,
-    "target_steps": 40,
-    "target_test": 200,
-    "hidden": (16, 16),
-    "target_pool": 60,
-}
 
 
 @pytest.fixture(scope="module")

@@ -5,17 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-from torch.nn import functional as F
+from test_tasks import FIT, allocated, mse, state, xy
 
-import pacnet
-from pacnet import Data, FitConfig, PacnetError, allocate, calibrate, prune
-
-FIT = FitConfig(steps=3, batch_size=4, lr=1e-2)
-
-
-def state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+from pacnet import Data, FitConfig, PacnetError, calibrate
 
 
 def same(a: dict, b: dict) -> bool:
@@ -24,27 +16,6 @@ def same(a: dict, b: dict) -> bool:
                                                  b[k].reshape(-1).view(torch.uint8))
         for k in a
     )  # fmt: skip
-
-
-def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(out, y)
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
-
-
-def xy(salt: int = 0) -> Data:
-    gen = torch.Generator().manual_seed(salt)
-    return Data(torch.randn(16, 8, generator=gen), torch.randn(16, 2, generator=gen))
-
-
-def allocated() -> tuple[nn.Module, pacnet.Mask, dict]:
-    model = mlp()
-    mask = prune(model, 0.5)
-    allocate(model, mask, xy(), mse, FIT)
-    return model, mask, state(model)
 
 
 def test_a_failed_calibration_leaves_the_source_in_the_model():
