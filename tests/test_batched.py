@@ -1,7 +1,7 @@
 """The batched engine: stacked members against the same runs trained alone.
 
 Tolerance (``pacnet.training.stacked.TOLERANCE``): float32 weights within
-``1e-4 + 1e-3·|w|`` entrywise, metrics within 1e-3 relative; frozen entries bit-exact.
+``1e-4 + 1e-3·|w|`` entrywise, metrics within 5e-3 relative; frozen entries bit-exact.
 """
 
 from __future__ import annotations
@@ -227,7 +227,8 @@ def test_a_sweep_on_either_engine_stores_the_same_runs(tmp_path):
     found = {}
     for engine in ("batched", "sequential"):
         with Store(tmp_path / f"{engine}.sqlite") as store:
-            results = sweep(grid, store, cache=cache, options=WorkerOptions(engine=engine))
+            runs = [replace(s, engine=engine) for s in grid]
+            results = sweep(runs, store, cache=cache, options=WorkerOptions())
         found[engine] = {r["run_id"]: r for r in results}
     assert found["batched"].keys() == found["sequential"].keys() == {s.run_id() for s in grid}
     for run_id, a in found["sequential"].items():
@@ -240,12 +241,12 @@ def test_engine_option_is_checked():
     from pacnet.errors import PacnetError
 
     with pytest.raises(PacnetError, match="unknown engine"):
-        WorkerOptions(engine="vectorised")
+        RunSpec("friedman", "finetune", engine="vectorised")
 
 
 def test_transfer_compares_the_same_on_either_engine(tmp_path):
-    """pacnet transfer: PAC-Net and the stacked baselines choose the same candidates with
-    cross-validated errors within the tolerance; DELTA runs alone on either engine."""
+    """pacnet transfer: PAC-Net and the baselines (DELTA included) choose the same
+    candidates with cross-validated errors within the tolerance on either engine."""
     from pacnet.tabular import pipeline
 
     rng = torch.Generator().manual_seed(0)

@@ -19,13 +19,14 @@ GRID = ({"ratio": 0.5, "lam": 0.01}, {"ratio": 0.9, "lam": 0.1})
 
 def test_holdout_trains_each_candidate_once_then_the_winner_on_all(monkeypatch):
     seen = []
-    original = select.fold_scores
+    original = select.run_each
 
-    def counting(method, ctx, bench, splits):
-        seen.append((len(splits), len(splits[0][0]), len(splits[0][1])))
-        return original(method, ctx, bench, splits)
+    def counting(pairs, final, engine):
+        if not final:  # the folds: each fold's training rows and held-out rows
+            seen.extend((len(ctx.target.train), len(ctx.target.test)) for _, ctx in pairs)
+        return original(pairs, final, engine)
 
-    monkeypatch.setattr(select, "fold_scores", counting)
+    monkeypatch.setattr(select, "run_each", counting)
     spec = RunSpec(
         "friedman",
         "pacnet",
@@ -39,7 +40,7 @@ def test_holdout_trains_each_candidate_once_then_the_winner_on_all(monkeypatch):
         engine="sequential",  # the batched engine's own selection: tests/test_batched.py
     )
     result = run(spec)
-    assert seen == [(1, 15, 5), (1, 15, 5)]  # one split, a quarter held out, per candidate
+    assert seen == [(15, 5), (15, 5)]  # one split, a quarter held out, per candidate
     selection = result["selection"]
     assert [c["params"] for c in selection["candidates"]] == list(GRID)
     best = min(selection["candidates"], key=lambda c: c["val"])

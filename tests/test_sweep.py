@@ -112,7 +112,7 @@ def test_sigint_stops_cleanly_keeping_what_finished(tmp_path):
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for_rows(proc, db, 2)
-    assert proc.poll() is None
+    assert proc.poll() is None, proc.communicate()[1]  # still running (else: why it ended)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=HANG_GUARD)
     assert proc.returncode == 130

@@ -164,6 +164,7 @@ def run(args: argparse.Namespace) -> None:
             device=args.device,
             amp=args.amp,
             deterministic=args.deterministic,
+            engine=args.engine,
         )
     options = WorkerOptions(
         **{
@@ -172,7 +173,6 @@ def run(args: argparse.Namespace) -> None:
                 ("lease", args.lease),
                 ("max_attempts", args.max_attempts),
                 ("nproc_per_run", args.nproc_per_run),
-                ("engine", args.engine),
             )
             if value is not None
         }

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import torch
@@ -39,6 +39,7 @@ from pacnet.training.train import (
     FitConfig,
     FitResult,
     LossFn,
+    Penalty,
     device_of,
     evaluate,
     fit,
@@ -99,7 +100,7 @@ def allocate(
         zero_redundant(model, mask)
         params = [p for p in model.parameters() if p.requires_grad]
         fitting = (train, loss_fn, cfg, val, seed, "allocate")
-        return _masked_fit(model, params, mask, "trainable", 0.0, *fitting)
+        return masked_fit(model, params, mask, "trainable", 0.0, *fitting)
     check(
         loss_fn is None or label_weight > 0,
         "with a teacher, loss_fn is the task loss mixed in by label_weight: give "
@@ -119,7 +120,7 @@ def allocate(
             train, held, where = _fidelity_check(train, val, holdout, seed)
             if held is None:
                 fitting = (train, loss, cfg, val, seed, "allocate")
-                return _masked_fit(model, params, mask, "trainable", 0.0, *fitting, net=net)
+                return masked_fit(model, params, mask, "trainable", 0.0, *fitting, net=net)
             return _distil_no_worse(model, net, params, mask, train, held, where, loss, cfg, seed)
     finally:
         taught.train(training)
@@ -174,7 +175,7 @@ def _distil_no_worse(
     if cfg.patience is None:  # keep the best state, train the whole budget
         cfg = replace(cfg, patience=cfg.steps // cfg.eval_every + 2)
     fitting = (train, loss, cfg, held, seed, "allocate")
-    result = _masked_fit(model, params, mask, "trainable", 0.0, *fitting, net=net)
+    result = masked_fit(model, params, mask, "trainable", 0.0, *fitting, net=net)
     result.start_val = start
     best = result.best_val
     if (
@@ -336,10 +337,10 @@ def _train_newest(
     trainable = tasks.trainable(model)
     groups = trainable_groups(model, tasks, trainable)
     fitting = (train, loss_fn, cfg, val, seed, desc)
-    return _masked_fit(model, groups, trainable, "frozen", lam, *fitting)
+    return masked_fit(model, groups, trainable, "frozen", lam, *fitting)
 
 
-def _masked_fit(
+def masked_fit(
     model: nn.Module,
     params: list[nn.Parameter] | list[list[nn.Parameter]],
     trainable: Mapping[str, Tensor],
@@ -352,9 +353,13 @@ def _masked_fit(
     seed: int,
     desc: str,
     net: nn.Module | None = None,
+    penalties: Sequence[Penalty] = (),
 ) -> FitResult:
-    """pacnet's loop over ``params`` (or groups of them) inside :func:`train_only`; the loop
-    runs ``net`` (default: the model; a :class:`~pacnet.core.distill.Taught` to distil)."""
+    """pacnet's loop (:func:`pacnet.fit`) over ``params`` (or groups of them) inside
+    :func:`train_only` (``trainable``, ``others`` and ``l2`` as it takes them): how
+    Allocate, Calibrate and the sequential engine train some entries of a model. The loop
+    runs ``net`` (default: the model; a :class:`~pacnet.core.distill.Taught` to distil) and
+    adds ``penalties`` to the loss."""
     optimizer = make_optimizer(params, cfg, sparse=sparse_grad_params(model))
     return fit(
         net if net is not None else model,
@@ -363,6 +368,7 @@ def _masked_fit(
         cfg,
         optimizer=optimizer,
         val=val,
+        penalties=penalties,
         seed=seed,
         desc=desc,
         wrap=lambda opt: train_only(model, trainable, opt, others=others, l2=l2),

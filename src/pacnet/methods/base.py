@@ -23,7 +23,7 @@ from pacnet.benchmarks.base import Benchmark, TaskData
 from pacnet.config import make
 from pacnet.core.tasks import Tasks
 from pacnet.errors import PacnetError
-from pacnet.methods.plan import SourceStep, TrainingPlan
+from pacnet.methods.plan import SourceTraining, TrainingPlan
 from pacnet.training.train import Data, FitConfig, FitResult, LossFn
 
 SEARCH_BUDGET = 6
@@ -190,10 +190,11 @@ class Method(ABC):
     def __init__(self, params: Any = None):
         self.params = params if params is not None else self.Params()
 
-    stacks: ClassVar[bool] = True
-    """Whether the batched engine may train this method's plans stacked (its plans use
-    only what :mod:`pacnet.methods.engine` translates: the model's own layers, L2-SP's and
-    the head's pulls, a decay, DELTA's and BSS's terms)."""
+    stacks: ClassVar[bool] = False
+    """Whether the batched engine may train this method's plans stacked: a method says so
+    when its plans use only what :mod:`pacnet.methods.engine` translates (the model's own
+    layers, LoRA's factors, L2-SP's and the head's pulls, a decay, DELTA's and BSS's
+    terms); one that says nothing trains alone on either engine."""
 
     @abstractmethod
     def plan(self, ctx: TransferContext, final: bool = True) -> TrainingPlan:
@@ -208,7 +209,7 @@ class Method(ABC):
 
         return run_alone(self, ctx)
 
-    def source_steps(self, ctx: TransferContext) -> list[SourceStep]:
+    def source_trainings(self, ctx: TransferContext) -> list[SourceTraining]:
         """The trainings on the source task its plans start from, cached (PAC-Net's
         Allocate); the batched engine trains those of many runs together first."""
         return []

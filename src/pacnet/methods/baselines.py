@@ -60,6 +60,7 @@ class Scratch(Method):
     name = "scratch"
     summary = "train a fresh model on the target data only (the source model is kept aside)"
     Params = LearningRate
+    stacks = True
     starts_from_source = False
 
     def plan(self, ctx: TransferContext, final: bool = True) -> TrainingPlan:
@@ -78,6 +79,7 @@ class FineTune(Method):
     name = "finetune"
     summary = "start from the source model and train all weights on the target (one network)"
     Params = LearningRate
+    stacks = True
 
     def plan(self, ctx: TransferContext, final: bool = True) -> TrainingPlan:
         model = with_target_head(copy.deepcopy(ctx.source_model), ctx)
@@ -93,6 +95,7 @@ class LinearProbe(Method):
     name = "linear_probe"
     summary = "freeze the source body, train only the head (a copy; the source keeps its own)"
     Params = LearningRate
+    stacks = True
 
     def plan(self, ctx: TransferContext, final: bool = True) -> TrainingPlan:
         model = with_target_head(copy.deepcopy(ctx.source_model), ctx)

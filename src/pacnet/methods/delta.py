@@ -80,7 +80,8 @@ def delta_layers(spec: str, model: nn.Module) -> list[str]:
     (:func:`tllib_layers`) or comma-separated module names."""
     if spec.strip().lower() == "tllib":
         return tllib_layers(model)
-    return [n.strip() for n in spec.split(",") if n.strip()] or default_layers(model)
+    named = dict.fromkeys(n.strip() for n in spec.split(",") if n.strip())  # each once
+    return list(named) or default_layers(model)
 
 
 @dataclass
@@ -126,6 +127,7 @@ class Delta(Method):
         "fine-tune with an attention-weighted feature-map distance to the source (Li et al. 2019)"
     )
     Params = DeltaParams
+    stacks = True
     revision: ClassVar[int] = 1  # 1: default α = TLlib's trade-off × batch; population std
 
     def plan(self, ctx: TransferContext, final: bool = True) -> TrainingPlan:

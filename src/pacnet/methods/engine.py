@@ -25,10 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from pacnet.benchmarks.mlp import MLP
-from pacnet.core.freeze import train_only
+from pacnet.core.pac import masked_fit
 from pacnet.errors import PacnetError, check
 from pacnet.methods.base import Method, Transfer, TransferContext
-from pacnet.methods.plan import SourceStep, Training, TrainingPlan
+from pacnet.methods.plan import SourceTraining, Training, TrainingPlan
 from pacnet.methods.regularizers import L2, FeatureDistance, SpectralShrinkage, StartingPoint
 from pacnet.training.stacked import (
     FeaturePull,
@@ -79,9 +79,23 @@ def target_training(plan: TrainingPlan, ctx: TransferContext, desc: str) -> Trai
     )  # fmt: skip
 
 
-def run_alone(method: Method, ctx: TransferContext) -> Transfer:
-    """``method``'s run on the sequential engine: plan, :func:`train_alone`, finish."""
-    plan = laid_out(method, ctx)
+def run_each(
+    pairs: Sequence[tuple[Method, TransferContext]],
+    final: bool = True,
+    engine: str = DEFAULT_ENGINE,
+) -> list[Transfer]:
+    """Every ``method``'s run on its context on ``engine``: :func:`run_together`, or
+    :func:`run_alone` one after another."""
+    check_engine(engine)
+    if engine == "batched":
+        return run_together(pairs, final)
+    return [run_alone(method, ctx, final) for method, ctx in pairs]
+
+
+def run_alone(method: Method, ctx: TransferContext, final: bool = True) -> Transfer:
+    """``method``'s run on the sequential engine: plan, :func:`train_alone`, finish
+    (``final=False``: as in :func:`run_together`)."""
+    plan = laid_out(method, ctx, final)
     try:
         result = train_alone(target_training(plan, ctx, method.name))
     finally:
@@ -92,17 +106,26 @@ def run_alone(method: Method, ctx: TransferContext) -> Transfer:
 def run_together(
     pairs: Sequence[tuple[Method, TransferContext]], final: bool = True
 ) -> list[Transfer]:
-    """Every ``method``'s run on its context, the trainings stacked
-    (:func:`train_together`); ``final=False`` (cross-validation folds, only scored) lets
-    a plan skip what only the final run reports. Each run agrees with :func:`run_alone`
-    within :data:`pacnet.training.stacked.TOLERANCE`."""
+    """Every ``method``'s run on its context, the trainings of the methods that stack
+    (:attr:`Method.stacks`) stacked (:func:`train_together`), the others alone;
+    ``final=False`` (cross-validation folds, only scored) lets a plan skip what only the
+    final run reports. Each run agrees with :func:`run_alone` within
+    :data:`pacnet.training.stacked.TOLERANCE`."""
     plans = [laid_out(method, ctx, final) for method, ctx in pairs]
     try:
         trainings = [
             target_training(plan, ctx, method.name)
             for plan, (method, ctx) in zip(plans, pairs, strict=True)
         ]
-        results = train_together(trainings)
+        stacking = [i for i, (method, _) in enumerate(pairs) if method.stacks]
+        results = [
+            None if method.stacks else train_alone(t)
+            for (method, _), t in zip(pairs, trainings, strict=True)
+        ]
+        for i, result in zip(
+            stacking, train_together([trainings[i] for i in stacking]), strict=True
+        ):
+            results[i] = result
     finally:
         for plan in plans:
             plan.close()
@@ -111,42 +134,38 @@ def run_together(
 
 def train_alone(t: Training) -> FitResult:
     """Train ``t`` with :func:`pacnet.fit`: an optimizer over the parameters it trains;
-    :func:`pacnet.train_only` holds the other entries and adds the decay."""
+    :func:`pacnet.train_only` holds the other entries and adds the decay
+    (:func:`pacnet.core.pac.masked_fit`, as Allocate and Calibrate train)."""
     params = dict(t.model.named_parameters())
-    chosen = [params[n] for n in t.trainable]
-    optimizer = make_optimizer(chosen, t.cfg, sparse=sparse_grad_params(t.model))
-    wrap = None
-    if t.decay or any(isinstance(w, Tensor) for w in t.trainable.values()):
-        masks = {
-            n: w if isinstance(w, Tensor) else torch.ones_like(params[n], dtype=torch.bool)
-            for n, w in t.trainable.items()
-        }
-
-        def wrap(opt: torch.optim.Optimizer):
-            return train_only(t.model, masks, opt, others="frozen", l2=t.decay)
-
-    return fit(
-        t.model, t.loss_fn, t.train, t.cfg, optimizer=optimizer, val=t.val,
-        penalties=t.penalties, seed=t.seed, desc=t.desc, wrap=wrap,
-    )  # fmt: skip
+    trains = {n: w for n, w in t.trainable.items() if w is not False}
+    chosen = [params[n] for n in trains]
+    if not t.decay and not any(isinstance(w, Tensor) for w in trains.values()):
+        optimizer = make_optimizer(chosen, t.cfg, sparse=sparse_grad_params(t.model))
+        return fit(
+            t.model, t.loss_fn, t.train, t.cfg, optimizer=optimizer, val=t.val,
+            penalties=t.penalties, seed=t.seed, desc=t.desc,
+        )  # fmt: skip
+    masks = {
+        n: w if isinstance(w, Tensor) else torch.ones_like(params[n], dtype=torch.bool)
+        for n, w in trains.items()
+    }
+    fitting = (t.train, t.loss_fn, t.cfg, t.val, t.seed, t.desc)
+    return masked_fit(t.model, chosen, masks, "frozen", t.decay, *fitting, penalties=t.penalties)
 
 
 def why_not(ctx: TransferContext) -> str | None:
     """Why the runs of ``ctx``'s benchmark cannot train on the batched engine (None: they
-    can): it needs pacnet's MLP trained with the mean squared error and Adam on data held
-    in memory."""
-    if ctx.benchmark.loss_fn() is not nn.functional.mse_loss:
-        return "the benchmark's loss is not the mean squared error"
-    if type(ctx.source_model) is not MLP:
-        return "the model is not pacnet's MLP"
-    if not isinstance(ctx.target.train, Data):
-        return "the target data are not held in memory"
-    return supports(ctx.target_fit)
-
-
-def stackable(method_cls: type[Method]) -> bool:
-    """Whether ``method_cls`` lays its runs out for the batched engine (:attr:`Method.stacks`)."""
-    return method_cls.stacks
+    can): the checks every stacked training passes, on the source model and the target
+    data (pacnet's MLP trained with the mean squared error and Adam on data in memory)."""
+    t = Training(
+        ctx.source_model, {}, ctx.target.train, ctx.target_fit, ctx.loss_fn, val=ctx.target.val
+    )
+    try:
+        _mlp_in(t.model)
+        _check_fits(t, device_of(t.model))
+    except PacnetError as exc:
+        return str(exc)
+    return None
 
 
 def train_together(trainings: Sequence[Training]) -> list[FitResult]:
@@ -171,11 +190,11 @@ def train_together(trainings: Sequence[Training]) -> list[FitResult]:
     return [r for r in results if r is not None]
 
 
-def train_source_steps(steps: Sequence[SourceStep]) -> None:
+def train_source_trainings(steps: Sequence[SourceTraining]) -> None:
     """The source steps that the runs' plans will need and their caches do not hold yet,
     trained together and stored, where more than one is missing (one alone is left to the
     plan that needs it, which trains it on the sequential engine)."""
-    missing: dict[str, SourceStep] = {}
+    missing: dict[str, SourceTraining] = {}
     for step in steps:
         name = json.dumps(step.key, sort_keys=True, default=str)
         if name not in missing and not step.cached():
@@ -202,11 +221,10 @@ class _Stackable:
     train, the pulls and the terms."""
 
     def __init__(self, t: Training):
-        check(isinstance(t.train, Data) and t.train.y is not None, "the data are not in memory")
-        check(supports(t.cfg) is None, str(supports(t.cfg)))
         self.training = t
         inner, mlp_layout = _mlp_in(t.model)
         self.device = device_of(t.model)
+        _check_fits(t, self.device)
         self.params: dict[str, nn.Parameter] = {}
         layers, scales = [], {}
         for i, layer in enumerate(mlp_layout.layers):
@@ -221,6 +239,16 @@ class _Stackable:
         self.modules = {
             layer.weight.rpartition(".")[0]: i for i, layer in enumerate(mlp_layout.layers)
         }
+        check(
+            all(p.dtype == torch.float32 for p in self.params.values()),
+            "the model's weights are not float32",
+        )
+        outputs = self.params[f"{len(layers) - 1}.weight"].shape[0]
+        for data in (t.train, t.val):
+            check(
+                data is None or (data.y.dim() == 2 and data.y.shape[1] == outputs),
+                f"the labels are not [rows, {outputs}] as the model's outputs",
+            )
         slot = {id(p): s for s, p in self.params.items()}
         named = dict(t.model.named_parameters())
         trainable = {}
@@ -232,11 +260,9 @@ class _Stackable:
             check(not pulls, "a decay and pulls in the loss at once")
             pulls = {s: (t.decay, self.params[s].detach().clone()) for s in trainable}
         start = {s: p.detach() for s, p in self.params.items()}
-        val = t.val if isinstance(t.val, Data) or t.val is None else None
-        check(val is t.val, "the validation data are not in memory")
         self.member = Member(
             start, t.train, t.cfg, t.seed, trainable, pulls, bool(pulls) and not t.decay,
-            val, terms, scales,
+            t.val, terms, scales,
         )  # fmt: skip
 
     def _penalties(
@@ -278,6 +304,7 @@ class _Stackable:
         source = {}
         for i, layer in enumerate(source_layout.layers[: max(layers) + 1]):
             w, b, _ = _parts(source_inner.get_submodule(layer.weight.rpartition(".")[0]))
+            check(w.shape == self.params[f"{i}.weight"].shape, "DELTA on a layer of a new shape")
             source[f"{i}.weight"], source[f"{i}.bias"] = w.detach(), b.detach()
         return FeaturePull(weight, layers, source)
 
@@ -286,6 +313,18 @@ class _Stackable:
         with torch.no_grad():
             for s, p in self.params.items():
                 p.copy_(state[s])
+
+
+def _check_fits(t: Training, device: torch.device) -> None:
+    """What the stacked trainer needs of a training beyond its model: the mean squared
+    error, Adam without clipping or mixed precision, labelled data in memory (validation
+    data where there is patience), a CPU or CUDA device."""
+    check(t.loss_fn is nn.functional.mse_loss, "the loss is not the mean squared error")
+    check(supports(t.cfg) is None, str(supports(t.cfg)))
+    check(isinstance(t.train, Data) and t.train.y is not None, "the data are not in memory")
+    check(t.val is None or isinstance(t.val, Data), "the validation data are not in memory")
+    check(t.cfg.patience is None or t.val is not None, "early stopping without validation data")
+    check(device.type in ("cpu", "cuda"), f"the stacked trainer runs on CPU or CUDA, not {device}")
 
 
 def _mlp_in(model: nn.Module) -> tuple[nn.Module, Layout]:

@@ -63,6 +63,7 @@ class LoRA(Method):
     name = "lora"
     summary = "low-rank adapters on the frozen source body via peft, head trained (Hu et al. 2021)"
     Params = LoRAParams
+    stacks = True
 
     def plan(self, ctx: TransferContext, final: bool = True) -> TrainingPlan:
         try:

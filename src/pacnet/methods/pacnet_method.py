@@ -22,7 +22,7 @@ from pacnet.core.tasks import Tasks
 from pacnet.errors import check, check_ratio
 from pacnet.methods.base import Method, Scorer, Targets, Transfer, TransferContext, count
 from pacnet.methods.engine import train_alone
-from pacnet.methods.plan import SourceStep, Training, TrainingPlan
+from pacnet.methods.plan import SourceTraining, Training, TrainingPlan
 from pacnet.training.train import Data, FitConfig, FitResult, infer, outputs
 
 
@@ -174,6 +174,7 @@ class PacNet(Method):
         "prune the source, retrain its essential weights, train the redundant ones on the target"
     )
     Params = PacNetParams
+    stacks = True
     starts_from_source = False  # its source training + Allocate is the reference
     serves_several_targets = True
     revision: ClassVar[int] = 1  # 1: Calibrate's λ term on the task's own tensors folds into
@@ -228,13 +229,13 @@ class PacNet(Method):
             key["on"] = p.allocate_on
         return model, mask, key, alloc_fit
 
-    def source_steps(self, ctx: TransferContext) -> list[SourceStep]:
+    def source_trainings(self, ctx: TransferContext) -> list[SourceTraining]:
         """Allocate on the labelled source task, which the batched engine may train
         together with other runs' (other ratios, say) before their plans."""
         if self.params.allocate_on != "labelled":
             return []
         model, mask, key, cfg = self.allocation(ctx)
-        return [SourceStep(key, allocate_training(model, mask, ctx, cfg), ctx.memo)]
+        return [SourceTraining(key, allocate_training(model, mask, ctx, cfg), ctx.memo)]
 
     def plan(self, ctx: TransferContext, final: bool = True) -> TrainingPlan:
         """Calibrate: the target task added and active, its free entries at 0; what it owns

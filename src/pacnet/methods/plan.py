@@ -5,7 +5,7 @@ Every method lays its target training out as a :class:`TrainingPlan`; an engine
 :func:`pacnet.train_only`) or stacked with many others (``batched``:
 :func:`pacnet.training.stacked.fit_stacked`), and ``plan.finish`` turns the trained model
 into the method's :class:`~pacnet.methods.base.Transfer`. A :class:`Training` is one such
-training with its data and budget; a :class:`SourceStep` is a training on the source task
+training with its data and budget; a :class:`SourceTraining` is a training on the source task
 a method's plans start from (PAC-Net's Allocate), cached.
 """
 
@@ -71,7 +71,7 @@ class Training:
 
 
 @dataclass
-class SourceStep:
+class SourceTraining:
     """A training on the source task that a method's plans start from, whose trained state
     goes into the run's cache of states (``memo``) under ``key``, where the plans read it."""
 

@@ -58,6 +58,7 @@ class L2SP(Method):
     name = "l2sp"
     summary = "fine-tune with α/2‖w − w_source‖² on the body and β/2 on the head (Li et al. 2018)"
     Params = L2SPParams
+    stacks = True
 
     def plan(self, ctx: TransferContext, final: bool = True) -> TrainingPlan:
         p: L2SPParams = self.params
@@ -89,6 +90,7 @@ class BSS(Method):
         "fine-tune, penalising the k smallest singular values of the features (Chen et al. 2019)"
     )
     Params = BSSParams
+    stacks = True
     revision: ClassVar[int] = 1  # 1: σ² from the Gram matrix's eigenvalues in float64 (was
     # float32 svdvals): the same term, computed more precisely and as the batched engine does
 

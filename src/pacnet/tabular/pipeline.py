@@ -29,9 +29,8 @@ from pacnet.benchmarks.mlp import MLP
 from pacnet.config import make, to_dict
 from pacnet.core.tasks import Tasks
 from pacnet.errors import PacnetError, check
-from pacnet.experiments.run import batched
 from pacnet.experiments.run.environment import using_threads, versions
-from pacnet.experiments.run.select import cross_validate
+from pacnet.experiments.run.select import Choice, choose_and_train
 from pacnet.io import tensor_digest
 from pacnet.methods import METHODS, Method, Transfer, TransferContext, get_method
 from pacnet.methods.base import build, candidates
@@ -290,9 +289,9 @@ def _run(
     ctx = TransferContext(bench, model, src, target, seed, f"table-{state_key}", MemoryCache())
     rows: list[dict[str, Any]] = []
     done: dict[str, tuple[Method, Transfer, dict[str, Any]]] = {}
-    stacked = _stacked(options, ["pacnet", *compare], ctx)
+    chosen = _chosen(options, ["pacnet", *compare], ctx)
     for name in ["pacnet", *compare]:
-        row, method, result, selection = _cross_validated(options, name, ctx, stacked.get(name))
+        row, method, result, selection = _row(name, ctx, chosen[name])
         rows.append(row)
         done[name] = (method, result, selection)
     kept, why = _kept(options.method, rows)
@@ -448,59 +447,50 @@ Chosen = tuple[dict[str, Any], Method, Transfer, float]
 """A selection record, the chosen method, its transfer and the seconds it took."""
 
 
-def _stacked(options: TransferOptions, names: list[str], ctx: TransferContext) -> dict[str, Chosen]:
-    """The methods of ``names`` that stack (:mod:`pacnet.experiments.run.batched`), chosen and
-    trained together on the batched engine; the others are left out (they run alone)."""
-    if options.engine != "batched" or why_not(ctx) is not None:
-        return {}
-    choices, stacking = [], []
+def _chosen(options: TransferOptions, names: list[str], ctx: TransferContext) -> dict[str, Chosen]:
+    """Every method of ``names`` cross-validated on the target rows and its best candidate
+    trained on all of them (:func:`~pacnet.experiments.run.select.choose_and_train`): on
+    the batched engine all together, stacked (each its share of the time), on the
+    sequential one method by method."""
+    engine = options.engine if why_not(ctx) is None else "sequential"
+    choices = []
     for name in names:
         method_cls, fixed, grid = _candidates(options, name)
-        if not method_cls.stacks:
-            continue
 
         def make(chosen: dict[str, Any] | None, cls=method_cls, fixed=fixed) -> Method:
             return build(cls, fixed, chosen)
 
-        choices.append(batched.Choice(make, ctx, grid, options.folds, "cv"))
-        stacking.append(name)
-    if not choices:
-        return {}
-    _say(options, f"cross-validating {', '.join(stacking)} together (batched engine)")
-    began = time.perf_counter()
-    trained = batched.choose_and_train(choices)
-    share = (time.perf_counter() - began) / len(choices)
-    return {
-        name: (selection, method, result, share)
-        for name, (selection, method, result) in zip(stacking, trained, strict=True)
-    }
-
-
-def _cross_validated(
-    options: TransferOptions, name: str, ctx: TransferContext, stacked: Chosen | None = None
-) -> tuple[dict[str, Any], Method, Transfer, dict[str, Any]]:
-    """Method ``name`` cross-validated on the target rows, then its best candidate trained
-    on all of them: (the report's row, the method, its transfer, the selection record);
-    ``stacked``: what the batched engine gave for it."""
-    bench = ctx.benchmark
-    method_cls, fixed, grid = _candidates(options, name)
-    began = time.perf_counter()
-    if stacked is not None:
-        selection, method, result, seconds = stacked
-        began -= seconds
-    else:
+        choices.append(Choice(make, ctx, grid, options.folds, "cv"))
+    groups = [list(range(len(names)))] if engine == "batched" else [[i] for i in range(len(names))]
+    out: dict[str, Chosen] = {}
+    for group in groups:
+        picked = [names[i] for i in group]
+        grids = {len(choices[i].grid) for i in group}
+        each = f"{'/'.join(map(str, sorted(grids)))} candidate{'s' if grids != {1} else ''}"
         _say(
             options,
-            f"cross-validating {name}: {len(grid)} candidate{'s' if len(grid) != 1 else ''} "
-            f"x {options.folds} folds on {len(ctx.target.train)} target rows",
+            f"cross-validating {', '.join(picked)}: {each} x {options.folds} folds on "
+            f"{len(ctx.target.train)} target rows ({engine} engine)",
         )
-        selection = cross_validate(method_cls, fixed, ctx, bench, options.folds, grid=grid)
-        method = build(method_cls, fixed, selection["chosen"])
-        result = method.transfer(ctx)
+        began = time.perf_counter()
+        trained = choose_and_train([choices[i] for i in group], engine)
+        share = (time.perf_counter() - began) / len(group)
+        for name, (selection, method, result) in zip(picked, trained, strict=True):
+            out[name] = (selection, method, result, share)
+    return out
+
+
+def _row(
+    name: str, ctx: TransferContext, chosen: Chosen
+) -> tuple[dict[str, Any], Method, Transfer, dict[str, Any]]:
+    """The report's row of method ``name`` (its cross-validation and its run), with the
+    method, its transfer and the selection record."""
+    bench = ctx.benchmark
+    selection, method, result, seconds = chosen
     best = next(c for c in selection["candidates"] if c["params"] == selection["chosen"])
     row = {
         "method": name,
-        "summary": method_cls.summary,
+        "summary": type(method).summary,
         "cv": best["val"],
         "cv_folds": best["folds_val"],
         "cv_std": statistics.pstdev(best["folds_val"]),
@@ -511,7 +501,7 @@ def _cross_validated(
         "target_in_sample": bench.score(result.target_model, ctx.target.test),
         "trainable": result.trainable,
         "stored": result.stored,
-        "seconds": round(time.perf_counter() - began, 3),
+        "seconds": round(seconds, 3),
     }
     return row, method, result, selection
 

@@ -35,13 +35,19 @@ LossFn = Callable[[Any, Any], Tensor]
 for dict batches."""
 
 
-def batch_rows(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
-    """The rows of each training batch, endlessly: every epoch a fresh permutation of the
-    ``n`` rows drawn from ``generator``, cut into full batches of ``min(batch_size, n)``
-    (the rest of the epoch is dropped). Both engines draw their batches from here."""
-    size = min(batch_size, n)
+def epochs(n: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """Endless epochs: each a fresh permutation of the ``n`` rows, drawn from
+    ``generator``."""
     while True:
-        order = torch.randperm(n, generator=generator)
+        yield torch.randperm(n, generator=generator)
+
+
+def batch_rows(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """The rows of each training batch, endlessly: every epoch (:func:`epochs`) cut into
+    full batches of ``min(batch_size, n)`` (the rest of the epoch is dropped). Both engines
+    draw their batches from here; a Dataset's loader takes the same epochs."""
+    size = min(batch_size, n)
+    for order in epochs(n, generator):
         for start in range(0, n - size + 1, size):
             yield order[start : start + size]
 
@@ -124,9 +130,8 @@ class DatasetSource:
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         size = min(batch_size, len(self))
-        while True:
-            order = torch.randperm(len(self), generator=generator).tolist()
-            yield from self._loader(order, size, drop_last=True)
+        for order in epochs(len(self), generator):
+            yield from self._loader(order.tolist(), size, drop_last=True)
 
     def chunks(self, batch_size: int) -> Iterator[Batch]:
         yield from self._loader(list(range(len(self))), batch_size, drop_last=False)

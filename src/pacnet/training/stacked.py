@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from pacnet.errors import check
+from pacnet.errors import PacnetError, check
 from pacnet.training.batches import batch_rows, to_device
 from pacnet.training.stacked_model import (
     ACTIVATIONS,
@@ -47,7 +47,7 @@ from pacnet.training.stacked_model import (
     StackedNet,
     Term,
     Terms,
-    laid,
+    as_stacked,
     padded_stack,
 )
 from pacnet.training.train import Data, FitConfig, FitResult, Stopping
@@ -104,7 +104,7 @@ class _Stack:
 
     def __init__(self, members: Sequence[Member], names: list[str], device: torch.device):
         self.names = names
-        self.shapes = [[tuple(laid(m.start[n]).shape) for n in names] for m in members]
+        self.shapes = [[tuple(as_stacked(m.start[n]).shape) for n in names] for m in members]
         self.params: list[Tensor] = []
         self.masks: list[Tensor | None] = []
         self.pulls: list[tuple[Tensor, Tensor, Tensor] | None] = []
@@ -112,9 +112,9 @@ class _Stack:
         self.trains: list[int] = []
         """The tensors some member trains (the others need no gradient)."""
         for k, name in enumerate(names):
-            starts = [laid(m.start[name].detach().float()) for m in members]
+            starts = [as_stacked(m.start[name].detach().float()) for m in members]
             start = padded_stack(starts, device)
-            mask = padded_stack([laid(_mask(m, name).float()) for m in members], device)
+            mask = padded_stack([as_stacked(_mask(m, name).float()) for m in members], device)
             trains = bool(mask.any())
             self.params.append(start.requires_grad_(trains))
             self.masks.append(None if bool((mask == 1).all()) else mask)
@@ -123,7 +123,7 @@ class _Stack:
             if any(name in m.pulls for m in members):
                 coef = torch.tensor([2 * float(m.pulls.get(name, (0.0,))[0]) for m in members])
                 anchors = [
-                    laid(m.pulls[name][1].detach().float()) if name in m.pulls else zero
+                    as_stacked(m.pulls[name][1].detach().float()) if name in m.pulls else zero
                     for m, zero in zip(members, (torch.zeros_like(t) for t in starts), strict=True)
                 ]
                 anchor = padded_stack(anchors, device)
@@ -256,6 +256,7 @@ def _fit_sorted(
     results = [FitResult() for _ in members]
     last_loss = torch.full((M,), math.nan, dtype=torch.float64, device=device)
     taken = torch.zeros(M, dtype=torch.long, device=device)
+    diverged = torch.zeros(M, dtype=torch.bool, device=device)
     pulls_shown = any(m.pulls_in_loss for m in members) and any(stack.pulls)
     last_steps = _last_steps(members)  # where a member's loss may be its final one
 
@@ -288,10 +289,12 @@ def _fit_sorted(
                     g.mul_(stack.masks[k])
             adam.step(step)
             last_loss = torch.where(live_t, shown.double(), last_loss)
+            diverged |= live_t & ~torch.isfinite(shown)
             taken += live_t
         stopped = validation.after(step, live, results)
         if stopped:
             _stop(stopped, live, live_t, adam)
+    _check_finite(diverged, members)
     states = validation.final_states()
     for r, n, loss in zip(results, taken.tolist(), last_loss.tolist(), strict=True):
         r.steps = n
@@ -305,6 +308,19 @@ def _scales(members: Sequence[Member], layout: Layout, device: torch.device) -> 
         return None
     values = [[float(m.scales.get(i, 1.0)) for i in range(len(layout.layers))] for m in members]
     return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+def _check_finite(diverged: Tensor, members: Sequence[Member]) -> None:
+    """Fail in one line, as :func:`pacnet.fit` does, where a member's loss became NaN or inf
+    while it trained (nothing it trained is handed back)."""
+    bad = diverged.nonzero().flatten().tolist()
+    if bad:
+        lrs = sorted({members[i].cfg.lr for i in bad})
+        raise PacnetError(
+            f"stacked training: the loss became NaN or inf for {len(bad)} of {len(members)} "
+            f"trainings (learning rates {', '.join(f'{lr:g}' for lr in lrs)}); lower the "
+            "learning rate or check the data for NaN/inf"
+        )
 
 
 def _last_steps(members: Sequence[Member]) -> set[int]:

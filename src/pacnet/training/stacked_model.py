@@ -75,7 +75,7 @@ class Shrinkage:
 Term = FeaturePull | Shrinkage
 
 
-def laid(t: Tensor) -> Tensor:
+def as_stacked(t: Tensor) -> Tensor:
     """A tensor as the stack holds it: a matrix ``[out, in]`` as ``[in, out]`` (so a layer
     is one ``x @ W`` and its gradient comes out contiguous), a vector as ``[1, out]``."""
     return t.t().contiguous() if t.dim() == 2 else t.unsqueeze(0)
@@ -134,7 +134,7 @@ class Terms:
         device: torch.device,
     ):
         self.sizes = torch.tensor(sizes, dtype=torch.float32, device=device)
-        self.pulls: list[tuple[int, Tensor, Tensor]] = []
+        self.source_outputs: list[tuple[int, Tensor, Tensor]] = []
         """DELTA: per layer, the source's outputs on every training row and the channel
         weights ``[M, 1, C]``."""
         self.alpha: Tensor | None = None
@@ -171,7 +171,7 @@ class Terms:
         params: list[Tensor] = [torch.empty(0)] * len(index)
         for name in plain.names():
             params[index[name]] = padded_stack(
-                [laid(t.source[name].float()) for t in terms], device
+                [as_stacked(t.source[name].float()) for t in terms], device
             )
         with torch.no_grad():
             _, outputs, _ = StackedNet(plain, index, self.taps)(params, xs)
@@ -182,7 +182,7 @@ class Terms:
                 for t in terms
             ]
             weights = torch.stack(channel).to(device).unsqueeze(1)
-            self.pulls.append((layer, outputs[layer], weights))
+            self.source_outputs.append((layer, outputs[layer], weights))
 
     def added(
         self, losses: Tensor, idx: Tensor, taps: dict[int, Tensor], head_in: Tensor, rows: Tensor
@@ -191,7 +191,7 @@ class Terms:
         member's rows, 0 for padding) added."""
         if self.alpha is not None:
             total = torch.zeros_like(losses)
-            for layer, source, channel in self.pulls:
+            for layer, source, channel in self.source_outputs:
                 at = idx.unsqueeze(-1).expand(-1, -1, source.shape[-1])
                 per_row = ((taps[layer] - torch.gather(source, 1, at)).square() * channel).sum(-1)
                 total = total + 0.5 * (per_row * rows).sum(1) / self.sizes
@@ -222,6 +222,6 @@ def squared_singular_values(matrix: Tensor) -> Tensor:
     definition both engines use (:func:`pacnet.methods.regularizers.shrinkage`); several
     times faster than :func:`torch.linalg.svdvals` with gradients."""
     wide = matrix.shape[-2] <= matrix.shape[-1]
-    m = matrix.double()
+    m = matrix.double() if matrix.device.type in ("cpu", "cuda") else matrix  # MPS: float32
     gram = m @ m.transpose(-1, -2) if wide else m.transpose(-1, -2) @ m
     return torch.linalg.eigvalsh(gram).clamp_min(0)

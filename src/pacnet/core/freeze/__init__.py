@@ -24,9 +24,9 @@ hold the frozen entries:
   group whose own weight decay is 0 and whose parameters are all under the term from a
   zero start (masked weights whose trainable entries start at 0, as in Calibrate) gets the
   term's gradient ``2·l2·w`` as the kernel's own weight decay, so a Calibrate step costs
-  what a plain one does; other parameters under the term get the explicit pass
-  (:func:`pacnet.calibrate` puts the task's own tensors, which start as copies, in a group
-  of their own for this). On exit the moments at frozen entries are set to 0, the frozen
+  what a plain one does; parameters under the term that do not start at zero (Calibrate's
+  own tensors, which start as copies) fold in as ``(g − 2·l2·w₀) + 2·l2·w``, and the rest
+  get the explicit pass. On exit the moments at frozen entries are set to 0, the frozen
   gradient entries too (what zeroed gradients would have left), and the groups' own weight
   decay is put back; ``optimizer.state_dict()`` inside the context returns that clean
   state. ``load_state_dict`` inside the context parks again if the loaded state is zero at

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pacnet.errors import PacnetError
 from pacnet.experiments.run.context import Trained, completed, prepare, record
-from pacnet.experiments.run.select import cross_validate
+from pacnet.experiments.run.select import Choice, choose_and_train
 from pacnet.experiments.run.spec import RunSpec
 from pacnet.methods import Method, TransferContext
 from pacnet.training import distributed
@@ -16,7 +16,7 @@ from pacnet.training.cache import StateCache
 from pacnet.training.train import device_of, seeded
 
 
-def run_alone(spec: RunSpec, cache: StateCache, out: str | Path | None = None) -> Trained:
+def run_sequential(spec: RunSpec, cache: StateCache, out: str | Path | None = None) -> Trained:
     """Run ``spec`` with every training alone (the sequential engine), in ``out`` (made
     here; nothing is written yet); return its record and network."""
     method = spec.make_method()
@@ -26,19 +26,8 @@ def run_alone(spec: RunSpec, cache: StateCache, out: str | Path | None = None) -
     source_before = ctx.benchmark.score(ctx.source_model, ctx.source.test)
     if spec.targets:
         return _run_chain(spec, ctx, method, source_before, start)
-    selection = None
-    if spec.select != "none":
-        selection = cross_validate(
-            type(method),
-            spec.method_params,
-            ctx,
-            ctx.benchmark,
-            spec.folds,
-            mode=spec.select,
-            grid=spec.grid(),
-        )
-        method = spec.make_method(selection["chosen"])
-    transfer = method.transfer(ctx)
+    choice = Choice(spec.make_method, ctx, spec.grid(), spec.folds, spec.select)
+    [(selection, method, transfer)] = choose_and_train([choice], "sequential")
     return completed(spec, method, ctx, transfer, selection, start, source_before)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pacnet.errors import check
-from pacnet.experiments.run.alone import make_folder, run_alone
+from pacnet.experiments.run.alone import make_folder, run_sequential
 from pacnet.experiments.run.batched import run_group, stacks
 from pacnet.experiments.run.context import Trained, prepare
 from pacnet.experiments.run.environment import using_threads
@@ -52,9 +52,10 @@ def run_trained(
     before ``result.json``, which records it under ``network`` (see
     :func:`~pacnet.experiments.run.saving.save_trained`).
 
-    The engine is the spec's (``spec.engine``): on ``batched`` a run whose method stacks
-    (:func:`~pacnet.experiments.run.batched.stacks`) trains its cross-validation folds
-    stacked; otherwise every training runs alone.
+    The engine is the spec's (``spec.engine``): on ``batched`` a run that stacks
+    (:func:`~pacnet.experiments.run.batched.stacks`) trains its Allocate, its
+    cross-validation folds and its final training stacked; otherwise every training runs
+    alone.
     """
     check(not save or out is not None, "saving the network needs an output folder (--out)")
     cache = cache or StateCache()
@@ -62,7 +63,7 @@ def run_trained(
         make_folder(out)
         return finish(spec, run_group([spec], cache)[0], out, save)
     with using_threads(spec.thread_count, spec.deterministic):
-        return finish(spec, run_alone(spec, cache, out), out, save)
+        return finish(spec, run_sequential(spec, cache, out), out, save)
 
 
 def finish(spec: RunSpec, trained: Trained, out: str | Path | None, save: bool) -> Trained:

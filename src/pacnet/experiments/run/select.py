@@ -11,21 +11,24 @@ benchmarks interleave their classes, so every fold holds every class):
   models where K-fold cross-validation is too slow.
 
 Scores use the benchmark's metric; the lowest wins (ties: the earlier candidate), and the
-run then trains the winner on all N samples. The test split is never looked at.
+run then trains the winner on all N samples. The test split is never looked at. Both
+engines choose this way (:func:`choose_and_train`): the sequential one trains each fold
+alone, the batched one stacks them.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
-from pacnet.benchmarks.base import Benchmark, TaskData
+from pacnet.benchmarks.base import TaskData
 from pacnet.errors import check
-from pacnet.methods.base import Method, TransferContext, build, candidates
+from pacnet.methods.base import Method, Transfer, TransferContext
+from pacnet.methods.engine import DEFAULT_ENGINE, run_each, train_source_trainings
 from pacnet.training.train import Data
 
 
@@ -62,47 +65,84 @@ def cv_splits(data: Data, folds: int, mode: str = "cv") -> list[tuple[Data, Data
 def fold_scores(
     method: Method,
     ctx: TransferContext,
-    bench: Benchmark,
     splits: list[tuple[Data, Data]],
+    engine: str = DEFAULT_ENGINE,
 ) -> list[float]:
-    """Validation score of ``method`` on each (train, validation) split of ``splits``, each
-    trained alone."""
-    scores = []
-    for train, val in splits:
-        transfer = method.transfer(fold_context(ctx, train, val))
-        scores.append(bench.score(transfer.target_model, val))
-    return scores
+    """Validation score of ``method`` on each (train, validation) split of ``splits``, the
+    folds trained on ``engine``."""
+    transfers = run_each(
+        [(method, fold_context(ctx, train, val)) for train, val in splits], False, engine
+    )
+    return [
+        ctx.benchmark.score(t.target_model, val)
+        for t, (_, val) in zip(transfers, splits, strict=True)
+    ]
 
 
-def cv_score(
-    method: Method,
-    ctx: TransferContext,
-    bench: Benchmark,
-    splits: list[tuple[Data, Data]],
-) -> float:
-    """Mean validation score of ``method`` over the (train, validation) ``splits``."""
-    return statistics.fmean(fold_scores(method, ctx, bench, splits))
+@dataclass
+class Choice:
+    """One method to choose a candidate for and train: ``make(chosen)`` builds the method
+    with a candidate's values (``make(None)``: as given); ``grid`` the candidates tried on
+    ``folds`` validation splits of ``ctx``'s target (``select`` ``cv`` or ``holdout``, as
+    :attr:`RunSpec.select`; with ``none`` nothing is chosen)."""
+
+    make: Callable[[dict[str, Any] | None], Method]
+    ctx: TransferContext
+    grid: list[dict[str, Any]]
+    folds: int = 3
+    select: str = "cv"
 
 
-def cross_validate(
-    method_cls: type[Method],
-    fixed: dict[str, Any],
-    ctx: TransferContext,
-    bench: Benchmark,
-    folds: int,
-    mode: str = "cv",
-    grid: Sequence[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """Score every candidate (``grid``, default the method's ``Params.search``) on
-    validation splits of ``ctx.target.train`` (``mode`` ``cv`` or ``holdout``); return the
-    record (per candidate its mean ``val`` and the score of each fold, ``folds_val``)."""
-    splits = cv_splits(ctx.target.train, folds, mode)
-    tried = []
-    for candidate in grid if grid is not None else candidates(method_cls.Params):
-        method = build(method_cls, fixed, candidate)
-        scores = fold_scores(method, ctx, bench, splits)
-        tried.append({"params": candidate, "val": statistics.fmean(scores), "folds_val": scores})
-    return selection_record(method_cls, tried, ctx.target.train, folds, mode)
+Chosen = tuple[dict[str, Any] | None, Method, Transfer]
+"""A selection record (None where nothing was chosen), the chosen method, its transfer."""
+
+
+def choose_and_train(choices: Sequence[Choice], engine: str = DEFAULT_ENGINE) -> list[Chosen]:
+    """For every choice, the selection record, the chosen method and its run: every
+    candidate scored on every validation split, the lowest mean wins
+    (:func:`selection_record`), the winner trained on all the target samples. Each stage
+    runs on ``engine`` for all choices at once: on ``batched`` first the source trainings
+    the candidates need (PAC-Net's Allocate per ratio), then every candidate × fold of
+    every choice stacked, then every winner."""
+    if engine == "batched":
+        train_source_trainings(
+            [
+                step
+                for c in choices
+                for candidate in c.grid or [None]
+                for step in c.make(candidate).source_trainings(c.ctx)
+            ]
+        )
+    jobs: list[tuple[dict[str, Any], Data, Method, TransferContext]] = []
+    tried: list[list[dict[str, Any]]] = []
+    for c in choices:
+        tried.append([])
+        if c.select == "none":
+            continue
+        splits = cv_splits(c.ctx.target.train, c.folds, c.select)
+        for candidate in c.grid:
+            method = c.make(candidate)
+            tried[-1].append({"params": candidate, "val": 0.0, "folds_val": []})
+            for train, val in splits:
+                jobs.append((tried[-1][-1], val, method, fold_context(c.ctx, train, val)))
+    transfers = run_each([(m, ctx) for *_, m, ctx in jobs], False, engine)
+    for (entry, val, _, ctx), transfer in zip(jobs, transfers, strict=True):
+        entry["folds_val"].append(ctx.benchmark.score(transfer.target_model, val))
+    selections: list[dict[str, Any] | None] = []
+    methods = []
+    for c, listed in zip(choices, tried, strict=True):
+        if c.select == "none":
+            selections.append(None)
+            methods.append(c.make(None))
+            continue
+        for entry in listed:
+            entry["val"] = statistics.fmean(entry["folds_val"])
+        method_cls = type(c.make(None))
+        train = c.ctx.target.train
+        selections.append(selection_record(method_cls, listed, train, c.folds, c.select))
+        methods.append(c.make(selections[-1]["chosen"]))
+    finals = run_each([(m, c.ctx) for m, c in zip(methods, choices, strict=True)], True, engine)
+    return list(zip(selections, methods, finals, strict=True))
 
 
 def fold_context(ctx: TransferContext, train: Data, val: Data) -> TransferContext:

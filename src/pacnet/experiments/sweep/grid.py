@@ -28,6 +28,7 @@ from pacnet.config import read_value, unknown_hint
 from pacnet.errors import PacnetError, check
 from pacnet.experiments.run.spec import RunSpec
 from pacnet.methods import METHODS, get_method
+from pacnet.methods.engine import DEFAULT_ENGINE
 
 
 @dataclass(frozen=True)
@@ -153,9 +154,11 @@ class Grid:
         device: str = "cpu",
         amp: str = "none",
         deterministic: bool = False,
+        engine: str = DEFAULT_ENGINE,
     ) -> list[RunSpec]:
         """Every run of the grid on ``benchmark``, each checked; ``settings`` and ``params``
-        (per method) add to the grid's own, and the rest says how the runs run."""
+        (per method) add to the grid's own, and the rest says how the runs run (``engine``:
+        which engine trains them, :data:`pacnet.methods.engine.ENGINES`)."""
         methods, seeds = self.check()
         for table, named in (("params", self.params), ("search", self.search)):
             unknown = set(named) - set(METHODS)
@@ -178,6 +181,7 @@ class Grid:
             device=device,
             amp=amp,
             deterministic=deterministic,
+            engine=engine,
         )
         search = self.candidates(methods)
         return expand(base, methods, list(seeds), seeds, merged, search, self.source_compute)

@@ -46,25 +46,22 @@ from pacnet.experiments.store.claims import DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS,
 from pacnet.experiments.store.store import Store
 from pacnet.experiments.sweep.grid import default_label
 from pacnet.experiments.sweep.progress import ProgressLines
-from pacnet.methods.engine import DEFAULT_ENGINE, check_engine
 from pacnet.training.cache import StateCache
 
 
 @dataclass(frozen=True)
 class WorkerOptions:
     """How a worker holds its runs: lease length, attempts before a vanishing worker's
-    run fails, and processes per run (``torchrun`` when more than one)."""
+    run fails, processes per run (``torchrun`` when more than one), and how many runs it
+    claims at a time to train together where their specs ask for the batched engine
+    (:func:`pacnet.experiments.run.batched.stacks`)."""
 
     lease: float = DEFAULT_LEASE
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     nproc_per_run: int = 1
-    engine: str = DEFAULT_ENGINE
-    """``batched``: a worker claims up to ``group`` runs at a time and trains those that
-    stack together (:mod:`pacnet.experiments.run.batched`); ``sequential``: one at a time."""
     group: int = 16
 
     def __post_init__(self) -> None:
-        check_engine(self.engine)
         check(self.group >= 1, f"the group size must be >= 1, got {self.group}")
         check(self.lease >= 1, f"--lease must be at least 1 second, got {self.lease}")
         check(self.max_attempts >= 1, f"--max-attempts must be >= 1, got {self.max_attempts}")
@@ -98,7 +95,6 @@ def sweep(
     check(specs, "the grid is empty")
     check(jobs >= 1, f"jobs must be >= 1, got {jobs}")
     options = options or WorkerOptions()
-    specs = [s if s.engine == options.engine else replace(s, engine=options.engine) for s in specs]
     cache = cache or StateCache()
     runs = [GridRun(s.run_id(), s.method, s.target_size, s.seed) for s in specs]
     by_id = {r.run_id: spec for r, spec in zip(runs, specs, strict=True)}

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from pacnet.errors import PacnetError, check, first_line
-from pacnet.experiments.run.batched import stacks
+from pacnet.experiments.run.batched import engine_for
 from pacnet.experiments.run.context import prepare
 from pacnet.experiments.run.environment import using_threads
-from pacnet.experiments.run.select import cv_score, cv_splits, fold_context
+from pacnet.experiments.run.select import cv_splits, fold_scores
 from pacnet.experiments.run.spec import RunSpec
 from pacnet.experiments.sweep.progress import ProgressLines
-from pacnet.methods.engine import run_together, why_not
 from pacnet.training.cache import StateCache
 
 
@@ -107,19 +106,11 @@ def tune(
         ctx = prepare(spec, cache)
         phase.clear()
         splits = cv_splits(ctx.target.train, folds)
-        stacked = stacks(spec) and why_not(ctx) is None
+        engine = engine_for(spec, ctx)
 
         def objective(trial: Any) -> float:
             values = {k: suggest(trial, k, *bounds) for k, bounds in space.items()}
-            method = spec.make_method(values)
-            if not stacked:
-                return cv_score(method, ctx, ctx.benchmark, splits)
-            pairs = [(method, fold_context(ctx, train, val)) for train, val in splits]
-            trained = run_together(pairs, final=False)
-            return statistics.fmean(
-                ctx.benchmark.score(t.target_model, val)
-                for t, (_, val) in zip(trained, splits, strict=True)
-            )
+            return statistics.fmean(fold_scores(spec.make_method(values), ctx, splits, engine))
 
         def finished(study: Any, trial: Any) -> None:
             ended.append(trial)
