@@ -10,6 +10,7 @@ nothing but their kind.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
 
@@ -169,3 +170,56 @@ def test_memory_cache_keeps_a_copy_and_says_what_it_holds():
     assert cache.contains(key) and not cache.contains({"step": "allocate"})
     assert torch.equal(got["w"], torch.ones(3))
     assert cache(key, lambda: pytest.fail("built twice")) is got
+
+
+def test_what_the_stack_refuses_is_named(contexts):
+    """Trainings the stacked trainer would compute differently are refused (they train
+    alone): another loss, weights not in float32, labels not shaped as the outputs, early
+    stopping without validation data."""
+    from torch import nn
+
+    ctx = contexts[0]
+    plan = METHODS["finetune"]().plan(ctx)
+    t = target_training(plan, ctx, "finetune")
+    assert stack_reason(t) is None
+    flat = Data(t.train.x, t.train.y.flatten())
+    cases = [
+        (replace(t, loss_fn=nn.functional.l1_loss), "mean squared error"),
+        (replace(t, train=flat), "labels are not"),
+        (replace(t, cfg=replace(t.cfg, patience=2), val=None), "without validation"),
+    ]
+    for training, why in cases:
+        assert why in stack_reason(training), why
+    double = copy.deepcopy(t.model).double()
+    assert "float32" in stack_reason(replace(t, model=double, trainable={}))
+
+
+def test_a_loss_that_turns_nan_fails_in_one_line_on_both_engines(contexts):
+    """A learning rate of 1e30 sends the weights and then the loss to inf: ``fit`` stops
+    with its one-line error, and the stack, which cannot stop one member, fails at the
+    end with the same kind of line (a group that fails runs its runs alone)."""
+    from pacnet.errors import PacnetError
+
+    for train in (train_together, lambda ts: [train_alone(t) for t in ts]):
+        plan = METHODS["finetune"]().plan(contexts[1])
+        plan.lr = 1e30
+        with pytest.raises(PacnetError, match="NaN|inf"):
+            train([target_training(plan, contexts[1], "finetune")])
+
+
+def test_false_in_a_plan_freezes_the_parameter(contexts):
+    ctx = contexts[0]
+    for train in (train_alone, lambda t: train_together([t])):
+        plan = METHODS["finetune"]().plan(ctx)
+        plan.trainable["head.bias"] = False
+        bias, weight = (p.detach().clone() for p in (plan.model.head.bias, plan.model.head.weight))
+        train(target_training(plan, ctx, "finetune"))
+        assert torch.equal(plan.model.head.bias, bias)
+        assert not torch.equal(plan.model.head.weight, weight)  # the rest trained
+
+
+def test_delta_counts_a_layer_named_twice_once(contexts):
+    from pacnet.methods.delta import delta_layers
+
+    model = contexts[0].source_model
+    assert delta_layers("body.0, body.0,body.2", model) == ["body.0", "body.2"]
