@@ -203,7 +203,7 @@ def test_a_loss_that_turns_nan_fails_in_one_line_on_both_engines(contexts):
     for train in (train_together, lambda ts: [train_alone(t) for t in ts]):
         plan = METHODS["finetune"]().plan(contexts[1])
         plan.lr = 1e30
-        with pytest.raises(PacnetError, match="NaN|inf"):
+        with pytest.raises(PacnetError, match=r"NaN|inf"):
             train([target_training(plan, contexts[1], "finetune")])
 
 
