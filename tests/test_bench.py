@@ -111,3 +111,28 @@ def test_bench_quick_leaves_resnet18_to_the_full_bench_on_the_cpu():
     assert default_models("cpu", quick=True) == ["friedman_mlp", "wide_mlp"]
     assert "resnet18" in default_models("cpu")
     assert default_models("cuda", quick=True) == list(GPU_MODELS)  # a GPU times its own set
+
+
+def test_engines_are_timed_method_by_method_side_by_side(tmp_path):
+    """``pacnet bench --engines``: each method's runs on both engines, one after the other,
+    with its speedup and the largest difference between the engines' records."""
+    from test_batched import TINY
+
+    from pacnet.experiments.bench import engines
+    from pacnet.experiments.run.spec import RunSpec
+    from pacnet.training.cache import StateCache
+    from pacnet.training.stacked import TOLERANCE
+
+    specs = [
+        RunSpec("friedman", m, seed=s, target_size=12, bench_settings=TINY, select="cv")
+        for m in ("delta", "lora")
+        for s in (0, 1)
+    ]
+    report = engines.compare(specs, StateCache(tmp_path / "cache"))
+    assert list(report["per_method"]) == ["delta", "lora"] and report["runs"] == 4
+    for row in report["per_method"].values():
+        assert row["runs"] == 2 and row["sequential_seconds"] > 0 and row["batched_seconds"] > 0
+        assert row["max_relative_metric_difference"] <= TOLERANCE["metric_rtol"]
+    assert report["engines_in_records"] == ["batched"] and report["cv_choices_differing"] == []
+    text = engines.summary(report)
+    assert all(f"    {m} " in text for m in ("delta", "lora"))

@@ -82,6 +82,10 @@ def compare(specs: list[RunSpec], cache: StateCache | None = None) -> dict[str, 
         / abs(a["target_test"])
         for a in alone
     }
+    for method, row in per_method.items():
+        row["max_relative_metric_difference"] = max(
+            d for label, d in differences.items() if label.split()[0] == method
+        )
     flips = [
         f"{a['method']} N={a['target_size']} seed {a['seed']}"
         for a in alone
@@ -131,7 +135,8 @@ def summary(report: dict[str, Any]) -> str:
     )
     rows = "".join(
         f"    {name:<13} sequential {m['sequential_seconds']:6.1f} s, batched "
-        f"{m['batched_seconds']:5.1f} s: {m['speedup']:.2f}x\n"
+        f"{m['batched_seconds']:5.1f} s: {m['speedup']:.2f}x (largest relative difference "
+        f"{m['max_relative_metric_difference']:.1e})\n"
         for name, m in r["per_method"].items()
     )
     return (
