@@ -111,8 +111,9 @@ def run_together(
     ``final=False`` (cross-validation folds, only scored) lets a plan skip what only the
     final run reports. Each run agrees with :func:`run_alone` within
     :data:`pacnet.training.stacked.TOLERANCE`."""
-    plans = [laid_out(method, ctx, final) for method, ctx in pairs]
+    plans: list[TrainingPlan] = []
     try:
+        plans += (laid_out(method, ctx, final) for method, ctx in pairs)  # (closed if one fails)
         trainings = [
             target_training(plan, ctx, method.name)
             for plan, (method, ctx) in zip(plans, pairs, strict=True)
