@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from pacnet.training.train import Data, FitConfig, FitResult, LossFn
 
 Where = dict[str, Tensor | bool]
-"""Per parameter name, which entries train: a bool tensor, or True for all of them."""
+"""Per parameter name, which entries train: a bool tensor, True for all of them or False for
+none (a parameter not named trains nothing either)."""
 
 
 @dataclass
