@@ -192,7 +192,7 @@ def train_together(trainings: Sequence[Training]) -> list[FitResult]:
 
 
 def train_source_trainings(steps: Sequence[SourceTraining]) -> None:
-    """The source steps that the runs' plans will need and their caches do not hold yet,
+    """The source trainings that the runs' plans will need and their caches do not hold yet,
     trained together and stored, where more than one is missing (one alone is left to the
     plan that needs it, which trains it on the sequential engine)."""
     missing: dict[str, SourceTraining] = {}
@@ -202,9 +202,10 @@ def train_source_trainings(steps: Sequence[SourceTraining]) -> None:
             missing[name] = step
     if len(missing) < 2:
         return
-    train_together([s.training for s in missing.values()])
-    for step in missing.values():
-        step.memo(step.key, step.training.model.state_dict)
+    trainings = [s.make() for s in missing.values()]  # built only for the missing ones
+    train_together(trainings)
+    for step, t in zip(missing.values(), trainings, strict=True):
+        step.memo(step.key, t.model.state_dict)
 
 
 def stack_reason(t: Training) -> str | None:
@@ -321,7 +322,8 @@ def _check_fits(t: Training, device: torch.device) -> None:
     error, Adam without clipping or mixed precision, labelled data in memory (validation
     data where there is patience), a CPU or CUDA device."""
     check(t.loss_fn is nn.functional.mse_loss, "the loss is not the mean squared error")
-    check(supports(t.cfg) is None, str(supports(t.cfg)))
+    why = supports(t.cfg)
+    check(why is None, str(why))
     check(isinstance(t.train, Data) and t.train.y is not None, "the data are not in memory")
     check(t.val is None or isinstance(t.val, Data), "the validation data are not in memory")
     check(t.cfg.patience is None or t.val is not None, "early stopping without validation data")

@@ -203,6 +203,7 @@ class PacNet(Method):
             f"for pacnet transfer, and {ctx.benchmark.name} is not a table",
         )
         model = copy.deepcopy(ctx.source_model)
+        key, alloc_fit = self.allocation_key(ctx)
         found = ("mask", p.ratio, p.scope, p.prune_score)
         if found not in ctx.kept:
             inputs = (
@@ -213,6 +214,11 @@ class PacNet(Method):
             )  # rank 0's
         kept = ctx.kept[found]
         mask = Mask({n: t.clone() for n, t in kept.items()}, kept.plan)
+        return model, mask, key, alloc_fit
+
+    def allocation_key(self, ctx: TransferContext) -> tuple[dict[str, Any], FitConfig]:
+        """The cache key of the allocated state and Allocate's budget."""
+        p: PacNetParams = self.params
         alloc_fit = ctx.source_fit
         if p.allocate_steps is not None:
             alloc_fit = replace(alloc_fit, steps=p.allocate_steps)
@@ -227,15 +233,19 @@ class PacNet(Method):
             key["score"] = p.prune_score
         if p.allocate_on != "labelled":
             key["on"] = p.allocate_on
-        return model, mask, key, alloc_fit
+        return key, alloc_fit
 
     def source_trainings(self, ctx: TransferContext) -> list[SourceTraining]:
         """Allocate on the labelled source task, which the batched engine may train
         together with other runs' (other ratios, say) before their plans."""
         if self.params.allocate_on != "labelled":
             return []
-        model, mask, key, cfg = self.allocation(ctx)
-        return [SourceTraining(key, allocate_training(model, mask, ctx, cfg), ctx.memo)]
+
+        def make() -> Training:
+            model, mask, _, cfg = self.allocation(ctx)
+            return allocate_training(model, mask, ctx, cfg)
+
+        return [SourceTraining(self.allocation_key(ctx)[0], make, ctx.memo)]
 
     def plan(self, ctx: TransferContext, final: bool = True) -> TrainingPlan:
         """Calibrate: the target task added and active, its free entries at 0; what it owns

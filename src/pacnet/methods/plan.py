@@ -74,10 +74,12 @@ class Training:
 @dataclass
 class SourceTraining:
     """A training on the source task that a method's plans start from, whose trained state
-    goes into the run's cache of states (``memo``) under ``key``, where the plans read it."""
+    goes into the run's cache of states (``memo``) under ``key``, where the plans read it;
+    ``make()`` builds the :class:`Training` (a copy of the source model, set up), called
+    only where the state is missing."""
 
     key: Mapping[str, Any]
-    training: Training
+    make: Callable[[], Training]
     memo: Callable[[Mapping[str, Any], Callable[[], Mapping[str, Tensor]]], Mapping[str, Tensor]]
 
     def cached(self) -> bool:
